@@ -1,0 +1,218 @@
+"""The layer interface every layer type implements.
+
+A layer type is a subclass of `Layer` registered under its YAML `type`. It declares
+its keys (`keys`), checks its input shapes and computes its output shape in
+`setup`, creates its parameters in `init_params`, and runs `forward` / `backward`
+on float32 NCHW (or [N, D]) arrays. Layers never know about files or lines: they
+raise `LayerError(key, message)` and the engine adds the file, line and layer.
+"""
+import math
+
+import numpy as np
+
+REQUIRED = object()
+
+
+class LayerError(Exception):
+    """A problem with one key of one layer (the engine adds file, line and layer)."""
+
+    def __init__(self, key, message):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+class Key:
+    """One YAML key of a layer type: its kind, default and allowed values."""
+
+    def __init__(self, kind, default=REQUIRED, low=None, high=None, choices=None,
+                 low_open=False, doc=""):
+        self.kind = kind          # int | float | str | bool
+        self.default = default
+        self.low, self.high, self.low_open = low, high, low_open
+        self.choices = choices
+        self.doc = doc
+
+    @property
+    def required(self):
+        return self.default is REQUIRED
+
+    def check(self, key, value):
+        """Return the value converted to this key's kind, or raise LayerError."""
+        kind = self.kind
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is bool and not isinstance(value, bool):
+            raise LayerError(key, f"must be true or false, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise LayerError(key, f"must be an integer, got {value!r}")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, float)):
+            raise LayerError(key, f"must be a number, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise LayerError(key, f"must be a string, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise LayerError(key, f"must be one of {'|'.join(map(str, self.choices))}, got {value!r}")
+        if kind in (int, float):
+            if kind is float and not math.isfinite(value):
+                raise LayerError(key, f"must be a finite number, got {value!r}")
+            if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+                sign = ">" if self.low_open else ">="
+                raise LayerError(key, f"must be {sign} {self.low}, got {value!r}")
+            if self.high is not None and value > self.high:
+                raise LayerError(key, f"must be <= {self.high}, got {value!r}")
+        return value
+
+    def describe(self):
+        parts = [self.kind.__name__]
+        if self.choices:
+            parts = ["|".join(map(str, self.choices))]
+        if self.low is not None or self.high is not None:
+            lo = "" if self.low is None else f"{self.low}{'<' if self.low_open else '<='}"
+            hi = "" if self.high is None else f"<={self.high}"
+            parts.append(f"{lo}x{hi}")
+        parts.append("required" if self.required else f"default {self.default!r}")
+        return ", ".join(parts)
+
+
+NEURON_FNS = ("relu", "tanh", "logistic", "abs", "linear")
+
+# Keys shared by layer types; a layer lists the ones it accepts.
+NEURON_KEY = Key(str, None, choices=NEURON_FNS, doc="activation fused on the output")
+INIT_W_KEY = Key(float, 0.01, low=0.0, doc="std of the zero-mean Gaussian for weights")
+INIT_B_KEY = Key(float, 0.0, doc="constant for biases")
+
+
+class Layer:
+    """Base class. Subclasses set `type`, `keys`, and override the hooks below.
+
+    Life cycle: `__init__` (validated config + input shapes) -> `setup` computes
+    `output_shape` -> `init_params(rng)` -> many `forward`/`backward` pairs.
+    `backward` uses what the latest `forward` kept, as Caffe's layers do.
+    """
+
+    type = None
+    keys = {}
+    join = "concat"       # several inputs: "concat" along axis 1, or "flat" (flatten, then concat)
+    spatial = False       # True: the joined input must be [C, H, W]
+    is_cost = False       # True: the net's output layer, providing `cost`
+    doc = ""
+
+    def __init__(self, name, cfg, input_shapes):
+        self.name = name
+        self.cfg = dict(cfg)
+        self.input_shapes = [tuple(s) for s in input_shapes]
+        self.input_shape = self.join_shapes(self.input_shapes)
+        if self.spatial and len(self.input_shape) != 3:
+            raise LayerError("inputs", f"needs a spatial [C, H, W] input, got {list(self.input_shape)}")
+        self.output_shape = tuple(int(v) for v in self.setup(self.input_shape))
+        if any(v <= 0 for v in self.output_shape):
+            raise LayerError("inputs", f"output shape {list(self.output_shape)} is empty")
+        self._buffers = {}
+
+    def __getattr__(self, item):
+        # cfg values read as attributes: self.size, self.stride, ...
+        cfg = self.__dict__.get("cfg")
+        if cfg is not None and item in cfg:
+            return cfg[item]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {item!r}")
+
+    # ---- shape --------------------------------------------------------------
+    def join_shapes(self, shapes):
+        if len(shapes) == 1 and self.join != "flat":
+            return shapes[0]
+        if self.join == "flat":
+            return (sum(int(np.prod(s)) for s in shapes),)
+        first = shapes[0]
+        for s in shapes[1:]:
+            if len(s) != len(first) or s[1:] != first[1:]:
+                raise LayerError("inputs", "inputs to join along channels must agree in every other "
+                                 f"dimension: {' vs '.join(str(list(x)) for x in shapes)}")
+        return (sum(s[0] for s in shapes),) + tuple(first[1:])
+
+    def setup(self, input_shape):
+        """Check keys against the (joined) input shape; return the output shape."""
+        return input_shape
+
+    # ---- parameters ---------------------------------------------------------
+    def param_shapes(self):
+        """{"weight": shape, "bias": shape} for layers with parameters, else {}."""
+        return {}
+
+    def init_params(self, rng):
+        """Fresh parameters: Gaussian(0, init_w) weights, constant init_b biases."""
+        params = {}
+        for pname, shape in self.param_shapes().items():
+            if pname == "bias":
+                params[pname] = np.full(shape, self.cfg.get("init_b", 0.0), np.float32)
+            else:
+                std = self.cfg.get("init_w", 0.01)
+                params[pname] = (rng.standard_normal(shape) * std).astype(np.float32)
+        return params
+
+    def macs(self):
+        """Multiply-adds per image of the forward pass (for the summary)."""
+        return 0
+
+    # ---- compute ------------------------------------------------------------
+    def forward(self, x, params, train=False, rng=None):
+        """x: joined input [N, *input_shape] float32. Returns [N, *output_shape]."""
+        raise NotImplementedError(f"layer type {self.type} has no forward")
+
+    def backward(self, dy, params, need_dx=True):
+        """dy: gradient w.r.t. the latest output. Returns (dx or None, {param: grad})."""
+        raise NotImplementedError(f"layer type {self.type} has no backward")
+
+    def cost(self, labels):
+        """Cost layers only: (mean loss, gradient w.r.t. this layer's input)."""
+        raise NotImplementedError(f"layer type {self.type} is not a cost layer")
+
+    # ---- helpers ------------------------------------------------------------
+    def buffer(self, tag, shape, zero=False):
+        """A float32 scratch array kept between calls and reused while its shape holds."""
+        shape = tuple(int(v) for v in shape)
+        buf = self._buffers.get(tag)
+        if buf is None or buf.shape != shape:
+            buf = np.empty(shape, np.float32)
+            self._buffers[tag] = buf
+        if zero:
+            buf.fill(0.0)
+        return buf
+
+    def release_buffers(self):
+        self._buffers.clear()
+
+
+def join_inputs(layer, xs):
+    """Join several input activations as the layer's `join` rule says (a view for one input)."""
+    n = xs[0].shape[0]
+    if layer.join == "flat":
+        if len(xs) == 1:
+            return xs[0].reshape(n, -1)
+        return np.concatenate([x.reshape(n, -1) for x in xs], axis=1)
+    if len(xs) == 1:
+        return xs[0]
+    return np.concatenate(xs, axis=1)
+
+
+def split_grad(layer, dx, input_shapes):
+    """Undo `join_inputs` on a gradient: one array per input, in input order."""
+    n = dx.shape[0]
+    if len(input_shapes) == 1:
+        return [dx.reshape((n,) + tuple(input_shapes[0]))]
+    out, start = [], 0
+    for s in input_shapes:
+        width = int(np.prod(s)) if layer.join == "flat" else s[0]
+        part = dx[:, start:start + width]
+        out.append(part.reshape((n,) + tuple(s)))
+        start += width
+    return out
+
+
+def out_size_floor(size, window, stride, padding=0):
+    """Output side of a conv: floor((in + 2p - k) / s) + 1 (the PyTorch/Caffe rule)."""
+    return (size + 2 * padding - window) // stride + 1
+
+
+def out_size_ceil(size, window, stride):
+    """Output side of a pool: ceil((in - k) / s) + 1 (cuda-convnet's rule)."""
+    return -(-(size - window) // stride) + 1
