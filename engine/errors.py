@@ -1,0 +1,25 @@
+"""The one exception type for every problem in a net definition."""
+
+
+class ConfigError(ValueError):
+    """A problem in a net definition, located by file, line, layer and key.
+
+    `str(err)` reads like `nets/x.yaml:12: layer 'conv1', key 'size': must be >= 1, got 0`.
+    """
+
+    def __init__(self, message, file=None, line=None, layer=None, key=None):
+        self.message, self.file, self.line, self.layer, self.key = message, file, line, layer, key
+        super().__init__(self._text())
+
+    def _text(self):
+        where = ""
+        if self.file:
+            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+        elif self.line:
+            where = f"line {self.line}: "
+        what = []
+        if self.layer:
+            what.append(f"layer '{self.layer}'")
+        if self.key:
+            what.append(f"key '{self.key}'")
+        return where + (", ".join(what) + ": " if what else "") + self.message

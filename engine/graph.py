@@ -1,0 +1,104 @@
+"""From layer specs to a checked graph: wiring, execution order, shapes."""
+from dataclasses import dataclass
+
+import layers as layer_types
+from layers.base import LayerError
+
+from engine.config import INPUT_NAME, NetSpec, suggest
+from engine.errors import ConfigError
+
+
+@dataclass
+class Node:
+    """One layer in the graph: its spec, its Layer object and its place."""
+    name: str
+    type: str
+    gpu: int
+    inputs: list
+    layer: object
+    spec: object
+
+    @property
+    def output_shape(self):
+        return self.layer.output_shape
+
+    @property
+    def has_params(self):
+        return bool(self.layer.param_shapes())
+
+
+def build(spec: NetSpec):
+    """Return the nodes in execution order, or raise ConfigError naming the problem."""
+    by_name = {s.name: s for s in spec.layers}
+
+    def fail(msg, s, key=None):
+        raise ConfigError(msg, file=spec.file, line=s.line(key), layer=s.name, key=key)
+
+    for s in spec.layers:
+        for inp in s.inputs:
+            if inp != INPUT_NAME and inp not in by_name:
+                fail(f"unknown input layer '{inp}'{suggest(inp, list(by_name) + [INPUT_NAME])}", s, "inputs")
+
+    order = _topological_order(spec, by_name, fail)
+    consumers = {s.name: [] for s in spec.layers}
+    for s in spec.layers:
+        for inp in s.inputs:
+            if inp != INPUT_NAME:
+                consumers[inp].append(s.name)
+    sinks = [s for s in spec.layers if not consumers[s.name]]
+    output = sinks[-1]
+    for s in sinks[:-1]:
+        fail(f"layer is unused: no layer reads its output, and only one layer ('{output.name}', "
+             "the last) can be the net's output", s)
+    for s in spec.layers:
+        cls = layer_types.get(s.type)
+        if cls.is_cost and s is not output:
+            fail(f"a {s.type} layer is a cost layer and must be the net's output, but "
+                 f"{', '.join(consumers[s.name])} read(s) it", s)
+
+    shapes = {INPUT_NAME: spec.input_shape}
+    nodes = []
+    for s in order:
+        cls = layer_types.get(s.type)
+        try:
+            layer = cls(s.name, s.cfg, [shapes[i] for i in s.inputs])
+        except LayerError as e:
+            detail = ""
+            if e.key == "inputs":
+                detail = " (input shapes: " + ", ".join(f"{i} {list(shapes[i])}" for i in s.inputs) + ")"
+            fail(e.message + detail, s, e.key)
+        shapes[s.name] = layer.output_shape
+        nodes.append(Node(name=s.name, type=s.type, gpu=s.gpu, inputs=list(s.inputs), layer=layer, spec=s))
+    return nodes
+
+
+def _topological_order(spec, by_name, fail):
+    """File order where it respects dependencies (Kahn's algorithm, stable); cycles are errors."""
+    position = {s.name: i for i, s in enumerate(spec.layers)}
+    waiting = {s.name: {i for i in s.inputs if i != INPUT_NAME} for s in spec.layers}
+    done, order = set(), []
+    while len(order) < len(spec.layers):
+        ready = [n for n, deps in waiting.items() if n not in done and deps <= done]
+        if not ready:
+            left = {n for n in waiting if n not in done}
+            cycle = _find_cycle(left, waiting)
+            first = min(cycle, key=position.get)
+            fail("the layers form a cycle: " + " -> ".join(cycle + [cycle[0]]), by_name[first], "inputs")
+        nxt = min(ready, key=position.get)
+        done.add(nxt)
+        order.append(by_name[nxt])
+    return order
+
+
+def _find_cycle(left, waiting):
+    # follow any unfinished dependency until a name repeats
+    start = min(left)
+    path, seen = [], {}
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = min(d for d in waiting[node] if d in left)
+    cycle = path[seen[node]:]
+    cycle.reverse()  # producer -> consumer order reads naturally
+    return cycle

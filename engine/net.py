@@ -1,0 +1,195 @@
+"""`Net`: a built graph with its parameters, run forward and backward on the CPU."""
+import numpy as np
+
+from layers.base import join_inputs, split_grad
+
+from engine import graph
+from engine.config import INPUT_NAME, parse_net
+
+
+class Net:
+    """A network built from a net file.
+
+    Parameters live in `state_dict()` order, keyed "<layer>.weight" / "<layer>.bias".
+    Activations and scratch buffers are kept inside the layers between calls and reused
+    while the batch size stays the same.
+    """
+
+    def __init__(self, spec, seed=0):
+        self.spec = spec
+        self.name = spec.name
+        self.input_shape = tuple(spec.input_shape)
+        self._nodes = graph.build(spec)
+        self.seed = seed
+        init_rng = np.random.default_rng(seed)
+        self._params = {}          # "<layer>.<param>" -> float32 array
+        self._layer_params = {}    # layer -> {param: the same arrays}
+        for node in self._nodes:
+            lp = node.layer.init_params(init_rng)
+            self._layer_params[node.name] = lp
+            for pname, arr in lp.items():
+                self._params[f"{node.name}.{pname}"] = arr
+        # dropout and other training-time randomness; the trainer saves and restores its state
+        self.rng = np.random.default_rng([seed, 1])
+
+    # ---- structure ----------------------------------------------------------
+    @property
+    def layers(self):
+        """The layers in execution order (each with .name, .type, .gpu, .inputs, .output_shape)."""
+        return list(self._nodes)
+
+    @property
+    def output_layer(self):
+        return self._nodes[-1]
+
+    @property
+    def num_classes(self):
+        return int(np.prod(self.output_layer.output_shape))
+
+    @property
+    def num_params(self):
+        return int(sum(a.size for a in self._params.values()))
+
+    def layer(self, name):
+        for node in self._nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no layer named {name!r}; layers: {', '.join(n.name for n in self._nodes)}")
+
+    def summary(self):
+        """A table: layer, type, column, output shape, parameters, multiply-adds; totals."""
+        rows = [("layer", "type", "gpu", "inputs", "output", "params", "MACs/img")]
+        rows.append(("data", "input", "-", "-", "x".join(map(str, self.input_shape)), "0", "0"))
+        total_macs = 0
+        for node in self._nodes:
+            n_par = sum(int(np.prod(s)) for s in node.layer.param_shapes().values())
+            macs = int(node.layer.macs())
+            total_macs += macs
+            rows.append((node.name, node.type, str(node.gpu), ",".join(node.inputs),
+                         "x".join(map(str, node.output_shape)), f"{n_par:,}", f"{macs:,}"))
+        rows.append(("total", "", "", "", "", f"{self.num_params:,}", f"{total_macs:,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        right = {5, 6}
+
+        def fmt(r):
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        rule = "-" * len(fmt(rows[0]))
+        lines = [f"net '{self.name}': {len(self._nodes)} layers, {self.num_params:,} parameters, "
+                 f"{total_macs / 1e6:,.1f} M multiply-adds per image", rule, fmt(rows[0]), rule]
+        lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1])]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"<Net '{self.name}': {len(self._nodes)} layers, {self.num_params:,} parameters>"
+
+    # ---- parameters ---------------------------------------------------------
+    def state_dict(self):
+        """{"<layer>.weight": array, "<layer>.bias": array} (copies)."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def parameters(self):
+        """The live parameter arrays (updated in place by the solver)."""
+        return self._params
+
+    def load_state_dict(self, state):
+        missing = [k for k in self._params if k not in state]
+        unexpected = [k for k in state if k not in self._params]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected " + ", ".join(unexpected))
+            raise KeyError(f"state dict does not fit net '{self.name}': " + "; ".join(parts))
+        for k, arr in self._params.items():
+            new = np.asarray(state[k])
+            if new.shape != arr.shape:
+                raise ValueError(f"state dict key '{k}': shape {list(new.shape)} does not fit the "
+                                 f"net's {list(arr.shape)}")
+            arr[...] = new.astype(np.float32, copy=False)
+
+    # ---- compute ------------------------------------------------------------
+    def check_input(self, x):
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"input must be a NumPy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise ValueError(f"input must be float32, got {x.dtype} (use x.astype(np.float32))")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"input must have shape [N, {', '.join(map(str, self.input_shape))}], "
+                             f"got {list(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("input batch is empty")
+        return np.ascontiguousarray(x)
+
+    def _forward(self, x, train):
+        acts = {INPUT_NAME: self.check_input(x)}
+        for node in self._nodes:
+            xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
+            acts[node.name] = node.layer.forward(xin, self._layer_params[node.name], train=train,
+                                                 rng=self.rng if train else None)
+        return acts
+
+    def forward(self, x, train=False, outputs=None):
+        """Run the net on x [N, C, H, W] float32.
+
+        Returns the last layer's output (probabilities for a softmax net), or with
+        `outputs=[names]` a dict name -> activation (copies; "data" is allowed).
+        """
+        if outputs is not None:
+            unknown = [o for o in outputs if o != INPUT_NAME and o not in {n.name for n in self._nodes}]
+            if unknown:
+                raise KeyError(f"unknown layer(s) {', '.join(unknown)}")
+        acts = self._forward(x, train)
+        if outputs is None:
+            return acts[self._nodes[-1].name].copy()
+        return {o: acts[o].copy() for o in outputs}
+
+    def gradients(self, x, labels, train=False):
+        """(mean cross-entropy, {"<layer>.<param>": gradient}) for a batch.
+
+        Gradient arrays are fresh copies; `train=True` applies dropout (drawing from `self.rng`).
+        """
+        loss, grads = self.loss_and_grads(x, labels, train)
+        return loss, {k: g.copy() for k, g in grads.items()}
+
+    def loss_and_grads(self, x, labels, train=True):
+        """As `gradients`, but the arrays may be the layers' reused buffers (for the solver)."""
+        out = self._nodes[-1]
+        if not out.layer.is_cost:
+            raise ValueError(f"net '{self.name}' ends in a {out.type} layer, not a cost layer "
+                             "(softmax): it has no loss to differentiate")
+        labels = np.asarray(labels)
+        self._forward(x, train)
+        loss, dx = out.layer.cost(labels)
+        pending = {}
+        self._send_back(out, dx, pending)
+        grads = {}
+        for node in reversed(self._nodes[:-1]):
+            dy = pending.pop(node.name)
+            need_dx = any(i != INPUT_NAME for i in node.inputs)
+            dx, pgrads = node.layer.backward(dy, self._layer_params[node.name], need_dx=need_dx)
+            for pname, g in pgrads.items():
+                grads[f"{node.name}.{pname}"] = g
+            if need_dx:
+                self._send_back(node, dx, pending)
+        return float(loss), {k: grads[k] for k in self._params}
+
+    @staticmethod
+    def _send_back(node, dx, pending):
+        parts = split_grad(node.layer, dx, node.layer.input_shapes)
+        for name, g in zip(node.inputs, parts):
+            if name == INPUT_NAME:
+                continue
+            if name in pending:
+                pending[name] = pending[name] + g     # a layer read by several layers
+            else:
+                pending[name] = g
+
+
+def load(source, seed=0):
+    """Build a Net from a path to a .yaml file, YAML text, or a dict.
+
+    Weights are drawn from each layer's init keys with a generator seeded by `seed`.
+    Any problem in the definition raises `engine.ConfigError` (file, line, layer, key).
+    """
+    return Net(parse_net(source), seed=seed)
