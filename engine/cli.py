@@ -1,14 +1,27 @@
-"""`python -m engine VERB ...`: the command line."""
+"""`python -m engine VERB ...`: the command line.
+
+Every user error (a bad net file, bad data, a bad checkpoint) is printed in one or two
+lines and exits with status 2; a traceback means a bug in the engine.
+"""
 import argparse
+import os
 import sys
 
 from engine.errors import ConfigError
 
+EPILOG = """examples:
+  python -m engine train nets/lenet5.yaml                   # the embedded MNIST digits
+  python -m engine train nets/alexnet.yaml --data ~/imagenet --batch 128
+  python -m engine train nets/alexnet.yaml --data synthetic --epochs 1
+  python -m engine train --resume runs/lenet5-20260101-120000
+  python -m engine test nets/lenet5.yaml --checkpoint runs/lenet5-20260101-120000
+  python -m engine predict runs/lenet5-20260101-120000 digit.png
+"""
+
 
 def _summary(args):
     from engine.net import load
-    net = load(args.net)
-    print(net.summary())
+    print(load(args.net).summary())
     return 0
 
 
@@ -19,21 +32,94 @@ def _check(args):
     return 0
 
 
+def _train(args):
+    from engine.train import Trainer
+    if args.net is None and args.resume is None:
+        raise ConfigError("give a net file (python -m engine train NET.yaml) or --resume RUN_FOLDER")
+    if args.device == "cuda":
+        raise ConfigError("--device cuda: the CUDA backend is not part of this build yet; use --device cpu")
+    trainer = Trainer(args.net, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                      seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq)
+    result = trainer.run()
+    return 130 if result["stopped"] else 0
+
+
+def _test(args):
+    from engine.datasets import open_source
+    from engine.net import load
+    from engine.train import evaluate
+    net = load(args.net, checkpoint=args.checkpoint)
+    data = args.data or net.data_spec
+    source = open_source(data, net.input_shape, seed=0)
+    r = evaluate(net, source, net.preprocess, batch=args.batch, multiview=args.multiview)
+    views = " (ten views averaged)" if args.multiview else ""
+    print(f"{net.name} on {source.name} validation, {r['n']} images{views}: loss {r['loss']:.4f}  "
+          f"top-1 error {r['top1']:.2%}  top-5 error {r['top5']:.2%}")
+    return 0
+
+
+def _predict(args):
+    from engine.datasets.images import read_image
+    from engine.net import load
+    net = load(None, checkpoint=args.checkpoint)
+    for path in args.images:
+        image = read_image(path, channels=net.input_shape[0])
+        top = net.predict(image[None], top=args.top)[0]
+        shown = ", ".join(f"{name} {p:.1%}" for name, p in top)
+        print(f"{path}: {shown}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="python -m engine",
-        description="cuda-convnet reborn: define nets in YAML, run them with Numba kernels.")
+        prog="python -m engine", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="cuda-convnet reborn: define nets in YAML, train and run them with Numba kernels.")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
+
     s = sub.add_parser("summary", help="print a net's layer table (shapes, parameters, multiply-adds)")
     s.add_argument("net", metavar="NET.yaml", help="the net file")
     s.set_defaults(func=_summary)
-    c = sub.add_parser("check", help="validate a net file and report problems")
+
+    c = sub.add_parser("check", help="validate a net file and report the first problem")
     c.add_argument("net", metavar="NET.yaml", help="the net file")
     c.set_defaults(func=_check)
+
+    t = sub.add_parser("train", help="train a net; flags override the net file's `train:` section",
+                       description="Train a net. A progress line per epoch, then one summary line; a "
+                       "checkpoint after every epoch and on Ctrl-C (first Ctrl-C: finish the batch, save, stop).")
+    t.add_argument("net", metavar="NET.yaml", nargs="?", help="the net file (optional with --resume)")
+    t.add_argument("--data", metavar="SRC", help="digits | synthetic | a cuda-convnet batch folder | "
+                   "an ImageNet-layout folder (ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg)")
+    t.add_argument("--epochs", type=int, metavar="N", help="total epochs (also extends a resumed run)")
+    t.add_argument("--batch", type=int, metavar="N", help="mini-batch size")
+    t.add_argument("--lr", type=float, metavar="X", help="base learning rate")
+    t.add_argument("--seed", type=int, metavar="N", help="seed for weights, data order, augmentation, dropout")
+    t.add_argument("--out", metavar="DIR", help="run folder (default runs/<net>-<time>)")
+    t.add_argument("--resume", metavar="DIR|FILE", help="continue a run from its latest (or the given) checkpoint")
+    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    t.add_argument("--test-freq", type=int, metavar="N", dest="test_freq", help="validate every N epochs")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("test", help="loss, top-1 and top-5 error of a checkpoint on validation data")
+    e.add_argument("net", metavar="NET.yaml", help="the net file")
+    e.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run folder or a checkpoint file")
+    e.add_argument("--data", metavar="SRC", help="data source (default: the one it was trained on)")
+    e.add_argument("--batch", type=int, default=128, metavar="N", help="batch size (default 128)")
+    e.add_argument("--multiview", action="store_true",
+                   help="average the ten views: four corners and centre, and their mirror images")
+    e.set_defaults(func=_test)
+
+    r = sub.add_parser("predict", help="top-5 classes with probabilities for image files")
+    r.add_argument("checkpoint", metavar="CKPT", help="a run folder or a checkpoint file")
+    r.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
+    r.add_argument("--top", type=int, default=5, metavar="K", help="how many classes to show (default 5)")
+    r.set_defaults(func=_predict)
     return p
 
 
 def main(argv=None):
+    from engine.checkpoint import CheckpointError
+    from engine.datasets import DataError
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -41,9 +127,15 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

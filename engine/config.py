@@ -147,10 +147,7 @@ def parse_net(source):
         if not isinstance(raw, dict):
             fail(f"layer #{i + 1} must be a mapping with at least `name` and `type`",
                  line=line_of(data, "layers"))
-        spec = _parse_layer(raw, i, previous, defaults, fail)
-        if spec.name in seen:
-            fail(f"duplicate layer name (first defined on line {seen[spec.name]})",
-                 raw, "name", layer=spec.name)
+        spec = _parse_layer(raw, i, previous, defaults, fail, seen)
         seen[spec.name] = spec.line("name")
         specs.append(spec)
         previous = spec.name
@@ -172,7 +169,7 @@ def _input_shape(data, fail):
     return tuple(shape)
 
 
-def _parse_layer(raw, index, previous, defaults, fail):
+def _parse_layer(raw, index, previous, defaults, fail, seen):
     name = raw.get("name")
     if name is None:
         fail(f"layer #{index + 1} has no `name`", raw)
@@ -180,6 +177,8 @@ def _parse_layer(raw, index, previous, defaults, fail):
         fail("must be a non-empty string", raw, "name")
     if name == INPUT_NAME:
         fail(f"'{INPUT_NAME}' is the input layer's name; choose another", raw, "name", layer=name)
+    if name in seen:
+        fail(f"duplicate layer name (first defined on line {seen[name]})", raw, "name", layer=name)
     if "type" not in raw:
         fail("missing required key 'type'", raw, None, layer=name)
     type_name = raw["type"]

@@ -5,6 +5,7 @@ from layers.base import join_inputs, split_grad
 
 from engine import graph
 from engine.config import INPUT_NAME, parse_net
+from engine.errors import ConfigError
 
 
 class Net:
@@ -14,6 +15,10 @@ class Net:
     Activations and scratch buffers are kept inside the layers between calls and reused
     while the batch size stays the same.
     """
+
+    preprocess = None     # input preparation stored with a checkpoint (see engine.load)
+    class_names = None
+    data_spec = None
 
     def __init__(self, spec, seed=0):
         self.spec = spec
@@ -174,6 +179,26 @@ class Net:
                 self._send_back(node, dx, pending)
         return float(loss), {k: grads[k] for k in self._params}
 
+    def predict(self, images, top=None):
+        """Class probabilities for raw images, prepared as in training.
+
+        images: uint8 or float, [N, H, W] (one channel) or [N, H, W, C], any size at least the
+        input; the stored preparation (scaling, mean, centre crop) is applied. Returns
+        [N, classes] probabilities, or with `top=k` a list per image of (class, probability)
+        pairs, best first (class names where the training data had them).
+        """
+        if self.preprocess is None:
+            raise ValueError("predict() needs the input preparation stored with a checkpoint: "
+                             "load the net with engine.load(NET, checkpoint=RUN_FOLDER), or call "
+                             "forward() with prepared float32 [N, C, H, W] input")
+        x = self.preprocess.prepare(images)
+        probs = self.forward(x)
+        if top is None:
+            return probs
+        names = self.class_names or [str(i) for i in range(probs.shape[1])]
+        order = np.argsort(-probs, axis=1)[:, :top]
+        return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
     @staticmethod
     def _send_back(node, dx, pending):
         parts = split_grad(node.layer, dx, node.layer.input_shapes)
@@ -186,10 +211,30 @@ class Net:
                 pending[name] = g
 
 
-def load(source, seed=0):
+def load(source=None, seed=0, checkpoint=None):
     """Build a Net from a path to a .yaml file, YAML text, or a dict.
 
     Weights are drawn from each layer's init keys with a generator seeded by `seed`.
+    With `checkpoint` (a run folder, meaning its latest checkpoint, or one checkpoint
+    file) the trained weights and the stored input preparation are loaded too, and
+    `source` may be None to use the net text saved in the checkpoint.
     Any problem in the definition raises `engine.ConfigError` (file, line, layer, key).
     """
-    return Net(parse_net(source), seed=seed)
+    if checkpoint is None:
+        if source is None:
+            raise ConfigError("engine.load needs a net (a .yaml path, YAML text or a dict) or a checkpoint")
+        return Net(parse_net(source), seed=seed)
+    from engine import checkpoint as ckpt
+    from engine.datasets.augment import Preprocess
+    arrays, meta = ckpt.load(checkpoint)
+    net = Net(parse_net(source if source is not None else meta["net_text"]), seed=seed)
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    try:
+        net.load_state_dict(params)
+    except (KeyError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{meta['path']}: does not fit net '{net.name}': {e}") from None
+    net.preprocess = Preprocess.from_json(meta["preprocess"], arrays["mean"])
+    net.class_names = meta.get("class_names")
+    net.data_spec = meta.get("settings", {}).get("data")
+    net.checkpoint_meta = meta
+    return net

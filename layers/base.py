@@ -99,7 +99,7 @@ class Layer:
 
     def __init__(self, name, cfg, input_shapes):
         self.name = name
-        self.cfg = dict(cfg)
+        self.cfg = self.complete(cfg)
         self.input_shapes = [tuple(s) for s in input_shapes]
         self.input_shape = self.join_shapes(self.input_shapes)
         if self.spatial and len(self.input_shape) != 3:
@@ -115,6 +115,24 @@ class Layer:
         if cfg is not None and item in cfg:
             return cfg[item]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {item!r}")
+
+    @classmethod
+    def complete(cls, cfg):
+        """cfg with every key checked and defaults filled in (so layers can be built directly)."""
+        out = {}
+        for k in cfg:
+            if k not in cls.keys:
+                raise LayerError(k, f"unknown key for a {cls.type} layer; valid: {', '.join(cls.keys)}")
+        for k, spec in cls.keys.items():
+            if k not in cfg:
+                if spec.required:
+                    raise LayerError(k, f"missing required key for a {cls.type} layer")
+                out[k] = spec.default
+            elif cfg[k] is None and spec.default is None:
+                out[k] = None
+            else:
+                out[k] = spec.check(k, cfg[k])
+        return out
 
     # ---- shape --------------------------------------------------------------
     def join_shapes(self, shapes):

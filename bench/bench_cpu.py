@@ -1,0 +1,149 @@
+"""AlexNet on the CPU: our engine beside PyTorch, same machine, same run.
+
+    python bench/bench_cpu.py [--net nets/alexnet.yaml] [--batch 32] [--reps 5] [--threads 2] [--layers]
+
+Times forward (inference) and forward+backward (the gradient of the mean cross-entropy,
+dropout on) for both, interleaved rep by rep so that machine noise hits both alike, and
+prints images/s (median, min-max) and our/PyTorch ratios. PyTorch runs the same
+architecture: each two-column conv as one grouped conv (same multiply-adds), LRN with
+the same size/alpha/beta/k, ceil-mode pooling. With --layers it also prints our time per
+layer, forward and backward.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import engine  # noqa: E402
+
+
+def torch_alexnet(torch, classes=1000):
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 11, stride=4, padding=2), nn.ReLU(),
+        nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(),
+        nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, classes))
+
+
+def timed(fn, reps):
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def describe(name, batch, times):
+    rates = [batch / t for t in times]
+    med = float(np.median(rates))
+    return med, f"{name:<28} {med:8.1f} img/s  (min {min(rates):.1f}, max {max(rates):.1f})"
+
+
+def per_layer(net, x, labels, reps=2):
+    from layers.base import join_inputs
+    fwd, bwd = {}, {}
+    for _ in range(reps):
+        acts = {"data": x}
+        for node in net.layers:
+            xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
+            t = time.perf_counter()
+            acts[node.name] = node.layer.forward(xin, net._layer_params[node.name], train=True, rng=net.rng)
+            fwd[node.name] = fwd.get(node.name, 0) + (time.perf_counter() - t) / reps
+        out = net.layers[-1]
+        _, dy = out.layer.cost(labels)
+        pending = {}
+        net._send_back(out, dy, pending)
+        for node in reversed(net.layers[:-1]):
+            t = time.perf_counter()
+            need = any(i != "data" for i in node.inputs)
+            dx, _ = node.layer.backward(pending.pop(node.name), net._layer_params[node.name], need_dx=need)
+            bwd[node.name] = bwd.get(node.name, 0) + (time.perf_counter() - t) / reps
+            if need:
+                net._send_back(node, dx, pending)
+    print(f"\n{'layer':<10} {'forward ms':>11} {'backward ms':>12}")
+    for node in net.layers:
+        print(f"{node.name:<10} {fwd[node.name] * 1e3:11.1f} {bwd.get(node.name, 0) * 1e3:12.1f}")
+    print(f"{'total':<10} {sum(fwd.values()) * 1e3:11.1f} {sum(bwd.values()) * 1e3:12.1f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--net", default=os.path.join(ROOT, "nets", "alexnet.yaml"))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layers", action="store_true", help="also print our per-layer times")
+    args = ap.parse_args()
+
+    net = engine.load(args.net)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch,) + net.input_shape).astype(np.float32)
+    labels = rng.integers(0, net.num_classes, args.batch)
+    print(f"{net.name}: batch {args.batch}, {args.reps} reps, {os.cpu_count()} CPUs")
+
+    ours_f = lambda: net.forward(x)                               # noqa: E731
+    ours_b = lambda: net.loss_and_grads(x, labels, train=True)   # noqa: E731
+    t0 = time.perf_counter()
+    ours_f()
+    ours_b()
+    print(f"warm-up (first calls, includes any Numba compile): {time.perf_counter() - t0:.1f}s")
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("PyTorch not installed (pip install -e '.[torch]'): printing our figures only")
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+        tnet = torch_alexnet(torch, net.num_classes)
+        tx, tl = torch.from_numpy(x), torch.from_numpy(labels)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def torch_f():
+            tnet.eval()
+            with torch.no_grad():
+                tnet(tx)
+
+        def torch_b():
+            tnet.train()
+            tnet.zero_grad(set_to_none=True)
+            loss_fn(tnet(tx), tl).backward()
+        torch_f()
+        torch_b()
+
+    results = {"ours_f": [], "ours_b": [], "torch_f": [], "torch_b": []}
+    for _ in range(args.reps):   # interleaved so that noise hits both
+        results["ours_f"] += timed(ours_f, 1)
+        results["ours_b"] += timed(ours_b, 1)
+        if torch is not None:
+            results["torch_f"] += timed(torch_f, 1)
+            results["torch_b"] += timed(torch_b, 1)
+
+    of, line = describe("ours forward", args.batch, results["ours_f"])
+    print(line)
+    ob, line = describe("ours forward+backward", args.batch, results["ours_b"])
+    print(line)
+    if torch is not None:
+        tf, line = describe(f"torch {torch.__version__} forward", args.batch, results["torch_f"])
+        print(line)
+        tb, line = describe(f"torch {torch.__version__} fwd+bwd", args.batch, results["torch_b"])
+        print(line)
+        print(f"ratio ours/torch: forward {of / tf:.2f}x, forward+backward {ob / tb:.2f}x")
+    if args.layers:
+        per_layer(net, x, labels)
+
+
+if __name__ == "__main__":
+    main()

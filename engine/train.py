@@ -1,0 +1,257 @@
+"""Training, evaluation and the run folder.
+
+Every epoch's randomness (data order, augmentation, dropout) comes from generators seeded
+by (seed, epoch), and their states are saved with a mid-epoch checkpoint, so a resumed run
+repeats the uninterrupted one bit for bit.
+"""
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from engine import checkpoint, settings as settings_mod
+from engine.config import parse_net
+from engine.datasets import DataError, open_source
+from engine.datasets.augment import Preprocess
+from engine.errors import ConfigError
+from engine.net import Net
+from engine.solver import SGD
+
+FORMAT = 1
+
+
+class Progress:
+    """One self-rewriting line per epoch on a terminal; silent otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.live = hasattr(stream, "isatty") and stream.isatty()
+
+    def update(self, epoch, epochs, done, total, loss, rate, elapsed):
+        if not self.live:
+            return
+        frac = done / max(total, 1)
+        bar = ("=" * int(frac * 24)).ljust(24)
+        eta = (total - done) * elapsed / max(done, 1)
+        self.stream.write(f"\repoch {epoch}/{epochs} [{bar}] {frac:4.0%} loss {loss:.4f} "
+                          f"{rate:6.0f} img/s ETA {eta:5.0f}s ")
+        self.stream.flush()
+
+    def close(self):
+        if self.live:
+            self.stream.write("\r" + " " * 79 + "\r")
+            self.stream.flush()
+
+
+def topk_errors(probs, labels, k=5):
+    """(top-1 error count, top-k error count) for a batch."""
+    top1 = probs.argmax(1)
+    kk = min(k, probs.shape[1])
+    topk = np.argpartition(-probs, kk - 1, axis=1)[:, :kk]
+    return int(np.sum(top1 != labels)), int(np.sum(~np.any(topk == labels[:, None], axis=1)))
+
+
+def evaluate(net, source, pre, batch=128, split="val", multiview=False):
+    """{"loss", "top1", "top5", "n"} over a split; multiview averages the ten views."""
+    total_loss, e1, e5, n = 0.0, 0, 0, 0
+    out = net.output_layer.layer
+    for raw, labels in source.batches(split, batch):
+        if multiview:
+            views = pre.views(raw)
+            probs = np.mean([net.forward(v) for v in views], axis=0)
+            p = np.clip(probs[np.arange(len(labels)), labels], 1e-30, None)
+            loss = float(-np.mean(np.log(p)))
+        else:
+            probs = net._forward(pre.test(raw), train=False)[net.output_layer.name]
+            loss, _ = out.cost(labels)
+        a, b = topk_errors(probs, labels)
+        total_loss += loss * len(labels)
+        e1, e5, n = e1 + a, e5 + b, n + len(labels)
+    if n == 0:
+        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
+    return {"loss": total_loss / n, "top1": e1 / n, "top5": e5 / n, "n": n}
+
+
+def _net_text(spec):
+    if spec.text is not None:
+        return spec.text
+    import yaml
+    return yaml.safe_dump(json.loads(json.dumps(spec.data)), sort_keys=False)
+
+
+class StopFlag:
+    """First Ctrl-C: finish the batch, save, stop. Second: stop at once."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.stop:
+                raise KeyboardInterrupt
+            self.stop = True
+            print("\nstopping after this batch (Ctrl-C again to abort without saving)", file=sys.stderr)
+        try:
+            self._old = signal.signal(signal.SIGINT, handler)
+        except ValueError:   # not the main thread: no handler, Ctrl-C raises as usual
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+class Trainer:
+    def __init__(self, net_source=None, data=None, epochs=None, batch=None, lr=None, seed=None,
+                 out=None, resume=None, test_freq=None, log=print, stop_after=None):
+        self.log = log
+        self.resume_meta, arrays = None, None
+        if resume is not None:
+            arrays, self.resume_meta = checkpoint.load(resume)
+            if net_source is None:
+                net_source = self.resume_meta["net_text"]
+        if net_source is None:
+            raise ConfigError("no net given")
+        self.spec = parse_net(net_source)
+        overrides = {"data": data, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
+                     "test_freq": test_freq}
+        base_train = self.spec.train
+        if self.resume_meta is not None:
+            base_train = self.resume_meta["settings"]
+        self.settings = settings_mod.resolve(base_train, overrides, file=self.spec.file)
+        s = self.settings
+        if not s["data"]:
+            raise DataError(
+                f"no training data: `{self.spec.name}` has no `train.data` and no --data was given.\n"
+                "Give --data ROOT for an ImageNet-layout folder (ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg),"
+                " a cuda-convnet batch folder, `digits`, or `--data synthetic` for a smoke run.")
+        self.net = Net(self.spec, seed=s["seed"])
+        self.source = open_source(s["data"], self.net.input_shape, seed=s["seed"])
+        if self.source.num_classes != self.net.num_classes:
+            raise DataError(f"the data has {self.source.num_classes} classes but the net's output "
+                            f"layer has {self.net.num_classes}: set `outputs: {self.source.num_classes}` "
+                            "on the last fc layer")
+        self.solver = SGD.for_net(self.net, s["momentum"], s["weight_decay"])
+        self.schedule = settings_mod.make_schedule(s)
+        aug = dict(self.source.default_augment)
+        aug.update({k: v for k, v in s["augment"].items() if v is not None})
+        self.augment = aug
+        if arrays is not None:
+            mean = arrays["mean"]
+        else:
+            mean = self.source.mean_image()
+        pca = self.source.pca() if aug.get("pca", 0.0) > 0 and self.source.is_color else None
+        self.pre = Preprocess(self.net.input_shape, mean, scale=aug["scale"], crop=aug["crop"],
+                              flip=aug["flip"], pca=aug["pca"] if pca is not None else 0.0, pca_basis=pca)
+        self.metrics = []
+        self.epoch, self.batch_in_epoch = 0, 0
+        self.rng_states = None
+        if arrays is not None:
+            self._restore(arrays, self.resume_meta)
+        self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
+                               os.path.join("runs", f"{self.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        self.stop_after = stop_after   # for tests: stop as if Ctrl-C after this many batches
+
+    # ---- state ----------------------------------------------------------------
+    def _restore(self, arrays, meta):
+        self.net.load_state_dict({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
+        self.solver.load_state_arrays(arrays)
+        self.schedule.load_state(meta["schedule"])
+        self.metrics = list(meta["metrics"])
+        self.epoch, self.batch_in_epoch = meta["epoch"], meta["batch"]
+        self.rng_states = meta.get("rng")
+
+    def save(self, rng_states=None):
+        arrays = {f"param/{k}": v for k, v in self.net.parameters().items()}
+        arrays.update(self.solver.state_arrays())
+        arrays["mean"] = self.pre.mean
+        meta = {
+            "format": FORMAT, "net_text": _net_text(self.spec), "net_name": self.spec.name,
+            "net_file": self.spec.file, "epoch": self.epoch, "batch": self.batch_in_epoch,
+            "settings": self.settings, "schedule": self.schedule.state(), "rng": rng_states,
+            "preprocess": self.pre.to_json(), "class_names": self.source.class_names,
+            "num_classes": self.source.num_classes, "metrics": self.metrics,
+        }
+        path = checkpoint.save(self.run_dir, checkpoint.tag_for(self.epoch, self.batch_in_epoch),
+                               arrays, meta)
+        with open(os.path.join(self.run_dir, "metrics.jsonl.tmp"), "w") as f:
+            for m in self.metrics:
+                f.write(json.dumps(m) + "\n")
+        os.replace(os.path.join(self.run_dir, "metrics.jsonl.tmp"), os.path.join(self.run_dir, "metrics.jsonl"))
+        return path
+
+    # ---- the loop ---------------------------------------------------------------
+    def run(self):
+        s = self.settings
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.log(f"training {self.spec.name} ({self.net.num_params:,} parameters) on {self.source.name}: "
+                 f"{self.source.num_train} train / {self.source.num_val} val images, {s['epochs']} epochs, "
+                 f"batch {s['batch']}, lr {s['lr']:g}; run folder {self.run_dir}")
+        progress = Progress()
+        seed = s["seed"]
+        steps_taken = 0
+        with StopFlag() as flag:
+            while self.epoch < s["epochs"]:
+                epoch = self.epoch
+                order_rng = np.random.default_rng([seed, epoch, 0])
+                aug_rng = np.random.default_rng([seed, epoch, 1])
+                self.net.rng = np.random.default_rng([seed, epoch, 2])
+                skip = self.batch_in_epoch
+                if skip and self.rng_states:
+                    aug_rng.bit_generator.state = self.rng_states["augment"]
+                    self.net.rng.bit_generator.state = self.rng_states["dropout"]
+                n_batches = -(-self.source.num_train // s["batch"])
+                t0, seen, loss_sum, b = time.time(), 0, 0.0, 0
+                for b, (raw, labels) in enumerate(self.source.batches("train", s["batch"], rng=order_rng)):
+                    if b < skip:
+                        continue
+                    x = self.pre.train(raw, aug_rng)
+                    loss, grads = self.net.loss_and_grads(x, labels, train=True)
+                    if not np.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}: the learning "
+                            f"rate ({s['lr']:g}) is probably too high for this net")
+                    self.solver.step(grads, self.schedule.lr(epoch, b / n_batches))
+                    loss_sum += loss * len(labels)
+                    seen += len(labels)
+                    steps_taken += 1
+                    self.batch_in_epoch = b + 1
+                    elapsed = time.time() - t0
+                    progress.update(epoch + 1, s["epochs"], b + 1, n_batches, loss_sum / seen,
+                                    seen / max(elapsed, 1e-9), elapsed)
+                    if flag.stop or (self.stop_after is not None and steps_taken >= self.stop_after):
+                        progress.close()
+                        path = self.save({"augment": aug_rng.bit_generator.state,
+                                          "dropout": self.net.rng.bit_generator.state})
+                        self.log(f"stopped in epoch {epoch + 1} after batch {b + 1}; saved {path}\n"
+                                 f"resume with: python -m engine train --resume {self.run_dir}")
+                        return {"stopped": True, "checkpoint": path}
+                progress.close()
+                elapsed = time.time() - t0
+                self.epoch, self.batch_in_epoch, self.rng_states = epoch + 1, 0, None
+                record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                          "lr": self.schedule.lr(epoch, 0.999999), "time": round(elapsed, 3),
+                          "images_per_s": round(seen / max(elapsed, 1e-9), 1)}
+                if (epoch + 1) % s["test_freq"] == 0 or epoch + 1 == s["epochs"]:
+                    val = evaluate(self.net, self.source, self.pre, batch=s["batch"])
+                    record.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
+                    self.schedule.observe(val["top1"])
+                self.metrics.append(record)
+                self.log(self._line(record))
+                path = self.save()
+        if self.source.skipped:
+            self.log(f"skipped {self.source.skipped} unreadable image(s); see the log above for which")
+        return {"stopped": False, "checkpoint": path if self.metrics else None, "metrics": self.metrics}
+
+    def _line(self, r):
+        val = ""
+        if "val_top1" in r:
+            val = f"  val loss {r['val_loss']:.4f}  top-1 {r['val_top1']:6.2%}  top-5 {r['val_top5']:6.2%}"
+        return (f"epoch {r['epoch']:3d}  train loss {r['train_loss']:.4f}{val}  lr {r['lr']:.3g}  "
+                f"{r['time']:.1f}s  ({r['images_per_s']:.0f} img/s)")

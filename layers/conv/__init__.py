@@ -1,0 +1,114 @@
+"""`conv`: 2-D convolution with optional groups and a fused activation.
+
+im2col (Numba) -> one BLAS GEMM per group (numpy, outside Numba) -> bias + activation
+scatter (Numba). Backward mirrors it: gradient gather -> GEMMs -> col2im.
+"""
+import numpy as np
+
+from layers.base import INIT_B_KEY, INIT_W_KEY, NEURON_KEY, Key, Layer, LayerError, out_size_floor
+from layers.conv import cpu
+from layers.neuron.cpu import CODES, NEEDS_INPUT
+from layers.registry import register
+
+
+@register
+class ConvLayer(Layer):
+    type = "conv"
+    doc = "2-D convolution (cross-correlation), weight [filters, channels/groups, size, size]"
+    spatial = True
+    keys = {
+        "filters": Key(int, low=1, doc="output channels, over all groups"),
+        "size": Key(int, low=1, doc="side of the square kernel"),
+        "stride": Key(int, 1, low=1, doc="step between kernel positions"),
+        "padding": Key(int, 0, low=0, doc="zeros added on each side"),
+        "groups": Key(int, 1, low=1, doc="split channels and filters into this many independent groups"),
+        "neuron": NEURON_KEY,
+        "init_w": INIT_W_KEY,
+        "init_b": INIT_B_KEY,
+    }
+
+    def setup(self, input_shape):
+        # The engine normally fills defaults; doing it here too keeps direct construction working.
+        for key, spec in self.keys.items():
+            if key not in self.cfg:
+                if spec.required:
+                    raise LayerError(key, "is required")
+                self.cfg[key] = spec.default
+        c, h, w = input_shape
+        f, k, s, p, g = self.filters, self.size, self.stride, self.padding, self.groups
+        if c % g or f % g:
+            raise LayerError("groups", f"groups={g} must divide both the input channels ({c}) "
+                                       f"and filters ({f})")
+        if k > h + 2 * p or k > w + 2 * p:
+            raise LayerError("size", f"kernel size {k} is larger than the padded input "
+                                     f"{h + 2 * p}x{w + 2 * p} ({h}x{w} with padding {p})")
+        self.channels = c
+        self.code = CODES[self.neuron]
+        self.out_hw = (out_size_floor(h, k, s, p), out_size_floor(w, k, s, p))
+        return (f,) + self.out_hw
+
+    def param_shapes(self):
+        return {"weight": (self.filters, self.channels // self.groups, self.size, self.size),
+                "bias": (self.filters,)}
+
+    def macs(self):
+        oh, ow = self.out_hw
+        return self.filters * (self.channels // self.groups) * self.size * self.size * oh * ow
+
+    # ---- compute ------------------------------------------------------------
+    def _blocks(self):
+        """Row slices of (filters, cols rows) for each group."""
+        fg = self.filters // self.groups
+        kg = (self.channels // self.groups) * self.size * self.size
+        return [(slice(i * fg, (i + 1) * fg), slice(i * kg, (i + 1) * kg)) for i in range(self.groups)]
+
+    def _im2col(self, x):
+        oh, ow = self.out_hw
+        cols = self.buffer("cols", (self.channels * self.size * self.size, x.shape[0] * oh * ow))
+        cpu.im2col(x, self.size, self.stride, self.padding, oh, ow, cols)
+        self._cols_valid = True
+        return cols
+
+    def forward(self, x, params, train=False, rng=None):
+        x = np.ascontiguousarray(x, np.float32)
+        n = x.shape[0]
+        f = self.filters
+        oh, ow = self.out_hw
+        cols = self._im2col(x)
+        w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
+        tmp = self.buffer("tmp", (f, n * oh * ow))
+        for fs, ks in self._blocks():
+            np.matmul(w2[fs], cols[ks], out=tmp[fs])
+        y = self.buffer("y", (n, f, oh, ow))
+        y3 = y.reshape(n, f, oh * ow)
+        keep = self.code in NEEDS_INPUT                  # abs: its gradient needs the sign
+        pre = self.buffer("pre", y3.shape) if keep else y3
+        cpu.bias_act(tmp, np.ascontiguousarray(params["bias"], np.float32), self.code, keep, y3, pre)
+        self._x, self._y3, self._pre = x, y3, pre
+        return y
+
+    def backward(self, dy, params, need_dx=True):
+        n = self._x.shape[0]
+        f = self.filters
+        dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
+        dtmp = self.buffer("dtmp", (f, dy3.shape[0] * dy3.shape[2]))
+        db = np.empty(f, np.float32)
+        cpu.grad_gather(dy3, self._y3, self._pre, self.code, dtmp, db)
+        # cols doubles as dcols below; redo it if an earlier backward overwrote it
+        cols = self._buffers["cols"] if self._cols_valid else self._im2col(self._x)
+        w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
+        dw2 = np.empty(w2.shape, np.float32)
+        blocks = self._blocks()
+        for fs, ks in blocks:
+            np.matmul(dtmp[fs], cols[ks].T, out=dw2[fs])
+        grads = {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db}
+        if not need_dx:
+            return None, grads
+        dcols = cols          # its contents were last needed for dw: reuse the memory
+        self._cols_valid = False
+        for fs, ks in blocks:
+            np.matmul(w2[fs].T, dtmp[fs], out=dcols[ks])
+        dx = self.buffer("dx", (n, self.channels) + self.input_shape[1:])
+        oh, ow = self.out_hw
+        cpu.col2im(dcols, self.size, self.stride, self.padding, oh, ow, dx)
+        return dx, grads

@@ -1,0 +1,105 @@
+"""Numba CPU kernels for conv: im2col, bias+activation scatter, gradient gather, col2im.
+
+The GEMMs run in numpy's BLAS outside these kernels (measured faster than np.dot
+inside njit, and it avoids calling BLAS from inside prange).
+Column layout: cols[c*k*k + ky*k + kx, n*P + oy*OW + ox] with P = OH*OW, so a
+group's rows are one contiguous block and each image's columns are one segment.
+"""
+import numba
+import numpy as np
+
+from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers.neuron.cpu import act, act_grad
+
+FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
+
+
+@numba.njit(inline="always")
+def _valid(o_count, size, k_off, stride, padding):
+    """[lo, hi): the outputs whose input index o*stride - padding + k_off lies in [0, size)."""
+    lo = max(0, -((k_off - padding) // stride))          # ceil((padding - k_off) / stride)
+    hi = min(o_count, (size - 1 + padding - k_off) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@numba.njit(**FLAGS)
+def im2col(x, k, stride, padding, oh, ow, cols):
+    """cols <- the k*k-shifted, strided copies of x [N, C, H, W]; zeros where padding."""
+    n_img, c_in, h, w = x.shape
+    p_out = oh * ow
+    kk = k * k
+    zero = np.float32(0.0)
+    for r in numba.prange(c_in * kk):
+        c, ky, kx = r // kk, (r // k) % k, r % k
+        ox0, ox1 = _valid(ow, w, kx, stride, padding)
+        oy0, oy1 = _valid(oh, h, ky, stride, padding)
+        for n in range(n_img):
+            for oy in range(oh):
+                base = n * p_out + oy * ow
+                if oy < oy0 or oy >= oy1:
+                    for ox in range(ow):
+                        cols[r, base + ox] = zero
+                    continue
+                iy = oy * stride - padding + ky
+                for ox in range(ox0):
+                    cols[r, base + ox] = zero
+                for ox in range(ox0, ox1):
+                    cols[r, base + ox] = x[n, c, iy, ox * stride - padding + kx]
+                for ox in range(ox1, ow):
+                    cols[r, base + ox] = zero
+
+
+@numba.njit(**FLAGS)
+def bias_act(tmp, bias, code, keep, y, pre):
+    """y[n, f, j] = act(tmp[f, n*P + j] + bias[f]); with `keep`, pre keeps the sum too."""
+    n_img, f_out, p_out = y.shape
+    for i in numba.prange(n_img * f_out):
+        n, f = i // f_out, i % f_out
+        b = bias[f]
+        src = n * p_out
+        for j in range(p_out):
+            a = tmp[f, src + j] + b
+            if keep:
+                pre[n, f, j] = a
+            y[n, f, j] = act(code, a)
+
+
+@numba.njit(**FLAGS)
+def grad_gather(dy, y, pre, code, dtmp, db):
+    """dtmp[f, n*P + j] = dL/d(pre-activation); db[f] = its sum, accumulated in float64."""
+    n_img, f_out, p_out = dy.shape
+    for f in numba.prange(f_out):
+        acc = 0.0
+        for n in range(n_img):
+            dst = n * p_out
+            for j in range(p_out):
+                g = act_grad(code, dy[n, f, j], y[n, f, j], pre[n, f, j])
+                dtmp[f, dst + j] = g
+                acc += g
+        db[f] = acc
+
+
+@numba.njit(**FLAGS)
+def col2im(dcols, k, stride, padding, oh, ow, dx):
+    """dx <- sum of dcols over every (offset, output) that read each pixel.
+
+    One thread per (image, channel) pair owns that dx plane, so += never races."""
+    n_img, c_in, h, w = dx.shape
+    p_out = oh * ow
+    kk = k * k
+    zero = np.float32(0.0)
+    for i in numba.prange(n_img * c_in):
+        n, c = i // c_in, i % c_in
+        for iy in range(h):
+            for ix in range(w):
+                dx[n, c, iy, ix] = zero
+        for ky in range(k):
+            oy0, oy1 = _valid(oh, h, ky, stride, padding)
+            for kx in range(k):
+                ox0, ox1 = _valid(ow, w, kx, stride, padding)
+                r = c * kk + ky * k + kx
+                for oy in range(oy0, oy1):
+                    iy = oy * stride - padding + ky
+                    src = n * p_out + oy * ow
+                    for ox in range(ox0, ox1):
+                        dx[n, c, iy, ox * stride - padding + kx] += dcols[r, src + ox]

@@ -1,0 +1,63 @@
+"""Plain NumPy convolution: the readable definition the kernels are checked against.
+
+One einsum per group and kernel offset (ky, kx): slow, but each line is the formula.
+Works in the dtype of its inputs (float64 for the reference's own gradient check).
+"""
+import numpy as np
+
+from layers.neuron import reference as neuron_ref
+
+
+def _out_side(size, k, stride, padding):
+    return (size + 2 * padding - k) // stride + 1
+
+
+def _window(xp, ky, kx, stride, oh, ow):
+    """The input pixels that kernel offset (ky, kx) sees: [N, C, OH, OW] (a view)."""
+    return xp[:, :, ky:ky + stride * (oh - 1) + 1:stride, kx:kx + stride * (ow - 1) + 1:stride]
+
+
+def preactivation(x, w, b, stride=1, padding=0, groups=1):
+    """y[n, f] = b[f] + sum over the filter's group channels and offsets of w * x (cross-correlation)."""
+    n, c, h, wd = x.shape
+    f, cg, k, _ = w.shape
+    fg = f // groups
+    oh, ow = _out_side(h, k, stride, padding), _out_side(wd, k, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    y = np.zeros((n, f, oh, ow), np.result_type(x, w))
+    for g in range(groups):
+        xg = xp[:, g * cg:(g + 1) * cg]
+        wg = w[g * fg:(g + 1) * fg]
+        for ky in range(k):
+            for kx in range(k):
+                y[:, g * fg:(g + 1) * fg] += np.einsum(
+                    "ncij,fc->nfij", _window(xg, ky, kx, stride, oh, ow), wg[:, :, ky, kx])
+    return y + b.reshape(1, f, 1, 1)
+
+
+def forward(x, w, b, stride=1, padding=0, groups=1, neuron=None):
+    return neuron_ref.forward(neuron, preactivation(x, w, b, stride, padding, groups))
+
+
+def backward(dy, x, w, b, stride=1, padding=0, groups=1, neuron=None):
+    """(dx, dw, db) of L = sum(dy * forward(...)), summed over the batch."""
+    n, c, h, wd = x.shape
+    f, cg, k, _ = w.shape
+    fg = f // groups
+    oh, ow = dy.shape[2:]
+    da = neuron_ref.backward(neuron, dy, preactivation(x, w, b, stride, padding, groups))
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for g in range(groups):
+        xg, dxg = xp[:, g * cg:(g + 1) * cg], dxp[:, g * cg:(g + 1) * cg]
+        wg, dag = w[g * fg:(g + 1) * fg], da[:, g * fg:(g + 1) * fg]
+        for ky in range(k):
+            for kx in range(k):
+                dw[g * fg:(g + 1) * fg, :, ky, kx] = np.einsum(
+                    "nfij,ncij->fc", dag, _window(xg, ky, kx, stride, oh, ow))
+                # _window is a view, so += lands in the padded dx
+                _window(dxg, ky, kx, stride, oh, ow)[...] += np.einsum(
+                    "nfij,fc->ncij", dag, wg[:, :, ky, kx])
+    dx = dxp[:, :, padding:padding + h, padding:padding + wd]
+    return np.ascontiguousarray(dx), dw, da.sum(axis=(0, 2, 3))

@@ -1,0 +1,52 @@
+"""`dropout`: inverted dropout (Hinton et al. 2012, as in Caffe's dropout layer).
+
+In training each unit is kept with probability 1 - rate and kept units are scaled by
+1 / (1 - rate); at test time the layer is the identity. The randomness comes only
+from the `rng` passed to `forward` (a numpy Generator), so a seed fixes the mask.
+Works on any input rank.
+"""
+import numpy as np
+
+from layers.base import Key, Layer, LayerError
+from layers.registry import register
+from layers.dropout import cpu
+
+
+@register
+class DropoutLayer(Layer):
+    type = "dropout"
+    doc = "inverted dropout: drop units with probability `rate` in training, identity at test"
+    keys = {"rate": Key(float, 0.5, low=0.0, high=1.0,
+                        doc="probability of dropping a unit, 0 <= rate < 1")}
+
+    def setup(self, input_shape):
+        if self.cfg["rate"] >= 1.0:
+            raise LayerError("rate", f"must be < 1 (1 drops every unit), got {self.cfg['rate']!r}")
+        self._mask = None
+        return input_shape
+
+    def forward(self, x, params, train=False, rng=None):
+        if not train:
+            self._mask = None
+            return x
+        if rng is None:
+            raise ValueError(f"dropout '{self.name}': training needs an rng (a numpy Generator)")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        rate = self.cfg["rate"]
+        mask = self.buffer("mask", x.shape)
+        rng.random(x.shape, dtype=np.float32, out=mask)
+        y = self.buffer("y", x.shape)
+        cpu.forward(x.reshape(-1), mask.reshape(-1), np.float32(rate),
+                    np.float32(1.0 / (1.0 - rate)), y.reshape(-1))
+        self._mask = mask
+        return y
+
+    def backward(self, dy, params, need_dx=True):
+        if not need_dx:
+            return None, {}
+        if self._mask is None:
+            return dy, {}
+        dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(self._mask.shape)
+        dx = self.buffer("dx", dy.shape)
+        cpu.backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
+        return dx, {}

@@ -1,0 +1,68 @@
+"""`fc`: fully-connected layer y = f(x @ W.T + b) (cuda-convnet's fc layer).
+
+Several inputs are flattened (C, H, W order) and concatenated by the engine (join
+"flat"), so the layer sees x [N, D]. weight [outputs, D], bias [outputs] (PyTorch's
+layout). The products run in BLAS via numpy.matmul into reused buffers; Numba kernels
+add the bias with the fused activation, and form the activation gradient with the
+bias gradient.
+"""
+import numpy as np
+
+from layers.base import INIT_B_KEY, INIT_W_KEY, NEURON_KEY, Key, Layer, LayerError
+from layers.neuron.cpu import CODES, NEEDS_INPUT
+from layers.registry import register
+from layers.fc import cpu
+
+
+@register
+class FCLayer(Layer):
+    type = "fc"
+    doc = "fully connected: y = f(x @ W.T + b); inputs are flattened and concatenated"
+    join = "flat"
+    keys = {
+        "outputs": Key(int, low=1, doc="number of output units"),
+        "neuron": NEURON_KEY,
+        "init_w": INIT_W_KEY,
+        "init_b": INIT_B_KEY,
+    }
+
+    def setup(self, input_shape):
+        self.code = CODES[self.cfg["neuron"]]
+        self.keep_input = self.code in NEEDS_INPUT
+        self.d = int(input_shape[0])
+        return (self.cfg["outputs"],)
+
+    def param_shapes(self):
+        return {"weight": (self.cfg["outputs"], self.d), "bias": (self.cfg["outputs"],)}
+
+    def macs(self):
+        return self.d * self.cfg["outputs"]
+
+    def forward(self, x, params, train=False, rng=None):
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1)
+        if x.shape[1] != self.d:
+            raise ValueError(f"fc '{self.name}': input has {x.shape[1]} features, expected {self.d}")
+        w, b = params["weight"], params["bias"]
+        n, m = x.shape[0], self.cfg["outputs"]
+        y = self.buffer("y", (n, m))
+        np.matmul(x, w.T, out=y)
+        pre = self.buffer("pre", (n, m) if self.keep_input else (1, 1))
+        if self.code != 0 or np.any(b):
+            cpu.bias_act(self.code, y, b, pre)
+        self._x, self._y, self._pre = x, y, pre
+        return y
+
+    def backward(self, dy, params, need_dx=True):
+        w = params["weight"]
+        n, m = self._y.shape
+        dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(n, m)
+        dz = self.buffer("dz", (n, m))
+        db = self.buffer("dbias", (m,))
+        cpu.grad_act_bias(self.code, dy, self._y, self._pre, dz, db)
+        dw = self.buffer("dweight", w.shape)
+        np.matmul(dz.T, self._x, out=dw)
+        dx = None
+        if need_dx:
+            dx = self.buffer("dx", (n, self.d))
+            np.matmul(dz, w, out=dx)
+        return dx, {"weight": dw, "bias": db}

@@ -1,0 +1,58 @@
+"""Numba CPU kernels for the fully-connected layer.
+
+The matrix products run in BLAS (numpy.matmul with out=, outside njit); these kernels
+do the element-wise work around them: bias + fused activation after the forward
+product, and the activation gradient + bias gradient before the backward products.
+"""
+import numba
+import numpy as np
+
+from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers.neuron.cpu import act, act_grad
+
+BLOCK = 512   # columns per parallel task
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def bias_act(code, y, bias, pre):
+    """y[r, c] = f(y[r, c] + bias[c]) in place; for abs (code 4) pre keeps y + bias.
+
+    Tasks are (row, column block) pairs, so a batch of one still spreads over threads."""
+    n, m = y.shape
+    nb = (m + BLOCK - 1) // BLOCK
+    for t in numba.prange(n * nb):
+        r = t // nb
+        c0 = (t % nb) * BLOCK
+        c1 = min(m, c0 + BLOCK)
+        if code == 4:
+            for c in range(c0, c1):
+                a = y[r, c] + bias[c]
+                pre[r, c] = a
+                y[r, c] = act(code, a)
+        else:
+            for c in range(c0, c1):
+                y[r, c] = act(code, y[r, c] + bias[c])
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def grad_act_bias(code, dy, y, pre, dz, dbias):
+    """dz = dL/d(pre-activation) from dy and the output y (pre only for abs);
+    dbias[c] = sum over rows of dz[:, c]. Parallel over column blocks."""
+    n, m = dy.shape
+    nb = (m + BLOCK - 1) // BLOCK
+    for b in numba.prange(nb):
+        c0 = b * BLOCK
+        c1 = min(m, c0 + BLOCK)
+        for c in range(c0, c1):
+            dbias[c] = np.float32(0.0)
+        for r in range(n):
+            if code == 4:
+                for c in range(c0, c1):
+                    g = act_grad(code, dy[r, c], y[r, c], pre[r, c])
+                    dz[r, c] = g
+                    dbias[c] += g
+            else:
+                for c in range(c0, c1):
+                    g = act_grad(code, dy[r, c], y[r, c], np.float32(0.0))
+                    dz[r, c] = g
+                    dbias[c] += g

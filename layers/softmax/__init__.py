@@ -1,0 +1,72 @@
+"""`softmax`: the net's output layer and its cost (cuda-convnet's softmax + logreg).
+
+forward gives row probabilities [N, D] (numerically stable: the row max is
+subtracted). `cost(labels)` is the mean cross-entropy, computed in float64 from the
+log-softmax of the kept logits, with its gradient (p - onehot) / N w.r.t. the layer's
+input. `backward(dy)` is the plain softmax Jacobian-vector product, for use as a
+non-final layer. Several inputs are flattened and concatenated (join "flat").
+"""
+import numpy as np
+
+from layers.base import Layer
+from layers.registry import register
+from layers.softmax import cpu
+
+
+@register
+class SoftmaxLayer(Layer):
+    type = "softmax"
+    doc = "softmax probabilities; as the output layer, the mean cross-entropy cost (logreg)"
+    join = "flat"
+    is_cost = True
+    keys = {}
+
+    def setup(self, input_shape):
+        self._p = None
+        self._lse = None
+        return input_shape
+
+    def forward(self, x, params, train=False, rng=None):
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1)
+        n, d = x.shape
+        p = self.buffer("p", (n, d))
+        if self._lse is None or self._lse.shape != (n,):
+            self._lse = np.empty(n, np.float64)
+        cpu.forward(x, p, self._lse)
+        self._x, self._p = x, p
+        return p
+
+    def check_labels(self, labels):
+        """labels as a contiguous int64 [N] array, or ValueError saying what is wrong."""
+        n, d = self._p.shape
+        arr = np.asarray(labels)
+        if arr.ndim != 1:
+            raise ValueError(f"softmax '{self.name}': labels must be a 1-D array of class indices, "
+                             f"got shape {arr.shape}")
+        if arr.shape[0] != n:
+            raise ValueError(f"softmax '{self.name}': got {arr.shape[0]} labels for a batch of {n}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"softmax '{self.name}': labels must be integers, got dtype {arr.dtype}")
+        bad = np.flatnonzero((arr < 0) | (arr >= d))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"softmax '{self.name}': label {int(arr[i])} (at index {i}) is out of "
+                             f"range for {d} classes (0 <= label < {d})")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    def cost(self, labels):
+        if self._p is None:
+            raise RuntimeError(f"softmax '{self.name}': cost() before forward()")
+        labels = self.check_labels(labels)
+        dx = self.buffer("dx", self._p.shape)
+        loss = cpu.xent(self._x, self._lse, labels, self._p, dx)
+        return float(loss), dx
+
+    def backward(self, dy, params, need_dx=True):
+        if not need_dx:
+            return None, {}
+        p = self._p
+        dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(p.shape)
+        dx = self.buffer("dx", p.shape)
+        cpu.backward(p, dy, dx)
+        return dx, {}

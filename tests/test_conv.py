@@ -1,0 +1,182 @@
+import numpy as np
+import pytest
+
+import layers
+from layers import gradcheck
+from layers.conv import reference
+
+# (N, C, H, W, filters, size, stride, padding, groups, neuron): odd, non-square shapes
+CASES = [
+    (3, 6, 9, 7, 6, 3, 2, 1, 2, "abs"),
+    (1, 6, 8, 11, 9, 4, 3, 2, 3, "relu"),
+    (3, 4, 7, 6, 5, 3, 1, 1, 1, "tanh"),
+    (1, 6, 10, 9, 4, 5, 2, 2, 2, "logistic"),
+    (3, 9, 6, 8, 6, 2, 3, 1, 3, "linear"),
+    (3, 3, 5, 5, 2, 5, 1, 0, 1, None),
+]
+
+
+def make(c, h, w, **cfg):
+    return layers.get("conv")("conv", cfg, [(c, h, w)])
+
+
+def setup_case(case, seed=0):
+    n, c, h, w, f, k, s, p, g, fn = case
+    rng = np.random.default_rng(seed)
+    layer = make(c, h, w, filters=f, size=k, stride=s, padding=p, groups=g, neuron=fn, init_w=0.3)
+    params = layer.init_params(rng)
+    params["bias"][:] = rng.standard_normal(f)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    return layer, params, x, rng
+
+
+def close(actual, expected, rtol=1e-4):
+    # float32 sums of many products: absolute error scales with the result's magnitude
+    atol = 1e-5 * max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def ref_args(layer, params):
+    c = layer.cfg
+    return (params["weight"].astype(np.float64), params["bias"].astype(np.float64),
+            c["stride"], c["padding"], c["groups"], c["neuron"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_kernels_match_reference(case):
+    layer, params, x, rng = setup_case(case)
+    y = layer.forward(x, params)
+    x64 = x.astype(np.float64)
+    assert y.shape == (x.shape[0],) + layer.output_shape
+    close(y, reference.forward(x64, *ref_args(layer, params)))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, grads = layer.backward(dy, params)
+    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x64, *ref_args(layer, params))
+    close(dx, rdx)
+    close(grads["weight"], rdw)
+    close(grads["bias"], rdb)
+
+
+def test_backward_without_dx_and_repeated_backward():
+    # backward reuses the im2col buffer for dcols: a second backward must rebuild it
+    layer, params, x, rng = setup_case(CASES[0])
+    y = layer.forward(x, params)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx1, g1 = layer.backward(dy, params)
+    dx1 = dx1.copy()
+    dx2, g2 = layer.backward(dy, params)
+    none, g3 = layer.backward(dy, params, need_dx=False)
+    assert none is None
+    np.testing.assert_array_equal(dx1, dx2)
+    for g in (g2, g3):
+        np.testing.assert_array_equal(g1["weight"], g["weight"])
+        np.testing.assert_array_equal(g1["bias"], g["bias"])
+
+
+@pytest.mark.parametrize("fn", ["tanh", "logistic", "linear"])   # smooth: no kinks for h=1e-2
+def test_gradient_finite_differences(fn):
+    layer, params, x, _ = setup_case((2, 4, 6, 5, 4, 3, 2, 1, 2, fn), seed=1)
+    errs = gradcheck.check(layer, [x], params)
+    assert set(errs) == {"input0", "weight", "bias"}
+
+
+def test_gradient_finite_differences_two_joined_inputs():
+    # the engine concatenates inputs along channels; groups=3 spans the join
+    layer = layers.get("conv")("conv", {"filters": 3, "size": 2, "padding": 1, "groups": 3,
+                                        "neuron": "tanh", "init_w": 0.3}, [(2, 4, 5), (1, 4, 5)])
+    rng = np.random.default_rng(2)
+    params = layer.init_params(rng)
+    xs = [rng.standard_normal((2, 2, 4, 5)).astype(np.float32),
+          rng.standard_normal((2, 1, 4, 5)).astype(np.float32)]
+    assert set(gradcheck.check(layer, xs, params)) == {"input0", "input1", "weight", "bias"}
+
+
+@pytest.mark.parametrize("fn", ["tanh", "linear"])
+def test_reference_gradient_float64(fn):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 4, 5, 6))
+    w = rng.standard_normal((6, 2, 3, 3)) * 0.3
+    b = rng.standard_normal(6)
+    args = dict(stride=2, padding=1, groups=2, neuron=fn)
+    y = reference.forward(x, w, b, **args)
+    r = rng.standard_normal(y.shape)
+    grads = reference.backward(r, x, w, b, **args)
+    h = 1e-6
+    for arr, grad in zip((x, w, b), grads):
+        assert grad.shape == arr.shape
+        for flat in rng.choice(arr.size, size=min(25, arr.size), replace=False):
+            ix = np.unravel_index(flat, arr.shape)
+            old = arr[ix]
+            arr[ix] = old + h
+            up = np.sum(r * reference.forward(x, w, b, **args))
+            arr[ix] = old - h
+            down = np.sum(r * reference.forward(x, w, b, **args))
+            arr[ix] = old
+            assert abs((up - down) / (2 * h) - grad[ix]) < 1e-6 * max(1.0, abs(grad[ix]))
+
+
+@pytest.mark.parametrize("c, f, bad", [(4, 6, "(4)"), (6, 4, "(4)")])
+def test_groups_must_divide_channels_and_filters(c, f, bad):
+    with pytest.raises(layers.LayerError) as e:
+        make(c, 8, 8, filters=f, size=3, groups=3)
+    assert e.value.key == "groups"
+    assert bad in e.value.message and "groups=3" in e.value.message
+    assert str(c) in e.value.message and str(f) in e.value.message
+
+
+def test_kernel_larger_than_padded_input():
+    make(6, 3, 9, filters=2, size=5, padding=1)          # 3+2 = 5: just fits
+    with pytest.raises(layers.LayerError) as e:
+        make(6, 3, 9, filters=2, size=6, padding=1)      # non-square, 5 rows < 6
+    assert e.value.key == "size"
+    assert "6" in e.value.message and "5x11" in e.value.message
+
+
+def test_non_spatial_input_and_missing_key():
+    with pytest.raises(layers.LayerError) as e:
+        layers.get("conv")("conv", {"filters": 4, "size": 3}, [(10,)])
+    assert e.value.key == "inputs" and "[10]" in e.value.message
+    with pytest.raises(layers.LayerError) as e:
+        layers.get("conv")("conv", {"size": 3}, [(3, 8, 8)])
+    assert e.value.key == "filters"
+
+
+def test_shapes_and_macs():
+    # AlexNet conv2 as Caffe writes it: 96 joined channels, 2 groups
+    layer = make(96, 27, 27, filters=256, size=5, padding=2, groups=2)
+    assert layer.output_shape == (256, 27, 27)
+    assert layer.param_shapes() == {"weight": (256, 48, 5, 5), "bias": (256,)}
+    assert layer.macs() == 256 * 48 * 25 * 27 * 27 == 223_948_800
+    # floor rule on a non-square input: (227-11)//4+1 = 55, (200-11)//4+1 = 48
+    assert make(3, 227, 200, filters=8, size=11, stride=4).output_shape == (8, 55, 48)
+
+
+TORCH_CASES = [
+    (2, 6, 9, 8, 6, 3, 2, 1, 2, "relu"),
+    (3, 6, 7, 10, 9, 4, 3, 2, 3, "tanh"),
+    (1, 4, 12, 12, 8, 5, 1, 2, 1, "logistic"),
+    (2, 4, 8, 7, 4, 3, 1, 0, 2, "abs"),
+]
+
+
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_matches_pytorch(case):
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: the oracle comparison needs it")
+    act = {"relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid, "abs": torch.abs}
+    layer, params, x, rng = setup_case(case, seed=7)
+    cfg = layer.cfg
+    y = layer.forward(x, params)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, grads = layer.backward(dy, params)
+
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(params["weight"], dtype=torch.float64, requires_grad=True)
+    tb = torch.tensor(params["bias"], dtype=torch.float64, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=cfg["stride"], padding=cfg["padding"],
+                                    groups=cfg["groups"])
+    ty = act[cfg["neuron"]](ty)
+    ty.backward(torch.tensor(dy, dtype=torch.float64))
+    close(y, ty.detach().numpy())
+    close(dx, tx.grad.numpy())
+    close(grads["weight"], tw.grad.numpy())
+    close(grads["bias"], tb.grad.numpy())
