@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tempfile
+import uuid
 
 import numpy as np
 
@@ -42,8 +43,10 @@ def save(run_dir, tag, arrays, meta):
     os.makedirs(run_dir, exist_ok=True)
     npz_path = os.path.join(run_dir, f"{tag}.npz")
     json_path = os.path.join(run_dir, f"{tag}.json")
-    _atomic_write(npz_path, lambda f: np.savez(f, **arrays))
-    text = json.dumps(meta, indent=1, sort_keys=True).encode()
+    # the same id in both files: a pair torn by a crash while overwriting a tag is detected
+    ident = uuid.uuid4().hex
+    _atomic_write(npz_path, lambda f: np.savez(f, __id__=np.array(ident), **arrays))
+    text = json.dumps(dict(meta, id=ident), indent=1, sort_keys=True).encode()
     _atomic_write(json_path, lambda f: f.write(text))
     return json_path
 
@@ -58,13 +61,23 @@ def list_checkpoints(run_dir):
     return [p for _, p in sorted(found)]
 
 
+def _pair_matches(json_path):
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            ident = json.load(f).get("id")
+        with np.load(json_path[:-5] + ".npz", allow_pickle=False) as z:
+            return "__id__" in z.files and str(z["__id__"]) == ident
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def resolve(path):
-    """A run folder (its latest checkpoint) or one checkpoint's .json/.npz -> the .json path."""
+    """A run folder (its latest whole checkpoint) or one checkpoint's .json/.npz -> the .json path."""
     if os.path.isdir(path):
-        found = list_checkpoints(path)
-        if not found:
-            raise CheckpointError(f"{path}: no checkpoint in this folder (expected <epoch>.json + <epoch>.npz)")
-        return found[-1]
+        for json_path in reversed(list_checkpoints(path)):
+            if _pair_matches(json_path):
+                return json_path
+        raise CheckpointError(f"{path}: no checkpoint in this folder (expected <epoch>.json + <epoch>.npz)")
     base, ext = os.path.splitext(path)
     if ext in (".json", ".npz") and os.path.exists(base + ".json") and os.path.exists(base + ".npz"):
         return base + ".json"
@@ -81,5 +94,8 @@ def load(path):
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{json_path}: cannot read checkpoint: {e}") from None
+    if str(arrays.pop("__id__", "")) != meta.get("id"):
+        raise CheckpointError(f"{json_path}: its .npz belongs to another save (a crash while "
+                              "overwriting it); load an earlier checkpoint of the run")
     meta["path"] = json_path
     return arrays, meta

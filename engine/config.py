@@ -151,7 +151,7 @@ def parse_net(source):
         seen[spec.name] = spec.line("name")
         specs.append(spec)
         previous = spec.name
-    return NetSpec(name=name, input_shape=input_shape, layers=specs, train=dict(train),
+    return NetSpec(name=name, input_shape=input_shape, layers=specs, train=train,
                    file=file, text=text, data=data)
 
 

@@ -28,12 +28,6 @@ class ConvLayer(Layer):
     }
 
     def setup(self, input_shape):
-        # The engine normally fills defaults; doing it here too keeps direct construction working.
-        for key, spec in self.keys.items():
-            if key not in self.cfg:
-                if spec.required:
-                    raise LayerError(key, "is required")
-                self.cfg[key] = spec.default
         c, h, w = input_shape
         f, k, s, p, g = self.filters, self.size, self.stride, self.padding, self.groups
         if c % g or f % g:
