@@ -58,8 +58,19 @@ def _test(args):
     return 0
 
 
+def read_image(path, channels):
+    """One image file as uint8 [H, W] (grey) or [H, W, 3]; DataError if unreadable."""
+    import numpy as np
+    from PIL import Image
+    from engine.datasets import DataError
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read this image ({e})") from None
+
+
 def _predict(args):
-    from engine.datasets.images import read_image
     from engine.net import load
     net = load(None, checkpoint=args.checkpoint)
     for path in args.images:

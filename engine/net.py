@@ -191,7 +191,8 @@ class Net:
             raise ValueError("predict() needs the input preparation stored with a checkpoint: "
                              "load the net with engine.load(NET, checkpoint=RUN_FOLDER), or call "
                              "forward() with prepared float32 [N, C, H, W] input")
-        x = self.preprocess.prepare(images)
+        from engine.datasets.augment import prepare_images
+        x = prepare_images(images, self.input_shape, self.preprocess.mean, self.preprocess.scale)
         probs = self.forward(x)
         if top is None:
             return probs

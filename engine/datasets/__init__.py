@@ -1,0 +1,100 @@
+"""Training data sources and input preparation.
+
+    src = open_source("digits", (1, 28, 28))
+    pre = Preprocess((1, 28, 28), src.mean_image(), **src.default_augment)
+    for raw, labels in src.batches("train", 128, rng=np.random.default_rng(0)):
+        x = pre.train(raw, rng)            # float32 [N,1,28,28]
+
+Sources (see open_source): the embedded MNIST digits, synthetic random data, cuda-convnet
+batch folders (also CIFAR-10's python version) and ImageNet-layout image folders.
+This package sits below the rest of the engine and imports no other engine module.
+"""
+import os
+import re
+
+from ._base import DataError, DataSource, log, shape_text
+from .augment import PCA_PIXEL_UNIT, Preprocess, prepare_images
+
+__all__ = ["DataError", "DataSource", "Preprocess", "prepare_images", "open_source", "PCA_PIXEL_UNIT"]
+
+_FORMS = ("'digits' (4,000 MNIST digits shipped with the engine), 'synthetic' or 'synthetic:N' "
+          "(random data, N training images), a cuda-convnet batch folder (containing batches.meta "
+          "and data_batch_1..N), or an image folder (containing train/<class>/*.jpg|jpeg|png and "
+          "val/<class>/...)")
+
+
+def _input_shape(input_shape):
+    try:
+        c, h, w = (int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise DataError(f"input_shape must be the net's (C, H, W), got {input_shape!r}") from None
+    if min(c, h, w) < 1:
+        raise DataError(f"input_shape must be positive, got {input_shape!r}")
+    return c, h, w
+
+
+def _check_fits(name, image_shape, input_shape):
+    c, h, w = input_shape
+    sc, sh, sw = image_shape
+    if c != sc:
+        raise DataError(f"{name} has {shape_text(image_shape)} images ({sc} channel(s)) but the net's input is "
+                        f"{shape_text(input_shape)} ({c} channel(s)); pick a net whose data layer has "
+                        f"{sc} channel(s), or another data source")
+    if h > sh or w > sw:
+        raise DataError(f"{name} has {shape_text(image_shape)} images, smaller than the net's input "
+                        f"{shape_text(input_shape)}; pick a net whose input is at most {sh}x{sw}, "
+                        "or another data source")
+
+
+def open_source(spec, input_shape, seed=0, num_classes=None):
+    """Open a data source for a net whose input is `input_shape` = (C, H, W).
+
+    spec is one of:
+      "digits"            4,000 MNIST digits, 1x28x28 (first 3,400 train, last 600 val);
+      "synthetic[:N]"     random float32 images of exactly input_shape, N (default 1280)
+                          training and 256 validation images, deterministic from `seed`;
+                          num_classes defaults to 1000 for 3-channel inputs of 200 px or
+                          more, else 10;
+      a folder with batches.meta      cuda-convnet / CIFAR-10 python batches;
+      a folder with train/<class>/    ImageNet layout, decoded to side max(256, H, W).
+    Raises DataError (one line: what, which file, what to do) for anything else, or when
+    the images have a different channel count than the net or are smaller than its input.
+    """
+    input_shape = _input_shape(input_shape)
+    if isinstance(spec, str):
+        m = re.fullmatch(r"synthetic(?::(\d+))?", spec.strip())
+        if spec.strip() == "digits":
+            from .memory import DigitsSource
+            src = DigitsSource()
+            _check_fits("digits", src.image_shape, input_shape)
+            return src
+        if m:
+            from .memory import SyntheticSource
+            n = int(m.group(1)) if m.group(1) else 1280
+            if n < 1:
+                raise DataError(f"synthetic:{n}: the training count must be >= 1")
+            return SyntheticSource(input_shape, seed=seed, num_train=n, num_classes=num_classes)
+        if spec.strip().startswith("synthetic"):
+            raise DataError(f"bad data source {spec!r}: write 'synthetic' or 'synthetic:N' with N a "
+                            "positive integer")
+    try:
+        path = os.fspath(spec)
+    except TypeError:
+        raise DataError(f"bad data source {spec!r}: expected {_FORMS}") from None
+    if not os.path.exists(path):
+        raise DataError(f"data source {path!r} is not a known name and no such file or folder exists; "
+                        f"expected {_FORMS}")
+    if not os.path.isdir(path):
+        raise DataError(f"data source {path} is a file; give its folder instead. Expected {_FORMS}")
+    if os.path.isfile(os.path.join(path, "batches.meta")):
+        from .batchfolder import BatchFolderSource
+        src = BatchFolderSource(path, input_shape)
+        _check_fits(src.root, src.image_shape, input_shape)
+        return src
+    if os.path.isdir(os.path.join(path, "train")):
+        from .imagefolder import ImageFolderSource
+        src = ImageFolderSource(path, input_shape)
+        log.info("%s", src.describe())
+        return src
+    raise DataError(f"{path} has neither batches.meta (a cuda-convnet batch folder) nor a train/ "
+                    f"subfolder (an image folder); expected {_FORMS}")
