@@ -1,0 +1,83 @@
+"""`pool`: max or average pooling over square windows, per channel, with a fused activation.
+
+Output side = ceil((in - size) / stride) + 1 (cuda-convnet's rule, `out_size_ceil`): the
+last window may run off the bottom/right edge and is clipped there (55 -> 27 and 32 -> 16
+for size 3 stride 2). This equals PyTorch's `ceil_mode=True` with no padding. `avg`
+divides each window by its number of in-bounds elements. `max` sends the gradient to the
+first maximal element of the window in row-major order (PyTorch, Caffe); cuda-convnet's
+kernel gives it to every element tied for the maximum. The `neuron` activation is applied
+after pooling. `stride` defaults to `size` and may not exceed it (cuda-convnet forbids
+windows that skip input).
+
+macs() counts the window reads (comparisons or additions) per image.
+"""
+import numpy as np
+
+from layers.base import NEURON_KEY, Key, Layer, LayerError, out_size_ceil
+from layers.neuron.cpu import CODES
+from layers.pool import cpu
+from layers.registry import register
+
+_DUMMY = np.zeros((1, 1, 1, 1), np.float32)
+
+
+@register
+class PoolLayer(Layer):
+    type = "pool"
+    doc = "max | avg pooling over size x size windows (cuda-convnet's ceil output rule)"
+    spatial = True
+    keys = {
+        "mode": Key(str, choices=("max", "avg"), doc="max or average over each window"),
+        "size": Key(int, low=1, doc="side of the square window"),
+        "stride": Key(int, None, low=1, doc="step between windows; default: size"),
+        "neuron": NEURON_KEY,
+    }
+
+    def setup(self, input_shape):
+        c, h, w = input_shape
+        size = self.size
+        if self.stride is None:
+            self.cfg["stride"] = size
+        stride = self.stride
+        if size > h or size > w:
+            raise LayerError("size", f"pool window {size} larger than input {h}x{w}")
+        if stride > size:
+            raise LayerError("stride", f"stride {stride} larger than the window {size}: windows "
+                                       "would skip input (cuda-convnet forbids it)")
+        self.code = CODES[self.neuron]
+        self.out_hw = (out_size_ceil(h, size, stride), out_size_ceil(w, size, stride))
+        return (c,) + self.out_hw
+
+    def macs(self):
+        c, h, w = self.input_shape
+        size, stride = self.size, self.stride
+        rows = sum(min(o * stride + size, h) - o * stride for o in range(self.out_hw[0]))
+        cols = sum(min(o * stride + size, w) - o * stride for o in range(self.out_hw[1]))
+        return c * rows * cols
+
+    def forward(self, x, params, train=False, rng=None):
+        x = np.ascontiguousarray(x, np.float32)
+        n, c, h, w = x.shape
+        y = self.buffer("y", (n, c) + self.out_hw)
+        pre = self.buffer("pre", y.shape) if self.code == 4 else _DUMMY   # abs: keep the sign
+        if self.mode == "max":
+            arg = self.buffer("arg", y.shape).view(np.int32)
+            cpu.max_forward(x, self.size, self.stride, self.code, y, arg, pre)
+            self._arg = arg
+        else:
+            cpu.avg_forward(x, self.size, self.stride, self.code, y, pre)
+        self._y, self._pre, self._in_hw = y, pre, (h, w)
+        return y
+
+    def backward(self, dy, params, need_dx=True):
+        if not need_dx:
+            return None, {}
+        g = np.ascontiguousarray(dy, np.float32).reshape(self._y.shape)
+        n, c = g.shape[:2]
+        h, w = self._in_hw
+        dx = self.buffer("dx", (n, c, h, w))
+        if self.mode == "max":
+            cpu.max_backward(g, self._y, self._pre, self._arg, self.code, dx.reshape(n, c, h * w))
+        else:
+            cpu.avg_backward(g, self._y, self._pre, self.size, self.stride, self.code, dx)
+        return dx, {}

@@ -1,0 +1,83 @@
+"""Numba CPU kernels for same-map response normalisation (cuda-convnet's rnorm).
+
+One parallel task per (image, channel) plane. The size x size window sum is separable:
+a horizontal pass then a vertical pass, each a loop over the `size` offsets whose inner
+loop runs along contiguous memory (2*size additions per element, no subtraction, so no
+cancellation). Edges are clipped but the divisor stays size^2, as in cuda-convnet.
+"""
+import numba
+import numpy as np
+
+from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers.cmrnorm.cpu import forward_row, grad_row
+
+
+@numba.njit(inline="always")
+def _box_sum(src, lo, hi, tmp, out):
+    """out[y, x] = sum of src[y + a, x + b] for a, b in [lo, hi], clipped to the plane."""
+    h, w = src.shape
+    for yy in range(h):
+        for xx in range(w):
+            tmp[yy, xx] = 0.0
+    for o in range(lo, hi + 1):                        # horizontal pass
+        x0, x1 = max(0, -o), min(w, w - o)
+        for yy in range(h):
+            for xx in range(x0, x1):
+                tmp[yy, xx] += src[yy, xx + o]
+    for yy in range(h):                                # vertical pass
+        for xx in range(w):
+            out[yy, xx] = 0.0
+        for o in range(lo, hi + 1):
+            r = yy + o
+            if 0 <= r < h:
+                for xx in range(w):
+                    out[yy, xx] += tmp[r, xx]
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def forward(x, size, alpha, beta, k, mode, y, d):
+    """d = k + alpha/size^2 * (window sum of x^2) ; y = x * d^-beta.
+
+    The window of (y, x) is rows y - size//2 .. y - size//2 + size - 1, same for columns."""
+    n, c, h, w = x.shape
+    pre = size // 2
+    post = size - 1 - pre
+    scale = np.float32(alpha / (size * size))
+    kf = np.float32(k)
+    bf = np.float32(beta)
+    for p in numba.prange(n * c):
+        i, j = p // c, p % c
+        sq = np.empty((h, w), np.float32)
+        tmp = np.empty((h, w), np.float32)
+        for yy in range(h):
+            for xx in range(w):
+                v = x[i, j, yy, xx]
+                sq[yy, xx] = v * v
+        dp = d[i, j]
+        _box_sum(sq, -pre, post, tmp, dp)
+        for yy in range(h):
+            forward_row(dp[yy], kf, scale, bf, mode, x[i, j, yy], dp[yy], y[i, j, yy])
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def backward(x, g, d, size, alpha, beta, mode, dx):
+    """dx_i = g_i d_i^-beta - 2 alpha beta/size^2 * x_i * sum_{j: i in window(j)} g_j x_j d_j^(-beta-1).
+
+    The pixels j whose window holds i are offset by -(size-1-size//2) .. size//2: the
+    same box sum as forward with mirrored offsets, over t_j = g_j x_j d_j^(-beta-1)."""
+    n, c, h, w = x.shape
+    pre = size // 2
+    post = size - 1 - pre
+    coef = np.float32(2.0 * alpha * beta / (size * size))
+    bf = np.float32(beta)
+    for p in numba.prange(n * c):
+        i, j = p // c, p % c
+        t = np.empty((h, w), np.float32)
+        tmp = np.empty((h, w), np.float32)
+        acc = np.empty((h, w), np.float32)
+        for yy in range(h):
+            grad_row(bf, mode, x[i, j, yy], g[i, j, yy], d[i, j, yy], t[yy], dx[i, j, yy])
+        _box_sum(t, -post, pre, tmp, acc)
+        for yy in range(h):
+            for xx in range(w):
+                dx[i, j, yy, xx] -= coef * x[i, j, yy, xx] * acc[yy, xx]
