@@ -100,11 +100,14 @@ def main():
     ours_b()
     print(f"warm-up (first calls, includes any Numba compile): {time.perf_counter() - t0:.1f}s")
 
-    try:
-        import torch
-    except ImportError:
-        torch = None
-        print("PyTorch not installed (pip install -e '.[torch]'): printing our figures only")
+    torch = None
+    if net.input_shape != (3, 224, 224):
+        print("the PyTorch rival is AlexNet-shaped: printing our figures only for this net")
+    else:
+        try:
+            import torch
+        except ImportError:
+            print("PyTorch not installed (pip install -e '.[torch]'): printing our figures only")
     if torch is not None:
         torch.set_num_threads(args.threads)
         tnet = torch_alexnet(torch, net.num_classes)

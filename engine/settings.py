@@ -31,6 +31,7 @@ AUGMENT_KEYS = {
     "crop": Key(bool, None, doc="random crops of the input size in training, centre crop at test"),
     "flip": Key(bool, None, doc="random horizontal flips in training"),
     "pca": Key(float, None, low=0.0, doc="std of the PCA colour jitter's alphas (paper: 0.1)"),
+    "shift": Key(int, None, low=0, doc="random translations of up to this many pixels in training"),
 }
 
 

@@ -148,7 +148,8 @@ class Trainer:
             mean = self.source.mean_image()
         pca = self.source.pca() if aug.get("pca", 0.0) > 0 and self.source.is_color else None
         self.pre = Preprocess(self.net.input_shape, mean, scale=aug["scale"], crop=aug["crop"],
-                              flip=aug["flip"], pca=aug["pca"] if pca is not None else 0.0, pca_basis=pca)
+                              flip=aug["flip"], pca=aug["pca"] if pca is not None else 0.0, pca_basis=pca,
+                              shift=aug.get("shift", 0))
         self.metrics = []
         self.epoch, self.batch_in_epoch = 0, 0
         self.rng_states = None

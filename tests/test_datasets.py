@@ -437,3 +437,16 @@ def test_open_source_errors(tmp_path):
         open_source("digits", (1, 32, 32))
     with pytest.raises(DataError, match="input_shape"):
         open_source("digits", (28, 28))
+
+
+def test_shift_translates_and_keeps_shape():
+    from engine.datasets.augment import Preprocess
+    raw = np.zeros((200, 1, 9, 9), np.uint8)
+    raw[:, 0, 4, 4] = 100                       # one bright pixel in the middle
+    pre = Preprocess((1, 9, 9), np.zeros((1, 9, 9), np.float32), shift=2)
+    out = pre.train(raw, np.random.default_rng(0))
+    assert out.shape == (200, 1, 9, 9)
+    pos = np.array([np.unravel_index(np.argmax(o[0]), (9, 9)) for o in out])
+    assert np.all(np.abs(pos - 4) <= 2) and len({tuple(p) for p in pos}) == 25   # every offset occurs
+    assert np.all(out.reshape(200, -1).sum(1) == 100)                           # nothing else changed
+    np.testing.assert_array_equal(pre.test(raw), raw.astype(np.float32))          # no shift at test

@@ -41,8 +41,12 @@ class Preprocess:
     `flip`, the AlexNet PCA jitter if pca > 0 (see PCA_PIXEL_UNIT above), then x *= scale.
     """
 
-    def __init__(self, input_shape, mean, scale=1.0, crop=False, flip=False, pca=0.0, pca_basis=None):
+    def __init__(self, input_shape, mean, scale=1.0, crop=False, flip=False, pca=0.0, pca_basis=None,
+                 shift=0):
         self.input_shape = _shape3(input_shape)
+        self.shift = int(shift)
+        if self.shift < 0:
+            raise ValueError(f"shift must be >= 0, got {shift}")
         c = self.input_shape[0]
         mean = np.asarray(mean, dtype=np.float32)
         if mean.ndim == 1 and mean.shape[0] == c:
@@ -128,6 +132,8 @@ class Preprocess:
             y0, x0 = self._centre(raw)
             ys, xs = np.full(n, y0), np.full(n, x0)
         out = self._crop(raw, ys, xs)
+        if self.shift:
+            self._translate(out, rng)
         if self.flip:
             m = rng.random(n) < 0.5
             out[m] = out[m][..., ::-1]
@@ -136,6 +142,19 @@ class Preprocess:
         if self.scale != 1.0:
             out *= np.float32(self.scale)
         return out
+
+    def _translate(self, out, rng):
+        """Shift each image by up to `shift` pixels each way, in place; the uncovered border
+        becomes 0, i.e. the mean (for sources like digits, whose images fill the input)."""
+        n, _, h, w = out.shape
+        d = rng.integers(-self.shift, self.shift + 1, size=(n, 2))
+        for i in range(n):
+            dy, dx = int(d[i, 0]), int(d[i, 1])
+            if dy == 0 and dx == 0:
+                continue
+            src = out[i, :, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)].copy()
+            out[i] = 0.0
+            out[i, :, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] = src
 
     def pca_offsets(self, rng, n):
         """float32 [n,3]: per-image RGB offsets in raw units, sum_i a_i (l_i / 255) e_i with
@@ -179,7 +198,7 @@ class Preprocess:
     def to_json(self):
         """The settings as a JSON-able dict (the mean array is saved separately)."""
         d = {"input_shape": list(self.input_shape), "scale": self.scale, "crop": self.crop,
-             "flip": self.flip, "pca": self.pca, "mean_shape": list(self.mean.shape), "pca_basis": None}
+             "flip": self.flip, "pca": self.pca, "shift": self.shift, "mean_shape": list(self.mean.shape), "pca_basis": None}
         if self.pca_basis is not None:
             d["pca_basis"] = {"eigenvalues": [float(v) for v in self.pca_basis[0]],
                               "eigenvectors": [[float(v) for v in row] for row in self.pca_basis[1]]}
@@ -193,7 +212,8 @@ class Preprocess:
             if basis is not None:
                 basis = (basis["eigenvalues"], basis["eigenvectors"])
             pre = cls(d["input_shape"], mean, scale=d.get("scale", 1.0), crop=d.get("crop", False),
-                      flip=d.get("flip", False), pca=d.get("pca", 0.0), pca_basis=basis)
+                      flip=d.get("flip", False), pca=d.get("pca", 0.0), pca_basis=basis,
+                      shift=d.get("shift", 0))
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"bad preprocessing settings {d!r}: {type(e).__name__}: {e}") from None
         ms = d.get("mean_shape")
