@@ -169,3 +169,33 @@ train: {epochs: 1, batch: 4, lr: 0.001}
     assert not result["stopped"] and trainer.source.skipped == 1
     assert any("broken.jpg" in r.getMessage() for r in caplog.records)
     assert any("skipped 1 unreadable" in line for line in logs)
+
+
+def write_cifar_folder(root, per_batch=40, seed=0):
+    """A tiny CIFAR-10 python-version folder: data_batch_1..2, test_batch, batches.meta."""
+    import pickle
+    rng = np.random.default_rng(seed)
+    root.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "test_batch"):
+        labels = rng.integers(0, 10, per_batch)
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        with open(root / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels.tolist()}, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, f)
+
+
+@pytest.mark.parametrize("net", ["cifar10-80sec", "cifar10-18pct"])
+def test_cifar_nets_train_on_a_batch_folder_and_on_synthetic(tmp_path, net):
+    path = os.path.join(ROOT, "nets", f"{net}.yaml")
+    shapes = {n.name: n.output_shape for n in engine.load(path).layers}
+    assert shapes["pool1"] == (32, 16, 16) and shapes["pool3"] == (64, 4, 4)
+    write_cifar_folder(tmp_path / "cifar")
+    result = Trainer(path, data=str(tmp_path / "cifar"), epochs=1, batch=16,
+                     out=str(tmp_path / "run"), log=quiet).run()
+    m = result["metrics"][-1]
+    assert np.isfinite(m["train_loss"]) and np.isfinite(m["val_loss"])
+    trained = engine.load(None, checkpoint=str(tmp_path / "run"))
+    assert trained.class_names[3] == "class3"
+    result = Trainer(path, data="synthetic", epochs=1, batch=64, out=str(tmp_path / "syn"), log=quiet).run()
+    assert np.isfinite(result["metrics"][-1]["train_loss"])
