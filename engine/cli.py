@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, DeviceError
 
 EPILOG = """examples:
   python -m engine train nets/lenet5.yaml                   # the embedded MNIST digits
@@ -36,10 +36,9 @@ def _train(args):
     from engine.train import Trainer
     if args.net is None and args.resume is None:
         raise ConfigError("give a net file (python -m engine train NET.yaml) or --resume RUN_FOLDER")
-    if args.device == "cuda":
-        raise ConfigError("--device cuda: the CUDA backend is not part of this build yet; use --device cpu")
     trainer = Trainer(args.net, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                      seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq)
+                      seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq,
+                      device=args.device)
     result = trainer.run()
     return 130 if result["stopped"] else 0
 
@@ -50,7 +49,7 @@ def _test(args):
     from engine.train import evaluate
     net = load(args.net, checkpoint=args.checkpoint)
     data = args.data or net.data_spec
-    source = open_source(data, net.input_shape, seed=0)
+    source = open_source(data, net.input_shape, seed=0, num_classes=net.num_classes)
     r = evaluate(net, source, net.preprocess, batch=args.batch, multiview=args.multiview)
     views = " (ten views averaged)" if args.multiview else ""
     print(f"{net.name} on {source.name} validation, {r['n']} images{views}: loss {r['loss']:.4f}  "
@@ -107,7 +106,8 @@ def build_parser():
     t.add_argument("--seed", type=int, metavar="N", help="seed for weights, data order, augmentation, dropout")
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/<net>-<time>)")
     t.add_argument("--resume", metavar="DIR|FILE", help="continue a run from its latest (or the given) checkpoint")
-    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where to run: cpu (default), cuda (the two columns on two streams), auto")
     t.add_argument("--test-freq", type=int, metavar="N", dest="test_freq", help="validate every N epochs")
     t.set_defaults(func=_train)
 
@@ -138,7 +138,7 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:

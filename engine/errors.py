@@ -23,3 +23,7 @@ class ConfigError(ValueError):
         if self.key:
             what.append(f"key '{self.key}'")
         return where + (", ".join(what) + ": " if what else "") + self.message
+
+
+class DeviceError(RuntimeError):
+    """CUDA asked for where there is none (a one-line message for the user)."""

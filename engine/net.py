@@ -5,7 +5,7 @@ from layers.base import join_inputs, split_grad
 
 from engine import graph
 from engine.config import INPUT_NAME, parse_net
-from engine.errors import ConfigError
+from engine.errors import ConfigError, DeviceError
 
 
 class Net:
@@ -19,6 +19,7 @@ class Net:
     preprocess = None     # input preparation stored with a checkpoint (see engine.load)
     class_names = None
     data_spec = None
+    _backend = None       # a CudaBackend while the net lives on a CUDA device
 
     def __init__(self, spec, seed=0):
         self.spec = spec
@@ -36,6 +37,27 @@ class Net:
                 self._params[f"{node.name}.{pname}"] = arr
         # dropout and other training-time randomness; the trainer saves and restores its state
         self.rng = np.random.default_rng([seed, 1])
+
+    # ---- device -------------------------------------------------------------
+    @property
+    def device(self):
+        return "cpu" if self._backend is None else "cuda"
+
+    def to(self, device):
+        """Move the net to "cpu", "cuda" or "auto" (CUDA when available); returns the net.
+
+        On CUDA the parameters live on the device; state_dict() and load_state_dict()
+        work the same on both."""
+        device = resolve_device(device)
+        if device == self.device:
+            return self
+        if device == "cpu":
+            self._backend.sync_to_host()
+            self._backend = None
+        else:
+            from engine.cuda_backend import CudaBackend
+            self._backend = CudaBackend(self)
+        return self
 
     # ---- structure ----------------------------------------------------------
     @property
@@ -89,11 +111,13 @@ class Net:
 
     # ---- parameters ---------------------------------------------------------
     def state_dict(self):
-        """{"<layer>.weight": array, "<layer>.bias": array} (copies)."""
+        """{"<layer>.weight": array, "<layer>.bias": array} (host copies, on any device)."""
+        if self._backend is not None:
+            self._backend.sync_to_host()
         return {k: v.copy() for k, v in self._params.items()}
 
     def parameters(self):
-        """The live parameter arrays (updated in place by the solver)."""
+        """The live host parameter arrays (updated in place by the CPU solver)."""
         return self._params
 
     def load_state_dict(self, state):
@@ -112,6 +136,8 @@ class Net:
                 raise ValueError(f"state dict key '{k}': shape {list(new.shape)} does not fit the "
                                  f"net's {list(arr.shape)}")
             arr[...] = new.astype(np.float32, copy=False)
+        if self._backend is not None:
+            self._backend.load_from_host()
 
     # ---- compute ------------------------------------------------------------
     def check_input(self, x):
@@ -144,6 +170,12 @@ class Net:
             unknown = [o for o in outputs if o != INPUT_NAME and o not in {n.name for n in self._nodes}]
             if unknown:
                 raise KeyError(f"unknown layer(s) {', '.join(unknown)}")
+        if self._backend is not None:
+            dev, _ = self._backend.upload(self.check_input(x))
+            acts = self._backend.forward(dev, train)
+            if outputs is None:
+                return acts[self._nodes[-1].name].copy_to_host()
+            return {o: acts[o].copy_to_host() for o in outputs}
         acts = self._forward(x, train)
         if outputs is None:
             return acts[self._nodes[-1].name].copy()
@@ -154,8 +186,29 @@ class Net:
 
         Gradient arrays are fresh copies; `train=True` applies dropout (drawing from `self.rng`).
         """
+        if self._backend is not None:
+            loss, grads = self.cuda_step(x, labels, train=train)
+            return loss, {k: g.copy_to_host() for k, g in grads.items()}
         loss, grads = self.loss_and_grads(x, labels, train)
         return loss, {k: g.copy() for k, g in grads.items()}
+
+    def cuda_step(self, x, labels, train=True, lr=None, momentum=0.0, weight_decay=0.0, multipliers=None,
+                  step_seed=None):
+        """On CUDA: forward, cost, backward and (with `lr`) the SGD update of every layer,
+        all on the device. Returns (mean loss, {key: device gradient})."""
+        from engine.cuda_backend import host_loss
+        self._check_labels(labels)
+        dev, dev_labels = self._backend.upload(self.check_input(x), labels)
+        self._backend.forward(dev, train, step_seed)
+        loss, grads = self._backend.backward(dev_labels, lr, momentum, weight_decay, multipliers)
+        return host_loss(loss), grads
+
+    def _check_labels(self, labels):
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1}, got {labels.min()}..{labels.max()}")
 
     def loss_and_grads(self, x, labels, train=True):
         """As `gradients`, but the arrays may be the layers' reused buffers (for the solver)."""
@@ -212,19 +265,40 @@ class Net:
                 pending[name] = g
 
 
-def load(source=None, seed=0, checkpoint=None):
+def resolve_device(device):
+    """"cpu" | "cuda" | "auto" -> "cpu" or "cuda"; CUDA asked for where there is none is an error."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    try:
+        from engine.cuda_backend import available
+    except ImportError as e:          # numba without its CUDA target
+        if device == "auto":
+            return "cpu"
+        raise DeviceError(f"CUDA is not usable here ({e}); pip install -e '.[gpu]'") from None
+    if available():
+        return "cuda"
+    if device == "auto":
+        return "cpu"
+    raise DeviceError("no CUDA device is available; use device='cpu' (or 'auto'), or install an "
+                      "NVIDIA driver and `pip install -e '.[gpu]'`")
+
+
+def load(source=None, seed=0, checkpoint=None, device="cpu"):
     """Build a Net from a path to a .yaml file, YAML text, or a dict.
 
     Weights are drawn from each layer's init keys with a generator seeded by `seed`.
     With `checkpoint` (a run folder, meaning its latest checkpoint, or one checkpoint
     file) the trained weights and the stored input preparation are loaded too, and
     `source` may be None to use the net text saved in the checkpoint.
+    `device` is "cpu", "cuda" or "auto" (CUDA when a device is available).
     Any problem in the definition raises `engine.ConfigError` (file, line, layer, key).
     """
     if checkpoint is None:
         if source is None:
             raise ConfigError("engine.load needs a net (a .yaml path, YAML text or a dict) or a checkpoint")
-        return Net(parse_net(source), seed=seed)
+        return Net(parse_net(source), seed=seed).to(device)
     from engine import checkpoint as ckpt
     from engine.datasets.augment import Preprocess
     arrays, meta = ckpt.load(checkpoint)
@@ -238,4 +312,4 @@ def load(source=None, seed=0, checkpoint=None):
     net.class_names = meta.get("class_names")
     net.data_spec = meta.get("settings", {}).get("data")
     net.checkpoint_meta = meta
-    return net
+    return net.to(device)

@@ -57,16 +57,14 @@ def topk_errors(probs, labels, k=5):
 def evaluate(net, source, pre, batch=128, split="val", multiview=False):
     """{"loss", "top1", "top5", "n"} over a split; multiview averages the ten views."""
     total_loss, e1, e5, n = 0.0, 0, 0, 0
-    out = net.output_layer.layer
     for raw, labels in source.batches(split, batch):
         if multiview:
-            views = pre.views(raw)
-            probs = np.mean([net.forward(v) for v in views], axis=0)
-            p = np.clip(probs[np.arange(len(labels)), labels], 1e-30, None)
-            loss = float(-np.mean(np.log(p)))
+            probs = np.mean([net.forward(v) for v in pre.views(raw)], axis=0)
         else:
-            probs = net._forward(pre.test(raw), train=False)[net.output_layer.name]
-            loss, _ = out.cost(labels)
+            probs = net.forward(pre.test(raw))
+        # float32 probabilities bottom out near 1e-45: a loss of at most ~103 per image
+        p = np.maximum(probs[np.arange(len(labels)), labels].astype(np.float64), 1e-45)
+        loss = float(-np.mean(np.log(p)))
         a, b = topk_errors(probs, labels)
         total_loss += loss * len(labels)
         e1, e5, n = e1 + a, e5 + b, n + len(labels)
@@ -109,7 +107,7 @@ class StopFlag:
 
 class Trainer:
     def __init__(self, net_source=None, data=None, epochs=None, batch=None, lr=None, seed=None,
-                 out=None, resume=None, test_freq=None, log=print, stop_after=None):
+                 out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu"):
         self.log = log
         self.resume_meta, arrays = None, None
         if resume is not None:
@@ -132,7 +130,9 @@ class Trainer:
                 "Give --data ROOT for an ImageNet-layout folder (ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg),"
                 " a cuda-convnet batch folder, `digits`, or `--data synthetic` for a smoke run.")
         self.net = Net(self.spec, seed=s["seed"])
-        self.source = open_source(s["data"], self.net.input_shape, seed=s["seed"])
+        # synthetic data takes the net's class count; real data must match it
+        self.source = open_source(s["data"], self.net.input_shape, seed=s["seed"],
+                                  num_classes=self.net.num_classes)
         if self.source.num_classes != self.net.num_classes:
             raise DataError(f"the data has {self.source.num_classes} classes but the net's output "
                             f"layer has {self.net.num_classes}: set `outputs: {self.source.num_classes}` "
@@ -153,6 +153,7 @@ class Trainer:
         self.metrics = []
         self.epoch, self.batch_in_epoch = 0, 0
         self.rng_states = None
+        self.net.to(device)
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
@@ -163,14 +164,19 @@ class Trainer:
     def _restore(self, arrays, meta):
         self.net.load_state_dict({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
         self.solver.load_state_arrays(arrays)
+        if self.net.device == "cuda":
+            self.net._backend.velocity_from_host({k: arrays[f"velocity/{k}"] for k in self.solver.velocity})
         self.schedule.load_state(meta["schedule"])
         self.metrics = list(meta["metrics"])
         self.epoch, self.batch_in_epoch = meta["epoch"], meta["batch"]
         self.rng_states = meta.get("rng")
 
     def save(self, rng_states=None):
-        arrays = {f"param/{k}": v for k, v in self.net.parameters().items()}
-        arrays.update(self.solver.state_arrays())
+        arrays = {f"param/{k}": v for k, v in self.net.state_dict().items()}
+        if self.net.device == "cuda":
+            arrays.update({f"velocity/{k}": v for k, v in self.net._backend.velocity_to_host().items()})
+        else:
+            arrays.update(self.solver.state_arrays())
         arrays["mean"] = self.pre.mean
         meta = {
             "format": FORMAT, "net_text": _net_text(self.spec), "net_name": self.spec.name,
@@ -213,12 +219,11 @@ class Trainer:
                     if b < skip:
                         continue
                     x = self.pre.train(raw, aug_rng)
-                    loss, grads = self.net.loss_and_grads(x, labels, train=True)
+                    loss = self._step(x, labels, self.schedule.lr(epoch, b / n_batches), epoch, b)
                     if not np.isfinite(loss):
                         raise FloatingPointError(
                             f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}: the learning "
                             f"rate ({s['lr']:g}) is probably too high for this net")
-                    self.solver.step(grads, self.schedule.lr(epoch, b / n_batches))
                     loss_sum += loss * len(labels)
                     seen += len(labels)
                     steps_taken += 1
@@ -249,6 +254,18 @@ class Trainer:
         if self.source.skipped:
             self.log(f"skipped {self.source.skipped} unreadable image(s); see the log above for which")
         return {"stopped": False, "checkpoint": path if self.metrics else None, "metrics": self.metrics}
+
+    def _step(self, x, labels, lr, epoch, batch):
+        """One SGD step on the net's device; returns the batch's mean loss."""
+        if self.net.device == "cuda":
+            s = self.settings
+            loss, _ = self.net.cuda_step(x, labels, True, lr, s["momentum"], s["weight_decay"],
+                                         self.solver.multipliers, step_seed=epoch * 1_000_003 + batch + 1)
+            return loss
+        loss, grads = self.net.loss_and_grads(x, labels, train=True)
+        if np.isfinite(loss):
+            self.solver.step(grads, lr)
+        return loss
 
     def _line(self, r):
         val = ""

@@ -1,0 +1,7 @@
+import pytest
+from numba import cuda
+
+
+@pytest.fixture
+def stream():
+    return cuda.stream()
