@@ -65,6 +65,7 @@ class CudaBackend:
                              for n in self.nodes}
         self.velocity = None
         self.step = 0
+        self.timings = None    # a dict -> per-layer times in ms, {(name, "forward"|"backward"): [..]}
         self._pinned = {}
         self._inputs = {}
         self._labels = {}
@@ -131,7 +132,8 @@ class CudaBackend:
             impl = self.impls[node.name]
             xin = cudabase.join_inputs(impl, [acts[i] for i in node.inputs], stream)
             seed = (self.net.seed * 1_000_003 + step_seed * 7919 + index) & 0x7FFFFFFF
-            acts[node.name] = impl.forward(xin, self.layer_params[node.name], train, seed, stream)
+            acts[node.name] = self._timed(node.name, "forward", stream, impl.forward, xin,
+                                          self.layer_params[node.name], train, seed, stream)
             self._record(node.name, stream)
         self._acts = acts
         return acts
@@ -158,7 +160,8 @@ class CudaBackend:
                     cudabase.add_into(acc, g, stream)
                 dy = acc
             need_dx = any(i != INPUT_NAME for i in node.inputs)
-            dx, pgrads = self.impls[node.name].backward(dy, self.layer_params[node.name], need_dx, stream)
+            dx, pgrads = self._timed(node.name, "backward", stream, self.impls[node.name].backward,
+                                     dy, self.layer_params[node.name], need_dx, stream)
             for pname, g in pgrads.items():
                 key = f"{node.name}.{pname}"
                 grads[key] = g
@@ -167,6 +170,19 @@ class CudaBackend:
             if need_dx:
                 self._hand_back(node, dx, stream, contributions)
         return loss, grads
+
+    def _timed(self, name, phase, stream, fn, *args):
+        """fn(*args), timed with CUDA events when `self.timings` is a dict (benchmarks only:
+        it synchronises after every layer)."""
+        if self.timings is None:
+            return fn(*args)
+        start, end = cuda.event(timing=True), cuda.event(timing=True)
+        start.record(stream)
+        out = fn(*args)
+        end.record(stream)
+        end.synchronize()
+        self.timings.setdefault((name, phase), []).append(cuda.event_elapsed_time(start, end))
+        return out
 
     def _hand_back(self, node, dx, stream, contributions):
         parts = cudabase.split_grad(self.impls[node.name], dx, stream)

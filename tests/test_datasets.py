@@ -59,7 +59,7 @@ def test_synthetic_shapes_and_determinism():
     a = open_source("synthetic:12", (3, 224, 224), seed=5)
     b = open_source("synthetic:12", (3, 224, 224), seed=5)
     c = open_source("synthetic:12", (3, 224, 224), seed=6)
-    assert (a.num_train, a.num_val, a.num_classes, a.image_shape) == (12, 256, 1000, (3, 224, 224))
+    assert (a.num_train, a.num_val, a.num_classes, a.image_shape) == (12, 2, 1000, (3, 224, 224))
     xa, ya = collect(a, "train", 5, rng=np.random.default_rng(0))
     xb, yb = collect(b, "train", 5, rng=np.random.default_rng(0))
     assert [x.shape for x in xa] == [(5, 3, 224, 224), (5, 3, 224, 224), (2, 3, 224, 224)]
@@ -72,7 +72,7 @@ def test_synthetic_shapes_and_determinism():
     x2, _ = collect(a, "train", 1)
     assert np.array_equal(x1[0], np.concatenate(x2))
     small = open_source("synthetic", (1, 28, 28))
-    assert (small.num_train, small.num_classes, small.default_augment["scale"]) == (1280, 10, 1.0)
+    assert (small.num_train, small.num_val, small.num_classes, small.default_augment["scale"]) == (1280, 256, 10, 1.0)
     assert open_source("synthetic", (1, 28, 28), num_classes=7).num_classes == 7
     _, ys = collect(small, "val", 256)
     assert ys[0].min() >= 0 and ys[0].max() < 10

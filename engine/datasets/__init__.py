@@ -52,7 +52,7 @@ def open_source(spec, input_shape, seed=0, num_classes=None):
     spec is one of:
       "digits"            4,000 MNIST digits, 1x28x28 (first 3,400 train, last 600 val);
       "synthetic[:N]"     random float32 images of exactly input_shape, N (default 1280)
-                          training and 256 validation images, deterministic from `seed`;
+                          training and min(256, N/5) validation images, deterministic from `seed`;
                           num_classes defaults to 1000 for 3-channel inputs of 200 px or
                           more, else 10;
       a folder with batches.meta      cuda-convnet / CIFAR-10 python batches;
@@ -73,7 +73,9 @@ def open_source(spec, input_shape, seed=0, num_classes=None):
             n = int(m.group(1)) if m.group(1) else 1280
             if n < 1:
                 raise DataError(f"synthetic:{n}: the training count must be >= 1")
-            return SyntheticSource(input_shape, seed=seed, num_train=n, num_classes=num_classes)
+            # a fifth as many validation images, at most 256: a smoke run stays quick
+            return SyntheticSource(input_shape, seed=seed, num_train=n, num_val=min(256, max(1, n // 5)),
+                                   num_classes=num_classes)
         if spec.strip().startswith("synthetic"):
             raise DataError(f"bad data source {spec!r}: write 'synthetic' or 'synthetic:N' with N a "
                             "positive integer")

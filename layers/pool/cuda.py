@@ -1,0 +1,181 @@
+"""CUDA kernels for max / average pooling with a fused activation (the twin of cpu.py).
+
+Same rules as the CPU: cuda-convnet's ceil output size (the last window is clipped at the
+bottom/right edge), avg divides by the in-bounds count, max records the plane-local
+row-major index of the FIRST maximum (int32) and its gradient goes there only; the
+activation is applied after pooling (abs keeps the pooled value for its gradient).
+
+Forward: one thread per output element. Backward: one thread per INPUT element, gathering
+from the windows that contain it (no atomics). It visits those windows in the same
+(oy, ox) row-major order as the CPU's scatter, so the sums are added in the same order.
+Arrays are passed flat (C-contiguous NCHW), with planes = N*C.
+"""
+import numpy as np
+from numba import cuda, float32
+
+from layers.cudabase import BLOCK, CudaLayer, blocks_for
+from layers.neuron.cuda import act, act_grad
+
+
+@cuda.jit
+def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, code):
+    i = cuda.grid(1)
+    if i < planes * oh * ow:
+        ox = i % ow
+        t = i // ow
+        oy = t % oh
+        p = t // oh
+        y0 = oy * stride
+        y1 = min(y0 + size, h)
+        x0 = ox * stride
+        x1 = min(x0 + size, w)
+        base = p * h * w
+        where = y0 * w + x0
+        best = x[base + where]
+        for yy in range(y0, y1):
+            for xx in range(x0, x1):
+                v = x[base + yy * w + xx]
+                if v > best:          # strict: ties keep the earliest element
+                    best = v
+                    where = yy * w + xx
+        arg[i] = where
+        if code == 4:
+            pre[i] = best
+        y[i] = act(code, best)
+
+
+@cuda.jit
+def avg_forward(x, y, pre, planes, h, w, oh, ow, size, stride, code):
+    i = cuda.grid(1)
+    if i < planes * oh * ow:
+        ox = i % ow
+        t = i // ow
+        oy = t % oh
+        p = t // oh
+        y0 = oy * stride
+        y1 = min(y0 + size, h)
+        x0 = ox * stride
+        x1 = min(x0 + size, w)
+        base = p * h * w
+        s = float32(0.0)
+        for yy in range(y0, y1):
+            for xx in range(x0, x1):
+                s += x[base + yy * w + xx]
+        v = s / float32((y1 - y0) * (x1 - x0))
+        if code == 4:
+            pre[i] = v
+        y[i] = act(code, v)
+
+
+@cuda.jit(device=True, inline="always")
+def _first_window(pos, size, stride):
+    """The first output index whose window (o*stride .. o*stride + size - 1) holds pos."""
+    lo = pos - size + stride
+    return lo // stride if lo > 0 else 0
+
+
+@cuda.jit
+def max_backward(g, y, pre, arg, dx, planes, h, w, oh, ow, size, stride, code):
+    """dx[p, iy, ix] = sum of act'(g) over the windows whose recorded maximum is (iy, ix)."""
+    i = cuda.grid(1)
+    if i < planes * h * w:
+        ix = i % w
+        t = i // w
+        iy = t % h
+        p = t // h
+        here = iy * w + ix
+        oy0 = _first_window(iy, size, stride)
+        oy1 = min(iy // stride, oh - 1)
+        ox0 = _first_window(ix, size, stride)
+        ox1 = min(ix // stride, ow - 1)
+        base = p * oh * ow
+        s = float32(0.0)
+        for oy in range(oy0, oy1 + 1):
+            for ox in range(ox0, ox1 + 1):
+                o = base + oy * ow + ox
+                if arg[o] == here:
+                    a = pre[o] if code == 4 else float32(0.0)
+                    s += act_grad(code, g[o], y[o], a)
+        dx[i] = s
+
+
+@cuda.jit
+def avg_backward(g, y, pre, dx, planes, h, w, oh, ow, size, stride, code):
+    """dx[p, iy, ix] = sum over the windows holding (iy, ix) of act'(g) / window count."""
+    i = cuda.grid(1)
+    if i < planes * h * w:
+        ix = i % w
+        t = i // w
+        iy = t % h
+        p = t // h
+        oy0 = _first_window(iy, size, stride)
+        oy1 = min(iy // stride, oh - 1)
+        ox0 = _first_window(ix, size, stride)
+        ox1 = min(ix // stride, ow - 1)
+        base = p * oh * ow
+        s = float32(0.0)
+        for oy in range(oy0, oy1 + 1):
+            rows = min(oy * stride + size, h) - oy * stride
+            for ox in range(ox0, ox1 + 1):
+                cols = min(ox * stride + size, w) - ox * stride
+                o = base + oy * ow + ox
+                a = pre[o] if code == 4 else float32(0.0)
+                s += act_grad(code, g[o], y[o], a) / float32(rows * cols)
+        dx[i] = s
+
+
+_F = "float32[::1]"
+_I = "int64, " * 7 + "int64"
+KERNELS = [
+    (max_forward, f"void({_F}, {_F}, int32[::1], {_F}, {_I})"),
+    (avg_forward, f"void({_F}, {_F}, {_F}, {_I})"),
+    (max_backward, f"void({_F}, {_F}, {_F}, int32[::1], {_F}, {_I})"),
+    (avg_backward, f"void({_F}, {_F}, {_F}, {_F}, {_I})"),
+]
+
+
+class PoolCuda(CudaLayer):
+    def __init__(self, layer):
+        super().__init__(layer)
+        self.code = int(layer.code)
+        self.size, self.stride = int(layer.size), int(layer.stride)
+        self.oh, self.ow = (int(v) for v in layer.out_hw)
+        self._y = self._pre = self._arg = None
+
+    def forward(self, x, params, train, seed, stream):
+        n, c, h, w = x.shape
+        oh, ow = self.oh, self.ow
+        y = self.buffer("y", (n, c, oh, ow))
+        yf = y.reshape(-1)
+        # pre (the pooled value before the activation) is kept only for abs; otherwise the
+        # kernels never touch it, and y stands in for it
+        pre = self.buffer("pre", y.shape).reshape(-1) if self.code == 4 else yf
+        dims = (n * c, h, w, oh, ow, self.size, self.stride, self.code)
+        grid = blocks_for(yf.size)
+        if self.layer.mode == "max":
+            arg = self.buffer("arg", y.shape, np.int32).reshape(-1)
+            max_forward[grid, BLOCK, stream](x.reshape(-1), yf, arg, pre, *dims)
+            self._arg = arg
+        else:
+            avg_forward[grid, BLOCK, stream](x.reshape(-1), yf, pre, *dims)
+        self._y, self._pre, self._in = y, pre, (n, c, h, w)
+        return y
+
+    def backward(self, dy, params, need_dx, stream):
+        if not need_dx:
+            return None, {}
+        n, c, h, w = self._in
+        dx = self.buffer("dx", (n, c, h, w))
+        dxf = dx.reshape(-1)
+        dims = (n * c, h, w, self.oh, self.ow, self.size, self.stride, self.code)
+        g, yf = dy.reshape(-1), self._y.reshape(-1)
+        grid = blocks_for(dxf.size)
+        if self.layer.mode == "max":
+            max_backward[grid, BLOCK, stream](g, yf, self._pre, self._arg, dxf, *dims)
+        else:
+            avg_backward[grid, BLOCK, stream](g, yf, self._pre, dxf, *dims)
+        return dx, {}
+
+
+def make(layer):
+    return PoolCuda(layer)

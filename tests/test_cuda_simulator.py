@@ -1,0 +1,27 @@
+"""Runs tests/cuda under the CUDA simulator in a child process (CI has no GPU).
+
+The simulator must be switched on before numba is first imported, so the CUDA tests
+cannot share this process with the CPU tests. With a real GPU, tests/cuda is collected
+directly instead (see conftest.py) and this test skips.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+from cudamode import cuda_mode
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(cuda_mode() is not None, reason="tests/cuda is collected directly here (GPU or simulator)")
+def test_cuda_suite_under_the_simulator():
+    pytest.importorskip("numba.cuda", reason="numba's CUDA target is not importable")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           os.path.join(ROOT, "tests", "cuda")],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
+    tail = "\n".join(proc.stdout.splitlines()[-60:])
+    assert proc.returncode == 0, f"CUDA simulator suite failed (exit {proc.returncode}):\n{tail}\n{proc.stderr[-3000:]}"
+    assert " passed" in tail
