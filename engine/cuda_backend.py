@@ -69,6 +69,7 @@ class CudaBackend:
         self._pinned = {}
         self._inputs = {}
         self._labels = {}
+        self._slot_readers = {}
         self._acts = {}
         self._events = {}
 
@@ -88,24 +89,57 @@ class CudaBackend:
 
     # ---- host <-> device -----------------------------------------------------------
     def upload(self, x, labels=None):
-        """Copy a batch through a pinned buffer, asynchronously on the upload stream."""
+        """Copy a batch to the device through pinned buffers, asynchronously on the upload
+        stream. Two slots alternate, so the host fills one while the device still computes
+        on the other (the previous batch): the copy into a slot waits for the compute that
+        last read it, and the host waits only for the copy that last used its pinned buffer."""
         x = np.ascontiguousarray(x, np.float32)
-        key = x.shape
+        self._slot = slot = 1 - getattr(self, "_slot", 1)
+        key = (slot, x.shape)
         if key not in self._pinned:
             self._pinned[key] = cuda.pinned_array(x.shape, np.float32)
             self._inputs[key] = cuda.device_array(x.shape, np.float32)
         pinned, dev = self._pinned[key], self._inputs[key]
+        copied = self._events.get(f"copied{slot}")
+        if copied is not None:
+            copied.synchronize()               # the pinned buffer's last copy is done
+        for ev in self._slot_readers.get(slot, ()):
+            ev.wait(self.upload_stream)        # the device buffer's last readers are done
         pinned[...] = x
         dev.copy_to_device(pinned, stream=self.upload_stream)
         dev_labels = None
         if labels is not None:
             lab = np.ascontiguousarray(labels, np.int32)
-            if lab.shape not in self._labels:
-                self._labels[lab.shape] = cuda.device_array(lab.shape, np.int32)
-            dev_labels = self._labels[lab.shape]
-            dev_labels.copy_to_device(lab, stream=self.upload_stream)
+            lkey = (slot, lab.shape)
+            if lkey not in self._labels:
+                self._labels[lkey] = (cuda.pinned_array(lab.shape, np.int32),
+                                      cuda.device_array(lab.shape, np.int32))
+            pinned_lab, dev_labels = self._labels[lkey]
+            pinned_lab[...] = lab
+            dev_labels.copy_to_device(pinned_lab, stream=self.upload_stream)
+        self._record(f"copied{slot}", self.upload_stream)
         self._record(INPUT_NAME, self.upload_stream)
         return dev, dev_labels
+
+    def mark_input_read(self):
+        """After a step: events on every compute stream, which the next copy into the same
+        slot waits for."""
+        readers = []
+        for stream in self.streams:
+            ev = make_event()
+            ev.record(stream)
+            readers.append(ev)
+        self._slot_readers[getattr(self, "_slot", 0)] = readers
+
+    def fetch_loss(self, loss_dev):
+        """Start copying the (1,) loss to the host; returns a PendingLoss to read later."""
+        stream = self.stream_of(self.nodes[-1])
+        host = cuda.pinned_array(1, np.float32)
+        loss_dev.copy_to_host(host, stream=stream)
+        ev = make_event()
+        ev.record(stream)
+        self.mark_input_read()
+        return PendingLoss(host, ev)
 
     def sync_to_host(self):
         """Copy the device parameters back into the Net's host arrays."""
@@ -218,6 +252,13 @@ class CudaBackend:
                          for k in self.params}
 
 
-def host_loss(loss_dev):
-    value = float(loss_dev.copy_to_host()[0])
-    return value if math.isfinite(value) else float("nan")
+class PendingLoss:
+    """A batch's loss on its way to the host; `value()` waits for it."""
+
+    def __init__(self, host, event):
+        self.host, self.event = host, event
+
+    def value(self):
+        self.event.synchronize()
+        value = float(self.host[0])
+        return value if math.isfinite(value) else float("nan")

@@ -173,6 +173,7 @@ class Net:
         if self._backend is not None:
             dev, _ = self._backend.upload(self.check_input(x))
             acts = self._backend.forward(dev, train)
+            self._backend.mark_input_read()
             if outputs is None:
                 return acts[self._nodes[-1].name].copy_to_host()
             return {o: acts[o].copy_to_host() for o in outputs}
@@ -193,15 +194,16 @@ class Net:
         return loss, {k: g.copy() for k, g in grads.items()}
 
     def cuda_step(self, x, labels, train=True, lr=None, momentum=0.0, weight_decay=0.0, multipliers=None,
-                  step_seed=None):
+                  step_seed=None, wait=True):
         """On CUDA: forward, cost, backward and (with `lr`) the SGD update of every layer,
-        all on the device. Returns (mean loss, {key: device gradient})."""
-        from engine.cuda_backend import host_loss
+        all on the device. Returns (mean loss, {key: device gradient}); with wait=False the
+        loss is a PendingLoss, so the host can prepare the next batch while this one runs."""
         self._check_labels(labels)
         dev, dev_labels = self._backend.upload(self.check_input(x), labels)
         self._backend.forward(dev, train, step_seed)
         loss, grads = self._backend.backward(dev_labels, lr, momentum, weight_decay, multipliers)
-        return host_loss(loss), grads
+        pending = self._backend.fetch_loss(loss)
+        return (pending.value() if wait else pending), grads
 
     def _check_labels(self, labels):
         labels = np.asarray(labels)
@@ -212,6 +214,8 @@ class Net:
 
     def loss_and_grads(self, x, labels, train=True):
         """As `gradients`, but the arrays may be the layers' reused buffers (for the solver)."""
+        if self._backend is not None:
+            raise ValueError("this net lives on CUDA: use gradients(), or cuda_step() for device arrays")
         out = self._nodes[-1]
         if not out.layer.is_cost:
             raise ValueError(f"net '{self.name}' ends in a {out.type} layer, not a cost layer "

@@ -80,6 +80,31 @@ def _net_text(spec):
     return yaml.safe_dump(json.loads(json.dumps(spec.data)), sort_keys=False)
 
 
+class LossTally:
+    """The epoch's mean training loss, from batch losses that may arrive a batch late."""
+
+    def __init__(self, lr):
+        self.lr, self.pending, self.total, self.seen = lr, [], 0.0, 0
+
+    def add(self, loss, n, where):
+        self.pending.append((loss, n, where))
+        self.settle(keep=1)
+
+    def settle(self, keep=0):
+        while len(self.pending) > keep:
+            loss, n, where = self.pending.pop(0)
+            loss = loss if isinstance(loss, float) else loss.value()
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss} at {where}: the learning rate "
+                                         f"({self.lr:g}) is probably too high for this net")
+            self.total += loss * n
+            self.seen += n
+
+    @property
+    def mean(self):
+        return self.total / max(self.seen, 1)
+
+
 class StopFlag:
     """First Ctrl-C: finish the batch, save, stop. Second: stop at once."""
 
@@ -214,36 +239,33 @@ class Trainer:
                     aug_rng.bit_generator.state = self.rng_states["augment"]
                     self.net.rng.bit_generator.state = self.rng_states["dropout"]
                 n_batches = -(-self.source.num_train // s["batch"])
-                t0, seen, loss_sum, b = time.time(), 0, 0.0, 0
+                t0, tally = time.time(), LossTally(s["lr"])
                 for b, (raw, labels) in enumerate(self.source.batches("train", s["batch"], rng=order_rng)):
                     if b < skip:
                         continue
                     x = self.pre.train(raw, aug_rng)
-                    loss = self._step(x, labels, self.schedule.lr(epoch, b / n_batches), epoch, b)
-                    if not np.isfinite(loss):
-                        raise FloatingPointError(
-                            f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}: the learning "
-                            f"rate ({s['lr']:g}) is probably too high for this net")
-                    loss_sum += loss * len(labels)
-                    seen += len(labels)
+                    tally.add(self._step(x, labels, self.schedule.lr(epoch, b / n_batches), epoch, b),
+                              len(labels), f"epoch {epoch + 1}, batch {b + 1}")
                     steps_taken += 1
                     self.batch_in_epoch = b + 1
                     elapsed = time.time() - t0
-                    progress.update(epoch + 1, s["epochs"], b + 1, n_batches, loss_sum / seen,
-                                    seen / max(elapsed, 1e-9), elapsed)
+                    progress.update(epoch + 1, s["epochs"], b + 1, n_batches, tally.mean,
+                                    tally.seen / max(elapsed, 1e-9), elapsed)
                     if flag.stop or (self.stop_after is not None and steps_taken >= self.stop_after):
+                        tally.settle()
                         progress.close()
                         path = self.save({"augment": aug_rng.bit_generator.state,
                                           "dropout": self.net.rng.bit_generator.state})
                         self.log(f"stopped in epoch {epoch + 1} after batch {b + 1}; saved {path}\n"
                                  f"resume with: python -m engine train --resume {self.run_dir}")
                         return {"stopped": True, "checkpoint": path}
+                tally.settle()
                 progress.close()
                 elapsed = time.time() - t0
                 self.epoch, self.batch_in_epoch, self.rng_states = epoch + 1, 0, None
-                record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                record = {"epoch": epoch + 1, "train_loss": tally.mean,
                           "lr": self.schedule.lr(epoch, 0.999999), "time": round(elapsed, 3),
-                          "images_per_s": round(seen / max(elapsed, 1e-9), 1)}
+                          "images_per_s": round(tally.seen / max(elapsed, 1e-9), 1)}
                 if (epoch + 1) % s["test_freq"] == 0 or epoch + 1 == s["epochs"]:
                     val = evaluate(self.net, self.source, self.pre, batch=s["batch"])
                     record.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
@@ -256,11 +278,13 @@ class Trainer:
         return {"stopped": False, "checkpoint": path if self.metrics else None, "metrics": self.metrics}
 
     def _step(self, x, labels, lr, epoch, batch):
-        """One SGD step on the net's device; returns the batch's mean loss."""
+        """One SGD step on the net's device; returns the batch's mean loss (on CUDA a
+        PendingLoss, read a batch later so that the host prepares the next batch meanwhile)."""
         if self.net.device == "cuda":
             s = self.settings
             loss, _ = self.net.cuda_step(x, labels, True, lr, s["momentum"], s["weight_decay"],
-                                         self.solver.multipliers, step_seed=epoch * 1_000_003 + batch + 1)
+                                         self.solver.multipliers, step_seed=epoch * 1_000_003 + batch + 1,
+                                         wait=False)
             return loss
         loss, grads = self.net.loss_and_grads(x, labels, train=True)
         if np.isfinite(loss):

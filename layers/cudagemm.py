@@ -25,6 +25,8 @@ import math
 import numpy as np
 from numba import cuda, float32
 
+from layers.cudabase import blocks_for  # noqa: F401  (re-exported for conv and fc)
+
 # Device functions are inlined at the Numba IR level. Besides speed, this matters for
 # tests: numba-cuda 0.30 compiles a *non-inlined* device function for the current
 # device's CC, which needs a driver, so cuda.compile_ptx of a kernel calling one fails
@@ -55,10 +57,6 @@ EBLOCK = 128           # threads per block of element-wise kernels
 TARGET_BLOCKS = 264    # split-K aims for about 2 blocks per SM of an H100 (132 SMs)
 MIN_SPLIT_K = 256      # ... but never less inner dimension than this per split
 MAX_SPLITS = 64
-
-
-def blocks_for(count, block=EBLOCK):
-    return max(1, (int(count) + block - 1) // block)
 
 
 # ---- activations (device functions) --------------------------------------------------------
