@@ -31,6 +31,20 @@ def blocks_for(n, block=BLOCK):
     return max(1, math.ceil(n / block))
 
 
+@cuda.jit(device=True, inline="always")
+def block_sum(sh, tid, n):
+    """sh[0] = sum(sh[:n]) by a shared-memory tree (n a power of two, the block's width);
+    every thread of the block must call it, since it synchronises."""
+    cuda.syncthreads()
+    step = n // 2
+    while step > 0:
+        if tid < step:
+            sh[tid] += sh[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    return sh[0]
+
+
 class CudaLayer:
     def __init__(self, layer):
         self.layer = layer

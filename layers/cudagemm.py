@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from layers.cudabase import blocks_for  # noqa: F401  (re-exported for conv and fc)
+from layers.cudabase import block_sum, blocks_for  # noqa: F401  (blocks_for: re-exported for conv and fc)
 
 # Device functions are inlined at the Numba IR level. Besides speed, this matters for
 # tests: numba-cuda 0.30 compiles a *non-inlined* device function for the current
@@ -319,15 +319,9 @@ def row_sum(src, out):
         acc += src[r, j]
         j += RBLOCK
     buf[tid] = acc
-    cuda.syncthreads()
-    s = RBLOCK // 2
-    while s > 0:
-        if tid < s:
-            buf[tid] += buf[tid + s]
-        cuda.syncthreads()
-        s //= 2
+    block_total = block_sum(buf, tid, RBLOCK)
     if tid == 0:
-        out[r] = buf[0]
+        out[r] = block_total
 
 
 @cuda.jit

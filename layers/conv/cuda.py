@@ -16,7 +16,7 @@ the next forward/backward of this layer overwrites them.
 """
 from numba import cuda, float32
 
-from layers.cudabase import CudaLayer
+from layers.cudabase import CudaLayer, block_sum
 from layers.cudagemm import EBLOCK, RBLOCK, act, act_grad, blocks_for, gemm, sum_rows
 
 GATHER_PER_THREAD = 8      # elements per thread (per filter) in the gradient gather
@@ -94,15 +94,9 @@ def grad_gather_kernel(dy, y, pre, code, dtmp, partial):
         acc += g
         e += step
     buf[tid] = acc
-    cuda.syncthreads()
-    s = RBLOCK // 2
-    while s > 0:
-        if tid < s:
-            buf[tid] += buf[tid + s]
-        cuda.syncthreads()
-        s //= 2
+    block_total = block_sum(buf, tid, RBLOCK)
     if tid == 0:
-        partial[f, chunk] = buf[0]
+        partial[f, chunk] = block_total
 
 
 @cuda.jit

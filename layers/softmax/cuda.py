@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from layers.cudabase import BLOCK, CudaLayer, blocks_for
+from layers.cudabase import BLOCK, CudaLayer, block_sum, blocks_for
 
 ROW_THREADS = 128    # threads per row (a power of two: the tree reductions halve it)
 
@@ -25,18 +25,6 @@ def _reduce_max(sh, tid):
     while step > 0:
         if tid < step:
             sh[tid] = max(sh[tid], sh[tid + step])
-        cuda.syncthreads()
-        step //= 2
-
-
-@cuda.jit(device=True, inline="always")
-def _reduce_sum(sh, tid):
-    """sh[0] = sum(sh[:ROW_THREADS]); every thread must call it (it synchronises)."""
-    cuda.syncthreads()
-    step = ROW_THREADS // 2
-    while step > 0:
-        if tid < step:
-            sh[tid] += sh[tid + step]
         cuda.syncthreads()
         step //= 2
 
@@ -61,7 +49,7 @@ def softmax_forward(x, p, lse):
         p[r, c] = e
         s += e
     sh[tid] = s
-    _reduce_sum(sh, tid)
+    block_sum(sh, tid, ROW_THREADS)
     total = sh[0]
     inv = float32(1.0) / total
     for c in range(tid, d, ROW_THREADS):     # each thread rescales what it wrote
@@ -84,7 +72,7 @@ def softmax_xent_loss(x, lse, labels, loss):
         else:
             s += float32(math.nan)
     sh[tid] = s
-    _reduce_sum(sh, tid)
+    block_sum(sh, tid, ROW_THREADS)
     if tid == 0:
         loss[0] = sh[0] / float32(n)
 
@@ -114,7 +102,7 @@ def softmax_backward(p, dy, dx):
     for c in range(tid, d, ROW_THREADS):
         s += dy[r, c] * p[r, c]
     sh[tid] = s
-    _reduce_sum(sh, tid)
+    block_sum(sh, tid, ROW_THREADS)
     s = sh[0]
     for c in range(tid, d, ROW_THREADS):
         dx[r, c] = p[r, c] * (dy[r, c] - s)
