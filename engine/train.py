@@ -178,6 +178,7 @@ class Trainer:
         self.metrics = []
         self.epoch, self.batch_in_epoch = 0, 0
         self.rng_states = None
+        self.partial_loss = None     # [loss sum, images] of a stopped epoch's finished batches
         self.net.to(device)
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
@@ -195,6 +196,7 @@ class Trainer:
         self.metrics = list(meta["metrics"])
         self.epoch, self.batch_in_epoch = meta["epoch"], meta["batch"]
         self.rng_states = meta.get("rng")
+        self.partial_loss = meta.get("partial_loss")
 
     def save(self, rng_states=None):
         arrays = {f"param/{k}": v for k, v in self.net.state_dict().items()}
@@ -209,6 +211,7 @@ class Trainer:
             "settings": self.settings, "schedule": self.schedule.state(), "rng": rng_states,
             "preprocess": self.pre.to_json(), "class_names": self.source.class_names,
             "num_classes": self.source.num_classes, "metrics": self.metrics,
+            "partial_loss": self.partial_loss if self.batch_in_epoch else None,
         }
         path = checkpoint.save(self.run_dir, checkpoint.tag_for(self.epoch, self.batch_in_epoch),
                                arrays, meta)
@@ -240,6 +243,8 @@ class Trainer:
                     self.net.rng.bit_generator.state = self.rng_states["dropout"]
                 n_batches = -(-self.source.num_train // s["batch"])
                 t0, tally = time.time(), LossTally(s["lr"])
+                if skip and self.partial_loss:      # the stopped part of this epoch counts too
+                    tally.total, tally.seen = self.partial_loss
                 for b, (raw, labels) in enumerate(self.source.batches("train", s["batch"], rng=order_rng)):
                     if b < skip:
                         continue
@@ -254,6 +259,7 @@ class Trainer:
                     if flag.stop or (self.stop_after is not None and steps_taken >= self.stop_after):
                         tally.settle()
                         progress.close()
+                        self.partial_loss = [tally.total, tally.seen]
                         path = self.save({"augment": aug_rng.bit_generator.state,
                                           "dropout": self.net.rng.bit_generator.state})
                         self.log(f"stopped in epoch {epoch + 1} after batch {b + 1}; saved {path}\n"

@@ -89,10 +89,12 @@ def test_resume_after_an_epoch_is_bit_exact(tmp_path):
 
 
 def test_resume_after_a_stop_mid_epoch_is_bit_exact(tmp_path):
-    Trainer(LENET, out=str(tmp_path / "full"), log=quiet, **SMALL).run()
+    full = Trainer(LENET, out=str(tmp_path / "full"), log=quiet, **SMALL).run()
     stopped = Trainer(LENET, out=str(tmp_path / "split"), log=quiet, stop_after=40, **SMALL).run()
     assert stopped["stopped"] and stopped["checkpoint"].endswith("1-13.json")   # 27 batches/epoch
-    Trainer(None, resume=str(tmp_path / "split"), log=quiet).run()
+    resumed = Trainer(None, resume=str(tmp_path / "split"), log=quiet).run()
+    # the epoch's training loss counts the batches before the stop too
+    assert resumed["metrics"][1]["train_loss"] == full["metrics"][1]["train_loss"]
     a, b = weights(tmp_path / "full"), weights(tmp_path / "split")
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
