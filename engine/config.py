@@ -108,6 +108,8 @@ def parse_net(source):
     def fail(msg, mapping=None, key=None, layer=None, line=None):
         raise ConfigError(msg, file=file, line=line or line_of(mapping, key), layer=layer, key=key)
 
+    if isinstance(data, str) and file is None and "\n" not in data.strip():
+        fail(f"no such net file: {data!r} (a net is a path to a .yaml file, YAML text or a dict)")
     if not isinstance(data, dict):
         fail(f"a net file is a mapping with keys {', '.join(TOP_KEYS)}; got {type(data).__name__}")
     for k in data:

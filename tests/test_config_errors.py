@@ -200,6 +200,8 @@ def test_missing_file():
     with pytest.raises(ConfigError) as info:
         engine.load("does/not/exist.yaml")
     assert "cannot read" in str(info.value)
+    with pytest.raises(ConfigError, match="no such net file: 'nets/alexnet'"):
+        engine.load("nets/alexnet")
 
 
 def test_forward_checks_shape_and_dtype():
