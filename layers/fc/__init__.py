@@ -8,7 +8,7 @@ bias gradient.
 """
 import numpy as np
 
-from layers.base import INIT_B_KEY, INIT_W_KEY, NEURON_KEY, Key, Layer, LayerError
+from layers.base import INIT_B_KEY, INIT_W_KEY, NEURON_KEY, Key, Layer
 from layers.neuron.cpu import CODES, NEEDS_INPUT
 from layers.registry import register
 from layers.fc import cpu

@@ -3,7 +3,6 @@
 y = f(x @ W.T + b) with W [outputs, D], b [outputs] (PyTorch's layout); gradients are
 of the sum over the batch.
 """
-import numpy as np
 
 from layers.neuron import reference as neuron
 
