@@ -17,18 +17,23 @@ from layers.cudabase import BLOCK, CudaLayer, blocks_for
 from layers.neuron.cuda import act, act_grad
 
 
+@cuda.jit(device=True, inline="always")
+def _out_window(i, h, w, oh, ow, size, stride):
+    """Output element i of flat [planes, oh, ow] -> (plane, rows y0:y1, columns x0:x1 of its
+    window, clipped at the edges by cuda-convnet's rule)."""
+    ox = i % ow
+    t = i // ow
+    oy = t % oh
+    y0 = oy * stride
+    x0 = ox * stride
+    return t // oh, y0, min(y0 + size, h), x0, min(x0 + size, w)
+
+
 @cuda.jit
 def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, code):
     i = cuda.grid(1)
     if i < planes * oh * ow:
-        ox = i % ow
-        t = i // ow
-        oy = t % oh
-        p = t // oh
-        y0 = oy * stride
-        y1 = min(y0 + size, h)
-        x0 = ox * stride
-        x1 = min(x0 + size, w)
+        p, y0, y1, x0, x1 = _out_window(i, h, w, oh, ow, size, stride)
         base = p * h * w
         where = y0 * w + x0
         best = x[base + where]
@@ -48,14 +53,7 @@ def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, code):
 def avg_forward(x, y, pre, planes, h, w, oh, ow, size, stride, code):
     i = cuda.grid(1)
     if i < planes * oh * ow:
-        ox = i % ow
-        t = i // ow
-        oy = t % oh
-        p = t // oh
-        y0 = oy * stride
-        y1 = min(y0 + size, h)
-        x0 = ox * stride
-        x1 = min(x0 + size, w)
+        p, y0, y1, x0, x1 = _out_window(i, h, w, oh, ow, size, stride)
         base = p * h * w
         s = float32(0.0)
         for yy in range(y0, y1):
@@ -74,20 +72,24 @@ def _first_window(pos, size, stride):
     return lo // stride if lo > 0 else 0
 
 
+@cuda.jit(device=True, inline="always")
+def _covering(i, h, w, oh, ow, size, stride):
+    """Input element i of flat [planes, h, w] -> (plane, iy, ix, and the inclusive ranges
+    oy0..oy1, ox0..ox1 of the output windows that hold it)."""
+    ix = i % w
+    t = i // w
+    iy = t % h
+    return (t // h, iy, ix, _first_window(iy, size, stride), min(iy // stride, oh - 1),
+            _first_window(ix, size, stride), min(ix // stride, ow - 1))
+
+
 @cuda.jit
 def max_backward(g, y, pre, arg, dx, planes, h, w, oh, ow, size, stride, code):
     """dx[p, iy, ix] = sum of act'(g) over the windows whose recorded maximum is (iy, ix)."""
     i = cuda.grid(1)
     if i < planes * h * w:
-        ix = i % w
-        t = i // w
-        iy = t % h
-        p = t // h
+        p, iy, ix, oy0, oy1, ox0, ox1 = _covering(i, h, w, oh, ow, size, stride)
         here = iy * w + ix
-        oy0 = _first_window(iy, size, stride)
-        oy1 = min(iy // stride, oh - 1)
-        ox0 = _first_window(ix, size, stride)
-        ox1 = min(ix // stride, ow - 1)
         base = p * oh * ow
         s = float32(0.0)
         for oy in range(oy0, oy1 + 1):
@@ -104,14 +106,7 @@ def avg_backward(g, y, pre, dx, planes, h, w, oh, ow, size, stride, code):
     """dx[p, iy, ix] = sum over the windows holding (iy, ix) of act'(g) / window count."""
     i = cuda.grid(1)
     if i < planes * h * w:
-        ix = i % w
-        t = i // w
-        iy = t % h
-        p = t // h
-        oy0 = _first_window(iy, size, stride)
-        oy1 = min(iy // stride, oh - 1)
-        ox0 = _first_window(ix, size, stride)
-        ox1 = min(ix // stride, ow - 1)
+        p, iy, ix, oy0, oy1, ox0, ox1 = _covering(i, h, w, oh, ow, size, stride)
         base = p * oh * ow
         s = float32(0.0)
         for oy in range(oy0, oy1 + 1):
