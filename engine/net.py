@@ -198,28 +198,27 @@ class Net:
         """On CUDA: forward, cost, backward and (with `lr`) the SGD update of every layer,
         all on the device. Returns (mean loss, {key: device gradient}); with wait=False the
         loss is a PendingLoss, so the host can prepare the next batch while this one runs."""
-        self._check_labels(labels)
-        dev, dev_labels = self._backend.upload(self.check_input(x), labels)
+        x = self.check_input(x)
+        labels = self._cost_layer().check_labels(labels, n=x.shape[0])   # the device cannot say why
+        dev, dev_labels = self._backend.upload(x, labels)
         self._backend.forward(dev, train, step_seed)
         loss, grads = self._backend.backward(dev_labels, lr, momentum, weight_decay, multipliers)
         pending = self._backend.fetch_loss(loss)
         return (pending.value() if wait else pending), grads
 
-    def _check_labels(self, labels):
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in 0..{self.num_classes - 1}, got {labels.min()}..{labels.max()}")
+    def _cost_layer(self):
+        out = self._nodes[-1]
+        if not out.layer.is_cost:
+            raise ValueError(f"net '{self.name}' ends in a {out.type} layer, not a cost layer "
+                             "(softmax): it has no loss to differentiate")
+        return out.layer
 
     def loss_and_grads(self, x, labels, train=True):
         """As `gradients`, but the arrays may be the layers' reused buffers (for the solver)."""
         if self._backend is not None:
             raise ValueError("this net lives on CUDA: use gradients(), or cuda_step() for device arrays")
         out = self._nodes[-1]
-        if not out.layer.is_cost:
-            raise ValueError(f"net '{self.name}' ends in a {out.type} layer, not a cost layer "
-                             "(softmax): it has no loss to differentiate")
+        self._cost_layer()
         labels = np.asarray(labels)
         self._forward(x, train)
         loss, dx = out.layer.cost(labels)

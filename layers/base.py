@@ -184,6 +184,10 @@ class Layer:
         """Cost layers only: (mean loss, gradient w.r.t. this layer's input)."""
         raise NotImplementedError(f"layer type {self.type} is not a cost layer")
 
+    def check_labels(self, labels, n=None):
+        """Cost layers only: labels for a batch of n, checked, or ValueError saying why."""
+        raise NotImplementedError(f"layer type {self.type} is not a cost layer")
+
     # ---- helpers ------------------------------------------------------------
     def buffer(self, tag, shape, zero=False):
         """A float32 scratch array kept between calls and reused while its shape holds."""

@@ -36,9 +36,12 @@ class SoftmaxLayer(Layer):
         self._x, self._p = x, p
         return p
 
-    def check_labels(self, labels):
-        """labels as a contiguous int64 [N] array, or ValueError saying what is wrong."""
-        n, d = self._p.shape
+    def check_labels(self, labels, n=None):
+        """labels as a contiguous int64 [N] array, or ValueError saying what is wrong.
+
+        n: the batch size (default: that of the latest forward)."""
+        d = self.output_shape[0]
+        n = self._p.shape[0] if n is None else n
         arr = np.asarray(labels)
         if arr.ndim != 1:
             raise ValueError(f"softmax '{self.name}': labels must be a 1-D array of class indices, "
