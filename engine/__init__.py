@@ -4,8 +4,8 @@
     net = engine.load("nets/alexnet.yaml")
     print(net.summary())
 """
-from engine.errors import ConfigError, DeviceError
+from engine.errors import ConfigError, DeviceError, MemoryLimitError
 from engine.net import Net, load
 
-__all__ = ["ConfigError", "DeviceError", "Net", "load"]
+__all__ = ["ConfigError", "DeviceError", "MemoryLimitError", "Net", "load"]
 __version__ = "0.1.0"

@@ -27,3 +27,15 @@ class ConfigError(ValueError):
 
 class DeviceError(RuntimeError):
     """CUDA asked for where there is none (a one-line message for the user)."""
+
+
+class MemoryLimitError(MemoryError):
+    """A batch (or a net) that cannot fit in the memory available, refused before allocating.
+
+    `needed` and `available` are bytes; `largest_batch` is the largest batch size that fits
+    (0 when not even one image does, None where it does not apply).
+    """
+
+    def __init__(self, message, needed=None, available=None, largest_batch=None):
+        super().__init__(message)
+        self.needed, self.available, self.largest_batch = needed, available, largest_batch
