@@ -2,8 +2,11 @@
 
 Both files are written to a temporary name, flushed to disk and renamed, the JSON last:
 a checkpoint exists only once its JSON does, so a crash or kill at any moment leaves the
-previous checkpoints whole and loadable.
+previous checkpoints whole and loadable. The JSON records the SHA-256 of its .npz, so a
+truncated or corrupted weights file is found before it is used.
 """
+import errno
+import hashlib
 import json
 import os
 import re
@@ -13,15 +16,21 @@ import uuid
 import numpy as np
 
 _TAG = re.compile(r"^(\d+)(?:-(\d+))?\.json$")
+TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lock"
 
 
 class CheckpointError(ValueError):
     pass
 
 
+class CheckpointWriteError(CheckpointError):
+    """Saving failed (disk full, read-only folder, ...); the previous checkpoint is intact."""
+
+
 def _atomic_write(path, write):
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -34,25 +43,56 @@ def _atomic_write(path, write):
         raise
 
 
+def write_text(path, text):
+    """Replace a text file atomically (a kill leaves the old or the new one, never half)."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def sha256_of(path, chunk=1 << 22):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def tag_for(epoch, batch=None):
     """'3' after epoch 3; '3-120' when stopped after 120 batches of epoch 4 (3 complete)."""
     return f"{epoch}" if not batch else f"{epoch}-{batch}"
 
 
 def save(run_dir, tag, arrays, meta):
-    os.makedirs(run_dir, exist_ok=True)
+    """Write `<tag>.npz` + `<tag>.json`; returns the JSON path.
+
+    Any OSError (disk full, read-only folder, ...) becomes CheckpointWriteError; what was
+    half-written is removed and every earlier checkpoint stays as it was."""
     npz_path = os.path.join(run_dir, f"{tag}.npz")
     json_path = os.path.join(run_dir, f"{tag}.json")
     # the same id in both files: a pair torn by a crash while overwriting a tag is detected
     ident = uuid.uuid4().hex
-    _atomic_write(npz_path, lambda f: np.savez(f, __id__=np.array(ident), **arrays))
-    text = json.dumps(dict(meta, id=ident), indent=1, sort_keys=True).encode()
-    _atomic_write(json_path, lambda f: f.write(text))
+    fresh = not os.path.exists(npz_path)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        _atomic_write(npz_path, lambda f: np.savez(f, __id__=np.array(ident), **arrays))
+        text = json.dumps(dict(meta, id=ident, sha256=sha256_of(npz_path)), indent=1, sort_keys=True)
+        _atomic_write(json_path, lambda f: f.write(text.encode()))
+    except OSError as e:
+        if fresh and os.path.exists(npz_path) and not os.path.exists(json_path):
+            try:                           # an arrays file with no sidecar is no checkpoint
+                os.unlink(npz_path)
+            except OSError:
+                pass
+        reason = e.strerror or str(e)
+        if e.errno == errno.ENOSPC:
+            reason += " (free some space or choose another --out)"
+        elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            reason += " (the folder is not writable: choose another --out)"
+        raise CheckpointWriteError(f"cannot write checkpoint {json_path}: {reason}") from None
     return json_path
 
 
 def list_checkpoints(run_dir):
-    """Complete checkpoints in `run_dir`, oldest first, as JSON paths."""
+    """Checkpoints in `run_dir` with both files present, oldest first, as JSON paths."""
     found = []
     for name in os.listdir(run_dir):
         m = _TAG.match(name)
@@ -61,41 +101,123 @@ def list_checkpoints(run_dir):
     return [p for _, p in sorted(found)]
 
 
-def _pair_matches(json_path):
+def verify(json_path):
+    """The checkpoint's metadata if its pair is whole; CheckpointError saying what is wrong."""
+    npz_path = json_path[:-5] + ".npz"
     try:
         with open(json_path, encoding="utf-8") as f:
-            ident = json.load(f).get("id")
-        with np.load(json_path[:-5] + ".npz", allow_pickle=False) as z:
-            return "__id__" in z.files and str(z["__id__"]) == ident
-    except (OSError, ValueError, KeyError):
-        return False
+            meta = json.load(f)
+    except OSError as e:
+        raise CheckpointError(f"{json_path}: cannot read: {e.strerror}") from None
+    except ValueError:
+        raise CheckpointError(f"{json_path}: not valid JSON (truncated or corrupted)") from None
+    if not isinstance(meta, dict) or "id" not in meta:
+        raise CheckpointError(f"{json_path}: not a checkpoint sidecar (no id)")
+    if not os.path.exists(npz_path):
+        raise CheckpointError(f"{npz_path}: missing (its sidecar {os.path.basename(json_path)} is here)")
+    expected = meta.get("sha256")
+    if expected is not None:
+        try:
+            actual = sha256_of(npz_path)
+        except OSError as e:
+            raise CheckpointError(f"{npz_path}: cannot read: {e.strerror}") from None
+        if actual != expected:
+            raise CheckpointError(f"{npz_path}: its SHA-256 does not match the one recorded in "
+                                  f"{os.path.basename(json_path)}: the file is truncated, corrupted "
+                                  "or from another save")
+    return meta
 
 
-def resolve(path):
-    """A run folder (its latest whole checkpoint) or one checkpoint's .json/.npz -> the .json path."""
+def resolve(path, skipped=None):
+    """A run folder (its newest whole checkpoint) or one checkpoint's .json/.npz -> the .json path.
+
+    In a folder, checkpoints that fail `verify` are passed over; with a list `skipped`,
+    (path, reason) of each is appended to it."""
     if os.path.isdir(path):
         for json_path in reversed(list_checkpoints(path)):
-            if _pair_matches(json_path):
+            try:
+                verify(json_path)
                 return json_path
-        raise CheckpointError(f"{path}: no checkpoint in this folder (expected <epoch>.json + <epoch>.npz)")
+            except CheckpointError as e:
+                if skipped is not None:
+                    skipped.append((json_path, str(e)))
+        extra = f" ({len(skipped)} damaged one(s) passed over)" if skipped else ""
+        raise CheckpointError(f"{path}: no usable checkpoint in this folder{extra} "
+                              "(expected <epoch>.json + <epoch>.npz)")
     base, ext = os.path.splitext(path)
     if ext in (".json", ".npz") and os.path.exists(base + ".json") and os.path.exists(base + ".npz"):
         return base + ".json"
     raise CheckpointError(f"{path}: not a checkpoint (give a run folder, or a <epoch>.json/.npz pair)")
 
 
-def load(path):
-    """(arrays, meta) of a checkpoint given as a run folder or a checkpoint file."""
-    json_path = resolve(path)
+def load(path, skipped=None):
+    """(arrays, meta) of a checkpoint given as a run folder or a checkpoint file.
+
+    meta["path"] is the JSON path used; see `resolve` for `skipped`."""
+    json_path = resolve(path, skipped)
+    meta = verify(json_path)
+    npz_path = json_path[:-5] + ".npz"
     try:
-        with open(json_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        with np.load(json_path[:-5] + ".npz", allow_pickle=False) as z:
+        with np.load(npz_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{json_path}: cannot read checkpoint: {e}") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{npz_path}: cannot read checkpoint arrays: {e}") from None
+    except Exception as e:         # zipfile.BadZipFile, zlib.error: a damaged archive
+        raise CheckpointError(f"{npz_path}: damaged checkpoint archive: {e}") from None
     if str(arrays.pop("__id__", "")) != meta.get("id"):
         raise CheckpointError(f"{json_path}: its .npz belongs to another save (a crash while "
                               "overwriting it); load an earlier checkpoint of the run")
     meta["path"] = json_path
     return arrays, meta
+
+
+def remove_temporaries(run_dir):
+    """Delete files a killed save left behind (only call while holding the folder's lock)."""
+    for name in os.listdir(run_dir):
+        if name.startswith(TMP_PREFIX):
+            try:
+                os.unlink(os.path.join(run_dir, name))
+            except OSError:
+                pass
+
+
+class RunLock:
+    """An exclusive lock on a run folder for one training at a time.
+
+    flock is released by the kernel when the process dies, even by SIGKILL, so a crashed
+    run never leaves a stale lock behind."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self._fd = None
+
+    def acquire(self):
+        import fcntl
+        os.makedirs(self.run_dir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise CheckpointError(f"{self.run_dir} is in use by another training (process {holder}); "
+                                  "wait for it to finish, stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)       # closing drops the flock; the file itself may stay
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

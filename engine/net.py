@@ -152,12 +152,14 @@ class Net:
             raise ValueError("input batch is empty")
         return np.ascontiguousarray(x)
 
-    def _forward(self, x, train):
+    def _forward(self, x, train, watch=None):
         acts = {INPUT_NAME: self.check_input(x)}
         for node in self._nodes:
             xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
             acts[node.name] = node.layer.forward(xin, self._layer_params[node.name], train=train,
                                                  rng=self.rng if train else None)
+            if watch is not None:
+                watch("output", node.name, acts[node.name])
         return acts
 
     def forward(self, x, train=False, outputs=None):
@@ -213,15 +215,22 @@ class Net:
                              "(softmax): it has no loss to differentiate")
         return out.layer
 
-    def loss_and_grads(self, x, labels, train=True):
-        """As `gradients`, but the arrays may be the layers' reused buffers (for the solver)."""
+    def loss_and_grads(self, x, labels, train=True, watch=None):
+        """As `gradients`, but the arrays may be the layers' reused buffers (for the solver).
+
+        `watch(kind, layer, array)`, when given, sees every layer's "output" in forward
+        order, then "cost", then each layer's "input gradient" and "<param> gradient" in
+        backward order (engine.finite uses it to find where a NaN was born)."""
         if self._backend is not None:
             raise ValueError("this net lives on CUDA: use gradients(), or cuda_step() for device arrays")
         out = self._nodes[-1]
         self._cost_layer()
         labels = np.asarray(labels)
-        self._forward(x, train)
+        self._forward(x, train, watch)
         loss, dx = out.layer.cost(labels)
+        if watch is not None:
+            watch("cost", out.name, np.asarray([loss], np.float32))
+            watch("input gradient", out.name, dx)
         pending = {}
         self._send_back(out, dx, pending)
         grads = {}
@@ -231,7 +240,11 @@ class Net:
             dx, pgrads = node.layer.backward(dy, self._layer_params[node.name], need_dx=need_dx)
             for pname, g in pgrads.items():
                 grads[f"{node.name}.{pname}"] = g
+                if watch is not None:
+                    watch(f"{pname} gradient", node.name, g)
             if need_dx:
+                if watch is not None:
+                    watch("input gradient", node.name, dx)
                 self._send_back(node, dx, pending)
         return float(loss), {k: grads[k] for k in self._params}
 
