@@ -18,6 +18,8 @@ import numpy as np
 _TAG = re.compile(r"^(\d+)(?:-(\d+))?\.json$")
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -32,6 +34,7 @@ def _atomic_write(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path), dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)      # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -194,8 +197,12 @@ class RunLock:
 
     def acquire(self):
         import fcntl
-        os.makedirs(self.run_dir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CheckpointError(f"cannot use {self.run_dir} as the run folder: {e.strerror or e}; "
+                                  "choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from engine.errors import ConfigError, DeviceError
+from engine.errors import ConfigError, DeviceError, MemoryLimitError
 
 EPILOG = """examples:
   python -m engine train nets/lenet5.yaml                   # the embedded MNIST digits
@@ -40,7 +40,7 @@ def _train(args):
                       seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq,
                       device=args.device)
     result = trainer.run()
-    return 130 if result["stopped"] else 0
+    return result["exit_code"] if result["stopped"] else 0
 
 
 def _test(args):
@@ -129,7 +129,7 @@ def build_parser():
 
 
 def main(argv=None):
-    from engine.checkpoint import CheckpointError
+    from engine.checkpoint import CheckpointError, CheckpointWriteError
     from engine.datasets import DataError
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -138,12 +138,12 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, DeviceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
+    except (CheckpointWriteError, FloatingPointError) as e:   # the run failed; nothing saved was lost
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (ConfigError, DataError, CheckpointError, DeviceError, MemoryLimitError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

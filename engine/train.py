@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from engine import checkpoint, settings as settings_mod
+from engine import checkpoint, finite, settings as settings_mod
 from engine.config import parse_net
 from engine.datasets import DataError, open_source
 from engine.datasets.augment import Preprocess
@@ -81,10 +81,12 @@ def _net_text(spec):
 
 
 class LossTally:
-    """The epoch's mean training loss, from batch losses that may arrive a batch late."""
+    """The epoch's mean training loss, from batch losses that may arrive a batch late.
 
-    def __init__(self, lr):
-        self.lr, self.pending, self.total, self.seen = lr, [], 0.0, 0
+    `on_nonfinite(loss, where)` is called (and must raise) when a loss is NaN or Inf."""
+
+    def __init__(self, on_nonfinite):
+        self.on_nonfinite, self.pending, self.total, self.seen = on_nonfinite, [], 0.0, 0
 
     def add(self, loss, n, where):
         self.pending.append((loss, n, where))
@@ -95,8 +97,7 @@ class LossTally:
             loss, n, where = self.pending.pop(0)
             loss = loss if isinstance(loss, float) else loss.value()
             if not np.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss} at {where}: the learning rate "
-                                         f"({self.lr:g}) is probably too high for this net")
+                self.on_nonfinite(loss, where)
             self.total += loss * n
             self.seen += n
 
@@ -106,27 +107,45 @@ class LossTally:
 
 
 class StopFlag:
-    """First Ctrl-C: finish the batch, save, stop. Second: stop at once."""
+    """First SIGINT (Ctrl-C) or SIGTERM: finish the batch, save, stop. A second: stop at once.
+
+    Stopping at once raises KeyboardInterrupt; a checkpoint being written then is dropped
+    whole (see checkpoint._atomic_write), so the previous one stays the newest."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.stop = False
-        self._old = None
+        self.signum = None
+        self._old = {}
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name if self.signum else "a stop request"
+
+    @property
+    def exit_code(self):
+        """128 + the signal, as a shell reports a process ended by it (130, 143)."""
+        return 128 + int(self.signum or signal.SIGINT)
 
     def __enter__(self):
         def handler(signum, frame):
             if self.stop:
                 raise KeyboardInterrupt
-            self.stop = True
-            print("\nstopping after this batch (Ctrl-C again to abort without saving)", file=sys.stderr)
-        try:
-            self._old = signal.signal(signal.SIGINT, handler)
-        except ValueError:   # not the main thread: no handler, Ctrl-C raises as usual
-            self._old = None
+            self.stop, self.signum = True, signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this batch "
+                  "(Ctrl-C again to abort without saving it)", file=sys.stderr)
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, handler)
+            except ValueError:   # not the main thread: no handler, signals act as usual
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
         return False
 
 
@@ -135,10 +154,19 @@ class Trainer:
                  out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu"):
         self.log = log
         self.resume_meta, arrays = None, None
+        self.last_checkpoint = None
         if resume is not None:
-            arrays, self.resume_meta = checkpoint.load(resume)
+            skipped = []
+            arrays, self.resume_meta = checkpoint.load(resume, skipped)
+            for path, why in skipped:
+                log(f"passing over a damaged checkpoint: {why}")
+            self.last_checkpoint = self.resume_meta["path"]
+            log(f"resuming from {self.last_checkpoint}")
             if net_source is None:
-                net_source = self.resume_meta["net_text"]
+                net_source = self.resume_meta.get("net_text")
+                if not isinstance(net_source, str):
+                    raise checkpoint.CheckpointError(f"{self.last_checkpoint}: holds no net text; "
+                                                     "give the net file too")
         if net_source is None:
             raise ConfigError("no net given")
         self.spec = parse_net(net_source)
@@ -168,6 +196,9 @@ class Trainer:
         aug.update({k: v for k, v in s["augment"].items() if v is not None})
         self.augment = aug
         if arrays is not None:
+            if "mean" not in arrays:
+                raise checkpoint.CheckpointError(f"{self.last_checkpoint}: has no mean image: "
+                                                 "not a training checkpoint of this engine")
             mean = arrays["mean"]
         else:
             mean = self.source.mean_image()
@@ -188,8 +219,13 @@ class Trainer:
 
     # ---- state ----------------------------------------------------------------
     def _restore(self, arrays, meta):
-        self.net.load_state_dict({k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")})
-        self.solver.load_state_arrays(arrays)
+        try:
+            self.net.load_state_dict({k[len("param/"):]: v for k, v in arrays.items()
+                                      if k.startswith("param/")})
+            self.solver.load_state_arrays(arrays)
+        except (KeyError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"{meta['path']}: does not fit net '{self.net.name}': "
+                                             f"{e.args[0] if e.args else e}") from None
         if self.net.device == "cuda":
             self.net._backend.velocity_from_host({k: arrays[f"velocity/{k}"] for k in self.solver.velocity})
         self.schedule.load_state(meta["schedule"])
@@ -213,24 +249,44 @@ class Trainer:
             "num_classes": self.source.num_classes, "metrics": self.metrics,
             "partial_loss": self.partial_loss if self.batch_in_epoch else None,
         }
-        path = checkpoint.save(self.run_dir, checkpoint.tag_for(self.epoch, self.batch_in_epoch),
-                               arrays, meta)
-        with open(os.path.join(self.run_dir, "metrics.jsonl.tmp"), "w") as f:
-            for m in self.metrics:
-                f.write(json.dumps(m) + "\n")
-        os.replace(os.path.join(self.run_dir, "metrics.jsonl.tmp"), os.path.join(self.run_dir, "metrics.jsonl"))
+        try:
+            path = checkpoint.save(self.run_dir, checkpoint.tag_for(self.epoch, self.batch_in_epoch),
+                                   arrays, meta)
+        except checkpoint.CheckpointWriteError as e:
+            kept = (f"the previous checkpoint {self.last_checkpoint} is kept" if self.last_checkpoint
+                    else "no checkpoint of this run was written yet")
+            raise checkpoint.CheckpointWriteError(f"{e}; {kept}; training stopped") from None
+        self.last_checkpoint = path
+        metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        try:
+            checkpoint.write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in self.metrics))
+        except OSError as e:
+            raise checkpoint.CheckpointWriteError(f"cannot write {metrics_path}: {e.strerror or e} "
+                                                  f"(checkpoint {path} was saved); training stopped") from None
         return path
 
     # ---- the loop ---------------------------------------------------------------
     def run(self):
+        """Train to the last epoch, or until a stop signal; returns {"stopped", "checkpoint",
+        "metrics", "signal"}. Holds the run folder's lock throughout."""
+        with checkpoint.RunLock(self.run_dir):
+            checkpoint.remove_temporaries(self.run_dir)     # left by a save that was killed
+            if self.resume_meta is None and checkpoint.list_checkpoints(self.run_dir):
+                newest = checkpoint.list_checkpoints(self.run_dir)[-1]
+                raise checkpoint.CheckpointError(
+                    f"{self.run_dir} already holds checkpoints of a run (newest {os.path.basename(newest)}); "
+                    f"continue it with --resume {self.run_dir}, or choose another --out")
+            return self._run()
+
+    def _run(self):
         s = self.settings
-        os.makedirs(self.run_dir, exist_ok=True)
         self.log(f"training {self.spec.name} ({self.net.num_params:,} parameters) on {self.source.name}: "
                  f"{self.source.num_train} train / {self.source.num_val} val images, {s['epochs']} epochs, "
                  f"batch {s['batch']}, lr {s['lr']:g}; run folder {self.run_dir}")
         progress = Progress()
         seed = s["seed"]
         steps_taken = 0
+        path = self.last_checkpoint
         with StopFlag() as flag:
             while self.epoch < s["epochs"]:
                 epoch = self.epoch
@@ -242,7 +298,7 @@ class Trainer:
                     aug_rng.bit_generator.state = self.rng_states["augment"]
                     self.net.rng.bit_generator.state = self.rng_states["dropout"]
                 n_batches = -(-self.source.num_train // s["batch"])
-                t0, tally = time.time(), LossTally(s["lr"])
+                t0, tally = time.time(), LossTally(self._cuda_nonfinite)
                 if skip and self.partial_loss:      # the stopped part of this epoch counts too
                     tally.total, tally.seen = self.partial_loss
                 for b, (raw, labels) in enumerate(self.source.batches("train", s["batch"], rng=order_rng)):
@@ -262,9 +318,10 @@ class Trainer:
                         self.partial_loss = [tally.total, tally.seen]
                         path = self.save({"augment": aug_rng.bit_generator.state,
                                           "dropout": self.net.rng.bit_generator.state})
-                        self.log(f"stopped in epoch {epoch + 1} after batch {b + 1}; saved {path}\n"
-                                 f"resume with: python -m engine train --resume {self.run_dir}")
-                        return {"stopped": True, "checkpoint": path}
+                        self.log(f"stopped by {flag.name} in epoch {epoch + 1} after batch {b + 1}; saved "
+                                 f"{path}; resume with: python -m engine train --resume {self.run_dir}")
+                        return {"stopped": True, "checkpoint": path, "signal": flag.signum,
+                                "exit_code": flag.exit_code}
                 tally.settle()
                 progress.close()
                 elapsed = time.time() - t0
@@ -279,6 +336,11 @@ class Trainer:
                 self.metrics.append(record)
                 self.log(self._line(record))
                 path = self.save()
+                if flag.stop and self.epoch < s["epochs"]:     # asked during validation or saving
+                    self.log(f"stopped by {flag.name} after epoch {self.epoch}; saved {path}; resume "
+                             f"with: python -m engine train --resume {self.run_dir}")
+                    return {"stopped": True, "checkpoint": path, "signal": flag.signum,
+                            "exit_code": flag.exit_code}
         if self.source.skipped:
             self.log(f"skipped {self.source.skipped} unreadable image(s); see the log above for which")
         return {"stopped": False, "checkpoint": path if self.metrics else None, "metrics": self.metrics}
@@ -292,10 +354,28 @@ class Trainer:
                                          self.solver.multipliers, step_seed=epoch * 1_000_003 + batch + 1,
                                          wait=False)
             return loss
-        loss, grads = self.net.loss_and_grads(x, labels, train=True)
-        if np.isfinite(loss):
-            self.solver.step(grads, lr)
+        rng_state = self.net.rng.bit_generator.state
+        with np.errstate(all="ignore"):      # overflow is caught below, with the layer named
+            loss, grads = self.net.loss_and_grads(x, labels, train=True)
+        if not (np.isfinite(loss) and finite.grads_finite(grads)):
+            what = f"the loss became {loss}" if not np.isfinite(loss) else "a gradient became non-finite"
+            with np.errstate(all="ignore"):
+                where = finite.locate(self.net, x, labels, rng_state)
+            what += f" (first non-finite: {where})" if where else ""
+            raise finite.NonFiniteError(finite.message(what, f"epoch {epoch + 1}, batch {batch + 1}",
+                                                       lr, self.last_checkpoint))
+        self.solver.step(grads, lr)
         return loss
+
+    def _cuda_nonfinite(self, loss, where):
+        """A CUDA loss read a batch late was NaN/Inf: name the first layer whose weights the
+        update has spoiled (the device cannot re-run the batch exactly)."""
+        spoiled = [k.rsplit(".", 1)[0] for k, p in self.net.state_dict().items() if not finite.all_finite(p)]
+        what = f"the loss became {loss}"
+        if spoiled:
+            what += f" (first layer with non-finite weights: '{spoiled[0]}')"
+        raise finite.NonFiniteError(finite.message(what, where, self.schedule.lr(self.epoch, 0.0),
+                                                   self.last_checkpoint))
 
     def _line(self, r):
         val = ""

@@ -35,7 +35,7 @@ def test_no_pickle_in_checkpoint_files(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint"):
         checkpoint.load(str(tmp_path))
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint"):
