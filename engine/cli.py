@@ -58,15 +58,10 @@ def _test(args):
 
 
 def read_image(path, channels):
-    """One image file as uint8 [H, W] (grey) or [H, W, 3]; DataError if unreadable."""
-    import numpy as np
-    from PIL import Image
-    from engine.datasets import DataError
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read this image ({e})") from None
+    """One image file as uint8 [H, W] (grey) or [H, W, 3]; DataError if unreadable.
+    Converted as the image folders do (alpha dropped, CMYK to RGB, 16-bit grey to 8 bits)."""
+    from engine.datasets.images import read_image as read
+    return read(path, channels)
 
 
 def _predict(args):
@@ -96,7 +91,9 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a net; flags override the net file's `train:` section",
                        description="Train a net. A progress line per epoch, then one summary line; a "
-                       "checkpoint after every epoch and on Ctrl-C (first Ctrl-C: finish the batch, save, stop).")
+                       "checkpoint after every epoch and on Ctrl-C or SIGTERM (the first: finish the batch, "
+                       "save, stop with exit 130/143; a second Ctrl-C: stop at once). Exit 1: the run failed "
+                       "(NaN/Inf, a checkpoint write failed) with every saved checkpoint intact; 2: bad input.")
     t.add_argument("net", metavar="NET.yaml", nargs="?", help="the net file (optional with --resume)")
     t.add_argument("--data", metavar="SRC", help="digits | synthetic | a cuda-convnet batch folder | "
                    "an ImageNet-layout folder (ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg)")
