@@ -242,7 +242,7 @@ def test_image_folder(tmp_path, caplog):
     root = tmp_path / "imgs"
     write_image_folder(root)
     caplog.set_level(logging.WARNING, logger="engine.datasets")
-    src = open_source(str(root), (3, 224, 224))
+    src = open_source(str(root), (3, 16, 16))  # the images (20 to 64 px) must not be smaller than the input
     assert src.class_names == ["cat", "dog", "eel"] and src.num_classes == 3
     assert (src.num_train, src.num_val, src.image_shape) == (10, 3, (3, 256, 256))
     assert src.default_augment == {"scale": 1.0, "crop": True, "flip": True, "pca": 0.1}

@@ -6,6 +6,8 @@ prediction time. Numpy only (Pillow is imported by prepare_images only to resize
 """
 import numpy as np
 
+from ._base import DataError
+
 # PCA jitter follows the AlexNet paper (Krizhevsky et al. 2012, section 4.1): to each RGB
 # pixel of an image add [p1 p2 p3] [a1*l1, a2*l2, a3*l3]^T, where p_i and l_i are the
 # eigenvectors and eigenvalues of the 3x3 RGB covariance of the training pixels and a_i ~
@@ -241,6 +243,19 @@ def _resize(img, hw):
     return np.stack(chans, axis=-1)
 
 
+def _as_image_array(images):
+    try:
+        a = np.asarray(images)
+    except ValueError:  # a list of arrays of different sizes
+        shapes = sorted({str(np.shape(x)) for x in images})
+        raise DataError(f"images must be one array, or a list of arrays of one shape; got shapes "
+                        f"{', '.join(shapes[:4])}: predict them one at a time, or resize them first") from None
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"images must be uint8 or float pixel values, got dtype {a.dtype}; convert them, "
+                        "e.g. np.asarray(PIL.Image.open(path).convert('RGB'))")
+    return a
+
+
 def prepare_images(images, input_shape, mean, scale=1.0):
     """Raw user images -> float32 [N,C,H,W] for prediction, prepared like test batches.
 
@@ -252,29 +267,40 @@ def prepare_images(images, input_shape, mean, scale=1.0):
     to Hs x Ws; same-size images stay pure numpy. Then the mean is subtracted, the centre
     H x W crop taken and the result multiplied by `scale`. With a per-channel mean [C] there
     is no source size: images are only centre-cropped. Images smaller than the net input
-    are refused rather than blown up.
+    are refused rather than blown up. Every problem with the images (shape, channels, size,
+    dtype, NaN or infinite values, integers outside 0..255 for a net trained on 8-bit pixels)
+    is a one-line DataError.
     """
     c, h, w = _shape3(input_shape)
-    a = np.asarray(images)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
-                                 or a.dtype == np.bool_):
-        raise ValueError(f"images must be a numeric array, got dtype {a.dtype}")
+    a = _as_image_array(images)
     if a.ndim == 2:
         a = a[None, :, :, None]
     elif a.ndim == 3:
-        a = a[None] if (c in (1, 3) and a.shape[-1] == c) else a[..., None]
+        single = a.shape[-1] == c or (a.shape[-1] in (2, 3, 4) and c in (1, 3))  # [H,W,C] of some mode
+        a = a[None] if (c in (1, 3) and single) else a[..., None]
     elif a.ndim != 4:
-        raise ValueError(f"images must be [N,H,W], [N,H,W,C], [H,W] or [H,W,C], got shape {a.shape}")
+        raise DataError(f"images must be [N,H,W], [N,H,W,C], [H,W] or [H,W,C], got shape {a.shape}")
     if a.shape[-1] != c:
-        hint = " (channels-first? transpose to channels-last)" if a.ndim == 4 and a.shape[1] == c else ""
-        raise ValueError(f"images have {a.shape[-1]} channel(s) (shape {np.shape(images)}) but the net takes "
-                         f"{c}x{h}x{w}; convert them to {'RGB' if c == 3 else 'greyscale'}{hint}")
+        hint = " (channels-first? transpose to channels-last)" if a.shape[1] == c else ""
+        raise DataError(f"images have {a.shape[-1]} channel(s) (shape {np.shape(images)}) but the net takes "
+                        f"{c}x{h}x{w}; convert them to {'RGB' if c == 3 else 'greyscale'}{hint}")
     if a.shape[0] == 0:
-        raise ValueError("no images given")
+        raise DataError("no images given")
     ih, iw = a.shape[1:3]
     if ih < h or iw < w:
-        raise ValueError(f"images are {ih}x{iw}, smaller than the net input {h}x{w}; give images at least "
-                         f"{h}x{w}")
+        raise DataError(f"images are {ih}x{iw}, smaller than the net input {h}x{w}; give images at least "
+                        f"{h}x{w}")
+    if a.dtype.kind == "f":
+        finite = np.isfinite(a).reshape(len(a), -1).all(axis=1)
+        if not finite.all():
+            raise DataError(f"{np.count_nonzero(~finite)} of the {len(a)} images hold NaN or infinite values "
+                            f"(the first: image {int(np.argmin(finite))}); give finite pixel values")
+    elif a.dtype.kind in "iu" and a.dtype != np.uint8 and a.size:
+        lo, hi = a.min(), a.max()
+        m = np.asarray(mean)
+        if (lo < 0 or hi > 255) and m.min() >= 0 and m.max() <= 255:  # trained on 8-bit pixels
+            raise DataError(f"images are {a.dtype} with values {lo}..{hi}, but the net was trained on 8-bit "
+                            "pixels (0..255); scale them (16-bit: divide by 257) or pass uint8")
     if a.dtype != np.uint8:
         a = a.astype(np.float32)
     pre = Preprocess((c, h, w), mean, scale=scale)

@@ -15,7 +15,9 @@ test_batch), otherwise the highest-numbered batch with all its sub-batches (cuda
 CIFAR convention: batch 6 is the test batch); training is every other data batch.
 
 The files are pickles, and unpickling can run arbitrary code, so they are read with a
-restricted unpickler that only builds dicts, lists, strings, numbers and NumPy arrays.
+restricted unpickler that only builds dicts, lists, strings, numbers and NumPy arrays of
+numbers: any other class, any callable, and object arrays (whose items are arbitrary
+Python objects) are refused with a DataError naming the file.
 """
 import importlib
 import os
@@ -30,26 +32,132 @@ META = "batches.meta"
 _BATCH_RE = re.compile(r"^data_batch_(\d+)(?:\.(\d+))?$")
 
 # (module, name) pairs a batch file may ask for: what NumPy arrays, dtypes and scalars
-# need to be rebuilt, plus _codecs.encode (protocol-2 pickles of bytes use it).
+# need to be rebuilt, plus _codecs.encode and bytes() (protocol-2 pickles of bytes use them).
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("_codecs", "encode"),
+    ("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes"),
     ("collections", "OrderedDict"),
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+_PLAIN_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None))
+# dtype kinds a batch may hold: numbers and fixed-width strings, never object pointers or
+# structured/void records (whose pickled state could claim to hold objects)
+_PLAIN_KINDS = "biufcSU"
+
+
+def _refuse_objects(path, what):
+    return DataError(f"refusing to load {path}: it holds {what}, which is not plain data; "
+                     "cuda-convnet batch files contain only numeric arrays, lists, dicts, strings and numbers")
+
+
+def _check_plain(obj, path):
+    """DataError unless `obj` is made only of plain containers, strings, numbers and numeric arrays."""
+    stack, seen = [obj], set()
+    while stack:  # iterative: a pickle may nest deeply or refer to itself
+        x = stack.pop()
+        if isinstance(x, (dict, list, tuple, set, frozenset)):
+            if id(x) not in seen:
+                seen.add(id(x))
+                stack.extend(x.items() if isinstance(x, dict) else x)
+        elif isinstance(x, (np.ndarray, np.generic, np.dtype)):
+            dtype = x if isinstance(x, np.dtype) else x.dtype
+            if dtype.hasobject:
+                raise _refuse_objects(path, "a NumPy object array")
+        elif type(x) not in _PLAIN_LEAVES:
+            raise _refuse_objects(path, f"a {type(x).__module__}.{type(x).__qualname__} object")
+
+
+class _ArrayToken:
+    """Stands for numpy.ndarray, which a pickle names only as _reconstruct's first argument:
+    called directly it could build an object array over raw bytes."""
+
+    def __init__(self, path):
+        self._path = path
+
+    def __call__(self, *args, **kwargs):
+        raise DataError(f"refusing to load {self._path}: it calls numpy.ndarray directly, which NumPy's own "
+                        "pickles never do; cuda-convnet batch files contain only arrays, lists and dicts")
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # the Python one: its BUILD step can be checked too
+    """Builds only what _ALLOWED names, each NumPy call through a wrapper that checks its dtype,
+    and lets NumPy restore a dtype's or an array's pickled state only when it is plain."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, f, path):
         super().__init__(f, encoding="latin1")
         self._path = path
+        self._array = _ArrayToken(path)
+
+    def _plain(self, dtype):
+        dtype = np.dtype(dtype)
+        if dtype.hasobject or dtype.kind not in _PLAIN_KINDS:
+            what = "a NumPy object array" if dtype.hasobject else f"a NumPy array of dtype {dtype}"
+            raise _refuse_objects(self._path, what)
+        return dtype
+
+    def _encode(self, text, encoding="utf-8", *rest):
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):  # how pickle stores bytes
+            raise _refuse_objects(self._path, f"a call of _codecs.encode({type(text).__name__}, {encoding!r})")
+        return text.encode("latin1")
+
+    def _empty_bytes(self, *args):
+        if args:
+            raise _refuse_objects(self._path, f"a call of bytes() with arguments {args!r:.40}")
+        return b""
 
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED:
             raise DataError(f"refusing to load {self._path}: it asks for {module}.{name}, which could run "
                             "code; cuda-convnet batch files contain only arrays, lists and dicts")
+        if name == "ndarray":
+            return self._array
+        if name == "encode":
+            return self._encode
+        if name == "bytes":  # protocol 2 writes b"" as bytes(); with an argument it could allocate any size
+            return self._empty_bytes
+        if name == "dtype":
+            return lambda *args: self._plain(np.dtype(*args))
+        real = self._import(module, name)
+        if name == "_reconstruct":
+            def reconstruct(subtype, shape, dtype):
+                if subtype is not self._array:
+                    raise _refuse_objects(self._path, f"an array of type {type(subtype).__name__}")
+                return real(np.ndarray, shape, self._plain(dtype))
+            return reconstruct
+        if name == "_frombuffer":
+            return lambda buf, dtype, shape, order: real(buf, self._plain(dtype), shape, order)
+        if name == "scalar":
+            return lambda dtype, *args: real(self._plain(dtype), *args)
+        return real
+
+    def load_build(self):
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.dtype):
+            # a dtype's state may add fields or claim object flags: allow a byte order only
+            ok = (isinstance(state, tuple) and len(state) == 8 and state[1] in ("<", ">", "|", "=")
+                  and state[2:5] == (None, None, None) and state[7] == inst.flags)
+            what = f"a NumPy dtype with the state {state!r:.80}"
+        elif isinstance(inst, np.ndarray):  # (version, shape, dtype, fortran, raw bytes)
+            ok = (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)
+                  and isinstance(state[4], (bytes, bytearray, str)))
+            if ok:
+                self._plain(state[2])
+            what = "a NumPy array whose state is not raw bytes"
+        else:
+            ok, what = False, f"a {type(inst).__name__} with a pickled state"
+        if not ok:
+            raise _refuse_objects(self._path, what)
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def _import(self, module, name):
         # NumPy 2 renamed numpy.core to numpy._core (keeping numpy.core as a deprecated alias):
         # try the new name, then the old, so pickles from either NumPy load on either.
         rest = module.split(".", 2)[2] if module.startswith(("numpy.core.", "numpy._core.")) else None
@@ -79,10 +187,16 @@ def load_pickle(path):
     except Exception as e:  # UnpicklingError, EOFError, ValueError, ... from a damaged file
         raise DataError(f"cannot read {path}: not a valid cuda-convnet batch pickle "
                         f"({type(e).__name__}: {e}); re-create or re-download it") from None
+    _check_plain(obj, path)
     if not isinstance(obj, dict):
         raise DataError(f"{path} holds a {type(obj).__name__}, not a dict; "
                         "cuda-convnet batch files are pickled dicts")
     return {_text(k): v for k, v in obj.items()}
+
+
+def _is_name_list(names):
+    return (isinstance(names, (list, tuple, np.ndarray))
+            and all(isinstance(x, (str, bytes, np.str_, np.bytes_)) for x in names))
 
 
 def _meta_int(meta, keys):
@@ -113,7 +227,11 @@ class BatchFolderSource(DataSource):
         meta_path = os.path.join(self.root, META)
         meta = load_pickle(meta_path)
         names = meta.get("label_names", meta.get("fine_label_names"))
+        if names is not None and not _is_name_list(names):
+            raise DataError(f"{meta_path}: label_names must be a list of class names (strings), got "
+                            f"{type(names).__name__}; fix it or leave it out")
         self.class_names = [str(_text(x)) for x in names] if names is not None else None
+        self._meta_path = meta_path
 
         files = self._find_files()
         self._files = files
@@ -124,14 +242,14 @@ class BatchFolderSource(DataSource):
         if self._side is not None and self._channels is None and num_vis:
             self._channels = num_vis // (self._side * self._side) or None
 
-        arrays, counts, max_label, total = {}, {}, -1, 0
+        arrays, counts, max_label, total = {}, {}, (-1, None), 0
         keep = True
         for split in ("train", "val"):
             parts_x, parts_y = [], []
             for path in files[split]:
                 x, y = self._read(path)
                 if len(y):
-                    max_label = max(max_label, int(y.max()))
+                    max_label = max(max_label, (int(y.max()), path))
                 total += x.nbytes
                 if keep and total > memory_limit:
                     keep = False
@@ -152,23 +270,27 @@ class BatchFolderSource(DataSource):
                             "check the data_batch_* files")
         if self.class_names is not None:
             self.num_classes = len(self.class_names)
-            if max_label >= self.num_classes:
-                raise DataError(f"{self.root}: a batch has label {max_label} but {meta_path} lists only "
-                                f"{self.num_classes} label_names; fix the labels or label_names")
+            if max_label[0] >= self.num_classes:
+                raise DataError(f"{max_label[1]} has label {max_label[0]} but {meta_path} lists only "
+                                f"{self.num_classes} label_names (labels 0..{self.num_classes - 1}); "
+                                "fix the labels or label_names")
         else:
-            self.num_classes = max_label + 1
+            self.num_classes = max_label[0] + 1
         c, s = self._channels, self._side
         self.image_shape = (c, s, s)
         self.is_color = c == 3
 
         mean = meta.get("data_mean")
         if mean is not None:
-            mean = np.asarray(mean, dtype=np.float32)
-            if mean.size == c * s * s:
+            try:
+                mean = np.asarray(mean, dtype=np.float32)
+            except (TypeError, ValueError):
+                mean = np.zeros(0, np.float32)  # unusable: computed instead, below
+            if mean.size == c * s * s and np.all(np.isfinite(mean)):
                 self._mean = np.ascontiguousarray(mean.reshape(self.image_shape))
             else:
-                log.warning("%s: data_mean has %d values but images have %d; computing the mean "
-                            "from the training batches instead", meta_path, mean.size, c * s * s)
+                log.warning("%s: data_mean is not %d finite numbers (one per image value); computing the "
+                            "mean from the training batches instead", meta_path, c * s * s)
 
     # -- files ---------------------------------------------------------------------
     def _find_files(self):
@@ -215,10 +337,17 @@ class BatchFolderSource(DataSource):
             data = np.asarray(raw)
         except (TypeError, ValueError) as e:
             raise DataError(f"{path}: 'data'/'labels' are not numeric arrays ({e})") from None
-        if not np.all(np.isfinite(labels)) or np.any(labels < 0) or np.any(labels != np.round(labels)):
-            raise DataError(f"{path}: labels must be integers >= 0")
+        bad = ~np.isfinite(labels) | (labels < 0) | (labels != np.round(labels))
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise DataError(f"{path}: label {i} is {labels[i]:g}; labels must be class numbers 0, 1, 2, ... "
+                            "(fix the labels in this file)")
         labels = labels.astype(np.int64)
         n = len(labels)
+        if data.dtype.kind not in "biuf":
+            raise DataError(f"{path}: 'data' has dtype {data.dtype}; expected numbers (uint8 pixels)")
+        if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+            raise DataError(f"{path}: 'data' holds NaN or infinite values; re-create this batch file")
         if data.ndim != 2:
             raise DataError(f"{path}: 'data' has shape {data.shape}; expected [dims, n] (cuda-convnet) "
                             f"or [n, dims] (CIFAR python) for {n} labels")

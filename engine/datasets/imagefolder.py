@@ -2,10 +2,17 @@
 
 Images are decoded with Pillow (imported only here, when such a folder is opened) in a
 thread pool that works a few batches ahead of the consumer, converted to RGB (L for a
-one-channel net), resized so the shorter side is `side` (bilinear) and centre-cropped to
-side x side, where side = max(256, net input H, W) as in AlexNet and cuda-convnet2's
-make-data.py. Unreadable or corrupt files are skipped: the batch is simply shorter, the
-file is logged once (logger "engine.datasets") and counted in `skipped`.
+one-channel net; see images.py for grey, alpha, CMYK and 16-bit files), resized so the
+shorter side is `side` (bilinear) and centre-cropped to side x side, where side =
+max(256, net input H, W) as in AlexNet and cuda-convnet2's make-data.py.
+
+Bad files are skipped and counted, never a crash: one that cannot be decoded (truncated,
+corrupt, not an image) or that is smaller than the net input (blowing it up would give
+mostly blur) is logged once (logger "engine.datasets"), counted in `skipped`, and left out
+of its batch, which is then shorter; a batch whose images are all bad is left out of the
+epoch. Which files fail depends only on the files, so every pass (and a resumed run)
+skips the same ones. A bad dataset is an error (DataError): more than `max_bad_fraction`
+(10%) of a split bad, or a class none of whose images can be used.
 """
 import collections
 import os
@@ -15,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ._base import DataError, DataSource, log
+from .images import EXTENSIONS, open_image
 
-EXTENSIONS = (".jpg", ".jpeg", ".png")
 BASE_SIDE = 256
 
 
@@ -47,6 +54,7 @@ class ImageFolderSource(DataSource):
 
     mean_limit = 10000
     _stat_batch = 64
+    max_bad_fraction = 0.1   # more bad images than this in a split is a dataset error
 
     def __init__(self, root, input_shape, workers=None, prefetch=2):
         super().__init__()
@@ -64,6 +72,7 @@ class ImageFolderSource(DataSource):
         self.root = os.path.abspath(os.fspath(root))
         self.name = os.path.basename(self.root.rstrip(os.sep)) or self.root
         self.side = max(BASE_SIDE, int(h), int(w))
+        self.min_hw = (int(h), int(w))
         self.mode = "RGB" if c == 3 else "L"
         self.image_shape = (int(c), self.side, self.side)
         self.is_color = c == 3
@@ -78,6 +87,12 @@ class ImageFolderSource(DataSource):
                             "train/<class_name>/")
         index = {name: i for i, name in enumerate(self.class_names)}
         self._items = {"train": self._scan(train_dir, self.class_names, index)}
+        empty = [n for n, k in zip(self.class_names, np.bincount(self._items["train"][1],
+                                                                minlength=len(self.class_names))) if k == 0]
+        if empty and len(empty) < len(self.class_names):
+            raise DataError(f"{os.path.join(train_dir, empty[0])} has no .jpg/.jpeg/.png images"
+                            f"{f' (nor do {len(empty) - 1} other class folders)' if len(empty) > 1 else ''}; "
+                            "every train/ subfolder is a class: add its images or remove the folder")
         val_dir = os.path.join(self.root, "val")
         if os.path.isdir(val_dir):
             val_classes = _list_classes(val_dir)
@@ -98,6 +113,9 @@ class ImageFolderSource(DataSource):
         if self.num_train == 0:
             raise DataError(f"{train_dir} has class folders but no .jpg/.jpeg/.png images in them")
         self._bad = set()
+        self._bad_in = {split: collections.Counter() for split in self._items}  # per class
+        self._class_sizes = {split: np.bincount(y, minlength=self.num_classes)
+                             for split, (_, y) in self._items.items()}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -113,29 +131,63 @@ class ImageFolderSource(DataSource):
     def skipped(self):
         return len(self._bad)
 
-    def decode(self, path):
-        """uint8 [C, side, side] for one file, or None if it cannot be read."""
+    def _decode(self, path):
+        """uint8 [C, side, side]; DataError if unreadable or smaller than the net input."""
         from PIL import Image
-        try:
-            with Image.open(path) as im:
-                im.draft(self.mode, (self.side, self.side))  # JPEG: decode at reduced size when possible
-                im = im.convert(self.mode)
-                w, h = im.size
-                k = self.side / min(w, h)
-                nw, nh = max(self.side, round(w * k)), max(self.side, round(h * k))
-                if (nw, nh) != (w, h):
-                    im = im.resize((nw, nh), Image.BILINEAR)
-                left, top = (nw - self.side) // 2, (nh - self.side) // 2
-                im = im.crop((left, top, left + self.side, top + self.side))
-                a = np.asarray(im, dtype=np.uint8)
-        except Exception as e:  # corrupt, truncated, not an image, unreadable: skip, never crash
-            with self._lock:
-                new = path not in self._bad
-                self._bad.add(path)
-            if new:
-                log.warning("skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
-            return None
+        im = open_image(path, self.mode, draft=(self.side, self.side))  # JPEG: decode at reduced size
+        w, h = im.size  # draft only shrinks to >= side, so a small size here is the file's own
+        if h < self.min_hw[0] or w < self.min_hw[1]:
+            raise DataError(f"image {path} is {w}x{h}, smaller than the net input {self.min_hw[1]}x"
+                            f"{self.min_hw[0]}; blown up it would be mostly blur: replace or remove it")
+        k = self.side / min(w, h)
+        nw, nh = max(self.side, round(w * k)), max(self.side, round(h * k))
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - self.side) // 2, (nh - self.side) // 2
+        a = np.asarray(im.crop((left, top, left + self.side, top + self.side)), dtype=np.uint8)
         return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+    def _try_decode(self, path):
+        try:
+            return self._decode(path), None
+        except DataError as e:
+            return None, str(e)
+        except Exception as e:  # e.g. MemoryError resizing a huge image: still one bad file
+            return None, f"image {path}: {type(e).__name__}: {e}"
+
+    def decode(self, path):
+        """uint8 [C, side, side] for one file, or None (logged and counted) if it is bad."""
+        a, why = self._try_decode(path)
+        if a is None:
+            self._note_bad(path, why)
+        return a
+
+    def _note_bad(self, path, why):
+        with self._lock:
+            new = path not in self._bad
+            self._bad.add(path)
+        if new:
+            log.warning("skipping a bad image: %s", why)
+        return new
+
+    def _reject(self, split, i, why):
+        """Count a bad image of `split`; DataError once the split itself looks broken."""
+        paths, labels = self._items[split]
+        if not self._note_bad(paths[i], why):
+            return
+        bad = self._bad_in[split]
+        label = int(labels[i])
+        bad[label] += 1
+        folder = os.path.join(self.root, split)
+        size = int(self._class_sizes[split][label])
+        if bad[label] == size:
+            raise DataError(f"{os.path.join(folder, self.class_names[label])}: none of its {size} image(s) "
+                            f"can be used (the last: {why}); fix or replace them, or remove the class folder")
+        total, n = sum(bad.values()), len(paths)
+        if total > max(1, int(n * self.max_bad_fraction)):
+            raise DataError(f"{folder}: {total} of its {n} images are unreadable or too small, more than "
+                            f"{self.max_bad_fraction:.0%}, so the dataset looks damaged; fix or remove the bad "
+                            f"files (each is logged; the last: {why})")
 
     def _generate(self, split, chunks):
         paths, labels = self._items[split]
@@ -149,13 +201,18 @@ class ImageFolderSource(DataSource):
                     if idx is None:
                         break
                     idx = [i for i in idx if paths[i] not in self._bad]
-                    pending.append((idx, [pool.submit(self.decode, paths[i]) for i in idx]))
+                    pending.append((idx, [pool.submit(self._try_decode, paths[i]) for i in idx]))
                 if not pending:
                     return
                 idx, futures = pending.popleft()
-                got = [(f.result(), labels[i]) for i, f in zip(idx, futures)]
-                got = [(a, y) for a, y in got if a is not None]
-                if not got:
+                got = []
+                for i, f in zip(idx, futures):
+                    a, why = f.result()
+                    if a is None:
+                        self._reject(split, i, why)
+                    else:
+                        got.append((a, labels[i]))
+                if not got:  # every image bad: the batch is left out (the same one on every pass)
                     continue
                 yield np.stack([a for a, _ in got]), np.asarray([y for _, y in got], dtype=np.int64)
         finally:
