@@ -180,3 +180,72 @@ def test_matches_pytorch(case):
     close(dx, tx.grad.numpy())
     close(grads["weight"], tw.grad.numpy())
     close(grads["bias"], tb.grad.numpy())
+
+
+# ---- padding_end: extra zeros past the bottom/right edge (cuda-convnet's output rule) -------
+# (N, C, H, W, filters, size, stride, padding, padding_end, groups, neuron)
+PADDING_END_CASES = [
+    (2, 3, 9, 9, 4, 3, 4, 0, 2, 1, "relu"),      # 1 + ceil(6/4) = 3 outputs where floor gives 2
+    (1, 4, 7, 6, 4, 3, 2, 1, 1, 2, "tanh"),      # non-square, groups 2, with padding
+    (2, 2, 5, 5, 2, 2, 3, 1, 1, 1, None),        # stride > size
+]
+
+
+def setup_padding_end(case, seed=0):
+    n, c, h, w, f, k, s, p, e, g, fn = case
+    rng = np.random.default_rng(seed)
+    layer = make(c, h, w, filters=f, size=k, stride=s, padding=p, padding_end=e, groups=g,
+                 neuron=fn, init_w=0.3)
+    params = layer.init_params(rng)
+    params["bias"][:] = rng.standard_normal(f)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    return layer, params, x, rng
+
+
+@pytest.mark.parametrize("case", PADDING_END_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_padding_end_matches_reference_on_explicitly_padded_input(case):
+    n, c, h, w, f, k, s, p, e, g, fn = case
+    layer, params, x, rng = setup_padding_end(case)
+    # the reference sees the zeros written out: p rows/cols before, p + e after, no padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p + e), (p, p + e)))
+    args = (params["weight"].astype(np.float64), params["bias"].astype(np.float64), s, 0, g, fn)
+    want = reference.forward(xp, *args)
+    y = layer.forward(x, params)
+    assert y.shape == want.shape == (n,) + layer.output_shape
+    close(y, want)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, grads = layer.backward(dy, params)
+    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), xp, *args)
+    close(dx, rdx[:, :, p:p + h, p:p + w])
+    close(grads["weight"], rdw)
+    close(grads["bias"], rdb)
+
+
+def test_padding_end_gives_cuda_convnets_output_size():
+    # 224 input, 11x11, stride 4, no padding: cuda-convnet's 1 + ceil(213/4) = 55; floor gives 54
+    assert make(3, 224, 224, filters=8, size=11, stride=4, padding_end=3).output_shape == (8, 55, 55)
+    assert make(3, 224, 224, filters=8, size=11, stride=4).output_shape == (8, 54, 54)
+    make(2, 3, 3, filters=2, size=5, padding_end=2)                  # 3 + 2 = 5: just fits
+    with pytest.raises(layers.LayerError) as e:
+        make(2, 3, 3, filters=2, size=6, padding_end=2)
+    assert e.value.key == "size" and "padding_end 2" in e.value.message
+
+
+def test_padding_end_finite_differences():
+    layer, params, x, _ = setup_padding_end((2, 4, 6, 5, 4, 3, 2, 1, 1, 2, "tanh"), seed=1)
+    assert set(gradcheck.check(layer, [x], params)) == {"input0", "weight", "bias"}
+
+
+def test_padding_end_matches_pytorch():
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: the oracle comparison needs it")
+    case = PADDING_END_CASES[1]
+    n, c, h, w, f, k, s, p, e, g, fn = case
+    layer, params, x, rng = setup_padding_end(case, seed=7)
+    y = layer.forward(x, params)
+    tx = torch.tensor(x, dtype=torch.float64)
+    # F.pad takes (left, right, top, bottom)
+    xp = torch.nn.functional.pad(tx, (p, p + e, p, p + e))
+    ty = torch.tanh(torch.nn.functional.conv2d(xp, torch.tensor(params["weight"], dtype=torch.float64),
+                                               torch.tensor(params["bias"], dtype=torch.float64),
+                                               stride=s, groups=g))
+    close(y, ty.numpy())

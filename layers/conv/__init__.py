@@ -21,6 +21,10 @@ class ConvLayer(Layer):
         "size": Key(int, low=1, doc="side of the square kernel"),
         "stride": Key(int, 1, low=1, doc="step between kernel positions"),
         "padding": Key(int, 0, low=0, doc="zeros added on each side"),
+        "padding_end": Key(int, 0, low=0, doc="extra zero rows and columns past the bottom and right "
+                           "edges, on top of `padding`; cuda-convnet's output rule "
+                           "1 + ceil((in + 2 padding - size) / stride) is "
+                           "padding_end = (size - in - 2 padding) mod stride"),
         "groups": Key(int, 1, low=1, doc="split channels and filters into this many independent groups"),
         "neuron": NEURON_KEY,
         "init_w": INIT_W_KEY,
@@ -33,12 +37,14 @@ class ConvLayer(Layer):
         if c % g or f % g:
             raise LayerError("groups", f"groups={g} must divide both the input channels ({c}) "
                                        f"and filters ({f})")
-        if k > h + 2 * p or k > w + 2 * p:
+        e = self.padding_end     # the kernels read zeros past the bottom/right edge by themselves
+        if k > h + 2 * p + e or k > w + 2 * p + e:
             raise LayerError("size", f"kernel size {k} is larger than the padded input "
-                                     f"{h + 2 * p}x{w + 2 * p} ({h}x{w} with padding {p})")
+                                     f"{h + 2 * p + e}x{w + 2 * p + e} ({h}x{w} with padding {p}"
+                                     + (f" and padding_end {e})" if e else ")"))
         self.channels = c
         self.code = CODES[self.neuron]
-        self.out_hw = (out_size_floor(h, k, s, p), out_size_floor(w, k, s, p))
+        self.out_hw = (out_size_floor(h + e, k, s, p), out_size_floor(w + e, k, s, p))
         return (f,) + self.out_hw
 
     def param_shapes(self):

@@ -235,3 +235,26 @@ def test_fc_spatial_input_split_k_and_no_dx(stream, monkeypatch):
     y4 = impl.forward(to_dev(x), dparams, False, 0, stream)     # 4-D device input
     stream.synchronize()
     close(host(y4), y0)
+
+
+# ---- conv padding_end (cuda-convnet's output rule): zeros read past the bottom/right edge ----
+@pytest.mark.parametrize("case", [(2, 2, 5, 5, 2, 3, 2, 0, 2, 1, "relu"),     # 3x3 outputs, floor: 2x2
+                                  (1, 4, 5, 6, 4, 2, 3, 1, 1, 2, "tanh")],    # stride > size, groups
+                         ids=lambda c: "-".join(map(str, c)))
+def test_conv_padding_end_matches_cpu(case, stream):
+    n, c, h, w, f, k, s, p, e, g, fn = case
+    rng = np.random.default_rng(6)
+    layer = layers.get("conv")("conv", dict(filters=f, size=k, stride=s, padding=p, padding_end=e,
+                                            groups=g, neuron=fn, init_w=0.3), [(c, h, w)])
+    floor_rule = layers.get("conv")("conv", dict(filters=f, size=k, stride=s, padding=p, groups=g),
+                                    [(c, h, w)])
+    assert layer.output_shape[1] == floor_rule.output_shape[1] + 1     # one more row read past the edge
+    params = layer.init_params(rng)
+    params["bias"][:] = rng.standard_normal(f)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    dy = rng.standard_normal((n,) + layer.output_shape).astype(np.float32)
+    (y0, dx0, g0), (y1, dx1, g1), _, _ = run_both(layer, params, x, dy, conv_cuda, stream)
+    close(y1, y0)
+    close(dx1, dx0)
+    close(g1["weight"], g0["weight"])
+    close(g1["bias"], g0["bias"])
