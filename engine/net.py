@@ -1,9 +1,11 @@
 """`Net`: a built graph with its parameters, run forward and backward on the CPU."""
+import os
+
 import numpy as np
 
 from layers.base import join_inputs, split_grad
 
-from engine import graph
+from engine import graph, memory
 from engine.config import INPUT_NAME, parse_net
 from engine.errors import ConfigError, DeviceError
 
@@ -26,6 +28,8 @@ class Net:
         self.name = spec.name
         self.input_shape = tuple(spec.input_shape)
         self._nodes = graph.build(spec)
+        memory.check_load(spec, self._nodes)     # before any parameter is allocated
+        self._memory_ok = {}       # (batch, train, limit) -> bytes needed, once it fitted
         self.seed = seed
         init_rng = np.random.default_rng(seed)
         self._params = {}          # "<layer>.<param>" -> float32 array
@@ -83,13 +87,14 @@ class Net:
                 return node
         raise KeyError(f"no layer named {name!r}; layers: {', '.join(n.name for n in self._nodes)}")
 
-    def summary(self):
-        """A table: layer, type, column, output shape, parameters, multiply-adds; totals."""
+    def summary(self, batch=128):
+        """A table: layer, type, column, output shape, parameters, multiply-adds; totals;
+        then the memory a training step needs, by kind, for one image and for `batch`."""
         rows = [("layer", "type", "gpu", "inputs", "output", "params", "MACs/img")]
         rows.append(("data", "input", "-", "-", "x".join(map(str, self.input_shape)), "0", "0"))
         total_macs = 0
         for node in self._nodes:
-            n_par = sum(int(np.prod(s)) for s in node.layer.param_shapes().values())
+            n_par = memory.param_bytes(node.layer) // memory.FLOAT
             macs = int(node.layer.macs())
             total_macs += macs
             rows.append((node.name, node.type, str(node.gpu), ",".join(node.inputs),
@@ -103,7 +108,8 @@ class Net:
         rule = "-" * len(fmt(rows[0]))
         lines = [f"net '{self.name}': {len(self._nodes)} layers, {self.num_params:,} parameters, "
                  f"{total_macs / 1e6:,.1f} M multiply-adds per image", rule, fmt(rows[0]), rule]
-        lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1])]
+        lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1]), ""]
+        lines += memory.table(self._nodes, self.input_shape, batch)
         return "\n".join(lines)
 
     def __repr__(self):
@@ -152,6 +158,19 @@ class Net:
             raise ValueError("input batch is empty")
         return np.ascontiguousarray(x)
 
+    def check_memory(self, n, train=True):
+        """Bytes a batch of n needs (a training step with `train`, else a forward pass), or
+        MemoryLimitError saying how much is available and the largest batch that fits.
+
+        A verdict that fits is kept per batch size, so only a new size pays for the check."""
+        key = (int(n), bool(train), os.environ.get(memory.ENV))
+        if key not in self._memory_ok:
+            held = sum(a.nbytes for a in self._params.values())
+            held += sum(b.nbytes for node in self._nodes for b in node.layer._buffers.values())
+            self._memory_ok[key] = memory.check_batch(self.name, self._nodes, self.input_shape,
+                                                      key[0], key[1], held)
+        return self._memory_ok[key]
+
     def _forward(self, x, train, watch=None):
         acts = {INPUT_NAME: self.check_input(x)}
         for node in self._nodes:
@@ -179,6 +198,8 @@ class Net:
             if outputs is None:
                 return acts[self._nodes[-1].name].copy_to_host()
             return {o: acts[o].copy_to_host() for o in outputs}
+        x = self.check_input(x)
+        self.check_memory(x.shape[0], train)
         acts = self._forward(x, train)
         if outputs is None:
             return acts[self._nodes[-1].name].copy()

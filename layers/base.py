@@ -7,10 +7,21 @@ on float32 NCHW (or [N, D]) arrays. Layers never know about files or lines: they
 raise `LayerError(key, message)` and the engine adds the file, line and layer.
 """
 import math
+import reprlib
 
 import numpy as np
 
 REQUIRED = object()
+INT_MAX = 2**31 - 1                       # int keys and shapes index int32 on CUDA
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+
+
+def shown(value):
+    """A short one-line repr of a user's value, for messages (huge or nested values cut)."""
+    return _short.repr(value)
 
 
 class LayerError(Exception):
@@ -43,23 +54,28 @@ class Key:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if kind is bool and not isinstance(value, bool):
-            raise LayerError(key, f"must be true or false, got {value!r}")
+            raise LayerError(key, f"must be true or false, got {shown(value)}")
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise LayerError(key, f"must be an integer, got {value!r}")
+            raise LayerError(key, f"must be an integer, got {shown(value)}")
         if kind is float and (isinstance(value, bool) or not isinstance(value, float)):
-            raise LayerError(key, f"must be a number, got {value!r}")
+            raise LayerError(key, f"must be a number, got {shown(value)}")
         if kind is str and not isinstance(value, str):
-            raise LayerError(key, f"must be a string, got {value!r}")
+            raise LayerError(key, f"must be a string, got {shown(value)}")
         if self.choices is not None and value not in self.choices:
-            raise LayerError(key, f"must be one of {'|'.join(map(str, self.choices))}, got {value!r}")
+            raise LayerError(key, f"must be one of {'|'.join(map(str, self.choices))}, got {shown(value)}")
         if kind in (int, float):
             if kind is float and not math.isfinite(value):
                 raise LayerError(key, f"must be a finite number, got {value!r}")
             if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
                 sign = ">" if self.low_open else ">="
-                raise LayerError(key, f"must be {sign} {self.low}, got {value!r}")
+                raise LayerError(key, f"must be {sign} {self.low}, got {shown(value)}")
             if self.high is not None and value > self.high:
-                raise LayerError(key, f"must be <= {self.high}, got {value!r}")
+                raise LayerError(key, f"must be <= {self.high}, got {shown(value)}")
+            # the kernels take int32 sizes and float32 values (on CUDA); beyond those, no net is sane
+            if kind is int and value > INT_MAX:
+                raise LayerError(key, f"must be <= {INT_MAX:,} (2**31 - 1), got {shown(value)}")
+            if kind is float and abs(value) > FLOAT32_MAX:
+                raise LayerError(key, f"must fit a float32 (|x| <= {FLOAT32_MAX:.4g}), got {value!r}")
         return value
 
     def describe(self):
@@ -139,7 +155,7 @@ class Layer:
         if len(shapes) == 1 and self.join != "flat":
             return shapes[0]
         if self.join == "flat":
-            return (sum(int(np.prod(s)) for s in shapes),)
+            return (sum(math.prod(s) for s in shapes),)   # Python ints: no int64 overflow
         first = shapes[0]
         for s in shapes[1:]:
             if len(s) != len(first) or s[1:] != first[1:]:
@@ -163,13 +179,28 @@ class Layer:
             if pname == "bias":
                 params[pname] = np.full(shape, self.cfg.get("init_b", 0.0), np.float32)
             else:
-                std = self.cfg.get("init_w", 0.01)
-                params[pname] = (rng.standard_normal(shape) * std).astype(np.float32)
+                w = rng.standard_normal(shape)
+                w *= self.cfg.get("init_w", 0.01)     # in place: the float64 draw is the peak
+                params[pname] = w.astype(np.float32)
         return params
 
     def macs(self):
         """Multiply-adds per image of the forward pass (for the summary)."""
         return 0
+
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        """{tag: (kind, shape)}: every `self.buffer` a batch of n allocates, as `forward`
+        (with `train`) and then, with `backward`, `backward` (or `cost`) would.
+
+        kind is "activation" (the output), "gradient" (activation gradients), "workspace"
+        (scratch, and what is kept for backward) or "param_grad". engine.memory adds these up
+        and tests compare them with `_buffers`, so an override must list exactly what the
+        layer's code allocates. The default: the output "y", and "dx" in backward.
+        """
+        out = {"y": ("activation", (n,) + self.output_shape)}
+        if backward and need_dx:
+            out["dx"] = ("gradient", (n,) + self.input_shape)
+        return out
 
     # ---- compute ------------------------------------------------------------
     def forward(self, x, params, train=False, rng=None):
@@ -223,7 +254,7 @@ def split_grad(layer, dx, input_shapes):
         return [dx.reshape((n,) + tuple(input_shapes[0]))]
     out, start = [], 0
     for s in input_shapes:
-        width = int(np.prod(s)) if layer.join == "flat" else s[0]
+        width = math.prod(s) if layer.join == "flat" else s[0]
         part = dx[:, start:start + width]
         out.append(part.reshape((n,) + tuple(s)))
         start += width

@@ -50,6 +50,14 @@ class CMRNormLayer(Layer):
         c, h, w = self.input_shape
         return c * h * w * self.size
 
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        c, h, w = self.input_shape
+        grouped = (n * self.groups, c // self.groups, h, w)
+        out = {"y": ("activation", grouped), "d": ("workspace", grouped)}
+        if backward and need_dx:
+            out["dx"] = ("gradient", grouped)
+        return out
+
     def _grouped(self, a):
         """[N, C, H, W] -> [N*groups, C/groups, H, W]: a view in which each group is an image."""
         n, c, h, w = a.shape

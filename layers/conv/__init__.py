@@ -55,6 +55,20 @@ class ConvLayer(Layer):
         oh, ow = self.out_hw
         return self.filters * (self.channels // self.groups) * self.size * self.size * oh * ow
 
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        oh, ow = self.out_hw
+        f, pixels = self.filters, n * oh * ow
+        out = {"cols": ("workspace", (self.channels * self.size * self.size, pixels)),
+               "tmp": ("workspace", (f, pixels)),
+               "y": ("activation", (n, f, oh, ow))}
+        if self.code in NEEDS_INPUT:
+            out["pre"] = ("workspace", (n, f, oh * ow))
+        if backward:
+            out["dtmp"] = ("gradient", (f, pixels))   # cols is reused as dcols
+            if need_dx:
+                out["dx"] = ("gradient", (n,) + self.input_shape)
+        return out
+
     # ---- compute ------------------------------------------------------------
     def _blocks(self):
         """Row slices of (filters, cols rows) for each group."""

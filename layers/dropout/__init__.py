@@ -25,6 +25,15 @@ class DropoutLayer(Layer):
         self._mask = None
         return input_shape
 
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        if not train:
+            return {}          # the identity: the output is the input itself
+        shape = (n,) + self.input_shape
+        out = {"mask": ("workspace", shape), "y": ("activation", shape)}
+        if backward and need_dx:
+            out["dx"] = ("gradient", shape)
+        return out
+
     def forward(self, x, params, train=False, rng=None):
         if not train:
             self._mask = None

@@ -38,6 +38,17 @@ class FCLayer(Layer):
     def macs(self):
         return self.d * self.cfg["outputs"]
 
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        m = self.cfg["outputs"]
+        out = {"y": ("activation", (n, m)),
+               "pre": ("workspace", (n, m) if self.keep_input else (1, 1))}
+        if backward:
+            out.update(dz=("gradient", (n, m)), dbias=("param_grad", (m,)),
+                       dweight=("param_grad", (m, self.d)))
+            if need_dx:
+                out["dx"] = ("gradient", (n, self.d))
+        return out
+
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1)
         if x.shape[1] != self.d:

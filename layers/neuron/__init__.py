@@ -56,6 +56,15 @@ class NeuronLayer(Layer):
         self.act = Activation(self, self.fn)
         return input_shape
 
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        y = (n,) + self.output_shape
+        out = {"y": ("activation", y)}
+        if self.act.keep_input:
+            out["neuron_in"] = ("workspace", y)
+        if backward and need_dx and not self.act.identity:
+            out["neuron_grad"] = ("gradient", y)
+        return out
+
     def forward(self, x, params, train=False, rng=None):
         y = self.buffer("y", x.shape)
         y[...] = x

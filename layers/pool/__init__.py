@@ -50,10 +50,20 @@ class PoolLayer(Layer):
 
     def macs(self):
         c, h, w = self.input_shape
-        size, stride = self.size, self.stride
-        rows = sum(min(o * stride + size, h) - o * stride for o in range(self.out_hw[0]))
-        cols = sum(min(o * stride + size, w) - o * stride for o in range(self.out_hw[1]))
-        return c * rows * cols
+
+        def reads(side, outs):   # only the last window can run off the edge (stride <= size)
+            last = (outs - 1) * self.stride
+            return (outs - 1) * self.size + min(last + self.size, side) - last
+        return c * reads(h, self.out_hw[0]) * reads(w, self.out_hw[1])
+
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        out = super().buffer_shapes(n, train, backward, need_dx)
+        y = out["y"][1]
+        if self.code == 4:
+            out["pre"] = ("workspace", y)
+        if self.mode == "max":
+            out["arg"] = ("workspace", y)      # int32 indices in a float32 buffer
+        return out
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)

@@ -44,6 +44,11 @@ class RNormLayer(Layer):
         c, h, w = self.input_shape
         return c * h * w * self.size * self.size
 
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        out = super().buffer_shapes(n, train, backward, need_dx)
+        out["d"] = ("workspace", out["y"][1])
+        return out
+
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
         y = self.buffer("y", x.shape)

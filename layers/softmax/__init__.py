@@ -26,6 +26,13 @@ class SoftmaxLayer(Layer):
         self._lse = None
         return input_shape
 
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        shape = (n,) + self.output_shape
+        out = {"p": ("activation", shape)}
+        if backward:
+            out["dx"] = ("gradient", shape)    # cost() writes it whether or not dx is needed
+        return out
+
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1)
         n, d = x.shape
