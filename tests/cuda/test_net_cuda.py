@@ -152,3 +152,30 @@ def test_trainer_on_cuda_runs_and_resumes(tmp_path):
     a = engine.load(None, checkpoint=str(tmp_path / "full")).state_dict()
     b = engine.load(None, checkpoint=str(tmp_path / "split")).state_dict()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_trainer_on_cuda_stops_on_nan_naming_the_spoiled_layer(tmp_path):
+    from engine.finite import NonFiniteError
+    net_file = tmp_path / "tiny.yaml"
+    net_file.write_text(TWO_COLUMNS)
+    trainer = Trainer(str(net_file), data="synthetic:4", batch=4, epochs=1, lr=0.01, device="cuda",
+                      out=str(tmp_path / "run"), log=lambda *a: None)
+    trainer.run()                                   # a good epoch: checkpoint 1 is the newest
+    last_fc = [n.name for n in trainer.net.layers if n.has_params][-1]
+    state = trainer.net.state_dict()
+    # the layer before the softmax: a NaN there reaches the loss (a relu would swallow it)
+    state[f"{last_fc}.weight"][0, 0] = np.nan
+    trainer.net.load_state_dict(state)
+    trainer.settings["epochs"] = 2
+    with pytest.raises(NonFiniteError) as info:
+        trainer.run()
+    text = str(info.value)
+    assert "the loss became nan" in text and "epoch 2, batch" in text
+    assert "first layer with non-finite weights: '" in text       # the update spread it
+    assert text.endswith(f"{tmp_path / 'run' / '1.json'}, is from before the fault")
+    assert checkpoint_names(tmp_path / "run") == ["1.json"]
+
+
+def checkpoint_names(run):
+    from engine import checkpoint
+    return [p.rsplit("/", 1)[-1] for p in checkpoint.list_checkpoints(str(run))]
