@@ -3,6 +3,7 @@ files and hostile pickles, in the training sources and on the single-image path 
 and `python -m engine predict`). Each gets a one-line DataError naming the file, or is
 skipped and counted when it is a single image among good ones."""
 import codecs
+import collections
 import io
 import logging
 import os
@@ -102,7 +103,7 @@ def test_odd_image_modes_are_converted_like_rgb(tmp_path):
         src = open_source(str(root), shape)
         x, _, _ = epoch(src)
         assert x.shape == (len(files), shape[0], 256, 256) and src.skipped == 0
-        assert abs(x[list(sorted(files)).index("grey16.png")].mean() - 156) < 1
+        assert abs(x[sorted(files).index("grey16.png")].mean() - 156) < 1
 
 
 @pytest.mark.parametrize("make,why", [
@@ -282,6 +283,8 @@ class Evals:
     ({"data": np.array([1, "two", 3.0], dtype=object)}, "object array"),
     ({"data": np.zeros(3, dtype=[("a", "i4"), ("b", "O")])}, "NumPy array of dtype |V12"),
     ({"data": [[np.array([{}, []], dtype=object)]]}, "object array"),
+    ({"data": np.ndarray, "labels": np.dtype}, "a reference to a class or function"),
+    ({"data": collections.OrderedDict}, "a reference to a class or function"),
 ])
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_restricted_unpickler_refuses_anything_but_plain_data(tmp_path, payload, what, protocol):
@@ -317,6 +320,7 @@ def reconstruct():
              b"A" * 16)), "a NumPy dtype with the state"),
     (Forged(np.dtype, ("V8", False, True)), "a NumPy array of dtype |V8"),
     (Forged(codecs.encode, ("x", "zlib")), "_codecs.encode(str, 'zlib')"),
+    (Forged(bytes, (10 ** 6,)), "a call of bytes() with arguments (1000000,)"),
 ])
 def test_restricted_unpickler_checks_what_numpys_own_names_are_asked_to_build(tmp_path, payload, what):
     path = tmp_path / "data_batch_1"
@@ -449,7 +453,11 @@ def test_training_skips_an_all_bad_batch_and_resumes_exactly(tmp_path):
     logs = []
     full = Trainer(str(net), data=root, out=str(tmp_path / "full"), log=logs.append).run()
     assert not full["stopped"] and any("skipped 2 unreadable" in line for line in logs)
-    Trainer(str(net), data=root, out=str(tmp_path / "split"), log=lambda *_: None, stop_after=30).run()
+    # 24 steps an epoch; epoch 2's order puts the bad images 8th and 11th, before this stop
+    order = list(np.random.default_rng([0, 1, 0]).permutation(26))
+    assert sorted((order.index(0), order.index(25))) == [7, 10]   # a/cut.jpg is file 0, b/junk.png file 25
+    stopped = Trainer(str(net), data=root, out=str(tmp_path / "split"), log=lambda *_: None, stop_after=36).run()
+    assert stopped["stopped"]
     resumed = Trainer(None, resume=str(tmp_path / "split"), log=lambda *_: None).run()
     assert resumed["metrics"][-1]["train_loss"] == full["metrics"][-1]["train_loss"]
     a = engine.load(None, checkpoint=str(tmp_path / "full")).state_dict()

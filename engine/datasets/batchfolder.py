@@ -67,6 +67,8 @@ def _check_plain(obj, path):
             dtype = x if isinstance(x, np.dtype) else x.dtype
             if dtype.hasobject:
                 raise _refuse_objects(path, "a NumPy object array")
+        elif callable(x):  # e.g. numpy.dtype named as a value: data holds no code
+            raise _refuse_objects(path, "a reference to a class or function")
         elif type(x) not in _PLAIN_LEAVES:
             raise _refuse_objects(path, f"a {type(x).__module__}.{type(x).__qualname__} object")
 
@@ -143,12 +145,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the Python one: its BUILD step
             ok = (isinstance(state, tuple) and len(state) == 8 and state[1] in ("<", ">", "|", "=")
                   and state[2:5] == (None, None, None) and state[7] == inst.flags)
             what = f"a NumPy dtype with the state {state!r:.80}"
-        elif isinstance(inst, np.ndarray):  # (version, shape, dtype, fortran, raw bytes)
-            ok = (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)
-                  and isinstance(state[4], (bytes, bytearray, str)))
-            if ok:
-                self._plain(state[2])
-            what = "a NumPy array whose state is not raw bytes"
+        elif isinstance(inst, np.ndarray):
+            ok, what = True, None  # its dtype can only have come from dtype() and the check above
         else:
             ok, what = False, f"a {type(inst).__name__} with a pickled state"
         if not ok:
