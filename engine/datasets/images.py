@@ -36,8 +36,6 @@ def _reason(e):
     from PIL import UnidentifiedImageError
     if isinstance(e, UnidentifiedImageError):
         return "not a JPEG or PNG image, or damaged beyond recognition"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
     return " ".join(f"{type(e).__name__}: {e}".split())  # one line
 
 
@@ -54,6 +52,8 @@ def open_image(path, mode, draft=None):
                 im.draft(mode, draft)
             im.load()
             return _to_mode(im, mode, Image)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise DataError(f"cannot open image {path}: {e.strerror}; check the path") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise DataError(f"cannot read image {path}: {_reason(e)}; replace or remove the file") from None
 
