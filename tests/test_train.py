@@ -139,7 +139,7 @@ def test_cli_bad_data_and_missing_data(tmp_path):
     assert "ImageNet-layout" in proc.stderr and "--data synthetic" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 2
     proc = run_cli("predict", str(tmp_path), "x.png")
-    assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "no usable checkpoint" in proc.stderr
     proc = run_cli("--help")
     assert proc.returncode == 0 and all(v in proc.stdout for v in ("train", "test", "predict"))
 
