@@ -108,7 +108,8 @@ class Layer:
 
     type = None
     keys = {}
-    join = "concat"       # several inputs: "concat" along axis 1, or "flat" (flatten, then concat)
+    join = "concat"       # several inputs: "concat" along axis 1, "flat" (flatten, then concat),
+                          # or "separate" (forward gets a list, backward returns one dx per input)
     spatial = False       # True: the joined input must be [C, H, W]
     is_cost = False       # True: the net's output layer, providing `cost`
     doc = ""
@@ -152,6 +153,8 @@ class Layer:
 
     # ---- shape --------------------------------------------------------------
     def join_shapes(self, shapes):
+        if self.join == "separate":
+            return shapes[0]      # setup checks the others (self.input_shapes)
         if len(shapes) == 1 and self.join != "flat":
             return shapes[0]
         if self.join == "flat":
@@ -204,11 +207,13 @@ class Layer:
 
     # ---- compute ------------------------------------------------------------
     def forward(self, x, params, train=False, rng=None):
-        """x: joined input [N, *input_shape] float32. Returns [N, *output_shape]."""
+        """x: joined input [N, *input_shape] float32 (join "separate": a list, one array
+        per input). Returns [N, *output_shape]."""
         raise NotImplementedError(f"layer type {self.type} has no forward")
 
     def backward(self, dy, params, need_dx=True):
-        """dy: gradient w.r.t. the latest output. Returns (dx or None, {param: grad})."""
+        """dy: gradient w.r.t. the latest output. Returns (dx or None, {param: grad});
+        dx is a list, one array per input, for join "separate"."""
         raise NotImplementedError(f"layer type {self.type} has no backward")
 
     def cost(self, labels):
@@ -238,6 +243,8 @@ class Layer:
 def join_inputs(layer, xs):
     """Join several input activations as the layer's `join` rule says (a view for one input)."""
     n = xs[0].shape[0]
+    if layer.join == "separate":
+        return list(xs)
     if layer.join == "flat":
         if len(xs) == 1:
             return xs[0].reshape(n, -1)
@@ -249,6 +256,8 @@ def join_inputs(layer, xs):
 
 def split_grad(layer, dx, input_shapes):
     """Undo `join_inputs` on a gradient: one array per input, in input order."""
+    if layer.join == "separate":
+        return [np.asarray(g).reshape((g.shape[0],) + tuple(s)) for g, s in zip(dx, input_shapes)]
     n = dx.shape[0]
     if len(input_shapes) == 1:
         return [dx.reshape((n,) + tuple(input_shapes[0]))]

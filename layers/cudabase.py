@@ -7,7 +7,8 @@ subclass instance that wraps the CPU `Layer` object (which holds the config and 
 Protocol (all arrays are numba device arrays, float32, C-contiguous, NCHW or [N, D]):
 
     impl.forward(x, params, train, seed, stream) -> y
-        x: the joined input [N, *layer.input_shape]; params: {"weight": dev, "bias": dev}
+        x: the joined input [N, *layer.input_shape] (join "separate": a list, one array
+        per input, and backward returns a list of dx); params: {"weight": dev, "bias": dev}
         (or {}); seed: an int for counter-based randomness (dropout); stream: a CUDA stream.
     impl.backward(dy, params, need_dx, stream) -> (dx or None, {param: dev grad})
         gradients of the SUM over the batch (the cost divides by N), as on the CPU.
@@ -120,6 +121,8 @@ def join_inputs(impl, xs, stream):
     side by side (along channels, or flattened) into a reused buffer."""
     layer = impl.layer
     n = xs[0].shape[0]
+    if layer.join == "separate":
+        return [x.reshape((n,) + tuple(s)) for x, s in zip(xs, layer.input_shapes)]
     if len(xs) == 1:
         x = xs[0]
         return x.reshape((n,) + tuple(layer.input_shape)) if x.shape[1:] != tuple(layer.input_shape) else x
@@ -136,6 +139,8 @@ def join_inputs(impl, xs, stream):
 def split_grad(impl, dx, stream):
     """Device twin of layers.base.split_grad: one contiguous array per input."""
     layer = impl.layer
+    if layer.join == "separate":
+        return [g.reshape((g.shape[0],) + tuple(s)) for g, s in zip(dx, layer.input_shapes)]
     n = dx.shape[0]
     if len(layer.input_shapes) == 1:
         return [dx.reshape((n,) + tuple(layer.input_shapes[0]))]

@@ -1,0 +1,65 @@
+"""`dropout2`: classic dropout (cuda-convnet2's dropout2; AlexNet-2012's `hs` layer).
+
+In training each unit is kept with probability `keep` and the mask is 0/1 (kept units
+are not scaled); at test time every unit is multiplied by `keep`, so a test output is the
+expectation of the training one. (`dropout` is the inverted variant: kept units x1/keep in
+training, the identity at test.) As with `dropout`, the CPU mask comes only from the
+numpy Generator passed to `forward` (the net's rng): a unit is kept where its uniform draw
+u >= 1 - keep, which is dropout's rule with rate = 1 - keep, so the two share a kernel.
+"""
+import numpy as np
+
+from layers.base import Key, Layer
+from layers.dropout import cpu as dropout_cpu
+from layers.eltsum import cpu as eltsum_cpu
+from layers.registry import register
+
+
+@register
+class Dropout2Layer(Layer):
+    type = "dropout2"
+    doc = "classic dropout: 0/1 mask keeping units with probability `keep` in training, x keep at test"
+    keys = {"keep": Key(float, 0.5, low=0.0, low_open=True, high=1.0,
+                        doc="probability of keeping a unit in training; test outputs are scaled by it")}
+
+    def setup(self, input_shape):
+        self._mask = None
+        return input_shape
+
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        shape = (n,) + self.input_shape
+        out = {"y": ("activation", shape)}
+        if train:
+            out["mask"] = ("workspace", shape)
+        if backward and need_dx:
+            out["dx"] = ("gradient", shape)
+        return out
+
+    def forward(self, x, params, train=False, rng=None):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = self.buffer("y", x.shape)
+        keep = self.cfg["keep"]
+        if not train:
+            self._mask = None
+            eltsum_cpu.scale(np.float32(keep), x.reshape(-1), y.reshape(-1))
+            return y
+        if rng is None:
+            raise ValueError(f"dropout2 '{self.name}': training needs an rng (a numpy Generator)")
+        mask = self.buffer("mask", x.shape)
+        rng.random(x.shape, dtype=np.float32, out=mask)
+        dropout_cpu.forward(x.reshape(-1), mask.reshape(-1), np.float32(1.0 - keep), np.float32(1.0),
+                            y.reshape(-1))
+        self._mask = mask
+        return y
+
+    def backward(self, dy, params, need_dx=True):
+        if not need_dx:
+            return None, {}
+        shape = (dy.shape[0],) + self.input_shape
+        dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(shape)
+        dx = self.buffer("dx", shape)
+        if self._mask is None:          # the latest forward was at test time: y = keep * x
+            eltsum_cpu.scale(np.float32(self.cfg["keep"]), dy.reshape(-1), dx.reshape(-1))
+        else:
+            dropout_cpu.backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
+        return dx, {}

@@ -1,0 +1,32 @@
+"""Numba CPU kernels for eltmax (flat float32 arrays), one input at a time."""
+import numba
+import numpy as np
+
+from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+
+CHUNK = 16384
+FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
+
+
+@numba.njit(**FLAGS)
+def max_into(x, index, y, arg):
+    """Input `index` joins the running maximum: index 0 starts it (y = x, arg = 0); later
+    inputs win only where strictly greater, so a tie stays with the earlier input."""
+    n = x.size
+    k = np.float32(index)
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            if index == 0 or x[i] > y[i]:
+                y[i] = x[i]
+                arg[i] = k
+
+
+@numba.njit(**FLAGS)
+def route(dy, arg, index, dx):
+    """dx = dy where input `index` won, else 0."""
+    n = dy.size
+    k = np.float32(index)
+    zero = np.float32(0.0)
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            dx[i] = dy[i] if arg[i] == k else zero

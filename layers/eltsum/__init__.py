@@ -1,0 +1,83 @@
+"""`eltsum`: the element-wise weighted sum of 2+ inputs of one shape (cuda-convnet's eltsum).
+
+    y = sum_i coeffs[i] * x_i,        dL/dx_i = coeffs[i] * dL/dy
+
+`coeffs` (one number per input) defaults to all 1; cuda-convnet reads it from the layer
+definition (cc1) or the params file (cc2). The inputs are not joined (join "separate"):
+forward gets one array per input and backward returns one gradient per input. A
+coefficient of exactly 1 hands dL/dy itself back to that input (no copy).
+"""
+import math
+
+import numpy as np
+
+from layers.base import FLOAT32_MAX, Key, Layer, LayerError, shown
+from layers.eltsum import cpu
+from layers.registry import register
+
+
+def check_same_shapes(layer):
+    """LayerError unless the layer has 2+ inputs, all of one shape (eltsum, eltmax)."""
+    shapes = layer.input_shapes
+    if len(shapes) < 2:
+        raise LayerError("inputs", f"a {layer.type} layer needs at least 2 inputs, got {len(shapes)}")
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise LayerError("inputs", f"inputs of a {layer.type} layer must all have the same shape: "
+                         + " vs ".join(str(list(s)) for s in shapes))
+
+
+def _coefficients(value, count):
+    if value is None:
+        return (1.0,) * count
+    if not isinstance(value, list) or len(value) != count:
+        raise LayerError("coeffs", f"must be a list of {count} numbers, one per input, got {shown(value)}")
+    for c in value:
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) \
+                or abs(c) > FLOAT32_MAX:
+            raise LayerError("coeffs", f"must hold finite float32 numbers, got {shown(c)} in {shown(value)}")
+    return tuple(float(c) for c in value)
+
+
+@register
+class EltSumLayer(Layer):
+    type = "eltsum"
+    doc = "element-wise weighted sum of 2+ inputs of one shape"
+    join = "separate"
+    keys = {"coeffs": Key(list, None, doc="one multiplier per input (default: all 1)")}
+
+    def setup(self, input_shape):
+        check_same_shapes(self)
+        self.coefficients = _coefficients(self.cfg["coeffs"], len(self.input_shapes))
+        return input_shape
+
+    def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        shape = (n,) + self.output_shape
+        out = {"y": ("activation", shape)}
+        if backward and need_dx:
+            out.update({f"dx{i}": ("gradient", shape)
+                        for i, c in enumerate(self.coefficients) if c != 1.0})
+        return out
+
+    def forward(self, xs, params, train=False, rng=None):
+        flat = [np.ascontiguousarray(x, np.float32).reshape(-1) for x in xs]
+        y = self.buffer("y", (xs[0].shape[0],) + self.output_shape)
+        c = self.coefficients
+        out = y.reshape(-1)
+        cpu.axpby(np.float32(c[0]), flat[0], np.float32(c[1]), flat[1], out)
+        for ci, x in zip(c[2:], flat[2:]):
+            cpu.axpby(np.float32(ci), x, np.float32(1.0), out, out)
+        return y
+
+    def backward(self, dy, params, need_dx=True):
+        if not need_dx:
+            return None, {}
+        dy = np.ascontiguousarray(dy, np.float32).reshape((dy.shape[0],) + self.output_shape)
+        dxs = []
+        for i, c in enumerate(self.coefficients):
+            if c == 1.0:
+                dxs.append(dy)
+                continue
+            dx = self.buffer(f"dx{i}", dy.shape)
+            cpu.scale(np.float32(c), dy.reshape(-1), dx.reshape(-1))
+            dxs.append(dx)
+        return dxs, {}

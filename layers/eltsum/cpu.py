@@ -1,0 +1,25 @@
+"""Numba CPU kernels for eltsum (flat float32 arrays); `scale` also serves dropout2."""
+import numba
+
+from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+
+CHUNK = 16384
+FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
+
+
+@numba.njit(**FLAGS)
+def axpby(a, x, b, z, out):
+    """out = a * x + b * z (out may be z: each element is read before it is written)."""
+    n = x.size
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            out[i] = a * x[i] + b * z[i]
+
+
+@numba.njit(**FLAGS)
+def scale(a, x, out):
+    """out = a * x."""
+    n = x.size
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            out[i] = a * x[i]

@@ -1,0 +1,116 @@
+"""eltsum: kernels = NumPy reference = PyTorch, finite differences, the `coeffs` key, and a
+net whose eltsum reads its inputs separately (join "separate") through the whole engine."""
+import numpy as np
+import pytest
+
+import engine
+import layers
+from layers import gradcheck
+from layers.eltsum import reference
+
+
+def make(shapes, **cfg):
+    return layers.get("eltsum")("sum", cfg, shapes)
+
+
+CASES = [(None, [(2, 3, 4)] * 2), ([0.5, -2.0, 1.0], [(3, 5)] * 3), ([1.0, 1.0], [(7,)] * 2),
+         ([3.0, 0.0], [(1, 2, 2)] * 2)]
+
+
+@pytest.mark.parametrize("coeffs,shapes", CASES)
+def test_forward_backward_match_reference_and_finite_differences(coeffs, shapes):
+    rng = np.random.default_rng(len(shapes))
+    layer = make(shapes, **({} if coeffs is None else {"coeffs": coeffs}))
+    c = coeffs or [1.0] * len(shapes)
+    assert layer.coefficients == tuple(c) and layer.output_shape == shapes[0]
+    xs = [rng.standard_normal((2,) + s).astype(np.float32) for s in shapes]
+    y = layer.forward(xs, {})
+    np.testing.assert_allclose(y, reference.forward(xs, c), rtol=1e-6, atol=1e-6)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dxs, grads = layer.backward(dy, {})
+    assert grads == {} and len(dxs) == len(xs)
+    for got, want in zip(dxs, reference.backward(dy, c)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    declared = layer.buffer_shapes(2, backward=True)
+    assert {k: b.shape for k, b in layer._buffers.items()} == {k: s for k, (_, s) in declared.items()}
+    gradcheck.check(layer, xs)
+
+
+@pytest.mark.parametrize("shapes,cfg,key,text", [
+    ([(2, 3)], {}, "inputs", "at least 2 inputs, got 1"),
+    ([(2, 3), (3, 2)], {}, "inputs", "the same shape: [2, 3] vs [3, 2]"),
+    ([(4,), (4,)], {"coeffs": [1.0]}, "coeffs", "a list of 2 numbers"),
+    ([(4,), (4,)], {"coeffs": 2.0}, "coeffs", "a list of 2 numbers"),
+    ([(4,), (4,)], {"coeffs": [1.0, "x"]}, "coeffs", "finite float32 numbers"),
+    ([(4,), (4,)], {"coeffs": [True, 1]}, "coeffs", "finite float32 numbers"),
+    ([(4,), (4,)], {"coeffs": [1e39, 1]}, "coeffs", "finite float32 numbers"),
+])
+def test_bad_inputs_and_coeffs(shapes, cfg, key, text):
+    with pytest.raises(layers.LayerError) as e:
+        make(shapes, **cfg)
+    assert e.value.key == key and text in e.value.message
+
+
+RESIDUAL = """
+name: residual
+input: {shape: [2, 5, 5]}
+defaults: {init_w: 0.3}
+layers:
+  - {name: c1, type: conv, filters: 3, size: 3, padding: 1, neuron: tanh}
+  - {name: c2, type: conv, filters: 3, size: 3, padding: 1, neuron: tanh, gpu: 1}
+  - {name: c3, type: conv, filters: 3, size: 1, inputs: [c1]}
+  - {name: sum, type: eltsum, inputs: [c1, c2, c3], coeffs: COEFFS}
+  - {name: f, type: fc, outputs: 4}
+  - {name: prob, type: softmax}
+"""
+
+
+def check_net_gradients(net, x, labels, keys, h, samples, rel, abs):
+    """The net's parameter gradients against central differences of its loss."""
+    rng = np.random.default_rng(0)
+    _, grads = net.gradients(x, labels)
+    params = net.parameters()
+    for key in keys:
+        for flat in rng.choice(params[key].size, min(samples, params[key].size), replace=False):
+            idx = np.unravel_index(flat, params[key].shape)
+            old = params[key][idx]
+            params[key][idx] = old + h
+            up = net.gradients(x, labels)[0]
+            params[key][idx] = old - h
+            down = net.gradients(x, labels)[0]
+            params[key][idx] = old
+            assert (up - down) / (2 * h) == pytest.approx(grads[key][idx], rel=rel, abs=abs), (key, idx)
+
+
+def test_net_gradients_through_separate_inputs_match_finite_differences():
+    """c1 feeds sum twice (directly and through c3): its gradient is the sum of both paths."""
+    net = engine.load(RESIDUAL.replace("COEFFS", "[1.0, -0.5, 2.0]"))
+    x = np.random.default_rng(1).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    check_net_gradients(net, x, np.array([1, 3]), ("c1.weight", "c2.weight", "c3.bias"),
+                        h=1e-2, samples=5, rel=2e-2, abs=2e-4)
+
+
+def test_coeffs_in_a_net_file_errors_name_the_key():
+    with pytest.raises(engine.ConfigError) as e:
+        engine.load(RESIDUAL.replace("COEFFS", "[1.0, 2.0]"))
+    assert (e.value.layer, e.value.key) == ("sum", "coeffs")
+    with pytest.raises(engine.ConfigError) as e:
+        engine.load(RESIDUAL.replace("inputs: [c1, c2, c3], coeffs: COEFFS", "inputs: [c1, c2, c3, data]"))
+    assert (e.value.layer, e.value.key) == ("sum", "inputs")
+    assert "same shape: [3, 5, 5] vs [3, 5, 5] vs [3, 5, 5] vs [2, 5, 5]" in str(e.value)
+
+
+def test_matches_pytorch():
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: the oracle comparison needs it")
+    rng = np.random.default_rng(2)
+    coeffs = [0.25, -1.5, 1.0]
+    layer = make([(3, 4, 4)] * 3, coeffs=coeffs)
+    xs = [rng.standard_normal((2, 3, 4, 4)).astype(np.float32) for _ in coeffs]
+    ts = [torch.tensor(x, requires_grad=True) for x in xs]
+    yt = sum(c * t for c, t in zip(coeffs, ts))
+    y = layer.forward(xs, {})
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    yt.backward(torch.tensor(dy))
+    for got, t in zip(layer.backward(dy, {})[0], ts):
+        np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-6)
