@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m engine train --resume runs/lenet5-20260101-120000
   python -m engine test nets/lenet5.yaml --checkpoint runs/lenet5-20260101-120000
   python -m engine predict runs/lenet5-20260101-120000 digit.png
+  python -m engine convert layers-18pct.cfg layer-params-18pct.cfg -o 18pct.yaml --input 3,32,32
 """
 
 
@@ -79,6 +80,24 @@ def _predict(args):
     return 0
 
 
+def _convert(args):
+    from engine.checkpoint import write_text
+    from engine.convert import convert, parse_input_shape
+    if os.path.exists(args.out) and not args.force:
+        raise ConfigError("already exists: pass --force to overwrite it", file=args.out)
+    result = convert(args.layers, args.params, parse_input_shape(args.input), name=args.name,
+                     epochs=args.epochs)
+    try:
+        write_text(args.out, result.text)
+    except OSError as e:
+        raise ConfigError(f"cannot write: {e.strerror}", file=args.out) from None
+    for note in result.notices:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {args.out}: {len(result.layers)} layers, {result.num_params:,} parameters "
+          "(as in cuda-convnet)")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m engine", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -126,6 +145,21 @@ def build_parser():
     r.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
     r.add_argument("--top", type=int, default=5, metavar="K", help="how many classes to show (default 5)")
     r.set_defaults(func=_predict)
+
+    v = sub.add_parser("convert", help="convert cuda-convnet layer files (.cfg) to a YAML net",
+                       description="Convert a cuda-convnet or cuda-convnet2 layer-definition file and "
+                       "its layer-parameter file to a YAML net with the same layers, wiring, shapes, "
+                       "parameter count and learning parameters. Notes on what was dropped or "
+                       "approximated go to stderr and into the file's header.")
+    v.add_argument("layers", metavar="LAYERS.cfg", help="the layer-definition file (--layer-def)")
+    v.add_argument("params", metavar="PARAMS.cfg", help="the layer-parameter file (--layer-params)")
+    v.add_argument("-o", "--out", required=True, metavar="NET.yaml", help="the YAML file to write")
+    v.add_argument("--input", required=True, metavar="C,H,W",
+                   help="one image's shape, which cuda-convnet took from its data provider (e.g. 3,32,32)")
+    v.add_argument("--name", help="the net's name (default: the layers file's name)")
+    v.add_argument("--epochs", type=int, metavar="N", help="train.epochs (cuda-convnet's --epochs)")
+    v.add_argument("--force", action="store_true", help="overwrite NET.yaml if it exists")
+    v.set_defaults(func=_convert)
     return p
 
 
