@@ -5,9 +5,9 @@ scatter (Numba). Backward mirrors it: gradient gather -> GEMMs -> col2im.
 """
 import numpy as np
 
-from layers.base import INIT_B_KEY, INIT_W_KEY, NEURON_KEY, Key, Layer, LayerError, out_size_floor
+from layers.base import INIT_B_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor
 from layers.conv import cpu
-from layers.neuron.cpu import CODES, NEEDS_INPUT
+from layers.neuron.spec import NEURON_KEY, parse as parse_neuron
 from layers.registry import register
 
 
@@ -43,7 +43,7 @@ class ConvLayer(Layer):
                                      f"{h + 2 * p + e}x{w + 2 * p + e} ({h}x{w} with padding {p}"
                                      + (f" and padding_end {e})" if e else ")"))
         self.channels = c
-        self.code = CODES[self.neuron]
+        self.act = parse_neuron(self.neuron)
         self.out_hw = (out_size_floor(h + e, k, s, p), out_size_floor(w + e, k, s, p))
         return (f,) + self.out_hw
 
@@ -61,7 +61,7 @@ class ConvLayer(Layer):
         out = {"cols": ("workspace", (self.channels * self.size * self.size, pixels)),
                "tmp": ("workspace", (f, pixels)),
                "y": ("activation", (n, f, oh, ow))}
-        if self.code in NEEDS_INPUT:
+        if self.act.needs_input:
             out["pre"] = ("workspace", (n, f, oh * ow))
         if backward:
             out["dtmp"] = ("gradient", (f, pixels))   # cols is reused as dcols
@@ -95,9 +95,10 @@ class ConvLayer(Layer):
             np.matmul(w2[fs], cols[ks], out=tmp[fs])
         y = self.buffer("y", (n, f, oh, ow))
         y3 = y.reshape(n, f, oh * ow)
-        keep = self.code in NEEDS_INPUT                  # abs: its gradient needs the sign
+        keep = self.act.needs_input                      # abs, square: the gradient needs x
         pre = self.buffer("pre", y3.shape) if keep else y3
-        cpu.bias_act(tmp, np.ascontiguousarray(params["bias"], np.float32), self.code, keep, y3, pre)
+        cpu.bias_act(tmp, np.ascontiguousarray(params["bias"], np.float32), *self.act.kernel_args(),
+                     keep, y3, pre)
         self._x, self._y3, self._pre = x, y3, pre
         return y
 
@@ -107,7 +108,7 @@ class ConvLayer(Layer):
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
         dtmp = self.buffer("dtmp", (f, dy3.shape[0] * dy3.shape[2]))
         db = np.empty(f, np.float32)
-        cpu.grad_gather(dy3, self._y3, self._pre, self.code, dtmp, db)
+        cpu.grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), dtmp, db)
         # cols doubles as dcols below; redo it if an earlier backward overwrote it
         cols = self._buffers["cols"] if self._cols_valid else self._im2col(self._x)
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
-from layers.neuron.cpu import act, act_grad
+from layers.neuron.cpu import activate, activate_grad
 
 FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
 
@@ -50,8 +50,9 @@ def im2col(x, k, stride, padding, oh, ow, cols):
 
 
 @numba.njit(**FLAGS)
-def bias_act(tmp, bias, code, keep, y, pre):
-    """y[n, f, j] = act(tmp[f, n*P + j] + bias[f]); with `keep`, pre keeps the sum too."""
+def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
+    """y[n, f, j] = f(tmp[f, n*P + j] + bias[f]) for the activation (code, pa, pb);
+    with `keep`, pre keeps the sum too."""
     n_img, f_out, p_out = y.shape
     for i in numba.prange(n_img * f_out):
         n, f = i // f_out, i % f_out
@@ -61,11 +62,11 @@ def bias_act(tmp, bias, code, keep, y, pre):
             a = tmp[f, src + j] + b
             if keep:
                 pre[n, f, j] = a
-            y[n, f, j] = act(code, a)
+            y[n, f, j] = activate(code, pa, pb, a)
 
 
 @numba.njit(**FLAGS)
-def grad_gather(dy, y, pre, code, dtmp, db):
+def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
     """dtmp[f, n*P + j] = dL/d(pre-activation); db[f] = its sum, accumulated in float64."""
     n_img, f_out, p_out = dy.shape
     for f in numba.prange(f_out):
@@ -73,7 +74,7 @@ def grad_gather(dy, y, pre, code, dtmp, db):
         for n in range(n_img):
             dst = n * p_out
             for j in range(p_out):
-                g = act_grad(code, dy[n, f, j], y[n, f, j], pre[n, f, j])
+                g = activate_grad(code, pa, pb, dy[n, f, j], y[n, f, j], pre[n, f, j])
                 dtmp[f, dst + j] = g
                 acc += g
         db[f] = acc

@@ -10,14 +10,15 @@ chunk) partial bias sums reduced by a shared-memory tree; dW_g = dtmp_g @ cols_g
 written over the cols buffer (its contents were last needed by dW); col2im gives each
 input element to one thread that sums every column entry that read it (no atomics).
 
-Buffers (reused while shapes hold): cols, tmp, y, pre (abs only), dtmp, dbpart, dweight,
+Buffers (reused while shapes hold): cols, tmp, y, pre (abs, square only), dtmp, dbpart, dweight,
 dbias, dx, and the split-K scratch. The returned y, dx and gradients are these buffers:
 the next forward/backward of this layer overwrites them.
 """
 from numba import cuda, float32
 
 from layers.cudabase import CudaLayer, block_sum
-from layers.cudagemm import EBLOCK, RBLOCK, act, act_grad, blocks_for, gemm, sum_rows
+from layers.cudagemm import EBLOCK, RBLOCK, blocks_for, gemm, sum_rows
+from layers.neuron.cuda import activate, activate_grad, uses_input
 
 GATHER_PER_THREAD = 8      # elements per thread (per filter) in the gradient gather
 MAX_CHUNKS = 1024          # partial bias sums per filter at most
@@ -54,8 +55,9 @@ def im2col_kernel(x, cols, k, stride, padding, oh, ow):
 
 
 @cuda.jit
-def bias_act_kernel(tmp, bias, code, keep, y, pre):
-    """y[n, f, p] = act(tmp[f, n*P + p] + bias[f]); keep != 0: pre[n, f, p] = the sum."""
+def bias_act_kernel(tmp, bias, code, pa, pb, keep, y, pre):
+    """y[n, f, p] = f(tmp[f, n*P + p] + bias[f]) for the activation (code, pa, pb);
+    keep != 0: pre[n, f, p] = the sum."""
     t = cuda.grid(1)
     n_img = y.shape[0]
     f_out = y.shape[1]
@@ -68,12 +70,12 @@ def bias_act_kernel(tmp, bias, code, keep, y, pre):
         a = tmp[f, n * p_out + p] + bias[f]
         if keep != 0:
             pre[n, f, p] = a
-        y[n, f, p] = act(code, a)
+        y[n, f, p] = activate(code, pa, pb, a)
 
 
 @cuda.jit
-def grad_gather_kernel(dy, y, pre, code, dtmp, partial):
-    """Block (chunk, f): dtmp[f, e] = act_grad(...) for its strided share of e in [0, N*P),
+def grad_gather_kernel(dy, y, pre, code, pa, pb, dtmp, partial):
+    """Block (chunk, f): dtmp[f, e] = activate_grad(...) for its strided share of e in [0, N*P),
     and partial[f, chunk] = their sum (shared-memory tree, no atomics)."""
     buf = cuda.shared.array(RBLOCK, float32)
     f = cuda.blockIdx.y
@@ -88,8 +90,8 @@ def grad_gather_kernel(dy, y, pre, code, dtmp, partial):
     while e < total:
         n = e // p_out
         p = e - n * p_out
-        a = pre[n, f, p] if code == 4 else float32(0.0)
-        g = act_grad(code, dy[n, f, p], y[n, f, p], a)
+        a = pre[n, f, p] if uses_input(code) else float32(0.0)
+        g = activate_grad(code, pa, pb, dy[n, f, p], y[n, f, p], a)
         dtmp[f, e] = g
         acc += g
         e += step
@@ -140,9 +142,10 @@ def col2im_kernel(dcols, k, stride, padding, oh, ow, dx):
 KERNELS = [
     (im2col_kernel, "void(float32[:, :, :, ::1], float32[:, ::1], "
                     "int64, int64, int64, int64, int64)"),
-    (bias_act_kernel, "void(float32[:, ::1], float32[::1], int64, int64, "
+    (bias_act_kernel, "void(float32[:, ::1], float32[::1], int64, float32, float32, int64, "
                       "float32[:, :, ::1], float32[:, :, ::1])"),
-    (grad_gather_kernel, "void(float32[:, :, ::1], float32[:, :, ::1], float32[:, :, ::1], int64, "
+    (grad_gather_kernel, "void(float32[:, :, ::1], float32[:, :, ::1], float32[:, :, ::1], "
+                         "int64, float32, float32, "
                          "float32[:, ::1], float32[:, ::1])"),
     (col2im_kernel, "void(float32[:, ::1], int64, int64, int64, int64, int64, "
                     "float32[:, :, :, ::1])"),
@@ -191,10 +194,10 @@ class ConvCuda(CudaLayer):
              batch=groups, stride_a=fg * kg, stride_b=kg * npix, stride_c=fg * npix)
         y = self.buffer("y", (n, lay.filters, oh, ow))
         y3 = y.reshape(n, lay.filters, p_out)
-        keep = lay.code == 4
+        keep = lay.act.needs_input
         pre = self.buffer("pre", y3.shape) if keep else y3
         bias_act_kernel[blocks_for(y3.size), EBLOCK, stream](
-            tmp, params["bias"], lay.code, 1 if keep else 0, y3, pre)
+            tmp, params["bias"], *lay.act.kernel_args(), 1 if keep else 0, y3, pre)
         self._x, self._y3, self._pre = x, y3, pre
         return y
 
@@ -210,7 +213,7 @@ class ConvCuda(CudaLayer):
         chunks = max(1, min(MAX_CHUNKS, -(-npix // (RBLOCK * GATHER_PER_THREAD))))
         partial = self.buffer("dbpart", (f, chunks))
         grad_gather_kernel[(chunks, f), RBLOCK, stream](
-            dy3, self._y3, self._pre, lay.code, dtmp, partial)
+            dy3, self._y3, self._pre, *lay.act.kernel_args(), dtmp, partial)
         db = self.buffer("dbias", (f,))
         sum_rows(partial, db, stream)
         # cols doubles as dcols below: redo it if an earlier backward overwrote it

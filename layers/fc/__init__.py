@@ -8,8 +8,8 @@ bias gradient.
 """
 import numpy as np
 
-from layers.base import INIT_B_KEY, INIT_W_KEY, NEURON_KEY, Key, Layer
-from layers.neuron.cpu import CODES, NEEDS_INPUT
+from layers.base import INIT_B_KEY, INIT_W_KEY, Key, Layer
+from layers.neuron.spec import NEURON_KEY, parse as parse_neuron
 from layers.registry import register
 from layers.fc import cpu
 
@@ -27,8 +27,8 @@ class FCLayer(Layer):
     }
 
     def setup(self, input_shape):
-        self.code = CODES[self.cfg["neuron"]]
-        self.keep_input = self.code in NEEDS_INPUT
+        self.act = parse_neuron(self.cfg["neuron"])
+        self.keep_input = self.act.needs_input
         self.d = int(input_shape[0])
         return (self.cfg["outputs"],)
 
@@ -58,8 +58,8 @@ class FCLayer(Layer):
         y = self.buffer("y", (n, m))
         np.matmul(x, w.T, out=y)
         pre = self.buffer("pre", (n, m) if self.keep_input else (1, 1))
-        if self.code != 0 or np.any(b):
-            cpu.bias_act(self.code, y, b, pre)
+        if not self.act.identity or np.any(b):
+            cpu.bias_act(*self.act.kernel_args(), y, b, pre)
         self._x, self._y, self._pre = x, y, pre
         return y
 
@@ -69,7 +69,7 @@ class FCLayer(Layer):
         dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(n, m)
         dz = self.buffer("dz", (n, m))
         db = self.buffer("dbias", (m,))
-        cpu.grad_act_bias(self.code, dy, self._y, self._pre, dz, db)
+        cpu.grad_act_bias(*self.act.kernel_args(), dy, self._y, self._pre, dz, db)
         dw = self.buffer("dweight", w.shape)
         np.matmul(dz.T, self._x, out=dw)
         dx = None

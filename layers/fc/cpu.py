@@ -8,14 +8,15 @@ import numba
 import numpy as np
 
 from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
-from layers.neuron.cpu import act, act_grad
+from layers.neuron.cpu import activate, activate_grad, uses_input
 
 BLOCK = 512   # columns per parallel task
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def bias_act(code, y, bias, pre):
-    """y[r, c] = f(y[r, c] + bias[c]) in place; for abs (code 4) pre keeps y + bias.
+def bias_act(code, pa, pb, y, bias, pre):
+    """y[r, c] = f(y[r, c] + bias[c]) in place for the activation (code, pa, pb); where
+    the gradient needs the pre-activation (abs, square), pre keeps y + bias.
 
     Tasks are (row, column block) pairs, so a batch of one still spreads over threads."""
     n, m = y.shape
@@ -24,19 +25,19 @@ def bias_act(code, y, bias, pre):
         r = t // nb
         c0 = (t % nb) * BLOCK
         c1 = min(m, c0 + BLOCK)
-        if code == 4:
+        if uses_input(code):
             for c in range(c0, c1):
                 a = y[r, c] + bias[c]
                 pre[r, c] = a
-                y[r, c] = act(code, a)
+                y[r, c] = activate(code, pa, pb, a)
         else:
             for c in range(c0, c1):
-                y[r, c] = act(code, y[r, c] + bias[c])
+                y[r, c] = activate(code, pa, pb, y[r, c] + bias[c])
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def grad_act_bias(code, dy, y, pre, dz, dbias):
-    """dz = dL/d(pre-activation) from dy and the output y (pre only for abs);
+def grad_act_bias(code, pa, pb, dy, y, pre, dz, dbias):
+    """dz = dL/d(pre-activation) from dy and the output y (pre only for abs, square);
     dbias[c] = sum over rows of dz[:, c]. Parallel over column blocks."""
     n, m = dy.shape
     nb = (m + BLOCK - 1) // BLOCK
@@ -46,13 +47,13 @@ def grad_act_bias(code, dy, y, pre, dz, dbias):
         for c in range(c0, c1):
             dbias[c] = np.float32(0.0)
         for r in range(n):
-            if code == 4:
+            if uses_input(code):
                 for c in range(c0, c1):
-                    g = act_grad(code, dy[r, c], y[r, c], pre[r, c])
+                    g = activate_grad(code, pa, pb, dy[r, c], y[r, c], pre[r, c])
                     dz[r, c] = g
                     dbias[c] += g
             else:
                 for c in range(c0, c1):
-                    g = act_grad(code, dy[r, c], y[r, c], np.float32(0.0))
+                    g = activate_grad(code, pa, pb, dy[r, c], y[r, c], np.float32(0.0))
                     dz[r, c] = g
                     dbias[c] += g

@@ -1,60 +1,113 @@
-"""Numba CPU kernels for the element-wise activations (also fused into conv, fc, pool)."""
+"""Numba CPU kernels for the element-wise activations (also fused into conv, fc, pool).
+
+`activate(code, pa, pb, x)` and `activate_grad(code, pa, pb, g, y, x)` are the one
+definition of every function (codes and parameters: layers/neuron/spec.py); every kernel
+that applies an activation inlines them. The gradient is taken from the output y, except
+for abs and square (spec.NEEDS_INPUT), which read the pre-activation x.
+
+Non-finite values: sqrt of x < 0 is NaN (cuda-convnet's sqrtf), and its gradient at y = 0 is
+g / 0 (+-inf, NaN for g = 0), as cuda-convnet's g / (2y). np.divide is used for that
+division because it follows IEEE (numba's `/` would raise ZeroDivisionError), and
+because, unlike a constant inf, fastmath cannot fold it away.
+"""
 import numba
 import numpy as np
 
 from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers.neuron.spec import (ABS, BRELU, IDENT, LINEAR, LOGISTIC, RELU, SOFTRELU, SQRT,
+                                SQUARE, TANH)
 
-# Function codes shared by every kernel that fuses an activation.
-CODES = {None: 0, "linear": 0, "relu": 1, "tanh": 2, "logistic": 3, "abs": 4}
-NEEDS_INPUT = {4}   # abs: its gradient needs the sign of the input, not just the output
+# Codes of the parameterless names, for layers whose kernels pass no parameters (pool).
+CODES = {None: IDENT, "linear": IDENT, "relu": RELU, "tanh": TANH, "logistic": LOGISTIC, "abs": ABS}
 
-
-@numba.njit(inline="always")
-def act(code, a):
-    if code == 1:
-        return a if a > 0.0 else np.float32(0.0)
-    if code == 2:
-        return np.tanh(a)
-    if code == 3:
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-a))
-    if code == 4:
-        return abs(a)
-    return a
+ZERO, HALF, ONE, TWO = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
 
 
 @numba.njit(inline="always")
-def act_grad(code, g, y, a):
-    """dL/da from dL/dy = g, the output y and (for abs) the input a."""
-    if code == 1:
-        return g if y > 0.0 else np.float32(0.0)
-    if code == 2:
-        return g * (np.float32(1.0) - y * y)
-    if code == 3:
-        return g * y * (np.float32(1.0) - y)
-    if code == 4:
-        if a > 0.0:
+def uses_input(code):
+    """True where activate_grad reads the pre-activation x (spec.NEEDS_INPUT)."""
+    return code == ABS or code == SQUARE
+
+
+@numba.njit(inline="always")
+def activate(code, pa, pb, x):
+    """f(x) for the activation `code` with parameters pa, pb (float32 in, float32 out)."""
+    if code == RELU:
+        return x if x > ZERO else ZERO
+    if code == TANH:
+        return pa * np.tanh(pb * x)
+    if code == LOGISTIC:
+        return ONE / (ONE + np.exp(-x))
+    if code == ABS:
+        return abs(x)
+    if code == LINEAR:
+        return pa * x + pb
+    if code == BRELU:
+        return min(max(x, ZERO), pa)
+    if code == SOFTRELU:          # log(1 + e^x) without overflow: max(x, 0) + log(1 + e^-|x|)
+        return max(x, ZERO) + np.log1p(np.exp(-abs(x)))
+    if code == SQUARE:
+        return x * x
+    if code == SQRT:
+        return np.sqrt(x)
+    return x
+
+
+@numba.njit(inline="always")
+def activate_grad(code, pa, pb, g, y, x):
+    """dL/dx from dL/dy = g, the output y and (abs, square only) the pre-activation x."""
+    if code == RELU:
+        return g if y > ZERO else ZERO
+    if code == TANH:              # a b (1 - tanh^2) = (b / a) (a - y)(a + y)
+        return g * np.divide(pb, pa) * (pa - y) * (pa + y)
+    if code == LOGISTIC:
+        return g * y * (ONE - y)
+    if code == ABS:
+        if x > ZERO:
             return g
-        if a < 0.0:
+        if x < ZERO:
             return -g
-        return np.float32(0.0)
+        return ZERO
+    if code == LINEAR:
+        return g * pa
+    if code == BRELU:
+        return g if y > ZERO and y < pa else ZERO
+    if code == SOFTRELU:          # sigmoid(x) = 1 - e^-y
+        return -g * np.expm1(-y)
+    if code == SQUARE:
+        return TWO * x * g
+    if code == SQRT:
+        return np.divide(HALF * g, y)
     return g
 
 
+# The parameterless forms, for kernels that pass no parameters (pool): tanh is tanh[1,1].
+@numba.njit(inline="always")
+def act(code, x):
+    return activate(code, ONE, ONE, x)
+
+
+@numba.njit(inline="always")
+def act_grad(code, g, y, x):
+    return activate_grad(code, ONE, ONE, g, y, x)
+
+
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def forward(code, a, out):
-    """out = f(a), both flat float32 (may alias)."""
-    n = a.size
+def forward(code, pa, pb, x, out):
+    """out = f(x), both flat float32 (may alias)."""
+    n = x.size
     chunk = 16384
     for c in numba.prange((n + chunk - 1) // chunk):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            out[i] = act(code, a[i])
+            out[i] = activate(code, pa, pb, x[i])
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def backward(code, g, y, a, out):
-    """out = dL/da, flat float32; `a` is only read for codes in NEEDS_INPUT."""
+def backward(code, pa, pb, g, y, x, out):
+    """out = dL/dx, flat float32; `x` is only read where uses_input(code)."""
     n = g.size
     chunk = 16384
+    keep = uses_input(code)
     for c in numba.prange((n + chunk - 1) // chunk):
         for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            out[i] = act_grad(code, g[i], y[i], a[i] if code == 4 else np.float32(0.0))
+            out[i] = activate_grad(code, pa, pb, g[i], y[i], x[i] if keep else ZERO)

@@ -1,32 +1,45 @@
-"""Plain NumPy activations: the readable definition the kernels are checked against."""
+"""Plain NumPy activations: the readable definition the kernels are checked against.
+
+`fn` is a neuron name as in a net file ("relu", "tanh[1.7159,0.6667]", None for none).
+"""
 import numpy as np
 
-
-def forward(fn, a):
-    if fn in (None, "linear"):
-        return a.copy()
-    if fn == "relu":
-        return np.maximum(a, 0)
-    if fn == "tanh":
-        return np.tanh(a)
-    if fn == "logistic":
-        return 1 / (1 + np.exp(-a))
-    if fn == "abs":
-        return np.abs(a)
-    raise ValueError(fn)
+from layers.neuron import spec
 
 
-def backward(fn, g, a):
-    """dL/da given dL/dy = g and the input a."""
-    if fn in (None, "linear"):
-        return g.copy()
-    if fn == "relu":
-        return g * (a > 0)
-    if fn == "tanh":
-        return g * (1 - np.tanh(a) ** 2)
-    if fn == "logistic":
-        s = 1 / (1 + np.exp(-a))
-        return g * s * (1 - s)
-    if fn == "abs":
-        return g * np.sign(a)
-    raise ValueError(fn)
+def forward(fn, x):
+    n = spec.parse(fn)
+    a, b = n.a, n.b
+    with np.errstate(invalid="ignore", over="ignore"):   # sqrt(x < 0) is NaN, as in the kernels
+        return {
+            spec.IDENT: lambda: x.copy(),
+            spec.LINEAR: lambda: a * x + b,
+            spec.RELU: lambda: np.maximum(x, 0),
+            spec.BRELU: lambda: np.minimum(np.maximum(x, 0), a),
+            spec.TANH: lambda: a * np.tanh(b * x),
+            spec.LOGISTIC: lambda: 1 / (1 + np.exp(-x)),
+            spec.SOFTRELU: lambda: np.logaddexp(0, x),
+            spec.ABS: lambda: np.abs(x),
+            spec.SQUARE: lambda: x * x,
+            spec.SQRT: lambda: np.sqrt(x),
+        }[n.code]()
+
+
+def backward(fn, g, x):
+    """dL/dx given dL/dy = g and the input x (f'(x) from the formula, not from the output)."""
+    n = spec.parse(fn)
+    a, b = n.a, n.b
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        slope = {
+            spec.IDENT: lambda: np.ones_like(x),
+            spec.LINEAR: lambda: np.full_like(x, a),
+            spec.RELU: lambda: (x > 0).astype(x.dtype),
+            spec.BRELU: lambda: ((x > 0) & (x < a)).astype(x.dtype),
+            spec.TANH: lambda: a * b * (1 - np.tanh(b * x) ** 2),
+            spec.LOGISTIC: lambda: forward(fn, x) * (1 - forward(fn, x)),
+            spec.SOFTRELU: lambda: 1 / (1 + np.exp(-x)),
+            spec.ABS: lambda: np.sign(x),
+            spec.SQUARE: lambda: 2 * x,
+            spec.SQRT: lambda: 0.5 / np.sqrt(x),
+        }[n.code]()
+        return g * slope

@@ -144,11 +144,18 @@ def test_rnorm_matches_cpu(size, beta, stream):
 
 
 # ---- neuron -------------------------------------------------------------------------------
-@pytest.mark.parametrize("fn", FNS)
+# every function, with and without its parameters (edge values: test_neuron_sum2_cuda.py)
+NEURONS = FNS + ["ident", "linear[2.5,-0.5]", "brelu[1.5]", "tanh[1.7159,0.6667]", "softrelu",
+                 "square", "sqrt"]
+
+
+@pytest.mark.parametrize("fn", NEURONS)
 @pytest.mark.parametrize("shape", [(3, 5, 7), (13,)])
 def test_neuron_matches_cpu(fn, shape, stream):
     layer = cpu_layer("neuron", {"fn": fn}, shape)
     x = distinct((2,) + shape, seed=8, gap=0.05)
+    if fn == "sqrt":
+        x = np.abs(x)
     g = np.random.default_rng(9).standard_normal((2,) + shape).astype(np.float32)
     both(layer, x, g, stream)
 
