@@ -247,6 +247,8 @@ class Net:
         out = self._nodes[-1]
         self._cost_layer()
         labels = np.asarray(labels)
+        x = self.check_input(x)
+        self.check_memory(x.shape[0], train=True)   # refused before anything is allocated
         self._forward(x, train, watch)
         loss, dx = out.layer.cost(labels)
         if watch is not None:

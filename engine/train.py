@@ -211,6 +211,8 @@ class Trainer:
         self.rng_states = None
         self.partial_loss = None     # [loss sum, images] of a stopped epoch's finished batches
         self.net.to(device)
+        if self.net.device == "cpu":     # a batch that cannot fit is refused before the first step
+            self.net.check_memory(s["batch"], train=True)
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else

@@ -262,3 +262,19 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, tiny):
     assert [m["train_loss"] for m in a["metrics"]] == [m["train_loss"] for m in b["metrics"]]
     c = Trainer(tiny, out=str(tmp_path / "c"), log=quiet, seed=4, epochs=1).run()
     assert c["metrics"][0]["train_loss"] != a["metrics"][0]["train_loss"]
+
+
+# ---- memory ----------------------------------------------------------------------------------
+def test_a_training_batch_that_cannot_fit_is_refused_before_the_first_step(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("ENGINE_MEMORY_LIMIT", "3M")
+    with pytest.raises(engine.MemoryLimitError) as info:
+        Trainer(tiny, out=str(tmp_path / "run"), log=quiet, batch=4096)
+    assert 0 < info.value.largest_batch < 4096
+    assert f"largest batch that fits is {info.value.largest_batch}" in str(info.value)
+    r = subprocess.run([sys.executable, "-m", "engine", "train", tiny, "--out", str(tmp_path / "r"),
+                        "--batch", "4096"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env=dict(os.environ, ENGINE_MEMORY_LIMIT="3M"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "r").exists()                    # refused before anything was written
+    # the batch it names does fit
+    Trainer(tiny, out=str(tmp_path / "ok"), log=quiet, epochs=1, batch=info.value.largest_batch).run()
