@@ -143,6 +143,20 @@ def test_shapes_and_parameter_counts_are_cuda_convnets(key):
     assert f"{total:,} parameters" in result.text
 
 
+@pytest.mark.parametrize("key, shipped", [("80sec", "cifar10-80sec"), ("18pct", "cifar10-18pct"),
+                                          ("2gpu-model-cc2", "alexnet")])
+def test_shapes_agree_with_the_hand_written_nets(key, shipped):
+    """nets/*.yaml were written by hand from the same nets (alexnet.yaml with padding 2 and the
+    floor rule where the converted conv1 has padding 0 and padding_end 3: the same 55x55)."""
+    def table(spec):
+        return {n.name: (tuple(n.output_shape), sum(int(np.prod(s)) for s in n.layer.param_shapes().values()))
+                for n in graph.build(spec)}
+    ours, theirs = table(parse_net(converted(key).text)), table(parse_net(str(ROOT / "nets" / f"{shipped}.yaml")))
+    assert sum(p for _, p in ours.values()) == sum(p for _, p in theirs.values())
+    if key != "2gpu-model-cc2":         # alexnet.yaml names its layers after the paper
+        assert ours == theirs
+
+
 # ---- what each net maps to -----------------------------------------------------------------
 def dropped_notice(result):
     notes = [n for n in result.notices if n.startswith("accepted and dropped")]
@@ -518,6 +532,24 @@ def test_neuron_on_a_layer_without_one_becomes_a_neuron_layer(tmp_path):
     assert out["fc10"]["inputs"] == ["norm1_neuron"]
     assert (out["norm1"]["alpha"], out["norm1"]["k"]) == (0.001, 2)
     engine.load(result.text)
+
+
+def test_bracket_neurons_fused_or_as_neuron_layers(tmp_path):
+    layers = edit(TINY_LAYERS, "neuron=relu\n", "neuron=tanh[1.7159, 0.6667]\n")
+    layers = edit(layers, "[fc10]", "[norm1]\ntype=cmrnorm\ninputs=pool1\nchannels=16\nsize=5\n"
+                                    "neuron=brelu[6]\n\n[lin]\ntype=neuron\ninputs=norm1\nneuron=linear[2,1]\n\n"
+                                    "[fc10]")
+    layers = edit(layers, "inputs=pool1\noutputs", "inputs=lin\noutputs")
+    params = TINY_PARAMS + "\n[norm1]\nscale=0.001\npow=0.75\n"
+    result, _, _ = tiny(tmp_path, layers=layers, params=params)
+    out = yaml_layers(result)
+    assert out["conv1"]["neuron"] == "tanh[1.7159,0.6667]"
+    assert out["norm1_neuron"]["fn"] == "brelu[6]" and out["lin"]["inputs"] == ["norm1_neuron"]
+    assert out["lin"]["fn"] == "linear[2,1]"
+    net = engine.load(result.text)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    acts = net.forward(x, outputs=["norm1_neuron"])["norm1_neuron"]
+    assert acts.min() >= 0 and acts.max() <= 6
 
 
 def test_old_cc1_norm_keys_in_the_definition_file(tmp_path):
