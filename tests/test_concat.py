@@ -100,3 +100,37 @@ def test_matches_torch_cat(mode, shapes):
     dx, _ = layer.backward(dy, {})
     for got, t in zip(split_grad(layer, dx, layer.input_shapes), ts):
         np.testing.assert_array_equal(got, t.grad.numpy())
+
+
+NEW_LAYERS = """
+name: new-layers
+input: {shape: [2, 4, 4]}
+layers:
+  - {name: la, type: local, inputs: [data], filters: 2, size: 3, neuron: abs}
+  - {name: ca, type: conv, inputs: [data], filters: 2, size: 3, neuron: relu, gpu: 1}
+  - {name: na, type: cnorm, inputs: [la], size: 2, alpha: 0.5}
+  - {name: s, type: eltsum, inputs: [na, ca], coeffs: [1.0, -0.5]}
+  - {name: m, type: eltmax, inputs: [ca, na], gpu: 1}
+  - {name: j, type: concat, inputs: [s, m], gpu: 1}
+  - {name: f, type: fc, outputs: 6, neuron: relu, gpu: 1}
+  - {name: d, type: dropout2, keep: 0.5, gpu: 1}
+  - {name: o, type: fc, inputs: [d, s], outputs: 3}
+  - {name: prob, type: softmax}
+"""
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_declared_buffers_of_a_net_of_the_new_layers(train):
+    """Each layer's buffer_shapes lists exactly what it allocates (engine.memory adds them up)."""
+    net = engine.load(NEW_LAYERS)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4, 4)).astype(np.float32)
+    if train:
+        net.loss_and_grads(x, np.array([0, 1, 2]), train=True)
+    else:
+        net.forward(x)
+    for node in net.layers:
+        need_dx = any(i != "data" for i in node.inputs)
+        declared = node.layer.buffer_shapes(3, train, train, need_dx)
+        assert {k: b.shape for k, b in node.layer._buffers.items()} == \
+            {k: tuple(s) for k, (_, s) in declared.items()}, node.name
+
