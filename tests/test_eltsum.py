@@ -23,6 +23,7 @@ def test_forward_backward_match_reference_and_finite_differences(coeffs, shapes)
     layer = make(shapes, **({} if coeffs is None else {"coeffs": coeffs}))
     c = coeffs or [1.0] * len(shapes)
     assert layer.coefficients == tuple(c) and layer.output_shape == shapes[0]
+    assert layer.macs() == len(shapes) * int(np.prod(shapes[0]))
     xs = [rng.standard_normal((2,) + s).astype(np.float32) for s in shapes]
     y = layer.forward(xs, {})
     np.testing.assert_allclose(y, reference.forward(xs, c), rtol=1e-6, atol=1e-6)

@@ -50,6 +50,9 @@ class EltSumLayer(Layer):
         self.coefficients = _coefficients(self.cfg["coeffs"], len(self.input_shapes))
         return input_shape
 
+    def macs(self):
+        return len(self.input_shapes) * math.prod(self.output_shape)
+
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
         shape = (n,) + self.output_shape
         out = {"y": ("activation", shape)}
