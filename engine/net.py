@@ -267,7 +267,8 @@ class Net:
                     watch(f"{pname} gradient", node.name, g)
             if need_dx:
                 if watch is not None:
-                    watch("input gradient", node.name, dx)
+                    for part in (dx if isinstance(dx, list) else [dx]):   # "separate" inputs
+                        watch("input gradient", node.name, part)
                 self._send_back(node, dx, pending)
         return float(loss), {k: grads[k] for k in self._params}
 

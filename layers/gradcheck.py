@@ -33,7 +33,7 @@ def analytic(layer, xs, params, proj=None, labels=None, train=False, seed=0):
         dparams = {}
     else:
         dx, dparams = layer.backward(proj.astype(np.float32).reshape(y.shape), params)
-    dxs = split_grad(layer, np.asarray(dx), layer.input_shapes)
+    dxs = split_grad(layer, dx if isinstance(dx, list) else np.asarray(dx), layer.input_shapes)
     return [np.array(g, np.float64) for g in dxs], {k: np.array(v, np.float64) for k, v in dparams.items()}
 
 
