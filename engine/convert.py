@@ -239,8 +239,6 @@ def parse_schedule(text):
     kind = m.group(1).lower() if m else None
     if kind not in CC_SCHEDULES:
         raise ValueError(f"'{text}' is not a number or a schedule ({', '.join(CC_SCHEDULES)}[...])")
-    if kind == "linear":
-        raise ValueError(f"'{text}': linear schedules have no equivalent here (ours: constant, exp, dexp)")
     values = {}
     for part in (m.group(2) or "").split(";"):
         name, eq, value = part.partition("=")

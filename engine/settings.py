@@ -13,7 +13,7 @@ TRAIN_KEYS = {
     "lr": Key(float, 0.01, low=0.0, low_open=True, doc="base learning rate"),
     "momentum": Key(float, 0.9, low=0.0, high=0.999999),
     "weight_decay": Key(float, 0.0005, low=0.0),
-    "schedule": Key(dict, None, doc="constant | {type: step|exp|dexp|plateau, ...}"),
+    "schedule": Key(dict, None, doc="constant | {type: step|exp|linear|dexp|plateau, ...}"),
     "augment": Key(dict, None, doc="{scale, crop, flip, pca}; defaults depend on the data source"),
     "test_freq": Key(int, 1, low=1, doc="validate every N epochs (and after the last)"),
     "seed": Key(int, 0, low=0),

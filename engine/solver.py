@@ -73,19 +73,21 @@ class Schedule:
       constant                      lr
       step     epochs: [e1, ...]    lr * factor^(number of e_i <= epoch)      (factor 0.1)
       exp      factor: t            lr * t^(-progress), progress in [0, 1)    (cuda-convnet2 exp)
+      linear   factor: t            from lr down to lr / t in a straight line  (cuda-convnet2 linear)
       dexp     factor: t, steps: n  n constant levels lr * t^(-i/(n-1)), switching at progress i/n
       plateau  patience: p          lr * factor each time validation error has not improved
                                     by `threshold` for p epochs                (factor 0.1)
     """
 
-    KINDS = ("constant", "step", "exp", "dexp", "plateau")
+    KINDS = ("constant", "step", "exp", "linear", "dexp", "plateau")
 
     def __init__(self, base_lr, kind="constant", epochs=None, factor=None, steps=4,
                  patience=2, threshold=1e-3, total_epochs=1):
         self.base_lr = float(base_lr)
         self.kind = kind
         self.milestones = sorted(epochs or [])
-        self.factor = float(factor if factor is not None else (100.0 if kind in ("exp", "dexp") else 0.1))
+        self.factor = float(factor if factor is not None else (100.0 if kind in ("exp", "linear", "dexp")
+                                                               else 0.1))
         self.steps = int(steps)
         self.patience = int(patience)
         self.threshold = float(threshold)
@@ -102,6 +104,8 @@ class Schedule:
             return self.base_lr * self.factor ** sum(1 for m in self.milestones if epoch >= m)
         if self.kind == "exp":
             return self.base_lr * self.factor ** (-progress)
+        if self.kind == "linear":
+            return self.base_lr * (1.0 - progress * (1.0 - 1.0 / self.factor))
         if self.kind == "dexp":
             level = min(int(progress * self.steps), self.steps - 1)
             return self.base_lr * self.factor ** (-level / max(self.steps - 1, 1))

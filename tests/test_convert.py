@@ -337,7 +337,8 @@ def test_parse_schedule():
     # cc2 keeps only the final level when numSteps is 1
     one = parse_schedule("dexp[base=0.01;tgtFactor=10;numSteps=1]")
     assert one.shape == ("const", None, None) and one.base == pytest.approx(0.001)
-    for bad, why in [("linear[base=0.1;tgtFactor=10]", "linear"), ("dexp[base=0.1;tgtFactor=10]", "numSteps"),
+    assert parse_schedule("linear[base=0.1;tgtFactor=10]").shape == ("linear", 10.0, None)
+    for bad, why in [("dexp[base=0.1;tgtFactor=10]", "numSteps"),
                      ("fast", "not a number or a schedule"), ("exp[base=x;tgtFactor=2]", "numbers")]:
         with pytest.raises(ValueError, match=why):
             parse_schedule(bad)
@@ -479,7 +480,6 @@ def test_definition_errors_name_file_line_section_and_key(tmp_path, old, new, ke
 @pytest.mark.parametrize("old, new, key, words", [
     ("wc=0.001\n", "wc=0.001\nwball=2\n", "wball", "max-norm"),
     ("momB=0.9\n", "momB=0.5\n", "momB", "one momentum"),
-    ("epsW=0.01\n", "epsW=linear[base=0.01;tgtFactor=10]\n", "epsW", "linear schedules"),
     ("epsW=0.01\n", "epsW=0.01\ndropout=0.5\n", "dropout", "not a params-file key"),
     ("coeff=1\n", "coeff=2\n", "coeff", "cost weight"),
 ])

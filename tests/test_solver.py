@@ -62,6 +62,12 @@ def test_exp_and_dexp_schedules():
     assert d.lr(1, 0.99) == 1.0 and d.lr(7, 0.99) == pytest.approx(0.001)
 
 
+def test_linear_schedule_runs_from_lr_to_lr_over_factor():
+    s = Schedule(1.0, "linear", factor=10, total_epochs=10)
+    assert [s.lr(e) for e in (0, 5)] == pytest.approx([1.0, 0.55])
+    assert s.lr(9, 0.999999) == pytest.approx(0.1, rel=1e-5)
+
+
 def test_plateau_schedule_divides_by_ten_when_stuck():
     s = Schedule(0.1, "plateau", patience=2, total_epochs=20)
     for err in [0.5, 0.4, 0.3]:
