@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 import layers as layer_types
-from layers.base import Key, LayerError
+from layers.base import INT_MAX, Key, LayerError, shown
 
 from engine.errors import ConfigError
 from engine.yamlio import Mapping, line_of, parse
@@ -37,6 +37,7 @@ PARAM_KEYS = {
     "wd": Key(float, 1.0, low=0.0, doc="weight-decay multiplier for the weights"),
 }
 INPUT_NAME = "data"
+MAX_NAME = 200            # layer names: long enough for any net, short enough for one-line errors
 
 
 @dataclass
@@ -68,6 +69,14 @@ class NetSpec:
     data: dict = None
 
 
+def named(value):
+    """A name or key as a message shows it: as written when plain printable text, else a
+    short repr (so a message stays one line whatever the file holds)."""
+    if isinstance(value, str) and value.isprintable() and len(value) <= 80:
+        return value
+    return shown(value)
+
+
 def suggest(word, options):
     close = difflib.get_close_matches(str(word), sorted(options), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -85,6 +94,8 @@ def read_source(source):
                 text = f.read()
         except OSError as e:
             raise ConfigError(f"cannot read net file: {e.strerror}", file=path) from None
+        except ValueError as e:        # a NUL in the path
+            raise ConfigError(f"cannot read net file: {e}", file=shown(path)) from None
         return parse(text, file=path), path, text
     if isinstance(source, str):
         return parse(source), None, source
@@ -106,10 +117,11 @@ def parse_net(source):
     data, file, text = read_source(source)
 
     def fail(msg, mapping=None, key=None, layer=None, line=None):
-        raise ConfigError(msg, file=file, line=line or line_of(mapping, key), layer=layer, key=key)
+        raise ConfigError(msg, file=file, line=line or line_of(mapping, key), layer=layer,
+                          key=None if key is None else named(key))
 
     if isinstance(data, str) and file is None and "\n" not in data.strip():
-        fail(f"no such net file: {data!r} (a net is a path to a .yaml file, YAML text or a dict)")
+        fail(f"no such net file: {shown(data)} (a net is a path to a .yaml file, YAML text or a dict)")
     if not isinstance(data, dict):
         fail(f"a net file is a mapping with keys {', '.join(TOP_KEYS)}; got {type(data).__name__}")
     for k in data:
@@ -119,8 +131,8 @@ def parse_net(source):
         if k not in data:
             fail(f"missing required top-level key '{k}'", data, None, line=line_of(data))
     name = data.get("name", os.path.splitext(os.path.basename(file))[0] if file else "net")
-    if not isinstance(name, str):
-        fail("must be a string", data, "name")
+    if not isinstance(name, str) or not name.isprintable():
+        fail(f"must be a string of printable characters, got {shown(name)}", data, "name")
 
     input_shape = _input_shape(data, fail)
     defaults = data.get("defaults") or {}
@@ -147,8 +159,8 @@ def parse_net(source):
     previous = INPUT_NAME
     for i, raw in enumerate(raw_layers):
         if not isinstance(raw, dict):
-            fail(f"layer #{i + 1} must be a mapping with at least `name` and `type`",
-                 line=line_of(data, "layers"))
+            fail(f"layer #{i + 1} must be a mapping with at least `name` and `type`, got {shown(raw)}",
+                 data, "layers")
         spec = _parse_layer(raw, i, previous, defaults, fail, seen)
         seen[spec.name] = spec.line("name")
         specs.append(spec)
@@ -166,17 +178,18 @@ def _input_shape(data, fail):
             fail(f"unknown key in input{suggest(k, ['shape'])}; valid: shape", inp, k)
     shape = inp["shape"]
     if (not isinstance(shape, list) or len(shape) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
-        fail(f"input shape must be three positive integers [C, H, W], got {shape!r}", inp, "shape")
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT_MAX for v in shape)):
+        fail(f"input shape must be three positive integers [C, H, W] (each <= {INT_MAX:,}), "
+             f"got {shown(shape)}", inp, "shape")
     return tuple(shape)
 
 
 def _parse_layer(raw, index, previous, defaults, fail, seen):
     name = raw.get("name")
     if name is None:
-        fail(f"layer #{index + 1} has no `name`", raw)
-    if not isinstance(name, str) or not name:
-        fail("must be a non-empty string", raw, "name")
+        fail(f"layer #{index + 1} has no `name`", raw, "name")
+    if not isinstance(name, str) or not name or not name.isprintable() or len(name) > MAX_NAME:
+        fail(f"a layer name must be 1 to {MAX_NAME} printable characters, got {shown(name)}", raw, "name")
     if name == INPUT_NAME:
         fail(f"'{INPUT_NAME}' is the input layer's name; choose another", raw, "name", layer=name)
     if name in seen:
@@ -184,8 +197,8 @@ def _parse_layer(raw, index, previous, defaults, fail, seen):
     if "type" not in raw:
         fail("missing required key 'type'", raw, None, layer=name)
     type_name = raw["type"]
-    if type_name not in layer_types.REGISTRY:
-        fail(f"unknown layer type '{type_name}'{suggest(type_name, layer_types.REGISTRY)}; "
+    if not isinstance(type_name, str) or type_name not in layer_types.REGISTRY:
+        fail(f"unknown layer type '{named(type_name)}'{suggest(type_name, layer_types.REGISTRY)}; "
              f"valid: {' | '.join(sorted(layer_types.REGISTRY))}", raw, "type", layer=name)
     cls = layer_types.get(type_name)
     has_params = "init_w" in cls.keys   # weight layers declare an init_w
@@ -205,9 +218,9 @@ def _parse_layer(raw, index, previous, defaults, fail, seen):
     if isinstance(inputs, str):
         inputs = [inputs]
     if not isinstance(inputs, list) or not inputs or not all(isinstance(v, str) for v in inputs):
-        err(f"must be a layer name or a list of layer names, got {inputs!r}", "inputs")
+        err(f"must be a layer name or a list of layer names, got {shown(inputs)}", "inputs")
     if len(set(inputs)) != len(inputs):
-        err(f"lists the same input twice: {inputs}", "inputs")
+        err(f"lists the same input twice: {shown(inputs)}", "inputs")
     if name in inputs:
         err("a layer cannot read its own output", "inputs")
 

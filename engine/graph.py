@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import layers as layer_types
 from layers.base import LayerError
 
-from engine.config import INPUT_NAME, NetSpec, suggest
+from engine.config import INPUT_NAME, NetSpec, named, suggest
 from engine.errors import ConfigError
 
 
@@ -37,7 +37,8 @@ def build(spec: NetSpec):
     for s in spec.layers:
         for inp in s.inputs:
             if inp != INPUT_NAME and inp not in by_name:
-                fail(f"unknown input layer '{inp}'{suggest(inp, list(by_name) + [INPUT_NAME])}", s, "inputs")
+                fail(f"unknown input layer '{named(inp)}'{suggest(inp, list(by_name) + [INPUT_NAME])}",
+                     s, "inputs")
 
     order = _topological_order(spec, by_name, fail)
     consumers = {s.name: [] for s in spec.layers}

@@ -1,5 +1,9 @@
 """YAML reading with line numbers kept, so errors can point at the line (safe_load only)."""
+import re
+from collections.abc import Hashable
+
 import yaml
+from layers.base import shown
 
 from engine.errors import ConfigError
 
@@ -17,20 +21,35 @@ class _LineLoader(yaml.SafeLoader):
     pass
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader, node):
-    loader.flatten_mapping(node)
-    out = Mapping()
+    own = sum(k.tag != MERGE_TAG for k, _ in node.value)
+    loader.flatten_mapping(node)           # puts merged (`<<: *anchor`) pairs first
+    merged = len(node.value) - own
+    out, written = Mapping(), set()
     out.line = node.start_mark.line + 1
-    for key_node, value_node in node.value:
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
-        if key in out:
-            raise ConfigError(f"duplicate key '{key}'", line=key_node.start_mark.line + 1, key=str(key))
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, Hashable):
+            raise ConfigError(f"a mapping key must be a plain value, not a {type(key).__name__}", line=line)
+        if i >= merged:       # written here: twice is an error; over a merged key, an override
+            if key in written:
+                plain = isinstance(key, str) and key.isprintable()
+                raise ConfigError(f"duplicate key {shown(key)}", line=line, key=key if plain else shown(key))
+            written.add(key)
         out[key] = loader.construct_object(value_node, deep=True)
-        out.lines[key] = key_node.start_mark.line + 1
+        out.lines[key] = line
     return out
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.2 floats without a dot (1e-4): YAML 1.1 reads them as strings, a trap for `alpha: 1e-4`
+_LineLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
 
 
 def parse(text, file=None):
@@ -42,10 +61,14 @@ def parse(text, file=None):
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
-        msg = f"YAML syntax error: {e.problem or e.context}"
+        msg = "YAML syntax error: " + " ".join(str(e.problem or e.context).split())
         raise ConfigError(msg, file=file, line=line) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"YAML error: {e}", file=file) from None
+        raise ConfigError(f"YAML error: {' '.join(str(e).split())}", file=file) from None
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply", file=file) from None
+    except (ValueError, TypeError, OverflowError) as e:   # a constructor's, e.g. date 2020-99-99
+        raise ConfigError(f"YAML value error: {' '.join(str(e).split())}", file=file) from None
 
 
 def line_of(mapping, key=None):

@@ -30,7 +30,8 @@ class CMRNormLayer(Layer):
         "size": Key(int, low=1, doc="number of neighbouring maps in the window"),
         "alpha": Key(float, 1e-4, low=0.0, doc="scale of the sum of squares (divided by size)"),
         "beta": Key(float, 0.75, low=0.0, doc="exponent of the denominator"),
-        "k": Key(float, 2.0, doc="constant added to the denominator"),
+        "k": Key(float, 2.0, low=0.0, low_open=True,   # k <= 0: 0/0 where the inputs are 0
+                 doc="constant added to the denominator"),
         "groups": Key(int, 1, low=1, doc="normalise within this many equal channel blocks, "
                       "as the two AlexNet columns do (one column folding both uses groups: 2)"),
     }

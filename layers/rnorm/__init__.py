@@ -30,7 +30,8 @@ class RNormLayer(Layer):
         "size": Key(int, low=1, doc="side of the square window"),
         "alpha": Key(float, 1e-4, low=0.0, doc="scale of the sum of squares (divided by size^2)"),
         "beta": Key(float, 0.75, low=0.0, doc="exponent of the denominator"),
-        "k": Key(float, 1.0, doc="constant added to the denominator (cuda-convnet's minDiv)"),
+        "k": Key(float, 1.0, low=0.0, low_open=True,   # k <= 0: 0/0 where the inputs are 0
+                 doc="constant added to the denominator (cuda-convnet's minDiv)"),
     }
 
     def setup(self, input_shape):
