@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
-from layers.neuron.cpu import activate, activate_grad
+from layers.neuron.cpu import activate, activate_grad, specialised
 
 FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
 
@@ -49,35 +49,47 @@ def im2col(x, k, stride, padding, oh, ow, cols):
                     cols[r, base + ox] = zero
 
 
+@numba.njit(inline="always")
+def _bias_act_plane(code, args):
+    tmp, bias, pa, pb, keep, y, pre, i = args
+    f_out, p_out = y.shape[1], y.shape[2]
+    n, f = i // f_out, i % f_out
+    b = bias[f]
+    src = n * p_out
+    for j in range(p_out):
+        a = tmp[f, src + j] + b
+        if keep:
+            pre[n, f, j] = a
+        y[n, f, j] = activate(code, pa, pb, a)
+
+
 @numba.njit(**FLAGS)
 def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
     """y[n, f, j] = f(tmp[f, n*P + j] + bias[f]) for the activation (code, pa, pb);
-    with `keep`, pre keeps the sum too."""
-    n_img, f_out, p_out = y.shape
-    for i in numba.prange(n_img * f_out):
-        n, f = i // f_out, i % f_out
-        b = bias[f]
-        src = n * p_out
+    with `keep`, pre keeps the sum too. One task per (image, filter) plane."""
+    for i in numba.prange(y.shape[0] * y.shape[1]):
+        specialised(code, _bias_act_plane, (tmp, bias, pa, pb, keep, y, pre, i))
+
+
+@numba.njit(inline="always")
+def _grad_filter(code, args):
+    dy, y, pre, pa, pb, dtmp, f = args
+    n_img, p_out = dy.shape[0], dy.shape[2]
+    acc = 0.0
+    for n in range(n_img):
+        dst = n * p_out
         for j in range(p_out):
-            a = tmp[f, src + j] + b
-            if keep:
-                pre[n, f, j] = a
-            y[n, f, j] = activate(code, pa, pb, a)
+            g = activate_grad(code, pa, pb, dy[n, f, j], y[n, f, j], pre[n, f, j])
+            dtmp[f, dst + j] = g
+            acc += g
+    return acc
 
 
 @numba.njit(**FLAGS)
 def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
     """dtmp[f, n*P + j] = dL/d(pre-activation); db[f] = its sum, accumulated in float64."""
-    n_img, f_out, p_out = dy.shape
-    for f in numba.prange(f_out):
-        acc = 0.0
-        for n in range(n_img):
-            dst = n * p_out
-            for j in range(p_out):
-                g = activate_grad(code, pa, pb, dy[n, f, j], y[n, f, j], pre[n, f, j])
-                dtmp[f, dst + j] = g
-                acc += g
-        db[f] = acc
+    for f in numba.prange(dy.shape[1]):
+        db[f] = specialised(code, _grad_filter, (dy, y, pre, pa, pb, dtmp, f))
 
 
 @numba.njit(**FLAGS)

@@ -8,9 +8,27 @@ import numba
 import numpy as np
 
 from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
-from layers.neuron.cpu import activate, activate_grad, uses_input
+from layers.neuron.cpu import activate, activate_grad, specialised, uses_input
 
 BLOCK = 512   # columns per parallel task
+
+
+@numba.njit(inline="always")
+def _bias_act_block(code, args):
+    pa, pb, y, bias, pre, t = args
+    m = y.shape[1]
+    nb = (m + BLOCK - 1) // BLOCK
+    r = t // nb
+    c0 = (t % nb) * BLOCK
+    c1 = min(m, c0 + BLOCK)
+    if uses_input(code):
+        for c in range(c0, c1):
+            a = y[r, c] + bias[c]
+            pre[r, c] = a
+            y[r, c] = activate(code, pa, pb, a)
+    else:
+        for c in range(c0, c1):
+            y[r, c] = activate(code, pa, pb, y[r, c] + bias[c])
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
@@ -20,40 +38,34 @@ def bias_act(code, pa, pb, y, bias, pre):
 
     Tasks are (row, column block) pairs, so a batch of one still spreads over threads."""
     n, m = y.shape
-    nb = (m + BLOCK - 1) // BLOCK
-    for t in numba.prange(n * nb):
-        r = t // nb
-        c0 = (t % nb) * BLOCK
-        c1 = min(m, c0 + BLOCK)
+    for t in numba.prange(n * ((m + BLOCK - 1) // BLOCK)):
+        specialised(code, _bias_act_block, (pa, pb, y, bias, pre, t))
+
+
+@numba.njit(inline="always")
+def _grad_block(code, args):
+    pa, pb, dy, y, pre, dz, dbias, b = args
+    n, m = dy.shape
+    c0 = b * BLOCK
+    c1 = min(m, c0 + BLOCK)
+    for c in range(c0, c1):
+        dbias[c] = np.float32(0.0)
+    for r in range(n):
         if uses_input(code):
             for c in range(c0, c1):
-                a = y[r, c] + bias[c]
-                pre[r, c] = a
-                y[r, c] = activate(code, pa, pb, a)
+                g = activate_grad(code, pa, pb, dy[r, c], y[r, c], pre[r, c])
+                dz[r, c] = g
+                dbias[c] += g
         else:
             for c in range(c0, c1):
-                y[r, c] = activate(code, pa, pb, y[r, c] + bias[c])
+                g = activate_grad(code, pa, pb, dy[r, c], y[r, c], np.float32(0.0))
+                dz[r, c] = g
+                dbias[c] += g
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
 def grad_act_bias(code, pa, pb, dy, y, pre, dz, dbias):
     """dz = dL/d(pre-activation) from dy and the output y (pre only for abs, square);
     dbias[c] = sum over rows of dz[:, c]. Parallel over column blocks."""
-    n, m = dy.shape
-    nb = (m + BLOCK - 1) // BLOCK
-    for b in numba.prange(nb):
-        c0 = b * BLOCK
-        c1 = min(m, c0 + BLOCK)
-        for c in range(c0, c1):
-            dbias[c] = np.float32(0.0)
-        for r in range(n):
-            if uses_input(code):
-                for c in range(c0, c1):
-                    g = activate_grad(code, pa, pb, dy[r, c], y[r, c], pre[r, c])
-                    dz[r, c] = g
-                    dbias[c] += g
-            else:
-                for c in range(c0, c1):
-                    g = activate_grad(code, pa, pb, dy[r, c], y[r, c], np.float32(0.0))
-                    dz[r, c] = g
-                    dbias[c] += g
+    for b in numba.prange((dy.shape[1] + BLOCK - 1) // BLOCK):
+        specialised(code, _grad_block, (pa, pb, dy, y, pre, dz, dbias, b))

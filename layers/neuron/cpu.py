@@ -3,7 +3,9 @@
 `activate(code, pa, pb, x)` and `activate_grad(code, pa, pb, g, y, x)` are the one
 definition of every function (codes and parameters: layers/neuron/spec.py); every kernel
 that applies an activation inlines them. The gradient is taken from the output y, except
-for abs and square (spec.NEEDS_INPUT), which read the pre-activation x.
+for abs and square (spec.NEEDS_INPUT), which read the pre-activation x. Kernels run each
+parallel task's loop through `specialised(code, body, args)`, which compiles separate
+loops for relu and the identity (see there why).
 
 Non-finite values: sqrt of x < 0 is NaN (cuda-convnet's sqrtf), and its gradient at y = 0 is
 g / 0 (+-inf, NaN for g = 0), as cuda-convnet's g / (2y). np.divide is used for that
@@ -62,12 +64,8 @@ def activate_grad(code, pa, pb, g, y, x):
         return g * np.divide(pb, pa) * (pa - y) * (pa + y)
     if code == LOGISTIC:
         return g * y * (ONE - y)
-    if code == ABS:
-        if x > ZERO:
-            return g
-        if x < ZERO:
-            return -g
-        return ZERO
+    if code == ABS:               # sign(x) g, branch-free: x's sign is as random as the data
+        return np.sign(x) * g
     if code == LINEAR:
         return g * pa
     if code == BRELU:
@@ -81,33 +79,76 @@ def activate_grad(code, pa, pb, g, y, x):
     return g
 
 
+@numba.njit(inline="always")
+def specialised(code, body, args):
+    """body(code, args), with `code` a compile-time constant for relu and the identity.
+
+    With a runtime code, the element loop branches over all ten functions, which LLVM then
+    neither unswitches nor vectorises (relu's bias and gradient kernels ran 3-25x slower).
+    Kernels run each parallel task's loop, `body` (an inline function), through this, so
+    the common cases get loops of their own; the others share one."""
+    if code == RELU:
+        return body(RELU, args)
+    if code == IDENT:
+        return body(IDENT, args)
+    return body(code, args)
+
+
 # The parameterless forms, for kernels that pass no parameters (pool): tanh is tanh[1,1].
+# Constant codes keep the five-way branch small enough for LLVM to unswitch.
 @numba.njit(inline="always")
 def act(code, x):
-    return activate(code, ONE, ONE, x)
+    if code == RELU:
+        return activate(RELU, ONE, ONE, x)
+    if code == TANH:
+        return activate(TANH, ONE, ONE, x)
+    if code == LOGISTIC:
+        return activate(LOGISTIC, ONE, ONE, x)
+    if code == ABS:
+        return activate(ABS, ONE, ONE, x)
+    return x
 
 
 @numba.njit(inline="always")
 def act_grad(code, g, y, x):
-    return activate_grad(code, ONE, ONE, g, y, x)
+    if code == RELU:
+        return activate_grad(RELU, ONE, ONE, g, y, x)
+    if code == TANH:
+        return activate_grad(TANH, ONE, ONE, g, y, x)
+    if code == LOGISTIC:
+        return activate_grad(LOGISTIC, ONE, ONE, g, y, x)
+    if code == ABS:
+        return activate_grad(ABS, ONE, ONE, g, y, x)
+    return g
+
+
+CHUNK = 16384      # elements per parallel task
+
+
+@numba.njit(inline="always")
+def _forward_chunk(code, args):
+    pa, pb, x, out, c = args
+    for i in range(c * CHUNK, min(x.size, (c + 1) * CHUNK)):
+        out[i] = activate(code, pa, pb, x[i])
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
 def forward(code, pa, pb, x, out):
     """out = f(x), both flat float32 (may alias)."""
-    n = x.size
-    chunk = 16384
-    for c in numba.prange((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            out[i] = activate(code, pa, pb, x[i])
+    for c in numba.prange((x.size + CHUNK - 1) // CHUNK):
+        specialised(code, _forward_chunk, (pa, pb, x, out, c))
+
+
+@numba.njit(inline="always")
+def _backward_chunk(code, args):
+    pa, pb, g, y, x, out, c = args
+    keep = uses_input(code)
+    for i in range(c * CHUNK, min(g.size, (c + 1) * CHUNK)):
+        out[i] = activate_grad(code, pa, pb, g[i], y[i], x[i] if keep else ZERO)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
 def backward(code, pa, pb, g, y, x, out):
     """out = dL/dx, flat float32; `x` is only read where uses_input(code)."""
-    n = g.size
-    chunk = 16384
-    keep = uses_input(code)
-    for c in numba.prange((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            out[i] = activate_grad(code, pa, pb, g[i], y[i], x[i] if keep else ZERO)
+    for c in numba.prange((g.size + CHUNK - 1) // CHUNK):
+        specialised(code, _backward_chunk, (pa, pb, g, y, x, out, c))
