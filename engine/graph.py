@@ -1,4 +1,5 @@
 """From layer specs to a checked graph: wiring, execution order, shapes."""
+import heapq
 from dataclasses import dataclass
 
 import layers as layer_types
@@ -66,28 +67,44 @@ def build(spec: NetSpec):
         except LayerError as e:
             detail = ""
             if e.key == "inputs":
-                detail = " (input shapes: " + ", ".join(f"{i} {list(shapes[i])}" for i in s.inputs) + ")"
+                detail = " (input shapes: " + listed([f"{i} {list(shapes[i])}" for i in s.inputs]) + ")"
             fail(e.message + detail, s, e.key)
         shapes[s.name] = layer.output_shape
         nodes.append(Node(name=s.name, type=s.type, gpu=s.gpu, inputs=list(s.inputs), layer=layer, spec=s))
     return nodes
 
 
+def listed(items, most=8, sep=", "):
+    """Items joined for a message, the middle cut out of a long list (one-line errors)."""
+    if len(items) > most:
+        items = items[:most // 2] + [f"... {len(items) - most + 1} more ..."] + items[1 - most // 2:]
+    return sep.join(items)
+
+
 def _topological_order(spec, by_name, fail):
     """File order where it respects dependencies (Kahn's algorithm, stable); cycles are errors."""
     position = {s.name: i for i, s in enumerate(spec.layers)}
     waiting = {s.name: {i for i in s.inputs if i != INPUT_NAME} for s in spec.layers}
-    done, order = set(), []
-    while len(order) < len(spec.layers):
-        ready = [n for n, deps in waiting.items() if n not in done and deps <= done]
-        if not ready:
-            left = {n for n in waiting if n not in done}
-            cycle = _find_cycle(left, waiting)
-            first = min(cycle, key=position.get)
-            fail("the layers form a cycle: " + " -> ".join(cycle + [cycle[0]]), by_name[first], "inputs")
-        nxt = min(ready, key=position.get)
-        done.add(nxt)
-        order.append(by_name[nxt])
+    readers = {s.name: [] for s in spec.layers}
+    for s in spec.layers:
+        for i in waiting[s.name]:
+            readers[i].append(s.name)
+    missing = {n: len(deps) for n, deps in waiting.items()}
+    ready = [position[n] for n, k in missing.items() if k == 0]
+    heapq.heapify(ready)              # the earliest ready layer in the file goes next
+    order = []
+    while ready:
+        s = spec.layers[heapq.heappop(ready)]
+        order.append(s)
+        for r in readers[s.name]:
+            missing[r] -= 1
+            if missing[r] == 0:
+                heapq.heappush(ready, position[r])
+    if len(order) < len(spec.layers):
+        left = {n for n, k in missing.items() if k}
+        cycle = _find_cycle(left, waiting)
+        first = min(cycle, key=position.get)
+        fail("the layers form a cycle: " + listed(cycle + [cycle[0]], sep=" -> "), by_name[first], "inputs")
     return order
 
 

@@ -163,7 +163,7 @@ class Layer:
         for s in shapes[1:]:
             if len(s) != len(first) or s[1:] != first[1:]:
                 raise LayerError("inputs", "inputs to join along channels must agree in every other "
-                                 f"dimension: {' vs '.join(str(list(x)) for x in shapes)}")
+                                 f"dimension: {list(first)} vs {list(s)}")
         return (sum(s[0] for s in shapes),) + tuple(first[1:])
 
     def setup(self, input_shape):

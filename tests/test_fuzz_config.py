@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -576,3 +577,27 @@ def test_pool_macs_closed_form(side, size, stride):
     outs = layer.output_shape[1]
     reads = sum(min(o * stride + size, side) - o * stride for o in range(outs))
     assert layer.macs() == reads * reads
+
+
+def test_long_chains_load_fast_and_long_cycles_stay_short():
+    """A 3,000-layer chain written backwards (the order pass was quadratic), and a cycle
+    through all of it (its message listed every layer: 26,000 characters)."""
+    layers = [{"name": f"n{i}", "type": "neuron", "fn": "relu", "inputs": f"n{i + 1}"} for i in range(3000)]
+    layers[-1]["inputs"] = "data"
+    start = time.perf_counter()
+    net = engine.load({"input": {"shape": [1, 2, 2]}, "layers": layers})
+    assert time.perf_counter() - start < 3.0
+    assert [n.name for n in net.layers[:2]] == ["n2999", "n2998"]
+    layers[-1]["inputs"] = "n0"
+    with pytest.raises(ConfigError, match=r"cycle: .* more \.\.\. ") as info:
+        engine.load({"input": {"shape": [1, 2, 2]}, "layers": layers})
+    assert len(str(info.value)) < 300
+
+
+def test_wide_join_error_lists_few_inputs():
+    layers = [{"name": f"c{i}", "type": "pool", "mode": "max", "size": 1 + i % 2, "stride": 1,
+               "inputs": "data"} for i in range(60)]
+    layers.append({"name": "j", "type": "neuron", "fn": "relu", "inputs": [f"c{i}" for i in range(60)]})
+    with pytest.raises(ConfigError, match="more") as info:
+        engine.load({"input": {"shape": [1, 4, 4]}, "layers": layers})
+    assert info.value.layer == "j" and len(str(info.value)) < 600
