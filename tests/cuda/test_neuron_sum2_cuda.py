@@ -1,5 +1,6 @@
-"""Neuron functions fused on conv and fc, their edge values, and the sum2 cost on CUDA (the
-simulator in CI): the same numbers as the CPU layers.
+"""Neuron functions (edge values, fused on conv and fc) and the sum2 cost on CUDA (the
+simulator in CI): the same numbers as the CPU layers, and finite differences through the
+device kernels.
 
 Tiny shapes, because the simulator runs every CUDA thread as a Python thread.
 """
@@ -8,10 +9,12 @@ import importlib
 import numpy as np
 import pytest
 from cudahelp import host, to_dev
-from test_neuron import FNS, fused_params     # tests/ is on the path (its conftest imports cudamode)
+from test_neuron import FNS, fused_params, inputs   # tests/ is on the path (see its conftest)
+from test_new_layers_cuda import OnDevice
 
 import engine
 import layers
+from layers import gradcheck
 
 
 def cuda_impl(layer):
@@ -44,6 +47,12 @@ def test_neuron_edge_values_match_cpu(fn, stream):
     close(host(dx_dev), dx, atol=1e-8)
     if fn == "sqrt":
         assert np.isnan(host(y_dev)[0, 0]) and host(dx_dev)[0, 4] == np.inf
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_neuron_finite_differences_on_the_device(fn, stream):
+    layer = layers.get("neuron")("n", {"fn": fn}, [(3, 5)])
+    gradcheck.check(OnDevice(layer, stream), [inputs(fn, (2, 3, 5), seed=4)], samples=8)
 
 
 # ---- fused on conv and fc -----------------------------------------------------------------------
@@ -94,6 +103,19 @@ def test_sum2_cost_matches_cpu(shape, coeff, stream):
     assert host(loss_dev).shape == (1,)
     assert host(loss_dev)[0] == pytest.approx(loss, rel=1e-5)
     close(host(dx_dev), dx)
+
+
+class CostOnDevice(OnDevice):
+    def cost(self, labels):
+        loss, dx = self.impl.cost(labels, self.stream)
+        self.stream.synchronize()
+        return float(host(loss)[0]), host(dx)
+
+
+def test_sum2_finite_differences_on_the_device(stream):
+    layer = layers.get("sum2")("cost", {"coeff": 0.5}, [(2, 3)])
+    x = np.random.default_rng(8).standard_normal((3, 2, 3)).astype(np.float32)
+    gradcheck.check(CostOnDevice(layer, stream), [x], samples=4)   # 128-thread reductions: slow here
 
 
 NET = """\
