@@ -74,6 +74,11 @@ class Net:
         return self._nodes[-1]
 
     @property
+    def classifies(self):
+        """True when the output is class probabilities (a softmax), so top-k errors apply."""
+        return bool(self.output_layer.layer.classifies)
+
+    @property
     def num_classes(self):
         return int(np.prod(self.output_layer.output_shape))
 
@@ -228,6 +233,16 @@ class Net:
         loss, grads = self._backend.backward(dev_labels, lr, momentum, weight_decay, multipliers)
         pending = self._backend.fetch_loss(loss)
         return (pending.value() if wait else pending), grads
+
+    def loss(self, x, labels):
+        """The cost of a batch at test time (no dropout, no backward on the CPU)."""
+        if self._backend is not None:
+            return self.cuda_step(x, labels, train=False)[0]
+        cost_layer = self._cost_layer()
+        x = self.check_input(x)
+        self.check_memory(x.shape[0], train=False)
+        self._forward(x, False)
+        return float(cost_layer.cost(cost_layer.check_labels(labels, n=x.shape[0]))[0])
 
     def _cost_layer(self):
         out = self._nodes[-1]

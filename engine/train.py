@@ -55,8 +55,16 @@ def topk_errors(probs, labels, k=5):
 
 
 def evaluate(net, source, pre, batch=128, split="val", multiview=False):
-    """{"loss", "top1", "top5", "n"} over a split; multiview averages the ten views."""
+    """{"loss", "top1", "top5", "n"} over a split; multiview averages the ten views.
+
+    A net whose cost does not classify (sum2) gets its own cost as the loss, and NaN top-k."""
     total_loss, e1, e5, n = 0.0, 0, 0, 0
+    if not net.classifies:
+        for raw, labels in source.batches(split, batch):
+            total_loss += net.loss(pre.test(raw), labels) * len(labels)
+            n += len(labels)
+        return {"loss": total_loss / n if n else float("nan"), "top1": float("nan"),
+                "top5": float("nan"), "n": n}
     for raw, labels in source.batches(split, batch):
         if multiview:
             probs = np.mean([net.forward(v) for v in pre.views(raw)], axis=0)
@@ -186,7 +194,7 @@ class Trainer:
         # synthetic data takes the net's class count; real data must match it
         self.source = open_source(s["data"], self.net.input_shape, seed=s["seed"],
                                   num_classes=self.net.num_classes)
-        if self.source.num_classes != self.net.num_classes:
+        if self.net.classifies and self.source.num_classes != self.net.num_classes:
             raise DataError(f"the data has {self.source.num_classes} classes but the net's output "
                             f"layer has {self.net.num_classes}: set `outputs: {self.source.num_classes}` "
                             "on the last fc layer")
@@ -333,8 +341,10 @@ class Trainer:
                           "images_per_s": round(tally.seen / max(elapsed, 1e-9), 1)}
                 if (epoch + 1) % s["test_freq"] == 0 or epoch + 1 == s["epochs"]:
                     val = evaluate(self.net, self.source, self.pre, batch=s["batch"])
-                    record.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"]})
-                    self.schedule.observe(val["top1"])
+                    record["val_loss"] = val["loss"]
+                    if self.net.classifies:
+                        record.update({"val_top1": val["top1"], "val_top5": val["top5"]})
+                    self.schedule.observe(val["top1"] if self.net.classifies else val["loss"])
                 self.metrics.append(record)
                 self.log(self._line(record))
                 path = self.save()
@@ -381,7 +391,9 @@ class Trainer:
 
     def _line(self, r):
         val = ""
+        if "val_loss" in r:
+            val = f"  val loss {r['val_loss']:.4f}"
         if "val_top1" in r:
-            val = f"  val loss {r['val_loss']:.4f}  top-1 {r['val_top1']:6.2%}  top-5 {r['val_top5']:6.2%}"
+            val += f"  top-1 {r['val_top1']:6.2%}  top-5 {r['val_top5']:6.2%}"
         return (f"epoch {r['epoch']:3d}  train loss {r['train_loss']:.4f}{val}  lr {r['lr']:.3g}  "
                 f"{r['time']:.1f}s  ({r['images_per_s']:.0f} img/s)")

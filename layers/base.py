@@ -112,6 +112,7 @@ class Layer:
                           # or "separate" (forward gets a list, backward returns one dx per input)
     spatial = False       # True: the joined input must be [C, H, W]
     is_cost = False       # True: the net's output layer, providing `cost`
+    classifies = False    # True: a cost layer whose output is class probabilities (top-k errors)
     doc = ""
 
     def __init__(self, name, cfg, input_shapes):

@@ -108,3 +108,23 @@ def test_sum2_must_be_the_output():
     text = NET + "  - {name: after, type: neuron, fn: relu}\n"
     with pytest.raises(engine.ConfigError, match="cost layer and must be the net's output"):
         engine.load(text)
+
+
+def test_a_sum2_net_trains_and_validates_with_its_own_cost(tmp_path):
+    from engine.train import Trainer
+    net_file = tmp_path / "s2.yaml"
+    net_file.write_text("name: s2\ninput: {shape: [1, 8, 8]}\nlayers:\n"
+                        "  - {name: fc1, type: fc, outputs: 6, neuron: tanh}\n"
+                        "  - {name: cost, type: sum2, coeff: 0.5}\n")
+    lines = []
+    result = Trainer(str(net_file), data="synthetic:64", epochs=3, batch=16, lr=0.05,
+                     out=str(tmp_path / "run"), log=lines.append).run()
+    metrics = result["metrics"]
+    assert all("val_top1" not in m for m in metrics)          # no class errors for a regression cost
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]  # x -> 0 is learnable
+    net = engine.load(None, checkpoint=str(tmp_path / "run"))
+    assert not net.classifies
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    out = net.forward(x)
+    assert net.loss(x, None) == pytest.approx(0.5 * np.mean(np.sum(out.reshape(5, -1) ** 2, 1)), rel=1e-5)
+    assert "top-1" not in lines[-1] and "val loss" in lines[-1]

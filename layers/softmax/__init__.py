@@ -19,6 +19,7 @@ class SoftmaxLayer(Layer):
     doc = "softmax probabilities; as the output layer, the mean cross-entropy cost (logreg)"
     join = "flat"
     is_cost = True
+    classifies = True
     keys = {}
 
     def setup(self, input_shape):
