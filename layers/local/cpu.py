@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
-from layers.neuron.cpu import activate, activate_grad
+from layers.neuron.cpu import activate, activate_grad, specialised
 
 FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
 
@@ -40,33 +40,44 @@ def im2col(x, k, stride, padding, oh, ow, cols):
                             cols[p, r, n] = zero
 
 
+@numba.njit(inline="always")
+def _bias_act_filter(code, args):
+    tmp, bias, pa, pb, keep, y, pre, f = args
+    for p in range(y.shape[2]):
+        b = bias[f, p]
+        for n in range(y.shape[0]):
+            a = tmp[p, f, n] + b
+            if keep:
+                pre[n, f, p] = a
+            y[n, f, p] = activate(code, pa, pb, a)
+
+
 @numba.njit(**FLAGS)
 def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
     """y[n, f, p] = f(tmp[p, f, n] + bias[f, p]) for the activation (code, pa, pb); with
-    `keep`, pre keeps the sum too."""
-    n_img, f_out, p_out = y.shape
-    for f in numba.prange(f_out):
-        for p in range(p_out):
-            b = bias[f, p]
-            for n in range(n_img):
-                a = tmp[p, f, n] + b
-                if keep:
-                    pre[n, f, p] = a
-                y[n, f, p] = activate(code, pa, pb, a)
+    `keep`, pre keeps the sum too. One task per filter."""
+    for f in numba.prange(y.shape[1]):
+        specialised(code, _bias_act_filter, (tmp, bias, pa, pb, keep, y, pre, f))
+
+
+@numba.njit(inline="always")
+def _grad_filter(code, args):
+    dy, y, pre, pa, pb, dtmp, db, f = args
+    for p in range(dy.shape[2]):
+        acc = 0.0
+        for n in range(dy.shape[0]):
+            g = activate_grad(code, pa, pb, dy[n, f, p], y[n, f, p], pre[n, f, p])
+            dtmp[p, f, n] = g
+            acc += g
+        db[f, p] = acc
 
 
 @numba.njit(**FLAGS)
 def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
-    """dtmp[p, f, n] = dL/d(pre-activation); db[f, p] = its sum over the batch (float64)."""
-    n_img, f_out, p_out = dy.shape
-    for f in numba.prange(f_out):
-        for p in range(p_out):
-            acc = 0.0
-            for n in range(n_img):
-                g = activate_grad(code, pa, pb, dy[n, f, p], y[n, f, p], pre[n, f, p])
-                dtmp[p, f, n] = g
-                acc += g
-            db[f, p] = acc
+    """dtmp[p, f, n] = dL/d(pre-activation); db[f, p] = its sum over the batch (float64).
+    One task per filter."""
+    for f in numba.prange(dy.shape[1]):
+        specialised(code, _grad_filter, (dy, y, pre, pa, pb, dtmp, db, f))
 
 
 @numba.njit(**FLAGS)
