@@ -18,7 +18,7 @@ KINDS = ("activations", "activation_gradients", "parameters", "parameter_gradien
          "momentum", "workspace")
 LABELS = {"activations": "activations", "activation_gradients": "activation gradients",
           "parameters": "parameters", "parameter_gradients": "parameter gradients",
-          "momentum": "momentum", "workspace": "workspace (im2col, kept for backward)"}
+          "momentum": "momentum", "workspace": "workspace"}
 _BUFFER_KIND = {"activation": "activations", "gradient": "activation_gradients",
                 "workspace": "workspace"}   # "param_grad" buffers: counted as parameter_gradients
 ENV = "ENGINE_MEMORY_LIMIT"
@@ -63,10 +63,14 @@ def largest_batch(nodes, input_shape, train, available):
     per_image = estimate(nodes, input_shape, 2, train)["total"] - one
     if one > available:
         return 0
-    n = 1 + (available - one) // max(per_image, 1)     # the estimate is affine in n
-    while n > 1 and estimate(nodes, input_shape, n, train)["total"] > available:
-        n -= 1
-    return n
+    n = 1 + (available - one) // max(per_image, 1)     # exact where the estimate is affine in n
+    if estimate(nodes, input_shape, n, train)["total"] <= available:
+        return n
+    lo, hi = 1, n                  # a layer whose buffers grow faster: bisect
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if estimate(nodes, input_shape, mid, train)["total"] <= available else (lo, mid - 1)
+    return lo
 
 
 # ---- how much there is ------------------------------------------------------
@@ -177,7 +181,7 @@ def check_batch(name, nodes, input_shape, n, train, held=0):
     if room is None or need["total"] <= room:
         return need["total"]
     largest = largest_batch(nodes, input_shape, train, room)
-    parts = ", ".join(f"{LABELS[k].split(' (')[0]} {fmt(need[k])}" for k in KINDS if need[k])
+    parts = ", ".join(f"{LABELS[k]} {fmt(need[k])}" for k in KINDS if need[k])
     fits = f"the largest batch that fits is {largest:,}" if largest else "not even one image fits"
     raise MemoryLimitError(
         f"net '{name}': a {'training' if train else 'forward'} batch of {n:,} needs "
@@ -215,7 +219,8 @@ def table(nodes, input_shape, batch):
     """The summary's memory lines: each kind for one image and for `batch`, in training."""
     one, many = estimate(nodes, input_shape, 1, True), estimate(nodes, input_shape, batch, True)
     rows = [("memory (float32)", "batch 1", f"batch {batch:,}")]
-    rows += [(LABELS[k], fmt(one[k]), fmt(many[k])) for k in KINDS]
+    rows += [(LABELS[k] + (" (im2col, kept for backward)" if k == "workspace" else ""),
+              fmt(one[k]), fmt(many[k])) for k in KINDS]
     rows.append(("total, training step", fmt(one["total"]), fmt(many["total"])))
     rows.append(("total, forward only", fmt(estimate(nodes, input_shape, 1)["total"]),
                  fmt(estimate(nodes, input_shape, batch)["total"])))

@@ -1,5 +1,4 @@
 """YAML reading with line numbers kept, so errors can point at the line (safe_load only)."""
-import re
 from collections.abc import Hashable
 
 import yaml
@@ -46,10 +45,6 @@ def _construct_mapping(loader, node):
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-# YAML 1.2 floats without a dot (1e-4): YAML 1.1 reads them as strings, a trap for `alpha: 1e-4`
-_LineLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                  re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                  list("-+0123456789"))
 
 
 def parse(text, file=None):

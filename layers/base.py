@@ -7,6 +7,7 @@ on float32 NCHW (or [N, D]) arrays. Layers never know about files or lines: they
 raise `LayerError(key, message)` and the engine adds the file, line and layer.
 """
 import math
+import re
 import reprlib
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 REQUIRED = object()
 INT_MAX = 2**31 - 1                       # int keys and shapes index int32 on CUDA
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+_EXPONENT_NO_DOT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
@@ -58,7 +60,10 @@ class Key:
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise LayerError(key, f"must be an integer, got {shown(value)}")
         if kind is float and (isinstance(value, bool) or not isinstance(value, float)):
-            raise LayerError(key, f"must be a number, got {shown(value)}")
+            hint = ""
+            if isinstance(value, str) and _EXPONENT_NO_DOT.fullmatch(value):   # YAML 1.1: text
+                hint = " (text: YAML wants a dot in a number with an exponent, like 1.0e-4)"
+            raise LayerError(key, f"must be a number, got {shown(value)}{hint}")
         if kind is str and not isinstance(value, str):
             raise LayerError(key, f"must be a string, got {shown(value)}")
         if self.choices is not None and value not in self.choices:

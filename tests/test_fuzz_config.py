@@ -562,9 +562,20 @@ def test_fuzz_regressions(source, fragment):
         engine.load(source)
 
 
-def test_yaml_floats_without_a_dot_are_numbers():
-    net = engine.load("input: {shape: [4, 3, 3]}\nlayers:\n  - {name: n, type: cmrnorm, size: 3, alpha: 1e-4}\n")
+def test_yaml_floats_without_a_dot_say_why():
+    with pytest.raises(ConfigError, match=r"got '1e-4' \(text: YAML wants a dot .* like 1.0e-4\)"):
+        engine.load("input: {shape: [4, 3, 3]}\nlayers:\n  - {name: n, type: cmrnorm, size: 3, alpha: 1e-4}\n")
+    net = engine.load("input: {shape: [4, 3, 3]}\nlayers:\n  - {name: n, type: cmrnorm, size: 3, alpha: 1.0e-4}\n")
     assert net.layers[0].layer.alpha == 1e-4
+
+
+def test_dumped_net_text_loads_back_the_same():
+    """The trainer stores a dict net as yaml.safe_dump text: names like 1e3 must stay names
+    (a YAML 1.2 float rule added here once read them back as numbers)."""
+    net = {"name": "0E0", "input": {"shape": [1, 2, 2]},
+           "layers": [{"name": "1e3", "type": "neuron", "fn": "relu"}, {"name": "2E-1", "type": "softmax"}]}
+    loaded = engine.load(yaml.safe_dump(net, sort_keys=False))
+    assert loaded.name == "0E0" and [n.name for n in loaded.layers] == ["1e3", "2E-1"]
 
 
 @given(st.integers(1, 60), st.integers(1, 60), st.integers(1, 60))
