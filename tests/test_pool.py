@@ -53,12 +53,19 @@ def test_forward_backward_match_reference(mode, size, stride, shape, n):
     np.testing.assert_allclose(dx, reference.backward(x, g, mode, size, stride), rtol=1e-5, atol=1e-6)
 
 
+# every neuron function, with parameters where it takes them (bare tanh / linear: tanh[1,1], ident)
+NEURONS = ["ident", "relu", "tanh", "linear", "linear[0.5,-1]", "brelu[0.5]", "tanh[1.7,0.66]",
+           "logistic", "softrelu", "abs", "square", "sqrt"]
+
+
 @pytest.mark.parametrize("mode", ["max", "avg"])
-@pytest.mark.parametrize("neuron", ["relu", "tanh", "logistic", "abs", "linear"])
+@pytest.mark.parametrize("neuron", NEURONS)
 def test_fused_neuron_matches_reference(mode, neuron):
     rng = np.random.default_rng(7)
     shape = (3, 11, 8)
     x = rng.standard_normal((2,) + shape).astype(np.float32)
+    if neuron == "sqrt":          # its domain (NaN below 0 is the neuron tests' business)
+        x = np.abs(x) + np.float32(0.1)
     layer = make(mode, 3, 2, neuron, shape)
     y = layer.forward(x, {})
     np.testing.assert_allclose(y, reference.forward(x, mode, 3, 2, neuron), rtol=1e-5, atol=1e-6)
@@ -99,7 +106,21 @@ def test_gradient_finite_differences(mode, size, stride, neuron):
     gradcheck.check(make(mode, size, stride, neuron, shape), [x])
 
 
-@pytest.mark.parametrize("mode,neuron", [("max", None), ("avg", None), ("max", "tanh"), ("avg", "logistic")])
+@pytest.mark.parametrize("mode,neuron", [("max", "brelu[6]"), ("avg", "tanh[1.7,0.66]"),
+                                        ("max", "square"), ("avg", "softrelu"),
+                                        ("max", "linear[0.5,-1]")])
+def test_parametrised_neuron_finite_differences(mode, neuron):
+    shape = (2, 7, 6)
+    x = distinct((2,) + shape, seed=5)           # spans +-8.4: brelu[6] clips some windows
+    layer = make(mode, 3, 2, neuron, shape)
+    if neuron == "brelu[6]":
+        y = layer.forward(x, {})
+        assert (y == 6).any() and ((y > 0) & (y < 6)).any()
+    gradcheck.check(layer, [x])
+
+
+@pytest.mark.parametrize("mode,neuron", [("max", None), ("avg", None), ("max", "tanh"), ("avg", "logistic"),
+                                        ("max", "tanh[1.7,0.66]"), ("avg", "brelu[1]")])
 def test_reference_gradient_float64(mode, neuron):
     # the reference itself, in float64, against central differences at every input
     x = distinct((1, 2, 5, 4), seed=3).astype(np.float64)

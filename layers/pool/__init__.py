@@ -13,8 +13,8 @@ macs() counts the window reads (comparisons or additions) per image.
 """
 import numpy as np
 
-from layers.base import NEURON_KEY, Key, Layer, LayerError, out_size_ceil
-from layers.neuron.cpu import CODES
+from layers.base import Key, Layer, LayerError, out_size_ceil
+from layers.neuron.spec import NEURON_KEY, parse
 from layers.pool import cpu
 from layers.registry import register
 
@@ -44,7 +44,7 @@ class PoolLayer(Layer):
         if stride > size:
             raise LayerError("stride", f"stride {stride} larger than the window {size}: windows "
                                        "would skip input (cuda-convnet forbids it)")
-        self.code = CODES[self.neuron]
+        self.act = parse(self.neuron)
         self.out_hw = (out_size_ceil(h, size, stride), out_size_ceil(w, size, stride))
         return (c,) + self.out_hw
 
@@ -59,7 +59,7 @@ class PoolLayer(Layer):
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
         out = super().buffer_shapes(n, train, backward, need_dx)
         y = out["y"][1]
-        if self.code == 4:
+        if self.act.needs_input:
             out["pre"] = ("workspace", y)
         if self.mode == "max":
             out["arg"] = ("workspace", y)      # int32 indices in a float32 buffer
@@ -69,13 +69,13 @@ class PoolLayer(Layer):
         x = np.ascontiguousarray(x, np.float32)
         n, c, h, w = x.shape
         y = self.buffer("y", (n, c) + self.out_hw)
-        pre = self.buffer("pre", y.shape) if self.code == 4 else _DUMMY   # abs: keep the sign
+        pre = self.buffer("pre", y.shape) if self.act.needs_input else _DUMMY   # abs, square
         if self.mode == "max":
             arg = self.buffer("arg", y.shape).view(np.int32)
-            cpu.max_forward(x, self.size, self.stride, self.code, y, arg, pre)
+            cpu.max_forward(x, self.size, self.stride, *self.act.kernel_args(), y, arg, pre)
             self._arg = arg
         else:
-            cpu.avg_forward(x, self.size, self.stride, self.code, y, pre)
+            cpu.avg_forward(x, self.size, self.stride, *self.act.kernel_args(), y, pre)
         self._y, self._pre, self._in_hw = y, pre, (h, w)
         return y
 
@@ -86,8 +86,9 @@ class PoolLayer(Layer):
         n, c = g.shape[:2]
         h, w = self._in_hw
         dx = self.buffer("dx", (n, c, h, w))
+        act = self.act.kernel_args()
         if self.mode == "max":
-            cpu.max_backward(g, self._y, self._pre, self._arg, self.code, dx.reshape(n, c, h * w))
+            cpu.max_backward(g, self._y, self._pre, self._arg, *act, dx.reshape(n, c, h * w))
         else:
-            cpu.avg_backward(g, self._y, self._pre, self.size, self.stride, self.code, dx)
+            cpu.avg_backward(g, self._y, self._pre, self.size, self.stride, *act, dx)
         return dx, {}

@@ -2,105 +2,134 @@
 
 One parallel task per (image, channel) plane; inner loops run along the contiguous
 width. The max kernels record, per output, the plane-local row-major index of the
-winning input (int32), so backward is a scatter that never rereads the input.
+winning input (int32), so backward is a scatter that never rereads the input. The
+activation is (code, pa, pb) as layers/neuron/spec.py defines it; each plane's loop runs
+through `specialised`, so relu and the identity get branch-free loops of their own.
 """
 import numba
 import numpy as np
 
 from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
-from layers.neuron.cpu import act, act_grad
+from layers.neuron.cpu import activate, activate_grad, specialised, uses_input
+
+FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
+ZERO = np.float32(0.0)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def max_forward(x, size, stride, code, y, arg, pre):
-    """y = act(max over each window); arg = index h*W + w of the first maximum (row-major);
-    pre = the pooled value before the activation, written only for code 4 (abs)."""
-    n, c, h, w = x.shape
+@numba.njit(inline="always")
+def _span(o, size, stride, side):
+    """[lo, hi): the input rows (or columns) of window o, clipped at the edge."""
+    lo = o * stride
+    return lo, min(lo + size, side)
+
+
+@numba.njit(inline="always")
+def _max_plane(code, args):
+    x, size, stride, pa, pb, y, arg, pre, p = args
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = y.shape[2], y.shape[3]
-    for p in numba.prange(n * c):
-        i, j = p // c, p % c
-        for oy in range(oh):
-            y0 = oy * stride
-            y1 = min(y0 + size, h)
-            for ox in range(ow):
-                x0 = ox * stride
-                x1 = min(x0 + size, w)
-                best = x[i, j, y0, x0]
-                where = y0 * w + x0
-                for yy in range(y0, y1):
-                    for xx in range(x0, x1):
-                        v = x[i, j, yy, xx]
-                        # strict '>': ties keep the earliest element (PyTorch / Caffe)
-                        if v > best:
-                            best = v
-                            where = yy * w + xx
-                arg[i, j, oy, ox] = where
-                if code == 4:
-                    pre[i, j, oy, ox] = best
-                y[i, j, oy, ox] = act(code, best)
+    i, j = p // c, p % c
+    for oy in range(oh):
+        y0, y1 = _span(oy, size, stride, h)
+        for ox in range(ow):
+            x0, x1 = _span(ox, size, stride, w)
+            best = x[i, j, y0, x0]
+            where = y0 * w + x0
+            for yy in range(y0, y1):
+                for xx in range(x0, x1):
+                    v = x[i, j, yy, xx]
+                    # strict '>': ties keep the earliest element (PyTorch / Caffe)
+                    if v > best:
+                        best = v
+                        where = yy * w + xx
+            arg[i, j, oy, ox] = where
+            if uses_input(code):
+                pre[i, j, oy, ox] = best
+            y[i, j, oy, ox] = activate(code, pa, pb, best)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def max_backward(g, y, pre, arg, code, dx):
-    """dx (flat planes [N, C, H*W]) = scatter of act'(g) to the recorded maxima.
+@numba.njit(**FLAGS)
+def max_forward(x, size, stride, code, pa, pb, y, arg, pre):
+    """y = f(max over each window); arg = index h*W + w of the first maximum (row-major);
+    pre = the pooled value before the activation, written only where uses_input(code)."""
+    for p in numba.prange(x.shape[0] * x.shape[1]):
+        specialised(code, _max_plane, (x, size, stride, pa, pb, y, arg, pre, p))
+
+
+@numba.njit(inline="always")
+def _max_grad_plane(code, args):
+    g, y, pre, arg, pa, pb, dx, p = args
+    c, oh, ow = g.shape[1], g.shape[2], g.shape[3]
+    i, j = p // c, p % c
+    for k in range(dx.shape[2]):
+        dx[i, j, k] = ZERO
+    for oy in range(oh):
+        for ox in range(ow):
+            gg = activate_grad(code, pa, pb, g[i, j, oy, ox], y[i, j, oy, ox],
+                               pre[i, j, oy, ox] if uses_input(code) else ZERO)
+            dx[i, j, arg[i, j, oy, ox]] += gg
+
+
+@numba.njit(**FLAGS)
+def max_backward(g, y, pre, arg, code, pa, pb, dx):
+    """dx (flat planes [N, C, H*W]) = scatter of f'(g) to the recorded maxima.
 
     Only the first maximal element of a window receives its gradient, as in PyTorch and
     Caffe; cuda-convnet's kLocalMaxUndo instead gives it to every element equal to the max."""
-    n, c, oh, ow = g.shape
-    hw = dx.shape[2]
-    for p in numba.prange(n * c):
-        i, j = p // c, p % c
-        for k in range(hw):
-            dx[i, j, k] = 0.0
-        for oy in range(oh):
-            for ox in range(ow):
-                gg = act_grad(code, g[i, j, oy, ox], y[i, j, oy, ox],
-                              pre[i, j, oy, ox] if code == 4 else np.float32(0.0))
-                dx[i, j, arg[i, j, oy, ox]] += gg
+    for p in numba.prange(g.shape[0] * g.shape[1]):
+        specialised(code, _max_grad_plane, (g, y, pre, arg, pa, pb, dx, p))
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def avg_forward(x, size, stride, code, y, pre):
-    """y = act(mean over each window, divided by its in-bounds element count)."""
-    n, c, h, w = x.shape
+@numba.njit(inline="always")
+def _avg_plane(code, args):
+    x, size, stride, pa, pb, y, pre, p = args
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = y.shape[2], y.shape[3]
-    for p in numba.prange(n * c):
-        i, j = p // c, p % c
-        for oy in range(oh):
-            y0 = oy * stride
-            y1 = min(y0 + size, h)
-            for ox in range(ow):
-                x0 = ox * stride
-                x1 = min(x0 + size, w)
-                s = np.float32(0.0)
-                for yy in range(y0, y1):
-                    for xx in range(x0, x1):
-                        s += x[i, j, yy, xx]
-                v = s / np.float32((y1 - y0) * (x1 - x0))
-                if code == 4:
-                    pre[i, j, oy, ox] = v
-                y[i, j, oy, ox] = act(code, v)
+    i, j = p // c, p % c
+    for oy in range(oh):
+        y0, y1 = _span(oy, size, stride, h)
+        for ox in range(ow):
+            x0, x1 = _span(ox, size, stride, w)
+            s = ZERO
+            for yy in range(y0, y1):
+                for xx in range(x0, x1):
+                    s += x[i, j, yy, xx]
+            v = s / np.float32((y1 - y0) * (x1 - x0))
+            if uses_input(code):
+                pre[i, j, oy, ox] = v
+            y[i, j, oy, ox] = activate(code, pa, pb, v)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
-def avg_backward(g, y, pre, size, stride, code, dx):
-    """dx = sum over the windows containing each input of act'(g) / window count."""
-    n, c, oh, ow = g.shape
+@numba.njit(**FLAGS)
+def avg_forward(x, size, stride, code, pa, pb, y, pre):
+    """y = f(mean over each window, divided by its in-bounds element count)."""
+    for p in numba.prange(x.shape[0] * x.shape[1]):
+        specialised(code, _avg_plane, (x, size, stride, pa, pb, y, pre, p))
+
+
+@numba.njit(inline="always")
+def _avg_grad_plane(code, args):
+    g, y, pre, size, stride, pa, pb, dx, p = args
+    c, oh, ow = g.shape[1], g.shape[2], g.shape[3]
     h, w = dx.shape[2], dx.shape[3]
-    for p in numba.prange(n * c):
-        i, j = p // c, p % c
-        for yy in range(h):
-            for xx in range(w):
-                dx[i, j, yy, xx] = 0.0
-        for oy in range(oh):
-            y0 = oy * stride
-            y1 = min(y0 + size, h)
-            for ox in range(ow):
-                x0 = ox * stride
-                x1 = min(x0 + size, w)
-                gg = act_grad(code, g[i, j, oy, ox], y[i, j, oy, ox],
-                              pre[i, j, oy, ox] if code == 4 else np.float32(0.0))
-                gg = gg / np.float32((y1 - y0) * (x1 - x0))
-                for yy in range(y0, y1):
-                    for xx in range(x0, x1):
-                        dx[i, j, yy, xx] += gg
+    i, j = p // c, p % c
+    for yy in range(h):
+        for xx in range(w):
+            dx[i, j, yy, xx] = ZERO
+    for oy in range(oh):
+        y0, y1 = _span(oy, size, stride, h)
+        for ox in range(ow):
+            x0, x1 = _span(ox, size, stride, w)
+            gg = activate_grad(code, pa, pb, g[i, j, oy, ox], y[i, j, oy, ox],
+                               pre[i, j, oy, ox] if uses_input(code) else ZERO)
+            gg = gg / np.float32((y1 - y0) * (x1 - x0))
+            for yy in range(y0, y1):
+                for xx in range(x0, x1):
+                    dx[i, j, yy, xx] += gg
+
+
+@numba.njit(**FLAGS)
+def avg_backward(g, y, pre, size, stride, code, pa, pb, dx):
+    """dx = sum over the windows containing each input of f'(g) / window count."""
+    for p in numba.prange(g.shape[0] * g.shape[1]):
+        specialised(code, _avg_grad_plane, (g, y, pre, size, stride, pa, pb, dx, p))

@@ -3,7 +3,8 @@
 Same rules as the CPU: cuda-convnet's ceil output size (the last window is clipped at the
 bottom/right edge), avg divides by the in-bounds count, max records the plane-local
 row-major index of the FIRST maximum (int32) and its gradient goes there only; the
-activation is applied after pooling (abs keeps the pooled value for its gradient).
+activation (code, pa, pb: layers/neuron/spec.py) is applied after pooling (abs and square
+keep the pooled value for their gradient).
 
 Forward: one thread per output element. Backward: one thread per INPUT element, gathering
 from the windows that contain it (no atomics). It visits those windows in the same
@@ -14,7 +15,7 @@ import numpy as np
 from numba import cuda, float32
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
-from layers.neuron.cuda import act, act_grad
+from layers.neuron.cuda import activate, activate_grad, uses_input
 
 
 @cuda.jit(device=True, inline="always")
@@ -30,7 +31,7 @@ def _out_window(i, h, w, oh, ow, size, stride):
 
 
 @cuda.jit
-def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, code):
+def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, code, pa, pb):
     i = cuda.grid(1)
     if i < planes * oh * ow:
         p, y0, y1, x0, x1 = _out_window(i, h, w, oh, ow, size, stride)
@@ -44,13 +45,13 @@ def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, code):
                     best = v
                     where = yy * w + xx
         arg[i] = where
-        if code == 4:
+        if uses_input(code):
             pre[i] = best
-        y[i] = act(code, best)
+        y[i] = activate(code, pa, pb, best)
 
 
 @cuda.jit
-def avg_forward(x, y, pre, planes, h, w, oh, ow, size, stride, code):
+def avg_forward(x, y, pre, planes, h, w, oh, ow, size, stride, code, pa, pb):
     i = cuda.grid(1)
     if i < planes * oh * ow:
         p, y0, y1, x0, x1 = _out_window(i, h, w, oh, ow, size, stride)
@@ -60,9 +61,9 @@ def avg_forward(x, y, pre, planes, h, w, oh, ow, size, stride, code):
             for xx in range(x0, x1):
                 s += x[base + yy * w + xx]
         v = s / float32((y1 - y0) * (x1 - x0))
-        if code == 4:
+        if uses_input(code):
             pre[i] = v
-        y[i] = act(code, v)
+        y[i] = activate(code, pa, pb, v)
 
 
 @cuda.jit(device=True, inline="always")
@@ -84,8 +85,8 @@ def _covering(i, h, w, oh, ow, size, stride):
 
 
 @cuda.jit
-def max_backward(g, y, pre, arg, dx, planes, h, w, oh, ow, size, stride, code):
-    """dx[p, iy, ix] = sum of act'(g) over the windows whose recorded maximum is (iy, ix)."""
+def max_backward(g, y, pre, arg, dx, planes, h, w, oh, ow, size, stride, code, pa, pb):
+    """dx[p, iy, ix] = sum of f'(g) over the windows whose recorded maximum is (iy, ix)."""
     i = cuda.grid(1)
     if i < planes * h * w:
         p, iy, ix, oy0, oy1, ox0, ox1 = _covering(i, h, w, oh, ow, size, stride)
@@ -96,14 +97,14 @@ def max_backward(g, y, pre, arg, dx, planes, h, w, oh, ow, size, stride, code):
             for ox in range(ox0, ox1 + 1):
                 o = base + oy * ow + ox
                 if arg[o] == here:
-                    a = pre[o] if code == 4 else float32(0.0)
-                    s += act_grad(code, g[o], y[o], a)
+                    a = pre[o] if uses_input(code) else float32(0.0)
+                    s += activate_grad(code, pa, pb, g[o], y[o], a)
         dx[i] = s
 
 
 @cuda.jit
-def avg_backward(g, y, pre, dx, planes, h, w, oh, ow, size, stride, code):
-    """dx[p, iy, ix] = sum over the windows holding (iy, ix) of act'(g) / window count."""
+def avg_backward(g, y, pre, dx, planes, h, w, oh, ow, size, stride, code, pa, pb):
+    """dx[p, iy, ix] = sum over the windows holding (iy, ix) of f'(g) / window count."""
     i = cuda.grid(1)
     if i < planes * h * w:
         p, iy, ix, oy0, oy1, ox0, ox1 = _covering(i, h, w, oh, ow, size, stride)
@@ -114,25 +115,25 @@ def avg_backward(g, y, pre, dx, planes, h, w, oh, ow, size, stride, code):
             for ox in range(ox0, ox1 + 1):
                 cols = min(ox * stride + size, w) - ox * stride
                 o = base + oy * ow + ox
-                a = pre[o] if code == 4 else float32(0.0)
-                s += act_grad(code, g[o], y[o], a) / float32(rows * cols)
+                a = pre[o] if uses_input(code) else float32(0.0)
+                s += activate_grad(code, pa, pb, g[o], y[o], a) / float32(rows * cols)
         dx[i] = s
 
 
 _F = "float32[::1]"
-_I = "int64, " * 7 + "int64"
+_DIMS = "int64, " * 8 + "float32, float32"   # sizes, then code, pa, pb
 KERNELS = [
-    (max_forward, f"void({_F}, {_F}, int32[::1], {_F}, {_I})"),
-    (avg_forward, f"void({_F}, {_F}, {_F}, {_I})"),
-    (max_backward, f"void({_F}, {_F}, {_F}, int32[::1], {_F}, {_I})"),
-    (avg_backward, f"void({_F}, {_F}, {_F}, {_F}, {_I})"),
+    (max_forward, f"void({_F}, {_F}, int32[::1], {_F}, {_DIMS})"),
+    (avg_forward, f"void({_F}, {_F}, {_F}, {_DIMS})"),
+    (max_backward, f"void({_F}, {_F}, {_F}, int32[::1], {_F}, {_DIMS})"),
+    (avg_backward, f"void({_F}, {_F}, {_F}, {_F}, {_DIMS})"),
 ]
 
 
 class PoolCuda(CudaLayer):
     def __init__(self, layer):
         super().__init__(layer)
-        self.code = int(layer.code)
+        self.act = tuple(layer.act.kernel_args())
         self.size, self.stride = int(layer.size), int(layer.stride)
         self.oh, self.ow = (int(v) for v in layer.out_hw)
         self._y = self._pre = self._arg = None
@@ -142,10 +143,10 @@ class PoolCuda(CudaLayer):
         oh, ow = self.oh, self.ow
         y = self.buffer("y", (n, c, oh, ow))
         yf = y.reshape(-1)
-        # pre (the pooled value before the activation) is kept only for abs; otherwise the
-        # kernels never touch it, and y stands in for it
-        pre = self.buffer("pre", y.shape).reshape(-1) if self.code == 4 else yf
-        dims = (n * c, h, w, oh, ow, self.size, self.stride, self.code)
+        # pre (the pooled value before the activation) is kept only for abs and square;
+        # otherwise the kernels never touch it, and y stands in for it
+        pre = self.buffer("pre", y.shape).reshape(-1) if self.layer.act.needs_input else yf
+        dims = (n * c, h, w, oh, ow, self.size, self.stride) + self.act
         grid = blocks_for(yf.size)
         if self.layer.mode == "max":
             arg = self.buffer("arg", y.shape, np.int32).reshape(-1)
@@ -162,7 +163,7 @@ class PoolCuda(CudaLayer):
         n, c, h, w = self._in
         dx = self.buffer("dx", (n, c, h, w))
         dxf = dx.reshape(-1)
-        dims = (n * c, h, w, self.oh, self.ow, self.size, self.stride, self.code)
+        dims = (n * c, h, w, self.oh, self.ow, self.size, self.stride) + self.act
         g, yf = dy.reshape(-1), self._y.reshape(-1)
         grid = blocks_for(dxf.size)
         if self.layer.mode == "max":

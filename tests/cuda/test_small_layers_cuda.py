@@ -8,10 +8,15 @@ it is tested for its own properties (and against a NumPy re-implementation of th
 import numpy as np
 import pytest
 from cudahelp import host, to_dev
+from test_new_layers_cuda import OnDevice
 
 import layers
+from layers import gradcheck
 
 FNS = ["linear", "relu", "tanh", "logistic", "abs"]
+# every function, with and without its parameters (edge values: test_neuron_sum2_cuda.py)
+NEURONS = FNS + ["ident", "linear[2.5,-0.5]", "brelu[1.5]", "tanh[1.7159,0.6667]", "softrelu",
+                 "square", "sqrt"]
 
 
 def cpu_layer(type_name, cfg, shape):
@@ -71,13 +76,24 @@ def test_pool_matches_cpu(mode, size, stride, shape, stream):
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
-@pytest.mark.parametrize("fn", FNS)
+@pytest.mark.parametrize("fn", NEURONS)
 def test_pool_fused_neuron_matches_cpu(mode, fn, stream):
     shape = (3, 5, 7)
     layer = cpu_layer("pool", {"mode": mode, "size": 3, "stride": 2, "neuron": fn}, shape)
     x = distinct((2,) + shape, seed=3)
+    if fn == "sqrt":
+        x = np.abs(x)
     g = np.random.default_rng(2).standard_normal((2,) + layer.output_shape).astype(np.float32)
     both(layer, x, g, stream)
+
+
+@pytest.mark.parametrize("mode,fn", [("max", "brelu[1.5]"), ("avg", "tanh[1.7159,0.6667]"),
+                                     ("max", "square")])
+def test_pool_finite_differences_on_the_device(mode, fn, stream):
+    shape = (2, 5, 5)
+    layer = cpu_layer("pool", {"mode": mode, "size": 3, "stride": 2, "neuron": fn}, shape)
+    x = distinct((1,) + shape, seed=6, gap=0.2)         # spans +-5: brelu[1.5] clips some
+    gradcheck.check(OnDevice(layer, stream), [x], samples=8)
 
 
 def test_max_pool_ties_send_the_gradient_to_the_first_maximum(stream):
@@ -144,9 +160,6 @@ def test_rnorm_matches_cpu(size, beta, stream):
 
 
 # ---- neuron -------------------------------------------------------------------------------
-# every function, with and without its parameters (edge values: test_neuron_sum2_cuda.py)
-NEURONS = FNS + ["ident", "linear[2.5,-0.5]", "brelu[1.5]", "tanh[1.7159,0.6667]", "softrelu",
-                 "square", "sqrt"]
 
 
 @pytest.mark.parametrize("fn", NEURONS)
