@@ -95,10 +95,7 @@ class Key:
         return ", ".join(parts)
 
 
-NEURON_FNS = ("relu", "tanh", "logistic", "abs", "linear")
-
-# Keys shared by layer types; a layer lists the ones it accepts.
-NEURON_KEY = Key(str, None, choices=NEURON_FNS, doc="activation fused on the output")
+# Keys shared by layer types; a layer lists the ones it accepts (neuron: layers/neuron/spec.py).
 INIT_W_KEY = Key(float, 0.01, low=0.0, doc="std of the zero-mean Gaussian for weights")
 INIT_B_KEY = Key(float, 0.0, doc="constant for biases")
 

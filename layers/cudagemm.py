@@ -1,4 +1,5 @@
-"""Shared CUDA helpers: a tiled shared-memory SGEMM, reductions, and the fused activations.
+"""Shared CUDA helpers: a tiled shared-memory SGEMM and reductions (the fused activations
+are layers/neuron/cuda.py's).
 
 GEMM. `gemm(stream, m, n, k, a, b, c, ...)` computes, for every batch index z,
 
@@ -15,12 +16,8 @@ dimension and few tiles (conv dW: k = N*OH*OW) split k across more blocks ("spli
 each split writes a partial product into a scratch buffer, and a second kernel sums the
 splits in a fixed order (deterministic, no atomics).
 
-Activations. `act(code, a)` and `act_grad(code, g, y, a)` are device functions that
-mirror layers/neuron/cpu.py exactly (codes: 0 linear, 1 relu, 2 tanh, 3 logistic,
-4 abs; abs's gradient needs the pre-activation `a`, the others only the output `y`).
 Every constant is float32, so nothing is promoted to float64 on the device.
 """
-import math
 
 import numpy as np
 from numba import cuda, float32
@@ -57,39 +54,6 @@ EBLOCK = 128           # threads per block of element-wise kernels
 TARGET_BLOCKS = 264    # split-K aims for about 2 blocks per SM of an H100 (132 SMs)
 MIN_SPLIT_K = 256      # ... but never less inner dimension than this per split
 MAX_SPLITS = 64
-
-
-# ---- activations (device functions) --------------------------------------------------------
-@cuda.jit(device=True, **INLINE)
-def act(code, a):
-    """f(a) for the activation `code` (float32 in, float32 out)."""
-    if code == 1:
-        return a if a > float32(0.0) else float32(0.0)
-    if code == 2:
-        return math.tanh(a)
-    if code == 3:
-        return float32(1.0) / (float32(1.0) + math.exp(-a))
-    if code == 4:
-        return abs(a)
-    return a
-
-
-@cuda.jit(device=True, **INLINE)
-def act_grad(code, g, y, a):
-    """dL/da from dL/dy = g, the output y and (abs only) the pre-activation a."""
-    if code == 1:
-        return g if y > float32(0.0) else float32(0.0)
-    if code == 2:
-        return g * (float32(1.0) - y * y)
-    if code == 3:
-        return g * y * (float32(1.0) - y)
-    if code == 4:
-        if a > float32(0.0):
-            return g
-        if a < float32(0.0):
-            return -g
-        return float32(0.0)
-    return g
 
 
 # ---- GEMM ---------------------------------------------------------------------------------

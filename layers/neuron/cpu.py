@@ -19,9 +19,6 @@ from layers import threads  # noqa: F401  (threading layer chosen before any ker
 from layers.neuron.spec import (ABS, BRELU, IDENT, LINEAR, LOGISTIC, RELU, SOFTRELU, SQRT,
                                 SQUARE, TANH)
 
-# Codes of the parameterless names, for layers whose kernels pass no parameters (pool).
-CODES = {None: IDENT, "linear": IDENT, "relu": RELU, "tanh": TANH, "logistic": LOGISTIC, "abs": ABS}
-
 ZERO, HALF, ONE, TWO = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
 
 
@@ -92,34 +89,6 @@ def specialised(code, body, args):
     if code == IDENT:
         return body(IDENT, args)
     return body(code, args)
-
-
-# The parameterless forms, for kernels that pass no parameters (pool): tanh is tanh[1,1].
-# Constant codes keep the five-way branch small enough for LLVM to unswitch.
-@numba.njit(inline="always")
-def act(code, x):
-    if code == RELU:
-        return activate(RELU, ONE, ONE, x)
-    if code == TANH:
-        return activate(TANH, ONE, ONE, x)
-    if code == LOGISTIC:
-        return activate(LOGISTIC, ONE, ONE, x)
-    if code == ABS:
-        return activate(ABS, ONE, ONE, x)
-    return x
-
-
-@numba.njit(inline="always")
-def act_grad(code, g, y, x):
-    if code == RELU:
-        return activate_grad(RELU, ONE, ONE, g, y, x)
-    if code == TANH:
-        return activate_grad(TANH, ONE, ONE, g, y, x)
-    if code == LOGISTIC:
-        return activate_grad(LOGISTIC, ONE, ONE, g, y, x)
-    if code == ABS:
-        return activate_grad(ABS, ONE, ONE, g, y, x)
-    return g
 
 
 CHUNK = 16384      # elements per parallel task

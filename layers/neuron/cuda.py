@@ -83,17 +83,6 @@ def activate_grad(code, pa, pb, g, y, x):
     return g
 
 
-# The parameterless forms, for kernels that pass no parameters (pool): tanh is tanh[1,1].
-@cuda.jit(**INLINE)
-def act(code, x):
-    return activate(code, float32(1.0), float32(1.0), x)
-
-
-@cuda.jit(**INLINE)
-def act_grad(code, g, y, x):
-    return activate_grad(code, float32(1.0), float32(1.0), g, y, x)
-
-
 @cuda.jit
 def neuron_forward(code, pa, pb, x, y):
     """y = f(x), flat float32."""

@@ -85,31 +85,6 @@ def test_plan_splits_only_for_long_thin_products():
     assert cg.plan_splits(48, 363, 300, batch=2) == 1          # short k: not worth it
 
 
-# ---- activations ---------------------------------------------------------------------------
-@cuda.jit
-def _act_kernel(code, a, g, y_out, da_out):
-    i = cuda.grid(1)
-    if i < a.size:
-        y = cg.act(code, a[i])
-        y_out[i] = y
-        da_out[i] = cg.act_grad(code, g[i], y, a[i])
-
-
-def test_device_activations_match_cpu(stream):
-    from layers.neuron import cpu as ncpu
-    a = np.array([-2.0, -0.5, 0.0, 0.3, 1.7], np.float32)
-    g = np.array([0.4, -1.2, 0.9, 2.0, -0.7], np.float32)
-    for code in range(5):
-        y, da = to_dev(np.zeros(5)), to_dev(np.zeros(5))
-        _act_kernel[1, 32, stream](code, to_dev(a), to_dev(g), y, da)
-        stream.synchronize()
-        want_y = np.array([ncpu.act(code, v) for v in a], np.float32)
-        want_da = np.array([ncpu.act_grad(code, gv, yv, av) for gv, yv, av in zip(g, want_y, a)],
-                           np.float32)
-        close(host(y), want_y)
-        close(host(da), want_da)
-
-
 # ---- conv ----------------------------------------------------------------------------------
 # (N, C, H, W, filters, size, stride, padding, groups, neuron)
 CONV_CASES = [
