@@ -23,6 +23,7 @@ import yaml
 
 import layers as layer_types
 from layers.base import LayerError
+from layers.neuron import spec as neuron_spec
 
 from engine.errors import ConfigError
 
@@ -193,7 +194,11 @@ def read_ini(path):
 # ---- values -------------------------------------------------------------------------------
 def parse_neuron(text):
     """cuda-convnet's `neuron=` value, checked and normalised ("tanh[1.7, 0.6]" -> "tanh[1.7,0.6]");
-    None for the identity. ValueError says what is wrong."""
+    None for the identity. ValueError says what is wrong.
+
+    The file format's rules are checked here (cuda-convnet's names; tanh, linear and brelu
+    need their brackets), the parameters by layers.neuron.spec.parse. A cuda-convnet
+    function that we lack (nrelu, log, drelu) passes through: the layer's key names it."""
     m = re.fullmatch(r"\s*(\w+)\s*(?:\[([^\]]*)\])?\s*", text)
     if not m or m.group(1) not in CC_NEURONS:
         raise ValueError(f"'{text}' is not a cuda-convnet neuron type (valid: {', '.join(CC_NEURONS)})")
@@ -203,14 +208,14 @@ def parse_neuron(text):
         want = CC_NEURONS[name]
         raise ValueError(f"neuron '{name}' takes {want} bracketed parameter{'s' if want != 1 else ''}"
                          f"{' (e.g. tanh[a,b])' if want else ''}, got '{text}'")
-    for v in values:
-        try:
-            float(v)
-        except ValueError:
-            raise ValueError(f"neuron parameters must be numbers, got '{text}'") from None
-    if name == "ident":
-        return None
-    return f"{name}[{','.join(values)}]" if values else name
+    normal = f"{name}[{','.join(values)}]" if values else name
+    if name not in neuron_spec.FUNCTIONS:
+        return normal
+    try:
+        neuron = neuron_spec.parse(normal)
+    except ValueError as e:        # name and count are right: a parameter's value is not
+        raise ValueError(f"neuron parameters must be numbers the function accepts: {e}") from None
+    return None if neuron.identity else normal
 
 
 @dataclass(frozen=True)
