@@ -98,6 +98,39 @@ def _convert(args):
     return 0
 
 
+def _check_grads(args):
+    from engine.tools.check_grads import run
+    return run(args.net, samples=args.samples, seed=args.seed, checkpoint=args.checkpoint,
+               file_init=args.file_init)
+
+
+def _show(args):
+    from engine.tools.show import run
+    what = "filters" if args.filters else "cost" if args.cost else "preds"
+    run(args.checkpoint, what, out=args.out, layer=args.filters, net_path=args.net, data=args.data,
+        count=args.count, seed=args.seed, only_errors=args.only_errors)
+    return 0
+
+
+def _draw(args):
+    from engine.tools.draw import run
+    run(args.net, args.out)
+    return 0
+
+
+def _features(args):
+    from engine.tools.features import run
+    run(args.net, args.checkpoint, args.layer, args.out, data=args.data, split=args.split, batch=args.batch)
+    return 0
+
+
+def _import_torch(args):
+    from engine.tools.import_torch import run
+    run(args.weights, args.net, args.out, map_path=args.map, torchvision_input=args.torchvision_input,
+        mean=args.mean, scale=args.scale, classes=args.classes)
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m engine", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -160,6 +193,77 @@ def build_parser():
     v.add_argument("--epochs", type=int, metavar="N", help="train.epochs (cuda-convnet's --epochs)")
     v.add_argument("--force", action="store_true", help="overwrite NET.yaml if it exists")
     v.set_defaults(func=_convert)
+
+    g = sub.add_parser("check-grads", help="every parameter's gradient against finite differences "
+                       "(cuda-convnet's --check-grads); exit 1 on any failure",
+                       description="Gradient check of a whole net: a batch of 2 random images, each "
+                       "parameter tensor's analytic gradient against central differences of the cost, "
+                       "cuda-convnet's relative error and threshold (0.02). A line per tensor; exit "
+                       "status 0 if all pass, 1 if any fails, 2 for a bad net file.")
+    g.add_argument("net", metavar="NET.yaml", help="the net file")
+    g.add_argument("--samples", type=int, default=16, metavar="N",
+                   help="entries checked per tensor: half the largest gradients, half at random; "
+                   "smaller tensors whole; 0 = every entry (default 16)")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="seed for weights, images, labels, entries")
+    g.add_argument("--checkpoint", metavar="CKPT", help="check at a run's trained weights instead")
+    g.add_argument("--file-init", action="store_true", dest="file_init",
+                   help="keep the file's init instead of weights drawn with std sqrt(2/fan-in)")
+    g.set_defaults(func=_check_grads)
+
+    w = sub.add_parser("show", help="PNG pictures of a run: filters, cost curves, predictions (shownet.py)",
+                       description="What cuda-convnet's shownet.py showed, written as a PNG file.")
+    w.add_argument("checkpoint", metavar="CKPT", help="a run folder or a checkpoint file")
+    which = w.add_mutually_exclusive_group(required=True)
+    which.add_argument("--filters", metavar="LAYER", help="the layer's filters as a grid of images")
+    which.add_argument("--cost", action="store_true", help="training and validation loss and error per epoch")
+    which.add_argument("--preds", action="store_true",
+                       help="validation images with the top-5 predictions, the true class in green")
+    w.add_argument("-o", "--out", metavar="FILE.png",
+                   help="the PNG to write (default <net>-filters-<layer>.png, <net>-cost.png, <net>-preds.png)")
+    w.add_argument("--net", metavar="NET.yaml", help="the net file (default: the one saved in the checkpoint)")
+    w.add_argument("--data", metavar="SRC", help="--preds: data source (default: the one it was trained on)")
+    w.add_argument("--count", type=int, default=8, metavar="N", help="--preds: how many images (default 8)")
+    w.add_argument("--only-errors", action="store_true", dest="only_errors",
+                   help="--preds: only misclassified images")
+    w.add_argument("--seed", type=int, default=0, metavar="N", help="--preds: which random images")
+    w.set_defaults(func=_show)
+
+    d = sub.add_parser("draw", help="draw a net's graph as SVG, PNG or Graphviz DOT",
+                       description="Draw the net: a box per layer (type, keys, output shape, parameters), "
+                       "the two columns side by side, arrows for inputs (red across columns).")
+    d.add_argument("net", metavar="NET.yaml", help="the net file")
+    d.add_argument("-o", "--out", required=True, metavar="FILE", help="net.svg, net.png or net.dot")
+    d.set_defaults(func=_draw)
+
+    f = sub.add_parser("features", help="a layer's activations for every image, as .npy (--write-features)",
+                       description="Write a layer's activations (flattened, float32 [N, D]) for the "
+                       "validation (or training) images, prepared as at test time. FEATS.npy gets its "
+                       "labels beside it in FEATS-labels.npy; FEATS.npz holds features, labels, class_names.")
+    f.add_argument("net", metavar="NET.yaml", help="the net file")
+    f.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run folder or a checkpoint file")
+    f.add_argument("--layer", required=True, metavar="NAME[,NAME]",
+                   help="the layer (several, comma-separated, are concatenated: fc7a,fc7b)")
+    f.add_argument("-o", "--out", required=True, metavar="FEATS.npy|.npz", help="the file to write")
+    f.add_argument("--data", metavar="SRC", help="data source (default: the one it was trained on)")
+    f.add_argument("--split", choices=("val", "train"), default="val", help="which images (default val)")
+    f.add_argument("--batch", type=int, default=128, metavar="N", help="batch size (default 128)")
+    f.set_defaults(func=_features)
+
+    m = sub.add_parser("import-torch", help="PyTorch weights (a state_dict .pth) as a checkpoint of a net",
+                       description="Load a PyTorch state_dict (e.g. torchvision's AlexNet into "
+                       "nets/alexnet-torchvision.yaml) and write a run folder with checkpoint 0. Modules "
+                       "are matched to layers in order, or by a --map file; every mismatch is reported.")
+    m.add_argument("weights", metavar="WEIGHTS.pth", help="a state_dict saved with torch.save")
+    m.add_argument("net", metavar="NET.yaml", help="the net file whose layers match the weights")
+    m.add_argument("-o", "--out", required=True, metavar="RUN_DIR", help="the run folder to write")
+    m.add_argument("--map", metavar="MAP.yaml", help="our names to theirs: {conv1: features.0, ...}")
+    m.add_argument("--torchvision-input", action="store_true", dest="torchvision_input",
+                   help="the weights expect torchvision's input (RGB/255, ImageNet mean and std): store "
+                   "that mean and scale and fold the std into the first layer")
+    m.add_argument("--mean", metavar="R,G,B|MEAN.npy", help="mean pixel values or image to subtract (default 0)")
+    m.add_argument("--scale", type=float, metavar="X", help="multiply pixels by X after the mean (default 1)")
+    m.add_argument("--classes", metavar="FILE", help="class names, one per line")
+    m.set_defaults(func=_import_torch)
     return p
 
 
