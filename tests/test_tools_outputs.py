@@ -40,7 +40,7 @@ def test_filters_grid(run, tmp_path, layer, count, cols, tile):
     filter, a tile per channel; fc3 reads pool2's 16x5x5: its first 64 rows as 16-channel filters."""
     out = tmp_path / "f.png"
     assert main(["show", run, "--filters", layer, "-o", str(out)]) == 0
-    zoom = round(show.TILE_PX / tile)
+    zoom = show.zoom_for(cols, tile)
     rows = -(-count // cols)
     grid_w, grid_h = 2 + cols * (tile * zoom + 2), 2 + rows * (tile * zoom + 2)
     px = pixels(out)
@@ -62,7 +62,7 @@ def test_colour_filters_are_rgb_tiles(tmp_path):
     net = engine.load(os.path.join(ROOT, "nets", "cifar10-18pct.yaml"), seed=3)
     image = show.filters_image(net, "conv1")
     px = np.asarray(image)
-    assert image.width >= 6 * (5 * round(show.TILE_PX / 5))        # 32 filters: 6 columns
+    assert image.width >= 6 * 5 * show.zoom_for(6, 5)                 # 32 filters: 6 columns
     assert np.any(px[..., 0] != px[..., 1])                          # colour, not grey
 
 

@@ -16,7 +16,13 @@ from engine.tools import canvas
 
 MAX_FILTERS = 64
 MAX_CHANNELS = 32
-TILE_PX = 48          # filters are enlarged to about this many pixels a side
+TILE_PX = 48          # filters are enlarged to about this many pixels a side...
+GRID_PX = 320         # ...or more, so that a grid of few filters is this wide
+
+
+def zoom_for(cols, side):
+    """The integer enlargement of side x side tiles in a grid `cols` wide."""
+    return max(1, round(TILE_PX / side), GRID_PX // (cols * side))
 
 
 # ---- filters -------------------------------------------------------------------
@@ -53,7 +59,6 @@ def filters_image(net, layer, max_filters=MAX_FILTERS, max_channels=MAX_CHANNELS
     w = filter_array(net, layer)
     n_f, n_c, h, wd = w.shape
     shown = _scaled(w[:max_filters].astype(np.float64))
-    zoom = max(1, round(TILE_PX / max(h, wd)))
     if n_c == 3:
         tiles, cols, how = shown.transpose(0, 2, 3, 1), math.ceil(math.sqrt(len(shown))), "in colour (RGB)"
     elif n_c == 1:
@@ -63,6 +68,7 @@ def filters_image(net, layer, max_filters=MAX_FILTERS, max_channels=MAX_CHANNELS
         tiles, cols = shown[:, :c].reshape(-1, h, wd), c
         how = f"a row per filter, a tile per input channel ({c} of {n_c})" if c < n_c else \
             "a row per filter, a tile per input channel"
+    zoom = zoom_for(cols, max(h, wd))
     node = net.layer(layer)
     count = f"{len(shown)} of {n_f}" if len(shown) < n_f else f"{n_f}"
     lines = [f"{net.name} / {layer} ({node.type}): {count} filters of {n_c}x{h}x{wd}, {how}",
