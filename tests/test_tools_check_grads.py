@@ -9,6 +9,7 @@ import pytest
 import engine
 from engine.cli import main
 from engine.tools import check_grads
+from engine.tools.draw import structure
 from layers.fc import FCLayer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ def test_every_shipped_net_is_found():
 
 @pytest.mark.parametrize("path", NETS, ids=[os.path.basename(p) for p in NETS])
 def test_check_grads_passes_on_shipped_net(path, capsys):
-    samples = 1 if engine.load(path).num_params > BIG else 2
+    samples = 1 if structure(path).num_params > BIG else 2
     t0 = time.time()
     status = main(["check-grads", path, "--samples", str(samples)])
     took = time.time() - t0
@@ -105,3 +106,12 @@ def test_a_net_without_a_cost_layer_exits_2(tmp_path, capsys):
     net.write_text("name: nocost\ninput: {shape: [1, 4, 4]}\nlayers:\n  - {name: f, type: fc, outputs: 2}\n")
     assert main(["check-grads", str(net)]) == 2
     assert "not a cost layer" in capsys.readouterr().err
+
+
+def test_at_a_checkpoints_weights(tmp_path, capsys):
+    from engine.train import Trainer
+    out = tmp_path / "run"
+    Trainer(LENET, out=str(out), stop_after=3, log=lambda *a: None).run()     # three SGD steps
+    assert main(["check-grads", LENET, "--checkpoint", str(out), "--samples", "2"]) == 0
+    text = capsys.readouterr().out
+    assert f"the weights of {out}" in text and "ALL 10 TESTS PASSED" in text

@@ -23,11 +23,17 @@ def edges_of(net):
     return all_edges, cross
 
 
+def test_structure_is_the_nets():
+    net, light = engine.load(LENET), draw.structure(LENET)
+    assert (light.name, light.input_shape, light.num_params) == (net.name, net.input_shape, net.num_params)
+    assert [n.name for n in light.layers] == [n.name for n in net.layers]
+
+
 def test_svg_has_a_box_per_layer_and_an_arrow_per_input(tmp_path):
     out = tmp_path / "alexnet.svg"
     assert main(["draw", ALEXNET, "-o", str(out)]) == 0
     root = ET.parse(out).getroot()           # well-formed XML
-    net = engine.load(ALEXNET)
+    net = draw.structure(ALEXNET)
     titles = [g.find(f"{SVG}title").text for g in root.iter(f"{SVG}g")]
     assert titles == ["data"] + [n.name for n in net.layers]
     all_edges, cross = edges_of(net)
@@ -41,7 +47,7 @@ def test_svg_has_a_box_per_layer_and_an_arrow_per_input(tmp_path):
 
 
 def test_the_columns_stand_side_by_side():
-    net = engine.load(ALEXNET)
+    net = draw.structure(ALEXNET)
     lay = draw.layout(net)
     b = lay.boxes
     assert b["conv1a"].y == b["conv1b"].y and b["conv1a"].x + b["conv1a"].w < b["conv1b"].x
@@ -54,7 +60,7 @@ def test_the_columns_stand_side_by_side():
 def test_png_renders_the_same_layout(tmp_path):
     out = tmp_path / "alexnet.png"
     assert main(["draw", ALEXNET, "-o", str(out)]) == 0
-    lay = draw.layout(engine.load(ALEXNET))
+    lay = draw.layout(draw.structure(ALEXNET))
     with Image.open(out) as im:
         assert im.size == (round(lay.width * 1.5), round(lay.height * 1.5))
         px = np.asarray(im.convert("RGB")).reshape(-1, 3)
@@ -69,7 +75,7 @@ def test_dot_has_both_columns_and_every_edge(tmp_path):
     out = tmp_path / "alexnet.dot"
     assert main(["draw", ALEXNET, "-o", str(out)]) == 0
     text = out.read_text()
-    net = engine.load(ALEXNET)
+    net = draw.structure(ALEXNET)
     all_edges, cross = edges_of(net)
     assert text.startswith('digraph "alexnet" {') and text.rstrip().endswith("}")
     assert "subgraph cluster_gpu0" in text and "subgraph cluster_gpu1" in text
@@ -79,7 +85,7 @@ def test_dot_has_both_columns_and_every_edge(tmp_path):
 
 
 def test_a_one_column_net_has_no_column_headers(tmp_path):
-    lay = draw.layout(engine.load(LENET))
+    lay = draw.layout(draw.structure(LENET))
     assert lay.columns == []
     xs = {b.x for b in lay.boxes.values()}
     assert len(xs) == 1                      # a single column, the input centred above it

@@ -42,6 +42,25 @@ class Layout:
     height: float = 0.0
 
 
+@dataclass
+class Structure:
+    """What a drawing needs of a net (a Net has the same attributes): no parameters allocated."""
+    name: str
+    input_shape: tuple
+    layers: list
+    num_params: int
+
+
+def structure(source):
+    """A net file's checked graph without its 61M weights (drawing AlexNet needs no memory)."""
+    from engine import graph
+    from engine.config import parse_net
+    spec = parse_net(source)
+    nodes = graph.build(spec)
+    count = sum(int(np.prod(s)) for n in nodes for s in n.layer.param_shapes().values())
+    return Structure(spec.name, tuple(spec.input_shape), nodes, count)
+
+
 def _keys_text(layer):
     """The keys a layer sets away from their defaults, shortest form (init keys left out)."""
     parts = []
@@ -68,7 +87,7 @@ def box_lines(node):
 
 
 def layout(net):
-    """Place every box: rows by depth from the input, columns by `gpu`."""
+    """Place every box of a Net or Structure: rows by depth from the input, columns by `gpu`."""
     nodes = net.layers
     columns = sorted({n.gpu for n in nodes})
     rank = {INPUT_NAME: 0}
@@ -225,12 +244,11 @@ FORMATS = (".svg", ".png", ".dot")
 def run(net_path, out, log=print):
     """Write the net's drawing; the format comes from the extension of `out`."""
     from engine.checkpoint import write_text
-    from engine.net import load
     from engine.errors import ConfigError
     ext = os.path.splitext(out)[1].lower()
     if ext not in FORMATS:
         raise ConfigError(f"cannot tell the format of {out!r}: end the name with .svg, .png or .dot")
-    net = load(net_path)
+    net = structure(net_path)
     if ext == ".dot":
         write_text(out, to_dot(net))
     elif ext == ".svg":
