@@ -260,8 +260,8 @@ def run(path, samples=16, seed=0, checkpoint=None, file_init=False, out=print):
     top = (samples + 1) // 2
     how = (f"{samples} entries per tensor ({top} with the largest gradients, {samples - top} at random; "
            "smaller tensors whole)" if samples > 0 else "every entry")
-    out(f"check-grads {net.name}: {weights}; {BATCH} random images (seed {seed}); {how}; central "
-        f"differences with steps moving the cost by ~{CHANGE:g}; dropout masks held fixed; "
+    out(f"check-grads {net.name}: {BATCH} random images (seed {seed}), {weights}, dropout masks held fixed")
+    out(f"{how}; central differences, steps moving the cost by ~{CHANGE:g}; "
         f"relative error ||num - ana|| / ||ana||, threshold {THRESHOLD:g}")
     width = max(len(n.name) for n in net.layers)
 
