@@ -22,7 +22,7 @@ EPILOG = """examples:
 
 def _summary(args):
     from engine.net import load
-    print(load(args.net).summary())
+    print(load(args.net).summary(batch=args.batch))
     return 0
 
 
@@ -53,8 +53,8 @@ def _test(args):
     source = open_source(data, net.input_shape, seed=0, num_classes=net.num_classes)
     r = evaluate(net, source, net.preprocess, batch=args.batch, multiview=args.multiview)
     views = " (ten views averaged)" if args.multiview else ""
-    print(f"{net.name} on {source.name} validation, {r['n']} images{views}: loss {r['loss']:.4f}  "
-          f"top-1 error {r['top1']:.2%}  top-5 error {r['top5']:.2%}")
+    errors = f"  top-1 error {r['top1']:.2%}  top-5 error {r['top5']:.2%}" if net.classifies else ""
+    print(f"{net.name} on {source.name} validation, {r['n']} images{views}: loss {r['loss']:.4f}{errors}")
     return 0
 
 
@@ -137,8 +137,11 @@ def build_parser():
         description="cuda-convnet reborn: define nets in YAML, train and run them with Numba kernels.")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
-    s = sub.add_parser("summary", help="print a net's layer table (shapes, parameters, multiply-adds)")
+    s = sub.add_parser("summary", help="print a net's layer table (shapes, parameters, multiply-adds) "
+                       "and the memory a batch needs")
     s.add_argument("net", metavar="NET.yaml", help="the net file")
+    s.add_argument("--batch", type=int, default=128, metavar="N",
+                   help="batch size for the memory table (default 128)")
     s.set_defaults(func=_summary)
 
     c = sub.add_parser("check", help="validate a net file and report the first problem")
