@@ -1,6 +1,6 @@
 """Property-based fuzzing of net definitions (hypothesis).
 
-Valid small nets are generated with their expected output shape computed here,
+Valid small nets (every layer type) are generated with their expected output shape computed here,
 independently of the engine; they must load, and forward (and, ending in softmax, give
 gradients) finite numbers of that shape. Mutated nets -- wrong types, missing and unknown
 keys, out-of-range and absurd values, bad wiring, deep and wide graphs, odd names, random
@@ -86,7 +86,8 @@ def time_limit(seconds):
 
 
 # ---- valid nets, with their shapes computed here --------------------------------------------
-NEURONS = ("relu", "tanh", "logistic", "abs", "linear")
+NEURONS = ("relu", "tanh", "logistic", "abs", "linear", "tanh[1.7159,0.6667]", "brelu[6]", "softrelu",
+           "linear[0.5,0.1]")
 NAME_TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs")),
                     max_size=6)
 
@@ -122,7 +123,7 @@ class Builder:
             layer["inputs"] = inputs if len(inputs) > 1 or d(st.booleans()) else src
         if gpu or d(st.booleans()):
             layer["gpu"] = gpu
-        if kind == "conv":
+        if kind in ("conv", "local"):
             c, h, w = shape
             g = d(st.sampled_from(divisors(c)))
             f = g * d(st.integers(1, 3))
@@ -164,7 +165,7 @@ class Builder:
             self.maybe(layer, "beta", st.sampled_from([0.75, 0.5, 1, 0.6, 0, 2]))
             self.maybe(layer, "k", st.sampled_from([2, 1, 0.5]))
             out = shape
-        elif kind == "rnorm":
+        elif kind in ("rnorm", "cnorm"):
             layer["size"] = d(st.integers(1, min(shape[1], shape[2], 5)))
             self.maybe(layer, "alpha", st.sampled_from([1e-4, 0.01, 1, 2.5]))
             self.maybe(layer, "beta", st.sampled_from([0.75, 0.5, 1, 0.6, 0, 2]))
@@ -176,11 +177,27 @@ class Builder:
         elif kind == "dropout":
             self.maybe(layer, "rate", st.sampled_from([0, 0.1, 0.5, 0.9]))
             out = shape
+        elif kind == "dropout2":
+            self.maybe(layer, "keep", st.sampled_from([0.1, 0.5, 1.0]))
+            out = shape
+        elif kind in ("eltsum", "eltmax"):        # inputs of one shape, side by side
+            if kind == "eltsum" and d(st.booleans()):
+                layer["coeffs"] = d(st.lists(st.sampled_from([1, -1, 0.5, 2.0]), min_size=len(inputs),
+                                             max_size=len(inputs)))
+            out = shape
+        elif kind == "concat":
+            flat = len(shape) == 1 or d(st.booleans())
+            if flat or d(st.booleans()):
+                layer["mode"] = "flat" if flat else "channels"
+            out = (math.prod(shape),) if flat else shape
         elif kind == "fc":
             layer["outputs"] = d(st.integers(1, 8))
             self.maybe(layer, "neuron", st.sampled_from(NEURONS))
             self.maybe(layer, "init_w", st.sampled_from([0.01, 0.1, 0.5]))
             out = (layer["outputs"],)
+        elif kind == "sum2":
+            self.maybe(layer, "coeff", st.sampled_from([1, 0.5, 3.0]))
+            out = shape
         else:
             assert kind == "softmax"
             out = (math.prod(shape),)
@@ -189,8 +206,8 @@ class Builder:
 
     def kinds(self, shape, keep_hw=False):
         if len(shape) == 1:
-            return ["fc", "neuron", "dropout"]
-        kinds = ["conv", "pool", "cmrnorm", "rnorm", "neuron", "dropout"]
+            return ["fc", "neuron", "dropout", "dropout2"]
+        kinds = ["conv", "local", "pool", "cmrnorm", "rnorm", "cnorm", "neuron", "dropout", "dropout2"]
         return kinds if keep_hw else kinds + ["fc"]
 
 
@@ -206,7 +223,7 @@ def valid_nets(draw, max_blocks=4):
         else:
             src, shape = b.add(draw(st.sampled_from(b.kinds(shape))), src, shape)
     if not b.layers or draw(st.booleans()):
-        src, shape = b.add("softmax", src, shape)
+        src, shape = b.add(draw(st.sampled_from(["softmax", "softmax", "sum2"])), src, shape)
     net = {"input": {"shape": list(input_shape)}, "layers": b.layers}
     if draw(st.booleans()):
         net["name"] = draw(NAME_TEXT) or "net"
@@ -231,7 +248,10 @@ def two_columns(draw, b, src, shape):
     (a, sa), (c, sc) = ends
     if flat:
         return b.add("fc", a, (math.prod(sa) + math.prod(sc),), extra_inputs=[c])
-    kind = draw(st.sampled_from(["conv", "pool", "cmrnorm", "rnorm", "neuron", "dropout", "fc"]))
+    if sa == sc and draw(st.booleans()):      # same shapes: they may also be added or maxed
+        return b.add(draw(st.sampled_from(["eltsum", "eltmax"])), a, sa, extra_inputs=[c])
+    kind = draw(st.sampled_from(["conv", "local", "pool", "cmrnorm", "rnorm", "cnorm", "neuron", "dropout",
+                                 "dropout2", "concat", "fc"]))
     joined = (math.prod(sa) + math.prod(sc),) if kind == "fc" else (sa[0] + sc[0],) + sa[1:]
     return b.add(kind, a, joined, extra_inputs=[c])
 
