@@ -92,7 +92,7 @@ def cost_image(metrics, title):
     c = canvas.SERIES
     canvas.plot_panel(d, (0, 40, 500, 420), [("train", epochs, col("train_loss"), c[0]),
                                              ("validation", epochs, col("val_loss"), c[1])],
-                      "cross-entropy loss", "loss")
+                      "cross-entropy loss" if any("val_top1" in m for m in metrics) else "cost", "loss")
     canvas.plot_panel(d, (500, 40, 1000, 420), [("top-1", epochs, col("val_top1"), c[3]),
                                                  ("top-5", epochs, col("val_top5"), c[2])],
                       "validation error", "error", percent=True)
