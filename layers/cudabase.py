@@ -46,6 +46,14 @@ def block_sum(sh, tid, n):
     return sh[0]
 
 
+@cuda.jit(device=True, inline="always")
+def covering_outputs(pos, k, stride, count):
+    """[lo, hi): the outputs o < count whose window reads padded position pos, i.e.
+    0 <= pos - o*stride < k (lo: the ceiling of a non-negative quotient); col2im's bounds."""
+    lo = (pos - k + stride) // stride if pos >= k else 0
+    return lo, min(count, pos // stride + 1)
+
+
 class CudaLayer:
     def __init__(self, layer):
         self.layer = layer

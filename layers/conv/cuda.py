@@ -16,7 +16,7 @@ the next forward/backward of this layer overwrites them.
 """
 from numba import cuda, float32
 
-from layers.cudabase import CudaLayer, block_sum
+from layers.cudabase import CudaLayer, block_sum, covering_outputs
 from layers.cudagemm import EBLOCK, RBLOCK, blocks_for, gemm, sum_rows
 from layers.neuron.cuda import activate, activate_grad, uses_input
 
@@ -119,21 +119,14 @@ def col2im_kernel(dcols, k, stride, padding, oh, ow, dx):
         p_out = oh * ow
         ypos = iy + padding          # = oy*stride + ky
         xpos = ix + padding
-        # outputs oy with 0 <= ypos - oy*stride < k (ceil of a non-negative quotient)
-        oy0 = 0
-        if ypos >= k:
-            oy0 = (ypos - k + stride) // stride
-        oy1 = min(oh - 1, ypos // stride)
-        ox0 = 0
-        if xpos >= k:
-            ox0 = (xpos - k + stride) // stride
-        ox1 = min(ow - 1, xpos // stride)
+        oy0, oy1 = covering_outputs(ypos, k, stride, oh)
+        ox0, ox1 = covering_outputs(xpos, k, stride, ow)
         row0 = c * k * k
         col0 = n * p_out
         acc = float32(0.0)
-        for oy in range(oy0, oy1 + 1):
+        for oy in range(oy0, oy1):
             ky = ypos - oy * stride
-            for ox in range(ox0, ox1 + 1):
+            for ox in range(ox0, ox1):
                 kx = xpos - ox * stride
                 acc += dcols[row0 + ky * k + kx, col0 + oy * ow + ox]
         dx[n, c, iy, ix] = acc

@@ -14,7 +14,7 @@ element to one thread that sums every column entry that read it (no atomics).
 """
 from numba import cuda, float32
 
-from layers.cudabase import CudaLayer
+from layers.cudabase import CudaLayer, covering_outputs
 from layers.cudagemm import EBLOCK, blocks_for, gemm
 from layers.neuron.cuda import activate, activate_grad, uses_input
 
@@ -85,14 +85,6 @@ def grad_gather_kernel(dy, y, pre, code, pa, pb, dtmp, db):
         db[f, p] = acc
 
 
-@cuda.jit(device=True, inline="always")
-def _covering(pos, k, stride, count):
-    """[lo, hi): the outputs o < count whose window reads padded position pos, i.e.
-    0 <= pos - o*stride < k (lo: the ceiling of a non-negative quotient)."""
-    lo = (pos - k + stride) // stride if pos >= k else 0
-    return lo, min(count, pos // stride + 1)
-
-
 @cuda.jit
 def col2im_kernel(dcols, k, stride, padding, oh, ow, dx):
     """One thread per dx[n, c, iy, ix]: the sum of every column entry that read it."""
@@ -110,8 +102,8 @@ def col2im_kernel(dcols, k, stride, padding, oh, ow, dx):
         n = r // c_in
         ypos = iy + padding          # = oy*stride + ky
         xpos = ix + padding
-        oy0, oy1 = _covering(ypos, k, stride, oh)
-        ox0, ox1 = _covering(xpos, k, stride, ow)
+        oy0, oy1 = covering_outputs(ypos, k, stride, oh)
+        ox0, ox1 = covering_outputs(xpos, k, stride, ow)
         row0 = c * k * k
         acc = float32(0.0)
         for oy in range(oy0, oy1):
