@@ -5,6 +5,7 @@ a checkpoint exists only once its JSON does, so a crash or kill at any moment le
 previous checkpoints whole and loadable. The JSON records the SHA-256 of its .npz, so a
 truncated or corrupted weights file is found before it is used.
 """
+import contextlib
 import errno
 import hashlib
 import json
@@ -30,20 +31,34 @@ class CheckpointWriteError(CheckpointError):
     """Saving failed (disk full, read-only folder, ...); the previous checkpoint is intact."""
 
 
-def _atomic_write(path, write):
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`, with its extension (for writers that want a path:
+    Pillow, np.save, memmaps). When the block ends it is synced to disk and renamed over
+    `path`; on any error or interrupt it is removed, so nobody sees a half-written file."""
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path), dir=directory)
+    os.close(fd)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)      # mkstemp's 0600 would hide results from the user's group
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)      # mkstemp's 0600 would hide results from the user's group
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _atomic_write(path, write):
+    """`write(file)` into a temporary file that replaces `path` only once it is whole."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def write_text(path, text):

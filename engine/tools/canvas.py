@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from engine.tools.files import atomic_path
+from engine.checkpoint import atomic_path
 
 BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)

@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.config import INPUT_NAME
 from engine.errors import ConfigError
-from engine.tools.files import atomic_path
+from engine.checkpoint import atomic_path
 
 
 def labels_path(out):
