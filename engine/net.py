@@ -176,8 +176,12 @@ class Net:
                                                       key[0], key[1], held)
         return self._memory_ok[key]
 
-    def _forward(self, x, train, watch=None):
-        acts = {INPUT_NAME: self.check_input(x)}
+    def _forward(self, x, train, watch=None, backward=False):
+        """Check x and the memory its batch needs (a training step if `train` or `backward`),
+        then run every layer; returns {name: activation}, the input as "data"."""
+        x = self.check_input(x)
+        self.check_memory(x.shape[0], train or backward)   # refused before anything is allocated
+        acts = {INPUT_NAME: x}
         for node in self._nodes:
             xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
             acts[node.name] = node.layer.forward(xin, self._layer_params[node.name], train=train,
@@ -203,8 +207,6 @@ class Net:
             if outputs is None:
                 return acts[self._nodes[-1].name].copy_to_host()
             return {o: acts[o].copy_to_host() for o in outputs}
-        x = self.check_input(x)
-        self.check_memory(x.shape[0], train)
         acts = self._forward(x, train)
         if outputs is None:
             return acts[self._nodes[-1].name].copy()
@@ -239,10 +241,8 @@ class Net:
         if self._backend is not None:
             return self.cuda_step(x, labels, train=False)[0]
         cost_layer = self._cost_layer()
-        x = self.check_input(x)
-        self.check_memory(x.shape[0], train=False)
-        self._forward(x, False)
-        return float(cost_layer.cost(cost_layer.check_labels(labels, n=x.shape[0]))[0])
+        n = self._forward(x, False)[INPUT_NAME].shape[0]
+        return float(cost_layer.cost(cost_layer.check_labels(labels, n=n))[0])
 
     def _cost_layer(self):
         out = self._nodes[-1]
@@ -262,9 +262,7 @@ class Net:
         out = self._nodes[-1]
         self._cost_layer()
         labels = np.asarray(labels)
-        x = self.check_input(x)
-        self.check_memory(x.shape[0], train=True)   # refused before anything is allocated
-        self._forward(x, train, watch)
+        self._forward(x, train, watch, backward=True)
         loss, dx = out.layer.cost(labels)
         if watch is not None:
             watch("cost", out.name, np.asarray([loss], np.float32))
