@@ -281,8 +281,9 @@ class Trainer:
         "metrics", "signal"}. Holds the run folder's lock throughout."""
         with checkpoint.RunLock(self.run_dir):
             checkpoint.remove_temporaries(self.run_dir)     # left by a save that was killed
-            if self.last_checkpoint is None and checkpoint.list_checkpoints(self.run_dir):
-                newest = checkpoint.list_checkpoints(self.run_dir)[-1]
+            existing = checkpoint.list_checkpoints(self.run_dir)
+            if self.last_checkpoint is None and existing:
+                newest = existing[-1]
                 raise checkpoint.CheckpointError(
                     f"{self.run_dir} already holds checkpoints of a run (newest {os.path.basename(newest)}); "
                     f"continue it with --resume {self.run_dir}, or choose another --out")
