@@ -11,10 +11,10 @@ import math
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def sgd_update(w, v, g, lr, momentum, decay):
     """One fused pass over flat float32 arrays: v = m v - decay lr w - lr g; w += v."""
     n = w.size

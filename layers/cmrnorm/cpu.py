@@ -13,7 +13,7 @@ outside the loop over the row and the loop vectorises. rnorm shares these helper
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 
 
 def beta_mode(beta):
@@ -77,7 +77,7 @@ def grad_row(bf, mode, xr, gr, dr, tr, dxr):
         _grad_row(bf, 0, xr, gr, dr, tr, dxr)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def forward(x, size, alpha, beta, k, mode, y, d):
     """d = k + alpha/size * sum_{window(c)} x^2 ; y = x * d^-beta.
 
@@ -110,7 +110,7 @@ def forward(x, size, alpha, beta, k, mode, y, d):
             forward_row(acc, kf, scale, bf, mode, x[i, m, row], d[i, m, row], y[i, m, row])
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def backward(x, g, d, size, alpha, beta, mode, dx):
     """dx_i = g_i d_i^-beta - 2 alpha beta/size * x_i * sum_{j: i in window(j)} g_j x_j d_j^(-beta-1).
 

@@ -10,7 +10,7 @@ gradient back through the means.
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 from layers.cmrnorm.cpu import forward_row, grad_row
 from layers.rnorm.cpu import _box_sum
 
@@ -21,7 +21,7 @@ def _count(p, pre, post, extent):
     return min(extent - 1, p + post) - max(0, p - pre) + 1
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def forward(x, size, alpha, beta, k, mode, u, y, d):
     """u = x - window mean of x; d = k + alpha/size^2 * (window sum of u^2); y = x * d^-beta."""
     n, c, h, w = x.shape
@@ -47,7 +47,7 @@ def forward(x, size, alpha, beta, k, mode, u, y, d):
             forward_row(dp[yy], kf, scale, bf, mode, xp[yy], dp[yy], y[i, j, yy])
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def backward(x, g, u, d, size, alpha, beta, mode, dx):
     """dx_r = g_r d_r^-beta + v_r - sum_{q: r in window(q)} v_q / |window(q)|, with
     v_q = -2 alpha beta/size^2 * u_q * sum_{p: q in window(p)} g_p x_p d_p^(-beta-1)."""

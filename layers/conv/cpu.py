@@ -8,10 +8,9 @@ group's rows are one contiguous block and each image's columns are one segment.
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 from layers.neuron.cpu import activate, activate_grad, specialised
 
-FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
 
 
 @numba.njit(inline="always")
@@ -22,7 +21,7 @@ def _valid(o_count, size, k_off, stride, padding):
     return lo, max(lo, hi)
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def im2col(x, k, stride, padding, oh, ow, cols):
     """cols <- the k*k-shifted, strided copies of x [N, C, H, W]; zeros where padding."""
     n_img, c_in, h, w = x.shape
@@ -63,7 +62,7 @@ def _bias_act_plane(code, args):
         y[n, f, j] = activate(code, pa, pb, a)
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
     """y[n, f, j] = f(tmp[f, n*P + j] + bias[f]) for the activation (code, pa, pb);
     with `keep`, pre keeps the sum too. One task per (image, filter) plane."""
@@ -85,14 +84,14 @@ def _grad_filter(code, args):
     return acc
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
     """dtmp[f, n*P + j] = dL/d(pre-activation); db[f] = its sum, accumulated in float64."""
     for f in numba.prange(dy.shape[1]):
         db[f] = specialised(code, _grad_filter, (dy, y, pre, pa, pb, dtmp, f))
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def col2im(dcols, k, stride, padding, oh, ow, dx):
     """dx <- sum of dcols over every (offset, output) that read each pixel.
 

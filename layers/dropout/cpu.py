@@ -2,12 +2,12 @@
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 
 CHUNK = 16384
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def forward(x, u, rate, scale, y):
     """Turn the uniforms u into the scaled keep mask in place (u >= rate -> scale,
     else 0) and write y = x * mask."""
@@ -19,7 +19,7 @@ def forward(x, u, rate, scale, y):
             y[i] = x[i] * m
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def backward(dy, mask, dx):
     n = dy.size
     for c in numba.prange((n + CHUNK - 1) // CHUNK):

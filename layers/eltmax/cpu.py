@@ -2,13 +2,12 @@
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 
 CHUNK = 16384
-FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def max_into(x, index, y, arg):
     """Input `index` joins the running maximum: index 0 starts it (y = x, arg = 0); later
     inputs win only where strictly greater, so a tie stays with the earlier input."""
@@ -21,7 +20,7 @@ def max_into(x, index, y, arg):
                 arg[i] = k
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def route(dy, arg, index, dx):
     """dx = dy where input `index` won, else 0."""
     n = dy.size

@@ -1,13 +1,12 @@
 """Numba CPU kernels for eltsum (flat float32 arrays); `scale` also serves dropout2."""
 import numba
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 
 CHUNK = 16384
-FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def axpby(a, x, b, z, out):
     """out = a * x + b * z (out may be z: each element is read before it is written)."""
     n = x.size
@@ -16,7 +15,7 @@ def axpby(a, x, b, z, out):
             out[i] = a * x[i] + b * z[i]
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def scale(a, x, out):
     """out = a * x."""
     n = x.size

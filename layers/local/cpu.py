@@ -11,13 +11,12 @@ batched right operand, and the weight [P, F, C/groups, k, k] reshaped to
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 from layers.neuron.cpu import activate, activate_grad, specialised
 
-FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def im2col(x, k, stride, padding, oh, ow, cols):
     """cols[p, c*k*k + ky*k + kx, n] = x[n, c, oy*stride - padding + ky, ox*stride - padding + kx],
     zero outside the image (the padding, and any padding_end); one task per output location."""
@@ -52,7 +51,7 @@ def _bias_act_filter(code, args):
             y[n, f, p] = activate(code, pa, pb, a)
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
     """y[n, f, p] = f(tmp[p, f, n] + bias[f, p]) for the activation (code, pa, pb); with
     `keep`, pre keeps the sum too. One task per filter."""
@@ -72,7 +71,7 @@ def _grad_filter(code, args):
         db[f, p] = acc
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
     """dtmp[p, f, n] = dL/d(pre-activation); db[f, p] = its sum over the batch (float64).
     One task per filter."""
@@ -80,7 +79,7 @@ def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
         specialised(code, _grad_filter, (dy, y, pre, pa, pb, dtmp, db, f))
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def col2im(dcols, k, stride, padding, oh, ow, dx):
     """dx <- the sum of dcols over every (location, offset) that read each pixel.
 

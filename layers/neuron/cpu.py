@@ -15,7 +15,7 @@ because, unlike a constant inf, fastmath cannot fold it away.
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 from layers.neuron.spec import (ABS, BRELU, IDENT, LINEAR, LOGISTIC, RELU, SOFTRELU, SQRT,
                                 SQUARE, TANH)
 
@@ -101,7 +101,7 @@ def _forward_chunk(code, args):
         out[i] = activate(code, pa, pb, x[i])
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def forward(code, pa, pb, x, out):
     """out = f(x), both flat float32 (may alias)."""
     for c in numba.prange((x.size + CHUNK - 1) // CHUNK):
@@ -116,7 +116,7 @@ def _backward_chunk(code, args):
         out[i] = activate_grad(code, pa, pb, g[i], y[i], x[i] if keep else ZERO)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def backward(code, pa, pb, g, y, x, out):
     """out = dL/dx, flat float32; `x` is only read where uses_input(code)."""
     for c in numba.prange((g.size + CHUNK - 1) // CHUNK):

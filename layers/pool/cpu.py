@@ -9,10 +9,9 @@ through `specialised`, so relu and the identity get branch-free loops of their o
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 from layers.neuron.cpu import activate, activate_grad, specialised, uses_input
 
-FLAGS = dict(parallel=True, nogil=True, cache=True, fastmath=True)
 ZERO = np.float32(0.0)
 
 
@@ -48,7 +47,7 @@ def _max_plane(code, args):
             y[i, j, oy, ox] = activate(code, pa, pb, best)
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def max_forward(x, size, stride, code, pa, pb, y, arg, pre):
     """y = f(max over each window); arg = index h*W + w of the first maximum (row-major);
     pre = the pooled value before the activation, written only where uses_input(code)."""
@@ -70,7 +69,7 @@ def _max_grad_plane(code, args):
             dx[i, j, arg[i, j, oy, ox]] += gg
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def max_backward(g, y, pre, arg, code, pa, pb, dx):
     """dx (flat planes [N, C, H*W]) = scatter of f'(g) to the recorded maxima.
 
@@ -100,7 +99,7 @@ def _avg_plane(code, args):
             y[i, j, oy, ox] = activate(code, pa, pb, v)
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def avg_forward(x, size, stride, code, pa, pb, y, pre):
     """y = f(mean over each window, divided by its in-bounds element count)."""
     for p in numba.prange(x.shape[0] * x.shape[1]):
@@ -128,7 +127,7 @@ def _avg_grad_plane(code, args):
                     dx[i, j, yy, xx] += gg
 
 
-@numba.njit(**FLAGS)
+@threads.kernel
 def avg_backward(g, y, pre, size, stride, code, pa, pb, dx):
     """dx = sum over the windows containing each input of f'(g) / window count."""
     for p in numba.prange(g.shape[0] * g.shape[1]):

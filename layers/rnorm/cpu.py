@@ -8,7 +8,7 @@ cancellation). Edges are clipped but the divisor stays size^2, as in cuda-convne
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 from layers.cmrnorm.cpu import forward_row, grad_row
 
 
@@ -34,7 +34,7 @@ def _box_sum(src, lo, hi, tmp, out):
                     out[yy, xx] += tmp[r, xx]
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def forward(x, size, alpha, beta, k, mode, y, d):
     """d = k + alpha/size^2 * (window sum of x^2) ; y = x * d^-beta.
 
@@ -59,7 +59,7 @@ def forward(x, size, alpha, beta, k, mode, y, d):
             forward_row(dp[yy], kf, scale, bf, mode, x[i, j, yy], dp[yy], y[i, j, yy])
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def backward(x, g, d, size, alpha, beta, mode, dx):
     """dx_i = g_i d_i^-beta - 2 alpha beta/size^2 * x_i * sum_{j: i in window(j)} g_j x_j d_j^(-beta-1).
 

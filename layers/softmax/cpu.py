@@ -2,10 +2,10 @@
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def forward(x, p, lse):
     """p = softmax(x) row-wise; lse[r] = log(sum(exp(x[r]))) in float64 (for the loss)."""
     n, d = x.shape
@@ -25,7 +25,7 @@ def forward(x, p, lse):
         lse[r] = np.float64(mx) + np.log(s)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@threads.kernel(fastmath=False)
 def xent(x, lse, labels, p, dx):
     """Mean cross-entropy (float64) and dx = (p - onehot(labels)) / N."""
     n, d = p.shape
@@ -40,7 +40,7 @@ def xent(x, lse, labels, p, dx):
     return losses.sum() / n
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def backward(p, dy, dx):
     """dx = p * (dy - sum(dy * p)) row-wise."""
     n, d = p.shape

@@ -2,12 +2,12 @@
 import numba
 import numpy as np
 
-from layers import threads  # noqa: F401  (threading layer chosen before any kernel runs)
+from layers import threads
 
 CHUNK = 16384      # elements per parallel task; the partial sums are then added in order
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+@threads.kernel
 def squares_and_grad(x, scale, dx, partial):
     """dx = scale * x; partial[c] = the sum of x^2 over chunk c in float64 (flat arrays).
 
