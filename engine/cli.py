@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m engine train --resume runs/lenet5-20260101-120000
   python -m engine test nets/lenet5.yaml --checkpoint runs/lenet5-20260101-120000
   python -m engine predict runs/lenet5-20260101-120000 digit.png
+  python -m engine time nets/alexnet.yaml --batch 32 --iterations 5
   python -m engine convert layers-18pct.cfg layer-params-18pct.cfg -o 18pct.yaml --input 3,32,32
 """
 
@@ -128,6 +129,12 @@ def _import_torch(args):
     from engine.tools.import_torch import run
     run(args.weights, args.net, args.out, map_path=args.map, torchvision_input=args.torchvision_input,
         mean=args.mean, scale=args.scale, classes=args.classes)
+    return 0
+
+
+def _time(args):
+    from engine.tools.timing import run
+    run(args.net, batch=args.batch, iterations=args.iterations, device=args.device, train=args.train)
     return 0
 
 
@@ -267,6 +274,20 @@ def build_parser():
     m.add_argument("--scale", type=float, metavar="X", help="multiply pixels by X after the mean (default 1)")
     m.add_argument("--classes", metavar="FILE", help="class names, one per line")
     m.set_defaults(func=_import_torch)
+
+    tm = sub.add_parser("time", help="time a net layer by layer on random data (caffe time)",
+                        description="Random input and labels, warm-up iterations (Numba compile excluded), "
+                        "then K training steps layer by layer: each layer's mean forward and backward ms, "
+                        "the totals, and whole steps (forward + backward + SGD update) as ms per batch, "
+                        "images/s and GFLOP/s (2 x the layers' multiply-adds, x 3 for training).")
+    tm.add_argument("net", metavar="NET.yaml", help="the net file")
+    tm.add_argument("--batch", type=int, metavar="N", help="batch size (default: the file's train.batch, else 32)")
+    tm.add_argument("--iterations", type=int, default=10, metavar="K", help="timed iterations (default 10)")
+    tm.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                    help="cpu (default), cuda (CUDA events, synchronised after every layer), auto")
+    tm.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
+                    help="time training steps (default) or, with --no-train, inference (forward only)")
+    tm.set_defaults(func=_time)
     return p
 
 
