@@ -1,0 +1,248 @@
+"""A PyTorch module computing the same function as one of our nets, built from the Net.
+
+    from bench.torch_mirror import mirror
+    net = engine.load("nets/cifar10-18pct.yaml")
+    model = mirror(net)                       # our initial weights copied in
+    probs = model(torch.from_numpy(x))        # = net.forward(x) (eval mode)
+    loss = model.loss(torch.from_numpy(x), torch.from_numpy(labels))   # cross-entropy on logits
+
+The mirror walks `net.layers` in graph order and runs each layer as plain PyTorch ops with
+our semantics (layers/*/reference.py):
+
+- several inputs are joined as the layer's `join` says: along channels ("concat"),
+  flattened one after the other ("flat": fc, softmax, concat mode flat), or side by side
+  ("separate": eltsum, eltmax);
+- conv: `padding_end` extra zeros past the bottom and right edges (F.pad), groups, the
+  fused `neuron`;
+- pool: cuda-convnet's ceil output rule = ceil_mode=True without padding; avg divides by
+  the in-bounds count; the fused `neuron` after pooling;
+- cmrnorm: F.local_response_norm (alpha divided by size, the same window), per `groups`;
+- rnorm: x * (k + alpha/size^2 * window sum of x^2)^-beta, the size x size window starting
+  size//2 before the pixel, zeros outside (avg_pool2d of the padded squares);
+- cnorm: as rnorm on the differences from the window means (the means over in-bounds pixels);
+- dropout (inverted), dropout2 (0/1 mask keeping `keep`, x keep at test);
+- the output softmax is logits + cross-entropy for training (`loss`), probabilities for
+  `forward`; sum2 is coeff * batch mean of the sum of squares.
+
+Any other layer type (e.g. `local`) raises UnsupportedLayer naming the layer and type.
+
+`describe(net.layers)` turns the layers into plain JSON-able dicts, and `Mirror(description,
+state)` builds the module from those alone: this file imports nothing from the engine, so a
+benchmark child process can run the mirror with PyTorch's memory only (bench/run.py). Without
+`state`, weights are drawn as the engine draws them (Gaussian init_w, constant init_b), with
+torch's generator.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUT_NAME = "data"
+
+
+class UnsupportedLayer(NotImplementedError):
+    """The mirror has no PyTorch version of a layer type."""
+
+
+def describe(nodes):
+    """Our layers (net.layers, or engine.graph.build's nodes) as JSON-able dicts: everything
+    the mirror needs, with the fused neuron parsed to [function, a, b]."""
+    from layers.neuron import spec
+    names = {code: name for name, (code, _, _) in spec.FUNCTIONS.items()}
+
+    def neuron(text):
+        n = spec.parse(text)
+        return [names[n.code], float(n.a), float(n.b)]
+
+    out = []
+    for node in nodes:
+        layer = node.layer
+        cfg = {k: v for k, v in layer.cfg.items() if k not in ("neuron", "fn")}
+        d = {"name": node.name, "type": node.type, "inputs": list(node.inputs), "cfg": cfg,
+             "join": layer.join, "is_cost": bool(layer.is_cost),
+             "params": {p: list(shape) for p, shape in layer.param_shapes().items()}}
+        if "neuron" in layer.cfg:
+            d["neuron"] = neuron(layer.cfg["neuron"])
+        if "fn" in layer.cfg:
+            d["neuron"] = neuron(layer.cfg["fn"])
+        if node.type == "eltsum":
+            d["cfg"]["coeffs"] = list(layer.coefficients)
+        out.append(d)
+    return out
+
+
+def _neuron(fn):
+    """A torch function for [name, a, b] (describe's form of a neuron; None: identity)."""
+    name, a, b = fn or ("ident", 0.0, 0.0)
+    table = {
+        "ident": lambda x: x,
+        "linear": lambda x: a * x + b,
+        "relu": F.relu,
+        "brelu": lambda x: torch.clamp(x, 0.0, a),
+        "tanh": lambda x: a * torch.tanh(b * x),
+        "logistic": torch.sigmoid,
+        "softrelu": F.softplus,
+        "abs": torch.abs,
+        "square": lambda x: x * x,
+        "sqrt": torch.sqrt,
+    }
+    return table[name]
+
+
+def _window_sum(x, size):
+    """Sum over each pixel's size x size window (rows y - size//2 .. y - size//2 + size - 1),
+    zeros outside the image."""
+    lo, hi = size // 2, size - 1 - size // 2
+    return F.avg_pool2d(F.pad(x, (lo, hi, lo, hi)), size, stride=1) * (size * size)
+
+
+class Part(nn.Module):
+    """One of our layers (a `describe` dict): its parameters, if any, and a forward on the
+    joined input."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.name, self.type, self.cfg, self.join = d["name"], d["type"], d["cfg"], d["join"]
+        self.final = False              # the net's softmax cost layer: set by Mirror
+        for pname, shape in d["params"].items():
+            self.register_parameter(pname, nn.Parameter(torch.zeros(shape, dtype=torch.float32)))
+        self.act = _neuron(d.get("neuron"))
+        if self.type == "eltsum":
+            self.coefficients = tuple(self.cfg["coeffs"])
+        if self.type == "pool":
+            self.stride = self.cfg["stride"]    # filled in by the layer's setup when left out
+
+    def init_weights(self, generator):
+        """The engine's init: weights N(0, init_w), biases init_b."""
+        with torch.no_grad():
+            for pname, p in self.named_parameters(recurse=False):
+                if pname == "bias":
+                    p.fill_(self.cfg.get("init_b", 0.0))
+                else:
+                    p.normal_(0.0, self.cfg.get("init_w", 0.01), generator=generator)
+
+    def forward(self, x):
+        c, t = self.cfg, self.type
+        if t == "conv":
+            p, e = c["padding"], c["padding_end"]
+            if e:
+                x, p = F.pad(x, (p, p + e, p, p + e)), 0
+            y = F.conv2d(x, self.weight, self.bias, stride=c["stride"], padding=p, groups=c["groups"])
+            return self.act(y)
+        if t == "fc":
+            return self.act(F.linear(x.reshape(x.shape[0], -1), self.weight, self.bias))
+        if t == "pool":
+            if c["mode"] == "max":
+                y = F.max_pool2d(x, c["size"], self.stride, ceil_mode=True)
+            else:
+                y = F.avg_pool2d(x, c["size"], self.stride, ceil_mode=True)
+            return self.act(y)
+        if t == "cmrnorm":
+            n, ch, h, w = x.shape
+            g = c["groups"]
+            y = F.local_response_norm(x.reshape(n * g, ch // g, h, w), c["size"], alpha=c["alpha"],
+                                      beta=c["beta"], k=c["k"])
+            return y.reshape(n, ch, h, w)
+        if t in ("rnorm", "cnorm"):
+            size = c["size"]
+            u = x
+            if t == "cnorm":
+                count = _window_sum(torch.ones_like(x[:1, :1]), size)
+                u = x - _window_sum(x, size) / count
+            d = c["k"] + c["alpha"] / (size * size) * _window_sum(u * u, size)
+            return x * d.pow(-c["beta"])
+        if t == "dropout":
+            return F.dropout(x, c["rate"], self.training)
+        if t == "dropout2":
+            keep = c["keep"]
+            if not self.training:
+                return x * keep
+            return x * (torch.rand_like(x) < keep).to(x.dtype)
+        if t == "neuron":
+            return self.act(x)
+        if t == "concat":
+            return x
+        if t == "eltsum":
+            return sum(k * xi for k, xi in zip(self.coefficients, x))
+        if t == "eltmax":
+            return torch.stack(list(x)).max(dim=0).values
+        if t == "softmax":
+            x = x.reshape(x.shape[0], -1)
+            return x if self.final else torch.softmax(x, dim=1)   # the final one: logits
+        if t == "sum2":
+            return x
+        raise AssertionError(t)
+
+
+SUPPORTED = ("conv", "fc", "pool", "cmrnorm", "rnorm", "cnorm", "dropout", "dropout2", "neuron",
+             "concat", "eltsum", "eltmax", "softmax", "sum2")
+
+
+class Mirror(nn.Module):
+    """Our net as a torch module, from `describe(net.layers)`. `forward(x)` = net.forward(x)
+    (probabilities for a softmax net), `logits(x)` = the cost layer's input, `loss(x, labels)`
+    = the net's mean cost. `state`: our state_dict to copy in (else weights drawn with `seed`)."""
+
+    def __init__(self, description, state=None, seed=0):
+        super().__init__()
+        for d in description:
+            if d["type"] not in SUPPORTED:
+                raise UnsupportedLayer(f"layer '{d['name']}' of type '{d['type']}': the PyTorch mirror "
+                                       f"has no version of it (supported: {', '.join(SUPPORTED)})")
+        self.names = [d["name"] for d in description]
+        self.inputs = [list(d["inputs"]) for d in description]
+        self.parts = nn.ModuleList(Part(d) for d in description)
+        self.cost_type = description[-1]["type"] if description[-1]["is_cost"] else None
+        self.parts[-1].final = self.cost_type == "softmax"
+        if state is not None:
+            self.load_engine_state(state)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            for part in self.parts:
+                part.init_weights(generator)
+
+    def load_engine_state(self, state):
+        """Copy our state_dict ({"<layer>.weight": array, ...}) into the parameters."""
+        with torch.no_grad():
+            for name, part in zip(self.names, self.parts):
+                for pname, p in part.named_parameters(recurse=False):
+                    p.copy_(torch.from_numpy(np.ascontiguousarray(state[f"{name}.{pname}"])))
+
+    def parameter_groups(self, weight_decay):
+        """SGD groups as the engine's solver: weight decay on weights, none on biases."""
+        weights = [p for part in self.parts for n, p in part.named_parameters() if n != "bias"]
+        biases = [p for part in self.parts for n, p in part.named_parameters() if n == "bias"]
+        return [{"params": weights, "weight_decay": weight_decay}, {"params": biases, "weight_decay": 0.0}]
+
+    @staticmethod
+    def _join(part, xs):
+        if part.join == "separate":
+            return xs
+        if part.join == "flat":
+            n = xs[0].shape[0]
+            return torch.cat([x.reshape(n, -1) for x in xs], dim=1) if len(xs) > 1 else xs[0].reshape(n, -1)
+        return torch.cat(xs, dim=1) if len(xs) > 1 else xs[0]
+
+    def logits(self, x):
+        """The last layer's output, except that a final softmax gives its input (logits)."""
+        acts = {INPUT_NAME: x}
+        for name, inputs, part in zip(self.names, self.inputs, self.parts):
+            acts[name] = part(self._join(part, [acts[i] for i in inputs]))
+        return acts[self.names[-1]]
+
+    def forward(self, x):
+        y = self.logits(x)
+        return torch.softmax(y, dim=1) if self.cost_type == "softmax" else y
+
+    def loss(self, x, labels=None):
+        y = self.logits(x)
+        if self.cost_type == "softmax":
+            return F.cross_entropy(y, labels)
+        if self.cost_type == "sum2":
+            return self.parts[-1].cfg["coeff"] * (y * y).sum() / y.shape[0]
+        raise ValueError("the net ends in no cost layer: nothing to train")
+
+
+def mirror(net):
+    """A `Mirror` of an engine Net holding a copy of its current weights (float32, CPU)."""
+    return Mirror(describe(net.layers), net.state_dict())
