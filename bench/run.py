@@ -1,0 +1,399 @@
+"""The CPU benchmark: our engine beside a PyTorch mirror of the same nets, training and inference.
+
+    python bench/run.py                       # all nets, 3 rounds (~10-15 min on 2 cores)
+    python bench/run.py --quick --nets lenet5 # one round, short measurements
+    python bench/run.py --threads 1 --rounds 5 --json results.json
+
+For each (net, batch) — alexnet b32 and b128, caffenet, lenet5 and cifar10-18pct at b128,
+all on synthetic random data — and each mode:
+
+- train: images/s of a training step: for the engine exactly the trainer's step,
+  `net.loss_and_grads(x, labels, train=True)` then `SGD.for_net(net).step(grads, lr)`; for
+  PyTorch the mirror (bench/torch_mirror.py: the same layers, computing the same function)
+  with logits + cross-entropy, backward, torch.optim.SGD (momentum 0.9, weight decay 5e-4
+  on weights, as our solver);
+- infer: images/s of `net.forward(x)` and of the mirror in eval() under no_grad.
+
+Every measurement runs in a child process of its own (`--worker`, one JSON line out), so
+peak RSS (getrusage ru_maxrss) is that framework's own, and engine and torch children
+alternate (the order flipping each round) over `--rounds`, so that machine noise hits
+both alike. Warm-up steps are not counted (the engine's first includes loading its Numba
+kernels; NUMBA_CACHE_DIR is set for the children, so they compile once). A measurement
+takes at least `--min-steps` steps and about `--budget` seconds. Both frameworks get the
+same thread count (OMP/OpenBLAS/MKL/Numba variables in the child's environment, and
+torch.set_num_threads / numba.set_num_threads). The sgemm peak (numpy and torch float32
+4096x4096 matmul, best of a few) is measured in a child too, with the same threads; the
+larger is the peak the engine's GFLOP/s are compared with. FLOPs: 2 x the layers'
+multiply-adds (`macs()`), x 3 for a training step.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+RUNS = [("alexnet", 32), ("alexnet", 128), ("caffenet", 128), ("lenet5", 128), ("cifar10-18pct", 128)]
+MODES = ("train", "infer")
+LR, MOMENTUM, WEIGHT_DECAY = 1e-3, 0.9, 5e-4
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def peak_rss_mib():
+    """This process's peak resident memory in MiB: VmHWM where /proc has it, else ru_maxrss.
+
+    Linux keeps getrusage's ru_maxrss across execve (getrusage(2), NOTES): a child started
+    by a parent of 300 MiB reports at least those 300 MiB. VmHWM belongs to the process's
+    own address space, made fresh by the exec, so it is the child's own peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0     # Linux: KiB
+
+
+def net_path(name):
+    return name if name.endswith(".yaml") else os.path.join(ROOT, "nets", f"{name}.yaml")
+
+
+# ---- the children ------------------------------------------------------------------------
+def time_steps(step, warmup, min_steps, budget, max_steps):
+    """Warm-up steps (not counted), then at least min_steps and about `budget` seconds."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warmup_s = time.perf_counter() - t0
+    times, start = [], time.perf_counter()
+    while len(times) < min_steps or (time.perf_counter() - start < budget and len(times) < max_steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return warmup_s, times
+
+
+def engine_step(path, batch, mode, threads):
+    import numba
+    import numpy as np
+
+    import engine
+    from engine.solver import SGD
+    numba.set_num_threads(threads)
+    net = engine.load(path, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + net.input_shape, dtype=np.float32)
+    labels = rng.integers(0, net.num_classes, batch)
+    if mode == "infer":
+        return net, lambda: net.forward(x)
+    solver = SGD.for_net(net, MOMENTUM, WEIGHT_DECAY)
+
+    def step():
+        _, grads = net.loss_and_grads(x, labels, train=True)
+        solver.step(grads, LR)
+    return net, step
+
+
+def torch_step(net_info, batch, mode, threads):
+    """net_info: describe_net's dict (no engine import here: the child's memory is torch's)."""
+    import torch
+
+    from bench.torch_mirror import Mirror
+    torch.set_num_threads(threads)
+    model = Mirror(net_info["layers"], seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn([batch] + net_info["input_shape"], generator=g)
+    labels = torch.randint(0, net_info["classes"], (batch,), generator=g)
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(x)
+        return step
+    model.train()
+    opt = torch.optim.SGD(model.parameter_groups(WEIGHT_DECAY), lr=LR, momentum=MOMENTUM)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model.loss(x, labels).backward()
+        opt.step()
+    return step
+
+
+def describe_net(path):
+    """What the torch child needs (JSON-able): the net's name, input shape, class count,
+    multiply-adds per image and the mirror's layer description."""
+    import math
+
+    from bench.torch_mirror import describe
+    from engine import graph
+    from engine.config import parse_net
+    spec = parse_net(path)
+    nodes = graph.build(spec)
+    return {"name": spec.name, "input_shape": list(spec.input_shape),
+            "classes": math.prod(nodes[-1].output_shape), "macs": sum(int(n.layer.macs()) for n in nodes),
+            "layers": describe(nodes)}
+
+
+def worker(args):
+    """One measurement; prints one JSON line."""
+    out = {"framework": args.worker, "net": args.net, "batch": args.batch, "mode": args.mode,
+           "threads": args.threads}
+    if args.worker == "peak":
+        out.update(sgemm_peak(args.threads, args.size, args.reps))
+    elif args.worker == "engine":
+        net, step = engine_step(net_path(args.net), args.batch, args.mode, args.threads)
+        warmup_s, times = time_steps(step, args.warmup, args.min_steps, args.budget, args.max_steps)
+        out.update(warmup_s=warmup_s, step_s=times, version=__import__("engine").__version__)
+    else:
+        with open(args.description) as f:
+            step = torch_step(json.load(f), args.batch, args.mode, args.threads)
+        warmup_s, times = time_steps(step, args.warmup, args.min_steps, args.budget, args.max_steps)
+        out.update(warmup_s=warmup_s, step_s=times, version=__import__("torch").__version__)
+    if "step_s" in out:
+        out["steps"] = len(out["step_s"])
+        out["images_per_s"] = args.batch / statistics.median(out["step_s"])
+    out["peak_rss_mib"] = peak_rss_mib()
+    out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def sgemm_peak(threads, n, reps):
+    """Best GFLOP/s of a float32 n x n matmul in numpy and (when installed) torch."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    flop = 2.0 * n ** 3
+
+    def best(fn):
+        fn()
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            out.append(flop / (time.perf_counter() - t) / 1e9)
+        return max(out)
+    result = {"size": n, "numpy_gflops": best(lambda: a @ b)}
+    try:
+        import torch
+    except ImportError:
+        result["torch_gflops"] = None
+    else:
+        torch.set_num_threads(threads)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        result["torch_gflops"] = best(lambda: ta @ tb)
+    return result
+
+
+# ---- the parent ---------------------------------------------------------------------------
+def child_env(threads):
+    env = dict(os.environ)
+    env.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "convnet-engine-numba-cache"))
+    for var in THREAD_VARS:
+        env[var] = str(threads)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_child(argv, threads, timeout):
+    """A worker's JSON result, or {"error": why}."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *argv, "--threads", str(threads)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=child_env(threads), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {p.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def have_torch():
+    """(True, None) or (False, why), without importing torch into this (parent) process."""
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        return False, "No module named 'torch'"
+    return True, None
+
+
+def summarise(batch, results):
+    """Images/s from the step times pooled over rounds: at the median step, the slowest and the
+    fastest; peak RSS: the largest."""
+    good = [r for r in results if "step_s" in r]
+    if not good:
+        return None
+    times = [t for r in good for t in r["step_s"]]
+    return {"median": batch / statistics.median(times), "min": batch / max(times), "max": batch / min(times),
+            "steps": len(times), "peak_rss_mib": max(r["peak_rss_mib"] for r in good),
+            "errors": [r["error"] for r in results if "error" in r]}
+
+
+def fmt_rate(s):
+    return "-" if s is None else f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
+
+
+def table(rows, peak):
+    head = ("net", "batch", "mode", "engine img/s", "torch img/s", "eng/torch", "engine GFLOP/s",
+            "% peak", "RSS eng MiB", "RSS torch MiB", "RSS eng/torch")
+    lines = []
+    for r in rows:
+        e, t = r["engine"], r["torch"]
+        ratio = f"{e['median'] / t['median']:.2f}" if e and t else "-"
+        gflops = e["median"] * r["flop_per_image"] / 1e9 if e else None
+        pct = f"{100 * gflops / peak:.0f}%" if gflops is not None and peak else "-"
+        rss_ratio = f"{e['peak_rss_mib'] / t['peak_rss_mib']:.2f}" if e and t else "-"
+        lines.append((r["net"], str(r["batch"]), r["mode"], fmt_rate(e), fmt_rate(t), ratio,
+                      "-" if gflops is None else f"{gflops:.1f}", pct,
+                      f"{e['peak_rss_mib']:.0f}" if e else "-", f"{t['peak_rss_mib']:.0f}" if t else "-",
+                      rss_ratio))
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+
+    def fmt(row):
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    rule = "-" * len(fmt(head))
+    return "\n".join([rule, fmt(head), rule] + [fmt(x) for x in lines] + [rule])
+
+
+def main_parent(args):
+    threads = args.threads or os.cpu_count() or 1
+    wanted = [n.strip() for n in args.nets.split(",")] if args.nets else None
+    runs = [(n, b) for n, b in RUNS if wanted is None or n in wanted]
+    if wanted:
+        known = {n for n, _ in RUNS}
+        runs += [(n, 128) for n in wanted if n not in known]      # any other net file: batch 128
+    if not runs:
+        print("no nets to run", file=sys.stderr)
+        return 2
+    modes = [m.strip() for m in args.modes.split(",")]
+    torch_ok, why = have_torch()
+    timing = ["--warmup", str(args.warmup), "--min-steps", str(args.min_steps), "--budget", str(args.budget),
+              "--max-steps", str(args.max_steps)]
+    print(f"bench/run.py: {threads} thread(s), {args.rounds} round(s), about {args.budget:g} s per "
+          f"measurement (at least {args.min_steps} steps, after {args.warmup} warm-up), {os.cpu_count()} CPUs; "
+          f"NUMBA_CACHE_DIR={child_env(threads)['NUMBA_CACHE_DIR']}")
+    if not torch_ok:
+        print(f"PyTorch is not importable ({why}): engine figures only (pip install -e '.[torch]')")
+    peak_argv = ["peak", "--size", str(args.peak_size), "--reps", str(args.peak_reps)]
+    peak = run_child(peak_argv, threads, args.timeout)
+    peak_gflops = max([v for v in (peak.get("numpy_gflops"), peak.get("torch_gflops")) if v] or [0.0])
+    if "error" in peak:
+        print(f"sgemm peak: failed ({peak['error']})")
+    else:
+        tg = peak.get("torch_gflops")
+        print(f"sgemm peak ({peak['size']}x{peak['size']} float32, best of {args.peak_reps}): numpy "
+              f"{peak['numpy_gflops']:.1f} GFLOP/s, torch {'-' if tg is None else f'{tg:.1f}'} GFLOP/s; "
+              f"peak = {peak_gflops:.1f}")
+    tmp = tempfile.mkdtemp(prefix="bench-run-")
+    info = {}
+    for name, _ in runs:
+        net_info = describe_net(net_path(name))
+        dpath = os.path.join(tmp, f"{len(info)}-{net_info['name']}.json")
+        with open(dpath, "w") as f:
+            json.dump(net_info, f)
+        info[name] = (dpath, net_info["macs"])
+    raw = {}
+    for rnd in range(args.rounds):
+        for i, (name, batch) in enumerate(runs):
+            for mode in modes:
+                order = ["engine", "torch"] if (rnd + i) % 2 == 0 else ["torch", "engine"]
+                for fw in order:
+                    if fw == "torch" and not torch_ok:
+                        continue
+                    argv = [fw, "--net", name, "--batch", str(batch), "--mode", mode] + timing
+                    if fw == "torch":
+                        argv += ["--description", info[name][0]]
+                    r = run_child(argv, threads, args.timeout)
+                    raw.setdefault((name, batch, mode, fw), []).append(r)
+                    what = (f"{r['images_per_s']:.1f} img/s, {r['steps']} steps, {r['peak_rss_mib']:.0f} MiB"
+                            if "images_per_s" in r else r["error"])
+                    print(f"  round {rnd + 1}: {name} b{batch} {mode} {fw}: {what}", flush=True)
+    rows = []
+    for name, batch in runs:
+        for mode in modes:
+            macs = info[name][1]
+            rows.append({"net": name, "batch": batch, "mode": mode,
+                         "flop_per_image": 2 * macs * (3 if mode == "train" else 1),
+                         "engine": summarise(batch, raw.get((name, batch, mode, "engine"), [])),
+                         "torch": summarise(batch, raw.get((name, batch, mode, "torch"), []))})
+    print(table(rows, peak_gflops))
+    print("img/s: at the median of every timed step of every round (slowest-fastest); GFLOP/s: 2 x multiply-adds "
+          f"(x 3 training) at the engine's median; % peak: of {peak_gflops:.1f} GFLOP/s; RSS: peak of "
+          "each child process")
+    for r in rows:
+        for fw in ("engine", "torch"):
+            for err in (r[fw] or {}).get("errors", []):
+                print(f"note: {r['net']} b{r['batch']} {r['mode']} {fw}: {err}")
+    if args.json:
+        doc = {"threads": threads, "rounds": args.rounds, "cpus": os.cpu_count(), "peak": peak,
+               "peak_gflops": peak_gflops, "torch": torch_ok, "torch_missing": why, "rows": rows,
+               "raw": [{"net": k[0], "batch": k[1], "mode": k[2], "framework": k[3], "results": v}
+                       for k, v in raw.items()]}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="1 round, ~2 s per measurement, a 2048 sgemm: a smoke run, not figures to quote")
+    ap.add_argument("--nets", metavar="A,B", help=f"comma-separated subset of {', '.join(dict(RUNS))} "
+                    "(or other nets/ names or .yaml paths, at batch 128)")
+    ap.add_argument("--modes", default="train,infer", help="train,infer (default both)")
+    ap.add_argument("--threads", type=int, metavar="N", help="threads for both frameworks (default: all cores)")
+    ap.add_argument("--rounds", type=int, metavar="R", help="rounds of alternating children (default 3)")
+    ap.add_argument("--budget", type=float, metavar="S", help="seconds per measurement (default 8)")
+    ap.add_argument("--min-steps", type=int, dest="min_steps", metavar="K", help="at least K timed steps (3)")
+    ap.add_argument("--max-steps", type=int, dest="max_steps", default=200, metavar="K",
+                    help="at most K timed steps (200)")
+    ap.add_argument("--warmup", type=int, metavar="K", help="warm-up steps, not timed (default 2)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--timeout", type=int, default=600, metavar="S", help="limit per child process")
+    # the child side
+    ap.add_argument("--worker", choices=("engine", "torch", "peak"), help=argparse.SUPPRESS)
+    ap.add_argument("--net", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=MODES, default="train", help=argparse.SUPPRESS)
+    ap.add_argument("--description", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=4096, help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    quick = args.quick
+    defaults = {"rounds": 1 if quick else 3, "budget": 2.0 if quick else 8.0, "min_steps": 2 if quick else 3,
+                "warmup": 1 if quick else 2}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.peak_size = 2048 if quick else 4096
+    args.peak_reps = 3 if quick else 5
+    if args.threads is None and args.worker:
+        args.threads = os.cpu_count() or 1
+    for k in ("rounds", "min_steps", "warmup", "threads"):
+        v = getattr(args, k)
+        if v is not None and v < (0 if k == "warmup" else 1):
+            ap.error(f"--{k.replace('_', '-')} must be >= {0 if k == 'warmup' else 1}, got {v}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    return main_parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
