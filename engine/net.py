@@ -5,7 +5,7 @@ import numpy as np
 
 from layers.base import join_inputs, split_grad
 
-from engine import graph, memory
+from engine import columns, graph, memory
 from engine.config import INPUT_NAME, parse_net
 from engine.errors import ConfigError, DeviceError
 
@@ -30,6 +30,11 @@ class Net:
         self._nodes = graph.build(spec)
         memory.check_load(spec, self._nodes)     # before any parameter is allocated
         self._memory_ok = {}       # (batch, train, limit) -> bytes needed, once it fitted
+        self._rank = {node.name: i for i, node in enumerate(self._nodes)}
+        self._readers = {node.name: [] for node in self._nodes}    # backward waits for these
+        for node in self._nodes:
+            for name in set(node.inputs) - {INPUT_NAME}:
+                self._readers[name].append(node.name)
         self.seed = seed
         init_rng = np.random.default_rng(seed)
         self._params = {}          # "<layer>.<param>" -> float32 array
@@ -41,6 +46,24 @@ class Net:
                 self._params[f"{node.name}.{pname}"] = arr
         # dropout and other training-time randomness; the trainer saves and restores its state
         self.rng = np.random.default_rng([seed, 1])
+        self.threading = "auto"
+
+    # ---- threads ------------------------------------------------------------
+    @property
+    def threading(self):
+        """How the CPU runs the layers: "columns" (the two columns on two threads at once),
+        "layers" (one layer after another, each kernel on every core) or "auto" (columns
+        where the net has two balanced columns and the machine two cores; ENGINE_THREADING
+        overrides auto). The numbers are the same either way."""
+        return self._threading
+
+    @threading.setter
+    def threading(self, mode):
+        self._threading = columns.check_mode(mode)
+        self._lane_mode, self.threading_reason = columns.choose(self._nodes, mode)
+
+    def _lanes(self, sequential=False):
+        return columns.lanes_of(self._nodes, "layers" if sequential else self._lane_mode)
 
     # ---- device -------------------------------------------------------------
     @property
@@ -113,7 +136,8 @@ class Net:
         rule = "-" * len(fmt(rows[0]))
         lines = [f"net '{self.name}': {len(self._nodes)} layers, {self.num_params:,} parameters, "
                  f"{total_macs / 1e6:,.1f} M multiply-adds per image", rule, fmt(rows[0]), rule]
-        lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1]), ""]
+        lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1]),
+                                                  f"CPU threading: {self._lane_mode} ({self.threading_reason})", ""]
         lines += memory.table(self._nodes, self.input_shape, batch)
         return "\n".join(lines)
 
@@ -182,12 +206,20 @@ class Net:
         x = self.check_input(x)
         self.check_memory(x.shape[0], train or backward)   # refused before anything is allocated
         acts = {INPUT_NAME: x}
-        for node in self._nodes:
+        # each random layer gets its own generator, drawn in graph order, so that the
+        # draws do not depend on which thread runs first
+        rngs = {node.name: np.random.default_rng(self.rng.integers(2**63))
+                for node in self._nodes if train and node.layer.uses_rng}
+
+        def run(node):
             xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
             acts[node.name] = node.layer.forward(xin, self._layer_params[node.name], train=train,
-                                                 rng=self.rng if train else None)
+                                                 rng=rngs.get(node.name))
             if watch is not None:
                 watch("output", node.name, acts[node.name])
+
+        # a watch sees the layers in graph order: one lane
+        columns.run(self._lanes(sequential=watch is not None), lambda node: node.inputs, run)
         return acts
 
     def forward(self, x, train=False, outputs=None):
@@ -267,11 +299,12 @@ class Net:
         if watch is not None:
             watch("cost", out.name, np.asarray([loss], np.float32))
             watch("input gradient", out.name, dx)
-        pending = {}
-        self._send_back(out, dx, pending)
+        parts = {}          # producer -> [(reader, gradient part)], read back in a fixed order
+        self._send_back(out, dx, parts)
         grads = {}
-        for node in reversed(self._nodes[:-1]):
-            dy = pending.pop(node.name)
+
+        def run(node):
+            dy = self._gathered(node, parts)
             need_dx = any(i != INPUT_NAME for i in node.inputs)
             dx, pgrads = node.layer.backward(dy, self._layer_params[node.name], need_dx=need_dx)
             for pname, g in pgrads.items():
@@ -282,7 +315,11 @@ class Net:
                 if watch is not None:
                     for part in (dx if isinstance(dx, list) else [dx]):   # "separate" inputs
                         watch("input gradient", node.name, part)
-                self._send_back(node, dx, pending)
+                self._send_back(node, dx, parts)
+
+        lanes = [list(reversed([n for n in lane if n is not out]))
+                 for lane in self._lanes(sequential=watch is not None)]
+        columns.run(lanes, lambda node: self._readers[node.name], run)
         return float(loss), {k: grads[k] for k in self._params}
 
     def predict(self, images, top=None):
@@ -307,15 +344,20 @@ class Net:
         return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
     @staticmethod
-    def _send_back(node, dx, pending):
-        parts = split_grad(node.layer, dx, node.layer.input_shapes)
-        for name, g in zip(node.inputs, parts):
-            if name == INPUT_NAME:
-                continue
-            if name in pending:
-                pending[name] = pending[name] + g     # a layer read by several layers
-            else:
-                pending[name] = g
+    def _send_back(node, dx, parts):
+        for name, g in zip(node.inputs, split_grad(node.layer, dx, node.layer.input_shapes)):
+            if name != INPUT_NAME:
+                parts.setdefault(name, []).append((node.name, g))
+
+    def _gathered(self, node, parts):
+        """The gradient of a layer's output: the sum of what its readers sent back, added
+        in reverse graph order of the readers whichever thread finished first."""
+        rank = self._rank
+        got = sorted(parts.pop(node.name), key=lambda p: -rank[p[0]])
+        total = got[0][1]
+        for _, g in got[1:]:
+            total = total + g
+        return total
 
 
 def resolve_device(device):
@@ -338,7 +380,7 @@ def resolve_device(device):
                       "NVIDIA driver and `pip install -e '.[gpu]'`")
 
 
-def load(source=None, seed=0, checkpoint=None, device="cpu"):
+def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto"):
     """Build a Net from a path to a .yaml file, YAML text, or a dict.
 
     Weights are drawn from each layer's init keys with a generator seeded by `seed`.
@@ -346,16 +388,20 @@ def load(source=None, seed=0, checkpoint=None, device="cpu"):
     file) the trained weights and the stored input preparation are loaded too, and
     `source` may be None to use the net text saved in the checkpoint.
     `device` is "cpu", "cuda" or "auto" (CUDA when a device is available).
+    `threading` is how the CPU runs the layers: "auto", "columns" or "layers" (Net.threading).
     Any problem in the definition raises `engine.ConfigError` (file, line, layer, key).
     """
     if checkpoint is None:
         if source is None:
             raise ConfigError("engine.load needs a net (a .yaml path, YAML text or a dict) or a checkpoint")
-        return Net(parse_net(source), seed=seed).to(device)
+        net = Net(parse_net(source), seed=seed)
+        net.threading = threading
+        return net.to(device)
     from engine import checkpoint as ckpt
     from engine.datasets.augment import Preprocess
     arrays, meta = ckpt.load(checkpoint)
     net = Net(parse_net(source if source is not None else meta["net_text"]), seed=seed)
+    net.threading = threading
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     try:
         net.load_state_dict(params)

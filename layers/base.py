@@ -115,6 +115,7 @@ class Layer:
     spatial = False       # True: the joined input must be [C, H, W]
     is_cost = False       # True: the net's output layer, providing `cost`
     classifies = False    # True: a cost layer whose output is class probabilities (top-k errors)
+    uses_rng = False      # True: training-time forward draws from the `rng` it is given
     doc = ""
 
     def __init__(self, name, cfg, input_shapes):

@@ -18,6 +18,7 @@ from layers.registry import register
 @register
 class Dropout2Layer(Layer):
     type = "dropout2"
+    uses_rng = True
     doc = "classic dropout: 0/1 mask keeping units with probability `keep` in training, x keep at test"
     keys = {"keep": Key(float, 0.5, low=0.0, low_open=True, high=1.0,
                         doc="probability of keeping a unit in training; test outputs are scaled by it")}

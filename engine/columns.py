@@ -1,0 +1,158 @@
+"""Running a net's layers: one lane in graph order, or its two columns on two threads.
+
+cuda-convnet put each column (`gpu: 0` / `gpu: 1`) on its own GPU. On the CPU the same
+split gives model parallelism across cores: each column runs on its own thread with the
+serial twins of the kernels (layers.threads) and single-threaded BLAS, and a layer that
+reads the other column waits for its producer. Compared with intra-op threading (every
+kernel split over all cores), a column thread pays no fork/join per kernel call and its
+GEMMs are large single-core GEMMs, the shape BLAS runs best.
+
+Both ways compute the same numbers: the kernels are the same code, and the gradients a
+layer receives from several readers are summed in one fixed order.
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from layers import threads
+
+MODES = ("auto", "columns", "layers")
+ENV = "ENGINE_THREADING"
+
+_pool = None
+_pool_lock = threading.Lock()
+_blas = None
+
+
+class _Aborted(Exception):
+    """The other lane failed; this one stops at its next wait."""
+
+
+def _forget_pool():
+    global _pool
+    _pool = None      # a forked child has no copy of the worker thread
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _worker_pool():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-column")
+        return _pool
+
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs on the calling thread only."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+        _blas = ThreadpoolController()
+    return _blas.limit(limits=1, user_api="blas")
+
+
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"threading must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def column_work(nodes):
+    """{column: multiply-adds} over the layers of each column."""
+    work = {}
+    for node in nodes:
+        work[node.gpu] = work.get(node.gpu, 0) + node.layer.macs()
+    return work
+
+
+def choose(nodes, mode="auto", cpus=None):
+    """(lanes, why): "columns" or "layers", and the reason, for a net's nodes.
+
+    auto picks columns when there are two cores or more and two columns that each hold
+    at least a quarter of the multiply-adds: measured on AlexNet (2 cores), two column
+    threads beat intra-op threading (closing note of issue 5, bench/run.py --threading).
+    The choice is a rule, not a timing, so the same net always runs the same way."""
+    mode = os.environ.get(ENV, mode) if mode == "auto" else mode
+    check_mode(mode)
+    work = column_work(nodes)
+    if len(work) < 2:
+        return "layers", "the net has one column"
+    if mode != "auto":
+        return mode, f"threading: {mode} was asked for"
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cpus < 2:
+        return "layers", "one CPU core"
+    total = max(sum(work.values()), 1)
+    smallest = min(work.values()) / total
+    if smallest < 0.25:
+        return "layers", f"the smaller column holds {smallest:.0%} of the multiply-adds"
+    return "columns", f"two columns of {', '.join(f'{v / total:.0%}' for v in work.values())} " \
+                      "of the multiply-adds, on two threads"
+
+
+def lanes_of(nodes, mode):
+    """The nodes split into lanes that run at the same time, each in graph order."""
+    if mode != "columns":
+        return [list(nodes)]
+    by_gpu = {}
+    for node in nodes:
+        by_gpu.setdefault(node.gpu, []).append(node)
+    return [by_gpu[g] for g in sorted(by_gpu)]
+
+
+def run(lanes, waits_for, work):
+    """Call work(node) for every node, each lane on its own thread in its order; a node
+    first waits until every name in waits_for(node) has had its work done.
+
+    One lane runs on the calling thread with the intra-op parallel kernels; several run
+    with the serial kernels and one BLAS thread each. The first error (in lane order)
+    is raised after every lane has stopped."""
+    if len(lanes) == 1:
+        for node in lanes[0]:
+            work(node)
+        return
+    done = {node.name: threading.Event() for lane in lanes for node in lane}
+    failed = threading.Event()
+
+    def run_lane(lane):
+        with threads.serial():
+            for node in lane:
+                for name in waits_for(node):
+                    event = done.get(name)
+                    if event is not None:
+                        event.wait()
+                        if failed.is_set():
+                            raise _Aborted()
+                work(node)
+                done[node.name].set()
+
+    def guarded(lane):
+        try:
+            run_lane(lane)
+        except BaseException:
+            failed.set()
+            for event in done.values():       # wake the other lane so that it stops
+                event.set()
+            raise
+
+    with _one_blas_thread():
+        futures = [_worker_pool().submit(guarded, lane) for lane in lanes[1:]] \
+            if len(lanes) == 2 else None
+        if futures is None:
+            raise ValueError(f"{len(lanes)} lanes: only one or two are supported")
+        errors = []
+        try:
+            guarded(lanes[0])
+        except BaseException as e:       # noqa: BLE001  (re-raised below, after the other lane)
+            errors.append(e)
+        for f in futures:
+            try:
+                f.result()
+            except BaseException as e:   # noqa: BLE001
+                errors.append(e)
+    real = [e for e in errors if not isinstance(e, _Aborted)]
+    if real:
+        raise real[0]

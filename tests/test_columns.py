@@ -1,0 +1,170 @@
+"""The two columns of a net on two CPU threads (engine.columns): the same function as
+one layer after another, reproducible whichever thread finishes first, errors surface."""
+import threading
+
+import numpy as np
+import pytest
+
+import engine
+from engine import columns
+from layers import threads
+from layers.conv import cpu as conv_cpu
+
+# cross-column reads in both directions, layers read by readers in both columns,
+# dropout in both columns
+TWO_COLUMNS = """
+name: two-columns
+input: {shape: [3, 12, 12]}
+defaults: {init_w: 0.2, init_b: 0.05}
+layers:
+  - {name: c1a, type: conv, inputs: [data], gpu: 0, filters: 4, size: 3, padding: 1, neuron: relu}
+  - {name: n1a, type: cmrnorm, gpu: 0, size: 3, alpha: 0.5, k: 2}
+  - {name: p1a, type: pool, gpu: 0, mode: max, size: 3, stride: 2}
+  - {name: c1b, type: conv, inputs: [data], gpu: 1, filters: 4, size: 3, padding: 1, neuron: relu}
+  - {name: n1b, type: cmrnorm, gpu: 1, size: 3, alpha: 0.5, k: 2}
+  - {name: p1b, type: pool, gpu: 1, mode: max, size: 3, stride: 2}
+  - {name: c2a, type: conv, inputs: [p1a, p1b], gpu: 0, filters: 4, size: 3, padding: 1, neuron: tanh}
+  - {name: c2b, type: conv, inputs: [p1b], gpu: 1, filters: 4, size: 3, padding: 1, neuron: relu}
+  - {name: s2b, type: eltsum, inputs: [c2b, c2a], gpu: 1, coeffs: [0.5, 2]}
+  - {name: f3a, type: fc, inputs: [c2a, s2b], gpu: 0, outputs: 10, neuron: relu}
+  - {name: d3a, type: dropout, gpu: 0, rate: 0.5}
+  - {name: f3b, type: fc, inputs: [c2b, s2b], gpu: 1, outputs: 10, neuron: relu}
+  - {name: d3b, type: dropout, gpu: 1, rate: 0.5}
+  - {name: f4, type: fc, inputs: [d3a, d3b], gpu: 0, outputs: 5}
+  - {name: prob, type: softmax, gpu: 0}
+"""
+
+
+def batch(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 3, 12, 12)).astype(np.float32), rng.integers(0, 5, n)
+
+
+def step(net, mode, rng_seed=7):
+    net.threading = mode
+    net.rng = np.random.default_rng(rng_seed)
+    x, y = batch()
+    loss, grads = net.loss_and_grads(x, y, train=True)
+    return loss, {k: g.copy() for k, g in grads.items()}, net.forward(x)
+
+
+def test_columns_compute_what_layers_compute():
+    net = engine.load(TWO_COLUMNS, seed=3)
+    loss_l, grads_l, out_l = step(net, "layers")
+    loss_c, grads_c, out_c = step(net, "columns")
+    assert loss_c == pytest.approx(loss_l, rel=1e-5)
+    np.testing.assert_allclose(out_c, out_l, rtol=1e-5, atol=1e-7)
+    assert grads_c.keys() == grads_l.keys()
+    for k in grads_l:
+        scale = max(float(np.abs(grads_l[k]).max()), 1e-6)
+        np.testing.assert_allclose(grads_c[k], grads_l[k], rtol=0, atol=1e-5 * scale, err_msg=k)
+    assert any(np.abs(g).max() > 0 for g in grads_l.values())
+
+
+def test_columns_are_reproducible_whichever_thread_wins():
+    net = engine.load(TWO_COLUMNS, seed=3)
+    loss0, grads0, out0 = step(net, "columns")
+    for _ in range(15):
+        loss, grads, out = step(net, "columns")
+        assert loss == loss0
+        np.testing.assert_array_equal(out, out0)
+        for k in grads0:
+            np.testing.assert_array_equal(grads[k], grads0[k], err_msg=k)
+
+
+def test_dropout_draws_do_not_depend_on_the_mode():
+    net = engine.load(TWO_COLUMNS, seed=3)
+    masks = {}
+    for mode in ("layers", "columns"):
+        net.threading = mode
+        net.rng = np.random.default_rng(11)
+        acts = net._forward(batch()[0], train=True)
+        masks[mode] = [acts[d] != 0 for d in ("d3a", "d3b")]
+    for a, b in zip(*masks.values()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_column_threads_run_the_serial_kernels():
+    net = engine.load(TWO_COLUMNS, seed=3)
+    seen = {}
+    for node in net.layers:
+        original = node.layer.forward
+
+        def spy(*a, _name=node.name, _f=original, **k):
+            seen[_name] = (threads.is_serial(), threading.current_thread().name)
+            return _f(*a, **k)
+        node.layer.forward = spy
+    net.threading = "columns"
+    net.forward(batch()[0])
+    assert all(serial for serial, _ in seen.values())
+    assert seen["c1a"][1] != seen["c1b"][1]          # two threads
+    assert seen["c1a"][1] == seen["f4"][1]           # a column stays on its thread
+    net.threading = "layers"
+    net.forward(batch()[0])
+    assert not any(serial for serial, _ in seen.values())
+
+
+@pytest.mark.parametrize("failing", ["c1b", "c2a", "f3b"])
+def test_an_error_in_either_column_surfaces_and_nothing_hangs(failing):
+    net = engine.load(TWO_COLUMNS, seed=3)
+    net.threading = "columns"
+    layer = net.layer(failing).layer
+
+    def broken(*a, **k):
+        raise RuntimeError(f"boom in {failing}")
+    layer.forward = broken
+    with pytest.raises(RuntimeError, match=f"boom in {failing}"):
+        net.loss_and_grads(*batch(), train=True)
+    del layer.forward                                 # healthy again: the net still runs
+    loss, _ = net.loss_and_grads(*batch(), train=True)
+    assert np.isfinite(loss)
+
+
+def test_backward_error_surfaces():
+    net = engine.load(TWO_COLUMNS, seed=3)
+    net.threading = "columns"
+    layer = net.layer("c2b").layer
+
+    def broken(*a, **k):
+        raise ValueError("bad backward")
+    layer.backward = broken
+    with pytest.raises(ValueError, match="bad backward"):
+        net.loss_and_grads(*batch(), train=True)
+
+
+def test_the_rule_that_picks_columns(monkeypatch):
+    monkeypatch.delenv(columns.ENV, raising=False)
+    two = engine.load(TWO_COLUMNS)
+    assert columns.choose(two.layers, "auto", cpus=2)[0] == "columns"
+    assert columns.choose(two.layers, "auto", cpus=1)[0] == "layers"
+    assert columns.choose(two.layers, "layers", cpus=2)[0] == "layers"
+    lopsided = TWO_COLUMNS.replace("filters: 4, size: 3, padding: 1, neuron: relu}",
+                                   "filters: 40, size: 3, padding: 1, neuron: relu}", 1)
+    mode, why = columns.choose(engine.load(lopsided).layers, "auto", cpus=2)
+    assert mode == "layers" and "smaller column" in why
+    one = engine.load("name: one\ninput: {shape: [1, 4, 4]}\nlayers:\n"
+                      "  - {name: f, type: fc, outputs: 2}\n  - {name: p, type: softmax}\n")
+    assert columns.choose(one.layers, "columns", cpus=2) == ("layers", "the net has one column")
+    monkeypatch.setenv(columns.ENV, "layers")
+    assert columns.choose(two.layers, "auto", cpus=2)[0] == "layers"
+    with pytest.raises(ValueError, match="threading must be one of"):
+        two.threading = "both"
+    with pytest.raises(ValueError, match="threading must be one of"):
+        engine.load(TWO_COLUMNS, threading="fast")
+    assert "CPU threading: layers" in engine.load(TWO_COLUMNS, threading="layers").summary()
+
+
+def test_serial_twin_is_a_separate_compilation_with_the_same_result():
+    kern = conv_cpu.im2col
+    assert kern.serial is not kern.parallel
+    assert kern.serial.py_func.__qualname__ != kern.parallel.py_func.__qualname__
+    x = np.random.default_rng(2).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    out_p = np.empty((27, 2 * 25), np.float32)
+    out_s = np.full_like(out_p, np.nan)
+    kern(x, 3, 1, 0, 5, 5, out_p)
+    with threads.serial():
+        assert threads.is_serial()
+        kern(x, 3, 1, 0, 5, 5, out_s)
+    assert not threads.is_serial()
+    np.testing.assert_array_equal(out_s, out_p)
+    assert kern.serial.signatures and kern.parallel.signatures
