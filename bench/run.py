@@ -285,14 +285,14 @@ def main_parent(args):
           f"NUMBA_CACHE_DIR={child_env(threads)['NUMBA_CACHE_DIR']}")
     if not torch_ok:
         print(f"PyTorch is not importable ({why}): engine figures only (pip install -e '.[torch]')")
-    peak_argv = ["peak", "--size", str(args.peak_size), "--reps", str(args.peak_reps)]
+    peak_argv = ["peak", "--size", str(args.size), "--reps", str(args.reps)]
     peak = run_child(peak_argv, threads, args.timeout)
     peak_gflops = max([v for v in (peak.get("numpy_gflops"), peak.get("torch_gflops")) if v] or [0.0])
     if "error" in peak:
         print(f"sgemm peak: failed ({peak['error']})")
     else:
         tg = peak.get("torch_gflops")
-        print(f"sgemm peak ({peak['size']}x{peak['size']} float32, best of {args.peak_reps}): numpy "
+        print(f"sgemm peak ({peak['size']}x{peak['size']} float32, best of {args.reps}): numpy "
               f"{peak['numpy_gflops']:.1f} GFLOP/s, torch {'-' if tg is None else f'{tg:.1f}'} GFLOP/s; "
               f"peak = {peak_gflops:.1f}")
     tmp = tempfile.mkdtemp(prefix="bench-run-")
@@ -368,8 +368,8 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=MODES, default="train", help=argparse.SUPPRESS)
     ap.add_argument("--description", help=argparse.SUPPRESS)
-    ap.add_argument("--size", type=int, default=4096, help=argparse.SUPPRESS)
-    ap.add_argument("--reps", type=int, default=3, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)     # sgemm side (2048 quick, else 4096)
+    ap.add_argument("--reps", type=int, help=argparse.SUPPRESS)     # sgemm reps (3 quick, else 5)
     args = ap.parse_args(argv)
     quick = args.quick
     defaults = {"rounds": 1 if quick else 3, "budget": 2.0 if quick else 8.0, "min_steps": 2 if quick else 3,
@@ -377,8 +377,8 @@ def parse_args(argv=None):
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    args.peak_size = 2048 if quick else 4096
-    args.peak_reps = 3 if quick else 5
+    args.size = args.size or (2048 if quick else 4096)
+    args.reps = args.reps or (3 if quick else 5)
     if args.threads is None and args.worker:
         args.threads = os.cpu_count() or 1
     for k in ("rounds", "min_steps", "warmup", "threads"):

@@ -1,0 +1,176 @@
+"""bench/torch_mirror.py computes what our nets compute; bench/run.py's children print valid
+JSON with the fields its table needs, and the parent runs engine-only without torch."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import engine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+RUN = os.path.join(ROOT, "bench", "run.py")
+NETS = sorted(glob.glob(os.path.join(ROOT, "nets", "*.yaml")))
+SMALL_NETS = ("lenet5", "cifar10-18pct", "cifar10-80sec", "alexnet-digits")
+
+# the layer types and keys the shipped nets leave out: every join, padding_end, even windows
+ODD = """\
+name: odd
+input: {shape: [3, 11, 11]}
+layers:
+  - {name: c1, type: conv, inputs: [data], filters: 6, size: 3, stride: 2, padding: 1, padding_end: 1,
+     neuron: "tanh[1.7,0.6]", init_w: 0.3, init_b: 0.1}
+  - {name: c2, type: conv, inputs: [data], filters: 6, size: 3, stride: 2, padding: 1, padding_end: 1,
+     groups: 3, neuron: softrelu, init_w: 0.3}
+  - {name: s, type: eltsum, inputs: [c1, c2], coeffs: [0.5, -2]}
+  - {name: m, type: eltmax, inputs: [c1, c2]}
+  - {name: j, type: concat, inputs: [s, m]}
+  - {name: n1, type: cmrnorm, size: 3, alpha: 0.01, groups: 2}
+  - {name: r, type: rnorm, size: 2, alpha: 0.1}
+  - {name: cn, type: cnorm, size: 3, alpha: 0.1}
+  - {name: p, type: pool, mode: avg, size: 3, stride: 2, neuron: "brelu[2]"}
+  - {name: a, type: neuron, fn: logistic}
+  - {name: d2, type: dropout2, keep: 0.8}
+  - {name: f, type: fc, inputs: [d2, m], outputs: 7, neuron: abs, init_w: 0.1}
+  - {name: prob, type: softmax}
+"""
+
+
+def batch_for(net, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n,) + net.input_shape, dtype=np.float32)
+    return x, rng.integers(0, net.num_classes, n)
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(b), 1e-30))
+
+
+def run_worker(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, RUN, "--worker", *args], capture_output=True, text=True,
+                       timeout=timeout, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 1, p.stdout
+    return json.loads(lines[0])
+
+
+STEP_FIELDS = {"framework", "net", "batch", "mode", "threads", "warmup_s", "step_s", "steps",
+               "images_per_s", "peak_rss_mib", "ru_maxrss_mib", "version"}
+
+
+def test_engine_worker_prints_one_json_line():
+    r = run_worker("engine", "--net", "lenet5", "--batch", "8", "--mode", "train", "--warmup", "1",
+                   "--min-steps", "2", "--max-steps", "2", "--budget", "0", "--threads", "1")
+    assert STEP_FIELDS <= set(r), r
+    assert r["framework"] == "engine" and r["mode"] == "train" and r["batch"] == 8 and r["threads"] == 1
+    assert r["steps"] == 2 == len(r["step_s"]) and all(t > 0 for t in r["step_s"])
+    assert r["images_per_s"] == pytest.approx(8 / np.median(r["step_s"]))
+    assert r["peak_rss_mib"] > 10
+
+
+def test_torch_worker_and_peak_worker(tmp_path):
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
+    from bench.run import describe_net
+    info = describe_net(os.path.join(ROOT, "nets", "lenet5.yaml"))
+    path = tmp_path / "lenet5.json"
+    path.write_text(json.dumps(info))
+    assert info["classes"] == 10 and info["input_shape"] == [1, 28, 28]
+    for mode in ("train", "infer"):
+        r = run_worker("torch", "--net", "lenet5", "--batch", "8", "--mode", mode, "--warmup", "1",
+                       "--min-steps", "2", "--max-steps", "3", "--budget", "0", "--threads", "1",
+                       "--description", str(path))
+        assert STEP_FIELDS <= set(r) and r["framework"] == "torch" and r["mode"] == mode
+        assert r["steps"] == 2 and r["images_per_s"] > 0
+    peak = run_worker("peak", "--size", "128", "--reps", "1", "--threads", "1")
+    assert peak["numpy_gflops"] > 0 and peak["torch_gflops"] > 0 and peak["size"] == 128
+
+
+def test_parent_without_torch_prints_engine_figures_and_json(tmp_path, monkeypatch, capsys):
+    import bench.run as run
+    monkeypatch.setattr(run, "have_torch", lambda: (False, "No module named 'torch'"))
+    out_json = tmp_path / "r.json"
+    assert run.main(["--nets", "lenet5", "--modes", "infer", "--rounds", "1", "--budget", "0",
+                     "--min-steps", "1", "--warmup", "1", "--size", "64", "--reps", "1", "--threads", "1",
+                     "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "PyTorch is not importable (No module named 'torch'): engine figures only" in out
+    row = [ln for ln in out.splitlines() if ln.startswith("lenet5")]
+    assert len(row) == 1 and " infer " in row[0], out
+    doc = json.loads(out_json.read_text())
+    assert doc["torch"] is False and doc["rows"][0]["torch"] is None
+    e = doc["rows"][0]["engine"]
+    assert e["steps"] == 1 and e["min"] <= e["median"] <= e["max"] and e["peak_rss_mib"] > 0
+    assert doc["peak"]["numpy_gflops"] > 0
+
+
+# ---- the mirror -------------------------------------------------------------------------------
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
+
+
+@pytest.mark.parametrize("path", NETS, ids=lambda p: os.path.basename(p)[:-5])
+def test_mirror_computes_what_the_net_computes(path):
+    from bench.torch_mirror import mirror
+    net = engine.load(path)
+    small = net.name in SMALL_NETS
+    x, labels = batch_for(net, 4 if small else 2)
+    model = mirror(net).eval()
+    tx = torch.from_numpy(x)
+    np.testing.assert_allclose(model(tx).detach().numpy(), net.forward(x), rtol=1e-4, atol=1e-6)
+    loss, grads = net.gradients(x, labels, train=False)
+    tloss = model.loss(tx, torch.from_numpy(labels))
+    assert tloss.item() == pytest.approx(loss, rel=1e-5)
+    tloss.backward()
+    tgrads = {f"{n}.{p}": t.grad.numpy() for n, part in zip(model.names, model.parts)
+              for p, t in part.named_parameters()}
+    assert set(tgrads) == set(grads)
+    # deep nets at their tiny init hold near-ties in max pooling, which float32 rounding
+    # settles one way or the other: there the last layer's gradients are compared
+    keys = list(grads) if small else [k for k in grads if k.startswith(net.layers[-2].name + ".")]
+    for k in keys:
+        assert rel(tgrads[k], grads[k]) < 1e-3, k
+
+
+def test_mirror_of_every_other_layer_type_and_key(tmp_path):
+    from bench.torch_mirror import describe, mirror
+    net = engine.load(ODD)
+    json.dumps(describe(net.layers))                      # what bench/run.py sends to its children
+    x, labels = batch_for(net, 3, seed=1)
+    model = mirror(net).eval()
+    tx = torch.from_numpy(x).requires_grad_(True)
+    np.testing.assert_allclose(model(tx).detach().numpy(), net.forward(x), rtol=1e-4, atol=1e-6)
+    loss, grads = net.gradients(x, labels, train=False)
+    model.loss(tx, torch.from_numpy(labels)).backward()
+    assert rel(model.parts[0].weight.grad.numpy(), grads["c1.weight"]) < 1e-3
+    assert rel(model.parts[1].weight.grad.numpy(), grads["c2.weight"]) < 1e-3
+
+
+def test_mirror_training_step_and_sum2_cost():
+    from bench.torch_mirror import mirror
+    net = engine.load("name: sq\ninput: {shape: [2, 4, 4]}\nlayers:\n"
+                      "  - {name: c, type: conv, filters: 3, size: 3, init_w: 0.5, init_b: 0.2}\n"
+                      "  - {name: cost, type: sum2, coeff: 0.5}\n")
+    x, _ = batch_for(net, 3)
+    model = mirror(net)
+    loss, grads = net.gradients(x, None)
+    tloss = model.loss(torch.from_numpy(x))
+    assert tloss.item() == pytest.approx(loss, rel=1e-5)
+    tloss.backward()
+    assert rel(model.parts[0].weight.grad.numpy(), grads["c.weight"]) < 1e-4
+    opt = torch.optim.SGD(model.parameter_groups(5e-4), lr=0.1, momentum=0.9)
+    opt.step()
+    assert model.loss(torch.from_numpy(x)).item() < tloss.item()
+
+
+def test_unsupported_layer_names_layer_and_type():
+    from bench.torch_mirror import UnsupportedLayer, mirror
+    net = engine.load("name: loc\ninput: {shape: [1, 6, 6]}\nlayers:\n"
+                      "  - {name: loc1, type: local, filters: 2, size: 3}\n"
+                      "  - {name: prob, type: softmax}\n")
+    with pytest.raises(UnsupportedLayer, match="layer 'loc1' of type 'local'"):
+        mirror(net)
