@@ -138,3 +138,29 @@ def test_groups_normalise_each_block_on_its_own():
     with pytest.raises(layers.LayerError) as e:
         cls("g", {"size": 5, "groups": 2}, [(8, 5, 6)])
     assert e.value.key == "size" and "per group" in e.value.message
+
+
+@pytest.mark.parametrize("size,shape", [(1, (3, 4, 5)), (2, (4, 37, 29)), (5, (5, 2, 3)),
+                                        (4, (9, 33, 17)), (7, (7, 1, 1100)), (6, (16, 3, 7))])
+@pytest.mark.parametrize("n", [1, 2, 40])
+def test_serial_twin_matches_parallel_and_reference(size, shape, n):
+    """Size up to the channel count, odd/even sizes, non-square planes, planes split into
+    several pixel chunks (37x29, 1x1100), batches with fewer and more tasks than workers:
+    the serial twin (column mode) gives exactly the parallel kernel's result."""
+    from layers import threads
+    rng = np.random.default_rng(size * 100 + n)
+    x = (rng.standard_normal((n,) + shape) * 3).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    out = []
+    for serial in (False, True):
+        layer = make(size, shape, **STRONG)
+        with threads.serial(serial):
+            y = layer.forward(x, {}).copy()
+            dx, _ = layer.backward(g, {})
+        out.append((y, dx.copy()))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(out[0][0], reference.forward(x64, size, **STRONG), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(out[0][1], reference.backward(x64, g.astype(np.float64), size, **STRONG),
+                               rtol=2e-5, atol=1e-5)

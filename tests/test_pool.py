@@ -207,3 +207,26 @@ def test_against_pytorch():
             np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-6)
             yt.backward(torch.tensor(g))
             np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,stride,shape", CASES + [(3, 2, (5, 55, 41)), (4, 3, (2, 9, 30))])
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("neuron", [None, "relu", "abs"])
+def test_max_serial_twin_matches_parallel_and_reference_with_ties(size, stride, shape, n, neuron):
+    """Many ties (small integers): the first maximum in row-major order wins in both the
+    parallel kernel and its serial twin (column mode), as in the reference."""
+    from layers import threads
+    rng = np.random.default_rng(size * 7 + n)
+    x = rng.integers(-2, 3, (n,) + shape).astype(np.float32)
+    out = []
+    for serial in (False, True):
+        layer = make("max", size, stride, neuron, shape)
+        with threads.serial(serial):
+            y = layer.forward(x, {}).copy()
+            g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+            dx, _ = layer.backward(g, {})
+        out.append((y, dx.copy()))
+        np.testing.assert_array_equal(y, reference.forward(x, "max", size, stride, neuron))
+        np.testing.assert_allclose(dx, reference.backward(x, g, "max", size, stride, neuron), atol=1e-6)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)

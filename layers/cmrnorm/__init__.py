@@ -53,24 +53,30 @@ class CMRNormLayer(Layer):
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
         c, h, w = self.input_shape
-        grouped = (n * self.groups, c // self.groups, h, w)
-        out = {"y": ("activation", grouped), "d": ("workspace", grouped)}
+        grouped = (n * self.groups, c // self.groups, h * w)
+        acc, ring = cpu.scratch_shapes(h * w, self.size)
+        out = {"y": ("activation", grouped), "d": ("workspace", grouped), "acc": ("workspace", acc)}
         if backward and need_dx:
             out["dx"] = ("gradient", grouped)
+            out["ring"] = ("workspace", ring)
         return out
 
     def _grouped(self, a):
-        """[N, C, H, W] -> [N*groups, C/groups, H, W]: a view in which each group is an image."""
+        """[N, C, H, W] -> [N*groups, C/groups, H*W]: a view in which each group is an image."""
         n, c, h, w = a.shape
-        return a.reshape(n * self.groups, c // self.groups, h, w)
+        return a.reshape(n * self.groups, c // self.groups, h * w)
+
+    def _acc(self):
+        """The kernels' float64 running sums (a float32 buffer of twice the width)."""
+        return self.buffer("acc", cpu.scratch_shapes(self._x.shape[2], self.size)[0]).view(np.float64)
 
     def forward(self, x, params, train=False, rng=None):
         x = self._grouped(np.ascontiguousarray(x, np.float32))
         y = self.buffer("y", x.shape)
         d = self.buffer("d", x.shape)
-        cpu.forward(x, int(self.size), float(self.alpha), float(self.beta), float(self.k),
-                    self.beta_code, y, d)
         self._x, self._d = x, d
+        cpu.forward(x, int(self.size), float(self.alpha), float(self.beta), float(self.k),
+                    self.beta_code, y, d, self._acc())
         return y.reshape((-1,) + self.output_shape)
 
     def backward(self, dy, params, need_dx=True):
@@ -79,6 +85,7 @@ class CMRNormLayer(Layer):
         x = self._x
         g = np.ascontiguousarray(dy, np.float32).reshape(x.shape)
         dx = self.buffer("dx", x.shape)
+        ring = self.buffer("ring", cpu.scratch_shapes(x.shape[2], self.size)[1])
         cpu.backward(x, g, self._d, int(self.size), float(self.alpha), float(self.beta),
-                     self.beta_code, dx)
+                     self.beta_code, dx, self._acc(), ring)
         return dx.reshape((-1,) + self.input_shape), {}

@@ -1,14 +1,23 @@
 """Numba CPU kernels for cross-map response normalisation.
 
-One parallel task per (image, row); the window sum over maps is a running sum kept per
-pixel of the row (a length-W float64 accumulator: add the map entering the window,
-subtract the one leaving), so the cost per element does not grow with `size`. float64
+The kernels see each image as a [C, H*W] slab. A task is one image's pixels p0..p1 (a
+chunk of at most CHUNK pixels); the window sum over maps is a running sum kept per pixel
+of the chunk (add the map entering the window, subtract the one leaving), so the cost
+per element does not grow with `size` and every inner loop runs along contiguous pixels
+and vectorises. The running sum is float64: float32 squares are exact there, and float64
 keeps the subtraction from drifting or going negative when k is small.
+
+No task allocates: the tasks are dealt out to WORKERS fixed workers (the parallel loop
+runs over workers, each taking a contiguous run of tasks), and each worker has its rows
+of the caller's scratch (`scratch_shapes`): the float64 running sum and, in backward, a
+ring of the last `size` maps' window terms. The scratch does not depend on the batch.
 
 d^-beta is the costly part. beta = 0.75 (AlexNet, cuda-convnet), 0.5 and 1 use square
 roots / a division instead of pow. The case is a constant in each of the four calls of
 the inlined row helpers below (`pow_neg` folds to one expression), so the branch sits
 outside the loop over the row and the loop vectorises. rnorm shares these helpers.
+Divisions are np.divide: the serial twins check `/` for ZeroDivisionError (Python's error
+model), and that branch keeps a loop from vectorising (d > 0 here, so nothing changes).
 """
 import numba
 import numpy as np
@@ -25,12 +34,12 @@ def beta_mode(beta):
 def pow_neg(d, beta, mode):
     """d ** -beta for float32 d > 0."""
     if mode == 1:
-        r = np.float32(1.0) / np.sqrt(d)
+        r = np.divide(np.float32(1.0), np.sqrt(d))
         return r * np.sqrt(r)
     if mode == 2:
-        return np.float32(1.0) / np.sqrt(d)
+        return np.divide(np.float32(1.0), np.sqrt(d))
     if mode == 3:
-        return np.float32(1.0) / d
+        return np.divide(np.float32(1.0), d)
     return d ** -beta
 
 
@@ -60,7 +69,7 @@ def _grad_row(bf, mode, xr, gr, dr, tr, dxr):
     for xx in range(xr.shape[0]):
         dd = dr[xx]
         gp = gr[xx] * pow_neg(dd, bf, mode)
-        tr[xx] = gp * xr[xx] / dd
+        tr[xx] = np.divide(gp * xr[xx], dd)
         dxr[xx] = gp
 
 
@@ -77,68 +86,113 @@ def grad_row(bf, mode, xr, gr, dr, tr, dxr):
         _grad_row(bf, 0, xr, gr, dr, tr, dxr)
 
 
+CHUNK = 512        # pixels per task at most: a batch of one still spreads over threads
+WORKERS = 32       # scratch rows; the parallel loop runs over these
+
+
+def chunk(hw):
+    """Pixels per task for planes of hw pixels: hw split evenly into pieces <= CHUNK."""
+    pieces = -(-hw // CHUNK)
+    return -(-hw // pieces)
+
+
+def scratch_shapes(hw, size):
+    """Float32 shapes of the two scratch arrays: the float64 running sums [WORKERS, chunk]
+    (as float32 pairs) and backward's ring of window terms [WORKERS, size, chunk]."""
+    ch = chunk(hw)
+    return (WORKERS, 2 * ch), (WORKERS, size, ch)
+
+
+@numba.njit(inline="always")
+def worker_tasks(wk, workers, total):
+    """Worker wk's contiguous run [t0, t1) of tasks 0 .. total-1 (pool shares it)."""
+    return wk * total // workers, (wk + 1) * total // workers
+
+
+@numba.njit(inline="always")
+def _tasks(wk, workers, n, hw, ch):
+    """Worker wk's run of tasks [t0, t1); a task is (image, pixel chunk)."""
+    per = (hw + ch - 1) // ch
+    t0, t1 = worker_tasks(wk, workers, n * per)
+    return t0, t1, per
+
+
+@numba.njit(inline="always")
+def _add_squares(acc, xr, sign):
+    for p in range(xr.shape[0]):
+        v = np.float64(xr[p])
+        acc[p] += sign * (v * v)
+
+
 @threads.kernel
-def forward(x, size, alpha, beta, k, mode, y, d):
-    """d = k + alpha/size * sum_{window(c)} x^2 ; y = x * d^-beta.
+def forward(x, size, alpha, beta, k, mode, y, d, acc):
+    """d = k + alpha/size * sum_{window(c)} x^2 ; y = x * d^-beta. x, y, d: [N, C, H*W];
+    acc: float64 [WORKERS, chunk] scratch.
 
     window(c) = maps c - size//2 .. c - size//2 + size - 1, clipped to [0, C)."""
-    n, c, h, w = x.shape
+    n, c, hw = x.shape
+    workers, ch = acc.shape
     pre = size // 2
     post = size - 1 - pre
     scale = np.float32(alpha / size)
     kf = np.float32(k)
     bf = np.float32(beta)
-    for r in numba.prange(n * h):
-        i, row = r // h, r % h
-        acc = np.zeros(w, np.float64)
-        for m in range(min(post, c - 1) + 1):          # window of map 0: maps 0 .. post
-            for xx in range(w):
-                v = np.float64(x[i, m, row, xx])
-                acc[xx] += v * v
-        for m in range(c):
-            if m > 0:
-                enter = m + post
-                if enter < c:
-                    for xx in range(w):
-                        v = np.float64(x[i, enter, row, xx])
-                        acc[xx] += v * v
-                leave = m - pre - 1
-                if leave >= 0:
-                    for xx in range(w):
-                        v = np.float64(x[i, leave, row, xx])
-                        acc[xx] -= v * v
-            forward_row(acc, kf, scale, bf, mode, x[i, m, row], d[i, m, row], y[i, m, row])
+    for wk in numba.prange(workers):
+        t0, t1, per = _tasks(wk, workers, n, hw, ch)
+        a = acc[wk]
+        for task in range(t0, t1):
+            i = task // per
+            p0 = (task % per) * ch
+            p1 = min(hw, p0 + ch)
+            for p in range(p1 - p0):
+                a[p] = 0.0
+            for m in range(min(post, c - 1) + 1):      # window of map 0: maps 0 .. post
+                _add_squares(a, x[i, m, p0:p1], 1.0)
+            for m in range(c):
+                if m > 0:
+                    if m + post < c:
+                        _add_squares(a, x[i, m + post, p0:p1], 1.0)
+                    if m - pre - 1 >= 0:
+                        _add_squares(a, x[i, m - pre - 1, p0:p1], -1.0)
+                forward_row(a, kf, scale, bf, mode, x[i, m, p0:p1], d[i, m, p0:p1], y[i, m, p0:p1])
 
 
 @threads.kernel
-def backward(x, g, d, size, alpha, beta, mode, dx):
+def backward(x, g, d, size, alpha, beta, mode, dx, acc, ring):
     """dx_i = g_i d_i^-beta - 2 alpha beta/size * x_i * sum_{j: i in window(j)} g_j x_j d_j^(-beta-1).
 
     The maps j whose window holds i are i - (size-1-size//2) .. i + size//2: the same
-    running sum as forward with the offsets mirrored, over t_j = g_j x_j d_j^(-beta-1)."""
-    n, c, h, w = x.shape
+    running sum as forward with the offsets mirrored, over t_j = g_j x_j d_j^(-beta-1).
+    Step j computes t_j (into ring row j % size, the slot t_{j-size} leaves) and dx_j's
+    direct term, and finishes dx_{j - size//2}, whose sum then holds t up to j.
+    acc: float64 [WORKERS, chunk], ring: [WORKERS, size, chunk] scratch."""
+    n, c, hw = x.shape
+    workers, ch = acc.shape
     pre = size // 2
     post = size - 1 - pre
     coef = np.float32(2.0 * alpha * beta / size)
     bf = np.float32(beta)
-    for r in numba.prange(n * h):
-        i, row = r // h, r % h
-        t = np.empty((c, w), np.float32)
-        acc = np.zeros(w, np.float64)
-        for m in range(c):
-            grad_row(bf, mode, x[i, m, row], g[i, m, row], d[i, m, row], t[m], dx[i, m, row])
-        for m in range(min(pre, c - 1) + 1):           # maps whose window holds map 0
-            for xx in range(w):
-                acc[xx] += t[m, xx]
-        for m in range(c):
-            if m > 0:
-                enter = m + pre
-                if enter < c:
-                    for xx in range(w):
-                        acc[xx] += t[enter, xx]
-                leave = m - post - 1
-                if leave >= 0:
-                    for xx in range(w):
-                        acc[xx] -= t[leave, xx]
-            for xx in range(w):
-                dx[i, m, row, xx] -= coef * x[i, m, row, xx] * np.float32(acc[xx])
+    for wk in numba.prange(workers):
+        t0, t1, per = _tasks(wk, workers, n, hw, ch)
+        a = acc[wk]
+        for task in range(t0, t1):
+            i = task // per
+            p0 = (task % per) * ch
+            p1 = min(hw, p0 + ch)
+            for p in range(p1 - p0):
+                a[p] = 0.0
+            for j in range(c + pre):
+                slot = ring[wk, j % size, :p1 - p0]
+                if j >= size:                           # t_{j-size} leaves (it sits in slot)
+                    for p in range(p1 - p0):
+                        a[p] -= np.float64(slot[p])
+                if j < c:
+                    grad_row(bf, mode, x[i, j, p0:p1], g[i, j, p0:p1], d[i, j, p0:p1], slot,
+                             dx[i, j, p0:p1])
+                    for p in range(p1 - p0):
+                        a[p] += np.float64(slot[p])
+                m = j - pre
+                if m >= 0:
+                    xr, dxr = x[i, m, p0:p1], dx[i, m, p0:p1]
+                    for p in range(p1 - p0):
+                        dxr[p] -= coef * xr[p] * np.float32(a[p])

@@ -39,7 +39,7 @@ def forward(x, size, alpha, beta, k, mode, u, y, d):
         for yy in range(h):
             rows = _count(yy, pre, post, h)
             for xx in range(w):
-                v = xp[yy, xx] - sums[yy, xx] / np.float32(rows * _count(xx, pre, post, w))
+                v = xp[yy, xx] - np.divide(sums[yy, xx], np.float32(rows * _count(xx, pre, post, w)))
                 up[yy, xx] = v
                 sums[yy, xx] = v * v
         _box_sum(sums, -pre, post, tmp, dp)
@@ -70,7 +70,7 @@ def backward(x, g, u, d, size, alpha, beta, mode, dx):
             for xx in range(w):
                 v = -coef * up[yy, xx] * acc[yy, xx]
                 dxp[yy, xx] += v
-                t[yy, xx] = v / np.float32(rows * _count(xx, pre, post, w))
+                t[yy, xx] = np.divide(v, np.float32(rows * _count(xx, pre, post, w)))
         _box_sum(t, -post, pre, tmp, acc)
         for yy in range(h):
             for xx in range(w):

@@ -36,7 +36,7 @@ def activate(code, pa, pb, x):
     if code == TANH:
         return pa * np.tanh(pb * x)
     if code == LOGISTIC:
-        return ONE / (ONE + np.exp(-x))
+        return np.divide(ONE, ONE + np.exp(-x))
     if code == ABS:
         return abs(x)
     if code == LINEAR:

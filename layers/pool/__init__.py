@@ -63,6 +63,7 @@ class PoolLayer(Layer):
             out["pre"] = ("workspace", y)
         if self.mode == "max":
             out["arg"] = ("workspace", y)      # int32 indices in a float32 buffer
+            out["scratch"] = ("workspace", cpu.max_scratch_shape(self.input_shape[2]))
         return out
 
     def forward(self, x, params, train=False, rng=None):
@@ -72,7 +73,8 @@ class PoolLayer(Layer):
         pre = self.buffer("pre", y.shape) if self.act.needs_input else _DUMMY   # abs, square
         if self.mode == "max":
             arg = self.buffer("arg", y.shape).view(np.int32)
-            cpu.max_forward(x, self.size, self.stride, *self.act.kernel_args(), y, arg, pre)
+            scratch = self.buffer("scratch", cpu.max_scratch_shape(w))
+            cpu.max_forward(x, self.size, self.stride, *self.act.kernel_args(), y, arg, pre, scratch)
             self._arg = arg
         else:
             cpu.avg_forward(x, self.size, self.stride, *self.act.kernel_args(), y, pre)

@@ -10,6 +10,7 @@ import numba
 import numpy as np
 
 from layers import threads
+from layers.cmrnorm.cpu import WORKERS, worker_tasks
 from layers.neuron.cpu import activate, activate_grad, specialised, uses_input
 
 ZERO = np.float32(0.0)
@@ -22,37 +23,66 @@ def _span(o, size, stride, side):
     return lo, min(lo + size, side)
 
 
+def max_scratch_shape(w):
+    """Float32 shape of max_forward's scratch: per worker, four rows of the input width."""
+    return (WORKERS, 4, w)
+
+
+@numba.njit(inline="always")
+def _merge(v, i, best, where, k):
+    """Keep (v, i) at k where it beats (best, where): larger, or equal and earlier."""
+    better = (v > best[k]) | ((v == best[k]) & (i < where[k]))
+    best[k] = v if better else best[k]
+    where[k] = i if better else where[k]
+
+
 @numba.njit(inline="always")
 def _max_plane(code, args):
-    x, size, stride, pa, pb, y, arg, pre, p = args
+    """One plane, one output row at a time, in two passes that run along contiguous
+    memory: the column maxima over the window's rows (vm, with their flat indices vi),
+    then the maxima of vm over `size` neighbouring columns (hm, hi) at every column;
+    output ox takes column ox * stride. Ties keep the smaller flat index: the first
+    maximum in row-major order, as one scan of the window with a strict '>' finds it."""
+    x, size, stride, pa, pb, y, arg, pre, p, rows = args
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = y.shape[2], y.shape[3]
-    i, j = p // c, p % c
+    xp, yp, ap = x[p // c, p % c], y[p // c, p % c], arg[p // c, p % c]
+    vm, hm = rows[0], rows[2]
+    vi, hi = rows[1].view(np.int32), rows[3].view(np.int32)
+    span = (ow - 1) * stride + 1               # the columns where an output window starts
     for oy in range(oh):
         y0, y1 = _span(oy, size, stride, h)
+        for xx in range(w):
+            vm[xx] = xp[y0, xx]
+            vi[xx] = y0 * w + xx
+        for yy in range(y0 + 1, y1):
+            row = xp[yy]
+            for xx in range(w):
+                _merge(row[xx], yy * w + xx, vm, vi, xx)
+        for xx in range(span):
+            hm[xx] = vm[xx]
+            hi[xx] = vi[xx]
+        for dx in range(1, size):
+            for xx in range(min(span, w - dx)):
+                _merge(vm[xx + dx], vi[xx + dx], hm, hi, xx)
         for ox in range(ow):
-            x0, x1 = _span(ox, size, stride, w)
-            best = x[i, j, y0, x0]
-            where = y0 * w + x0
-            for yy in range(y0, y1):
-                for xx in range(x0, x1):
-                    v = x[i, j, yy, xx]
-                    # strict '>': ties keep the earliest element (PyTorch / Caffe)
-                    if v > best:
-                        best = v
-                        where = yy * w + xx
-            arg[i, j, oy, ox] = where
+            v = hm[ox * stride]
+            ap[oy, ox] = hi[ox * stride]
             if uses_input(code):
-                pre[i, j, oy, ox] = best
-            y[i, j, oy, ox] = activate(code, pa, pb, best)
+                pre[p // c, p % c, oy, ox] = v
+            yp[oy, ox] = activate(code, pa, pb, v)
 
 
 @threads.kernel
-def max_forward(x, size, stride, code, pa, pb, y, arg, pre):
+def max_forward(x, size, stride, code, pa, pb, y, arg, pre, scratch):
     """y = f(max over each window); arg = index h*W + w of the first maximum (row-major);
-    pre = the pooled value before the activation, written only where uses_input(code)."""
-    for p in numba.prange(x.shape[0] * x.shape[1]):
-        specialised(code, _max_plane, (x, size, stride, pa, pb, y, arg, pre, p))
+    pre = the pooled value before the activation, written only where uses_input(code).
+    scratch: [WORKERS, 4, W] float32, each worker's rows (no task allocates)."""
+    workers = scratch.shape[0]
+    for wk in numba.prange(workers):
+        t0, t1 = worker_tasks(wk, workers, x.shape[0] * x.shape[1])
+        for p in range(t0, t1):
+            specialised(code, _max_plane, (x, size, stride, pa, pb, y, arg, pre, p, scratch[wk]))
 
 
 @numba.njit(inline="always")
@@ -93,7 +123,7 @@ def _avg_plane(code, args):
             for yy in range(y0, y1):
                 for xx in range(x0, x1):
                     s += x[i, j, yy, xx]
-            v = s / np.float32((y1 - y0) * (x1 - x0))
+            v = np.divide(s, np.float32((y1 - y0) * (x1 - x0)))
             if uses_input(code):
                 pre[i, j, oy, ox] = v
             y[i, j, oy, ox] = activate(code, pa, pb, v)
@@ -121,7 +151,7 @@ def _avg_grad_plane(code, args):
             x0, x1 = _span(ox, size, stride, w)
             gg = activate_grad(code, pa, pb, g[i, j, oy, ox], y[i, j, oy, ox],
                                pre[i, j, oy, ox] if uses_input(code) else ZERO)
-            gg = gg / np.float32((y1 - y0) * (x1 - x0))
+            gg = np.divide(gg, np.float32((y1 - y0) * (x1 - x0)))
             for yy in range(y0, y1):
                 for xx in range(x0, x1):
                     dx[i, j, yy, xx] += gg
