@@ -249,3 +249,36 @@ def test_padding_end_matches_pytorch():
                                                torch.tensor(params["bias"], dtype=torch.float64),
                                                stride=s, groups=g))
     close(y, ty.numpy())
+
+
+@pytest.mark.parametrize("chunk_images", [1, 2])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=lambda c: "-".join(map(str, c)))
+def test_batch_in_chunks_matches_whole_batch(case, chunk_images):
+    """A batch larger than one chunk goes through in pieces (the last one shorter): the same
+    output and gradients as in one piece and as the reference, with repeated backward."""
+    case = (5,) + case[1:]
+    whole, params, x, rng = setup_case(case)
+    chunked, _, _, _ = setup_case(case)
+    n, c, h, w = x.shape
+    oh, ow = chunked.out_hw
+    chunked.CHUNK_BYTES = 4 * c * chunked.size ** 2 * oh * ow * chunk_images
+    assert chunked._chunk(n) == chunk_images and whole._chunk(n) == n
+    y = chunked.forward(x, params).copy()
+    np.testing.assert_allclose(y, whole.forward(x, params), rtol=1e-6, atol=1e-6)
+    close(y, reference.forward(x.astype(np.float64), *ref_args(chunked, params)))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    want = whole.backward(dy, params)
+    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x.astype(np.float64), *ref_args(chunked, params))
+    for _ in range(2):
+        dx, grads = chunked.backward(dy, params)
+        np.testing.assert_allclose(dx, want[0], rtol=1e-5, atol=1e-6)
+        close(dx, rdx)
+        close(grads["weight"], rdw)
+        close(grads["bias"], rdb)
+    none, grads = chunked.backward(dy, params, need_dx=False)
+    assert none is None
+    close(grads["weight"], rdw)
+    assert set(chunked._buffers) == set(chunked.buffer_shapes(n, backward=True))
+    if case[-1] != "abs":                    # smooth: no kinks for the finite differences
+        errs = gradcheck.check(chunked, [x[:3]], params)
+        assert set(errs) == {"input0", "weight", "bias"}

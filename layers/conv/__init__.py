@@ -57,73 +57,113 @@ class ConvLayer(Layer):
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
         oh, ow = self.out_hw
-        f, pixels = self.filters, n * oh * ow
-        out = {"cols": ("workspace", (self.channels * self.size * self.size, pixels)),
-               "tmp": ("workspace", (f, pixels)),
+        f, rows = self.filters, self.channels * self.size * self.size
+        span = self._chunk(n) * oh * ow                 # columns of one chunk of images
+        out = {"cols": ("workspace", (rows * span,)),
+               "tmp": ("workspace", (f * span,)),
                "y": ("activation", (n, f, oh, ow))}
         if self.act.needs_input:
             out["pre"] = ("workspace", (n, f, oh * ow))
         if backward:
-            out["dtmp"] = ("gradient", (f, pixels))   # cols is reused as dcols
+            out["dtmp"] = ("gradient", (f * span,))     # cols is reused as dcols
+            if n > self._chunk(n):
+                out["dw_part"] = ("gradient", (f // self.groups, rows // self.groups))
             if need_dx:
                 out["dx"] = ("gradient", (n,) + self.input_shape)
         return out
 
     # ---- compute ------------------------------------------------------------
+    # The batch goes through in chunks of images whose im2col matrix is about CHUNK_BYTES:
+    # the columns are still in cache when the GEMM reads them, and the workspace stays
+    # small however large the batch (AlexNet's conv1 would need 562 MB per column at
+    # batch 128). Each chunk's GEMM keeps at least ~700 columns, where BLAS runs at full
+    # speed (measured: bench/ notes in the closing note of issue 5).
+    CHUNK_BYTES = 8 << 20
+
+    def _chunk(self, n):
+        oh, ow = self.out_hw
+        per_image = 4 * self.channels * self.size * self.size * oh * ow
+        return int(max(1, min(n, self.CHUNK_BYTES // per_image)))
+
     def _blocks(self):
         """Row slices of (filters, cols rows) for each group."""
         fg = self.filters // self.groups
         kg = (self.channels // self.groups) * self.size * self.size
         return [(slice(i * fg, (i + 1) * fg), slice(i * kg, (i + 1) * kg)) for i in range(self.groups)]
 
-    def _im2col(self, x):
+    def _views(self, n0, n1, *tags):
+        """2-D contiguous views of the flat chunk buffers for images n0..n1."""
         oh, ow = self.out_hw
-        cols = self.buffer("cols", (self.channels * self.size * self.size, x.shape[0] * oh * ow))
-        cpu.im2col(x, self.size, self.stride, self.padding, oh, ow, cols)
-        self._cols_valid = True
+        m = (n1 - n0) * oh * ow
+        rows = {"cols": self.channels * self.size * self.size, "tmp": self.filters, "dtmp": self.filters}
+        return [self._buffers[t][:rows[t] * m].reshape(rows[t], m) for t in tags]
+
+    def _im2col(self, x, n0, n1):
+        oh, ow = self.out_hw
+        cols, = self._views(n0, n1, "cols")
+        cpu.im2col(x[n0:n1], self.size, self.stride, self.padding, oh, ow, cols)
+        self._cols_hold = (n0, n1)
         return cols
+
+    def _chunks(self, n):
+        c = self._chunk(n)
+        return [(n0, min(n, n0 + c)) for n0 in range(0, n, c)]
+
+    def _allocate(self, n, backward=False, need_dx=True):
+        for tag, (_, shape) in self.buffer_shapes(n, backward=backward, need_dx=need_dx).items():
+            self.buffer(tag, shape)
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
         n = x.shape[0]
         f = self.filters
         oh, ow = self.out_hw
-        cols = self._im2col(x)
+        self._allocate(n)
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
-        tmp = self.buffer("tmp", (f, n * oh * ow))
-        for fs, ks in self._blocks():
-            np.matmul(w2[fs], cols[ks], out=tmp[fs])
-        y = self.buffer("y", (n, f, oh, ow))
-        y3 = y.reshape(n, f, oh * ow)
+        bias = np.ascontiguousarray(params["bias"], np.float32)
+        y3 = self._buffers["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input                      # abs, square: the gradient needs x
-        pre = self.buffer("pre", y3.shape) if keep else y3
-        cpu.bias_act(tmp, np.ascontiguousarray(params["bias"], np.float32), *self.act.kernel_args(),
-                     keep, y3, pre)
+        pre = self._buffers["pre"] if keep else y3
+        for n0, n1 in self._chunks(n):
+            cols = self._im2col(x, n0, n1)
+            tmp, = self._views(n0, n1, "tmp")
+            for fs, ks in self._blocks():
+                np.matmul(w2[fs], cols[ks], out=tmp[fs])
+            cpu.bias_act(tmp, bias, *self.act.kernel_args(), keep, y3[n0:n1], pre[n0:n1])
         self._x, self._y3, self._pre = x, y3, pre
-        return y
+        return self._buffers["y"]
 
     def backward(self, dy, params, need_dx=True):
         n = self._x.shape[0]
         f = self.filters
+        oh, ow = self.out_hw
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
-        dtmp = self.buffer("dtmp", (f, dy3.shape[0] * dy3.shape[2]))
-        db = np.empty(f, np.float32)
-        cpu.grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), dtmp, db)
-        # cols doubles as dcols below; redo it if an earlier backward overwrote it
-        cols = self._buffers["cols"] if self._cols_valid else self._im2col(self._x)
+        self._allocate(n, backward=True, need_dx=need_dx)
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
         dw2 = np.empty(w2.shape, np.float32)
+        db = np.zeros(f, np.float64)
+        db_part = np.empty(f, np.float32)
+        dx = self._buffers["dx"] if need_dx else None
         blocks = self._blocks()
-        for fs, ks in blocks:
-            np.matmul(dtmp[fs], cols[ks].T, out=dw2[fs])
-        grads = {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db}
-        if not need_dx:
-            return None, grads
-        dcols = cols          # its contents were last needed for dw: reuse the memory
-        self._cols_valid = False
-        for fs, ks in blocks:
-            np.matmul(w2[fs].T, dtmp[fs], out=dcols[ks])
-        dx = self.buffer("dx", (n, self.channels) + self.input_shape[1:])
-        oh, ow = self.out_hw
-        cpu.col2im(dcols, self.size, self.stride, self.padding, oh, ow, dx)
+        # last chunk first: forward left its columns in the workspace
+        for i, (n0, n1) in enumerate(reversed(self._chunks(n))):
+            dtmp, = self._views(n0, n1, "dtmp")
+            cpu.grad_gather(dy3[n0:n1], self._y3[n0:n1], self._pre[n0:n1], *self.act.kernel_args(),
+                            dtmp, db_part)
+            db += db_part
+            cols = self._views(n0, n1, "cols")[0] if self._cols_hold == (n0, n1) \
+                else self._im2col(self._x, n0, n1)
+            for fs, ks in blocks:
+                if i == 0:
+                    np.matmul(dtmp[fs], cols[ks].T, out=dw2[fs])
+                else:
+                    part = self._buffers["dw_part"]
+                    np.matmul(dtmp[fs], cols[ks].T, out=part)
+                    dw2[fs] += part
+            if need_dx:
+                self._cols_hold = None    # its contents were last needed for dw: reuse as dcols
+                for fs, ks in blocks:
+                    np.matmul(w2[fs].T, dtmp[fs], out=cols[ks])
+                cpu.col2im(cols, self.size, self.stride, self.padding, oh, ow, dx[n0:n1])
+        grads = {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db.astype(np.float32)}
         return dx, grads
