@@ -373,7 +373,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     quick = args.quick
     defaults = {"rounds": 1 if quick else 3, "budget": 2.0 if quick else 8.0, "min_steps": 2 if quick else 3,
-                "warmup": 1 if quick else 2}
+                "warmup": 2}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
