@@ -66,6 +66,8 @@ class ConvLayer(Layer):
             out["pre"] = ("workspace", (n, f, oh * ow))
         if backward:
             out["dtmp"] = ("gradient", (f * span,))     # cols is reused as dcols
+            out["dweight"] = ("param_grad", (f, rows // self.groups))
+            out["dbias"] = ("param_grad", (f,))
             if n > self._chunk(n):
                 out["dw_part"] = ("gradient", (f // self.groups, rows // self.groups))
             if need_dx:
@@ -140,9 +142,9 @@ class ConvLayer(Layer):
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
         self._allocate(n, backward=True, need_dx=need_dx)
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
-        dw2 = np.empty(w2.shape, np.float32)
+        dw2 = self._buffers["dweight"]
         db = np.zeros(f, np.float64)
-        db_part = np.empty(f, np.float32)
+        db_part = self._buffers["dbias"]
         dx = self._buffers["dx"] if need_dx else None
         blocks = self._blocks()
         # last chunk first: forward left its columns in the workspace
@@ -165,5 +167,6 @@ class ConvLayer(Layer):
                 for fs, ks in blocks:
                     np.matmul(w2[fs].T, dtmp[fs], out=cols[ks])
                 cpu.col2im(cols, self.size, self.stride, self.padding, oh, ow, dx[n0:n1])
-        grads = {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db.astype(np.float32)}
+        db_part[:] = db
+        grads = {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db_part}
         return dx, grads
