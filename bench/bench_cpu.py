@@ -51,31 +51,11 @@ def describe(name, batch, times):
     return med, f"{name:<28} {med:8.1f} img/s  (min {min(rates):.1f}, max {max(rates):.1f})"
 
 
-def per_layer(net, x, labels, reps=2):
-    from layers.base import join_inputs
-    fwd, bwd = {}, {}
-    for _ in range(reps):
-        acts = {"data": x}
-        for node in net.layers:
-            xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
-            t = time.perf_counter()
-            acts[node.name] = node.layer.forward(xin, net._layer_params[node.name], train=True, rng=net.rng)
-            fwd[node.name] = fwd.get(node.name, 0) + (time.perf_counter() - t) / reps
-        out = net.layers[-1]
-        _, dy = out.layer.cost(labels)
-        pending = {}
-        net._send_back(out, dy, pending)
-        for node in reversed(net.layers[:-1]):
-            t = time.perf_counter()
-            need = any(i != "data" for i in node.inputs)
-            dx, _ = node.layer.backward(pending.pop(node.name), net._layer_params[node.name], need_dx=need)
-            bwd[node.name] = bwd.get(node.name, 0) + (time.perf_counter() - t) / reps
-            if need:
-                net._send_back(node, dx, pending)
-    print(f"\n{'layer':<10} {'forward ms':>11} {'backward ms':>12}")
-    for node in net.layers:
-        print(f"{node.name:<10} {fwd[node.name] * 1e3:11.1f} {bwd.get(node.name, 0) * 1e3:12.1f}")
-    print(f"{'total':<10} {sum(fwd.values()) * 1e3:11.1f} {sum(bwd.values()) * 1e3:12.1f}")
+def per_layer(net, batch):
+    """Our time per layer: the table of `python -m engine time` (engine/tools/timing.py)."""
+    from engine.tools.timing import format_timing, measure
+    print()
+    print(format_timing(measure(net, batch=batch, iterations=2)))
 
 
 def main():
@@ -145,7 +125,7 @@ def main():
         print(line)
         print(f"ratio ours/torch: forward {of / tf:.2f}x, forward+backward {ob / tb:.2f}x")
     if args.layers:
-        per_layer(net, x, labels)
+        per_layer(net, args.batch)
 
 
 if __name__ == "__main__":
