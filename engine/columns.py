@@ -10,6 +10,7 @@ GEMMs are large single-core GEMMs, the shape BLAS runs best.
 Both ways compute the same numbers: the kernels are the same code, and the gradients a
 layer receives from several readers are summed in one fixed order.
 """
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,13 @@ def _one_blas_thread():
         from threadpoolctl import ThreadpoolController
         _blas = ThreadpoolController()
     return _blas.limit(limits=1, user_api="blas")
+
+
+@contextlib.contextmanager
+def single_core():
+    """On this thread: the serial kernels and one BLAS thread, as a column thread runs."""
+    with threads.serial(), _one_blas_thread():
+        yield
 
 
 def check_mode(mode):

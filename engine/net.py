@@ -62,6 +62,11 @@ class Net:
         self._threading = columns.check_mode(mode)
         self._lane_mode, self.threading_reason = columns.choose(self._nodes, mode)
 
+    @property
+    def threading_mode(self):
+        """What `threading` resolved to for this net: "columns" or "layers" (see threading_reason)."""
+        return self._lane_mode
+
     def _lanes(self, sequential=False):
         return columns.lanes_of(self._nodes, "layers" if sequential else self._lane_mode)
 

@@ -21,6 +21,7 @@ synchronises after every layer (`CudaBackend.timings`); the SGD update runs insi
 backward pass there, so it has no line of its own, and the cost is part of the last
 layer's backward. Whole steps are timed between `cuda.synchronize()` calls.
 """
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 
 from layers.base import join_inputs, split_grad
 
+from engine import columns
 from engine.config import INPUT_NAME
 from engine.errors import ConfigError
 
@@ -194,17 +196,24 @@ def _measure_cpu(net, x, labels, result, clock):
     nodes = net.layers
     fwd, bwd = {}, {}
     cost_s = update_s = 0.0
+    per_layer = contextlib.nullcontext
+    if net.threading_mode == "columns":
+        per_layer = columns.single_core
+        result.notes.append("CPU threading: columns. Each layer row is that layer on one core (serial "
+                            "kernels, one BLAS thread), as its column's thread runs it; the whole step "
+                            "below runs the two columns at once")
     with np.errstate(all="ignore"):
         for it in range(result.warmup + result.iterations):
             counted = it >= result.warmup
             acts = {INPUT_NAME: x}
-            for node in nodes:
-                xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
-                t = time.perf_counter()
-                acts[node.name] = node.layer.forward(xin, params[node.name], train=result.train,
-                                                     rng=net.rng if result.train else None)
-                if counted:
-                    fwd[node.name] = fwd.get(node.name, 0.0) + clock.since(t)
+            with per_layer():
+                for node in nodes:
+                    xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
+                    t = time.perf_counter()
+                    acts[node.name] = node.layer.forward(xin, params[node.name], train=result.train,
+                                                         rng=net.rng if result.train else None)
+                    if counted:
+                        fwd[node.name] = fwd.get(node.name, 0.0) + clock.since(t)
             if not result.train:
                 continue
             out = nodes[-1]
@@ -214,15 +223,17 @@ def _measure_cpu(net, x, labels, result, clock):
                 cost_s += clock.since(t)
             pending, grads = {}, {}
             _send_back(out, dy, pending)
-            for node in reversed(nodes[:-1]):
-                need_dx = any(i != INPUT_NAME for i in node.inputs)
-                t = time.perf_counter()
-                dx, pgrads = node.layer.backward(pending.pop(node.name), params[node.name], need_dx=need_dx)
-                if counted:
-                    bwd[node.name] = bwd.get(node.name, 0.0) + clock.since(t)
-                grads.update({f"{node.name}.{p}": g for p, g in pgrads.items()})
-                if need_dx:
-                    _send_back(node, dx, pending)
+            with per_layer():
+                for node in reversed(nodes[:-1]):
+                    need_dx = any(i != INPUT_NAME for i in node.inputs)
+                    t = time.perf_counter()
+                    dx, pgrads = node.layer.backward(pending.pop(node.name), params[node.name],
+                                                     need_dx=need_dx)
+                    if counted:
+                        bwd[node.name] = bwd.get(node.name, 0.0) + clock.since(t)
+                    grads.update({f"{node.name}.{p}": g for p, g in pgrads.items()})
+                    if need_dx:
+                        _send_back(node, dx, pending)
             t = time.perf_counter()
             solver.step(grads, LR)
             if counted:
@@ -230,6 +241,7 @@ def _measure_cpu(net, x, labels, result, clock):
         result.layers = _layer_rows(net, fwd, bwd, result.iterations)
         result.cost_ms = cost_s * 1e3 / result.iterations
         result.update_ms = update_s * 1e3 / result.iterations
+    with np.errstate(all="ignore"):
         if result.train:
             def step():
                 _, grads = net.loss_and_grads(x, labels, train=True)
