@@ -31,6 +31,7 @@ class Net:
         memory.check_load(spec, self._nodes)     # before any parameter is allocated
         self._memory_ok = {}       # (batch, train, limit) -> bytes needed, once it fitted
         self._rank = {node.name: i for i, node in enumerate(self._nodes)}
+        self._scratch_bufs = {}    # joined inputs and summed gradients, reused between steps
         self._readers = {node.name: [] for node in self._nodes}    # backward waits for these
         for node in self._nodes:
             for name in set(node.inputs) - {INPUT_NAME}:
@@ -201,6 +202,7 @@ class Net:
         if key not in self._memory_ok:
             held = sum(a.nbytes for a in self._params.values())
             held += sum(b.nbytes for node in self._nodes for b in node.layer._buffers.values())
+            held += sum(b.nbytes for b in self._scratch_bufs.values())
             self._memory_ok[key] = memory.check_batch(self.name, self._nodes, self.input_shape,
                                                       key[0], key[1], held)
         return self._memory_ok[key]
@@ -217,7 +219,7 @@ class Net:
                 for node in self._nodes if train and node.layer.uses_rng}
 
         def run(node):
-            xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
+            xin = join_inputs(node.layer, [acts[i] for i in node.inputs], self._joined(node, x.shape[0]))
             acts[node.name] = node.layer.forward(xin, self._layer_params[node.name], train=train,
                                                  rng=rngs.get(node.name))
             if watch is not None:
@@ -359,10 +361,25 @@ class Net:
         in reverse graph order of the readers whichever thread finished first."""
         rank = self._rank
         got = sorted(parts.pop(node.name), key=lambda p: -rank[p[0]])
-        total = got[0][1]
-        for _, g in got[1:]:
-            total = total + g
+        if len(got) == 1:
+            return got[0][1]
+        total = self._scratch(f"{node.name}/dy", got[0][1].shape)
+        np.add(got[0][1], got[1][1], out=total)
+        for _, g in got[2:]:
+            total += g
         return total
+
+    def _joined(self, node, n):
+        """The reused array a layer's several inputs are joined into (None for one input)."""
+        if len(node.inputs) < 2 or node.layer.join == "separate":
+            return None
+        return self._scratch(f"{node.name}/join", (n,) + node.layer.input_shape)
+
+    def _scratch(self, key, shape):
+        buf = self._scratch_bufs.get(key)
+        if buf is None or buf.shape != shape:
+            buf = self._scratch_bufs[key] = np.empty(shape, np.float32)
+        return buf
 
 
 def resolve_device(device):

@@ -244,17 +244,22 @@ class Layer:
         self._buffers.clear()
 
 
-def join_inputs(layer, xs):
-    """Join several input activations as the layer's `join` rule says (a view for one input)."""
+def join_inputs(layer, xs, out=None):
+    """Join several input activations as the layer's `join` rule says (a view for one input).
+
+    `out`, when given, is a float32 [N] + layer.input_shape array the joined input is
+    written into (the engine keeps one per layer, so a step allocates nothing)."""
     n = xs[0].shape[0]
     if layer.join == "separate":
         return list(xs)
     if layer.join == "flat":
         if len(xs) == 1:
             return xs[0].reshape(n, -1)
-        return np.concatenate([x.reshape(n, -1) for x in xs], axis=1)
-    if len(xs) == 1:
+        xs = [x.reshape(n, -1) for x in xs]
+    elif len(xs) == 1:
         return xs[0]
+    if out is not None:
+        return np.concatenate(xs, axis=1, out=out)
     return np.concatenate(xs, axis=1)
 
 
