@@ -56,7 +56,8 @@ class Kernel:
 
     def __init__(self, fn, flags):
         self.parallel = numba.njit(parallel=True, **flags)(fn)
-        self.serial = numba.njit(parallel=False, **flags)(_renamed(fn, "__serial"))
+        # the name carries the error model: a cache written before it was set stays unused
+        self.serial = numba.njit(parallel=False, **flags)(_renamed(fn, "__serial_numpy_errors"))
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
@@ -67,8 +68,11 @@ class Kernel:
 
 def kernel(fn=None, *, fastmath=True):
     """Decorator for a top-level CPU kernel (called from Python, loops over numba.prange):
-    nogil, cached, fastmath unless told otherwise; parallel or serial per calling thread."""
-    flags = dict(nogil=True, cache=True, fastmath=fastmath)
+    nogil, cached, fastmath unless told otherwise, NumPy's error model (x / 0 is inf, not
+    an exception); parallel or serial per calling thread."""
+    # error_model="numpy": what parallel=True implies anyway; without it the serial twin's
+    # every `/` carries a divide-by-zero branch that stops its loops from vectorising
+    flags = dict(nogil=True, cache=True, fastmath=fastmath, error_model="numpy")
     if fn is None:
         return lambda f: Kernel(f, flags)
     return Kernel(fn, flags)

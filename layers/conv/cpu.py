@@ -23,7 +23,10 @@ def _valid(o_count, size, k_off, stride, padding):
 
 @threads.kernel
 def im2col(x, k, stride, padding, oh, ow, cols):
-    """cols <- the k*k-shifted, strided copies of x [N, C, H, W]; zeros where padding."""
+    """cols <- the k*k-shifted, strided copies of x [N, C, H, W]; zeros where padding.
+
+    The copies go through views (a row of x, a segment of cols): indices from 0 with a
+    unit or known stride, so the loops vectorise without negative-index checks."""
     n_img, c_in, h, w = x.shape
     p_out = oh * ow
     kk = k * k
@@ -32,20 +35,22 @@ def im2col(x, k, stride, padding, oh, ow, cols):
         c, ky, kx = r // kk, (r // k) % k, r % k
         ox0, ox1 = _valid(ow, w, kx, stride, padding)
         oy0, oy1 = _valid(oh, h, ky, stride, padding)
+        ix0 = ox0 * stride - padding + kx
+        ix1 = ix0 + (ox1 - ox0 - 1) * stride + 1
         for n in range(n_img):
-            for oy in range(oh):
-                base = n * p_out + oy * ow
-                if oy < oy0 or oy >= oy1:
-                    for ox in range(ow):
-                        cols[r, base + ox] = zero
-                    continue
-                iy = oy * stride - padding + ky
-                for ox in range(ox0):
-                    cols[r, base + ox] = zero
-                for ox in range(ox0, ox1):
-                    cols[r, base + ox] = x[n, c, iy, ox * stride - padding + kx]
-                for ox in range(ox1, ow):
-                    cols[r, base + ox] = zero
+            plane = cols[r, n * p_out:(n + 1) * p_out]
+            plane[:oy0 * ow] = zero
+            plane[oy1 * ow:] = zero
+            for oy in range(oy0, oy1):
+                seg = plane[oy * ow:(oy + 1) * ow]
+                seg[:ox0] = zero
+                seg[ox1:] = zero
+                if ox1 > ox0:
+                    iy = oy * stride - padding + ky
+                    if stride == 1:
+                        seg[ox0:ox1] = x[n, c, iy, ix0:ix1]
+                    else:
+                        seg[ox0:ox1] = x[n, c, iy, ix0:ix1:stride]
 
 
 @numba.njit(inline="always")
@@ -95,23 +100,35 @@ def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
 def col2im(dcols, k, stride, padding, oh, ow, dx):
     """dx <- sum of dcols over every (offset, output) that read each pixel.
 
-    One thread per (image, channel) pair owns that dx plane, so += never races."""
+    One thread per (image, channel) pair owns that dx plane, so += never races. The sums
+    run over views indexed from 0 (see im2col), one loop per output row."""
     n_img, c_in, h, w = dx.shape
     p_out = oh * ow
     kk = k * k
     zero = np.float32(0.0)
     for i in numba.prange(n_img * c_in):
         n, c = i // c_in, i % c_in
+        plane = dx[n, c]
         for iy in range(h):
             for ix in range(w):
-                dx[n, c, iy, ix] = zero
+                plane[iy, ix] = zero
         for ky in range(k):
             oy0, oy1 = _valid(oh, h, ky, stride, padding)
             for kx in range(k):
                 ox0, ox1 = _valid(ow, w, kx, stride, padding)
-                r = c * kk + ky * k + kx
+                if ox1 <= ox0:
+                    continue
+                ix0 = ox0 * stride - padding + kx
+                ix1 = ix0 + (ox1 - ox0 - 1) * stride + 1
+                src_row = dcols[c * kk + ky * k + kx, n * p_out:(n + 1) * p_out]
                 for oy in range(oy0, oy1):
                     iy = oy * stride - padding + ky
-                    src = n * p_out + oy * ow
-                    for ox in range(ox0, ox1):
-                        dx[n, c, iy, ox * stride - padding + kx] += dcols[r, src + ox]
+                    src = src_row[oy * ow + ox0:oy * ow + ox1]
+                    if stride == 1:
+                        dst = plane[iy, ix0:ix1]
+                        for j in range(src.shape[0]):
+                            dst[j] += src[j]
+                    else:
+                        dst = plane[iy, ix0:ix1:stride]
+                        for j in range(src.shape[0]):
+                            dst[j] += src[j]
