@@ -282,3 +282,121 @@ def test_batch_in_chunks_matches_whole_batch(case, chunk_images):
     if case[-1] != "abs":                    # smooth: no kinks for the finite differences
         errs = gradcheck.check(chunked, [x[:3]], params)
         assert set(errs) == {"input0", "weight", "bias"}
+
+
+# ---- the direct kernels (stride 1, no im2col): both paths forced on the same cases -------
+# (N, C, H, W, filters, size, stride=1, padding, groups, neuron): odd, non-square, padding
+# 0/1/2, filter counts that are and are not multiples of the kernels' block of 4
+DIRECT_CASES = [
+    (3, 4, 7, 6, 5, 3, 1, 1, 1, "tanh"),
+    (1, 6, 9, 11, 6, 5, 1, 2, 2, "relu"),
+    (2, 3, 5, 8, 7, 2, 1, 0, 1, "abs"),
+    (3, 9, 6, 5, 9, 3, 1, 2, 3, "logistic"),
+    (2, 2, 8, 9, 8, 4, 1, 1, 2, "linear"),
+    (1, 1, 6, 7, 3, 5, 1, 0, 1, None),
+    (2, 4, 5, 5, 12, 3, 1, 1, 1, "square"),
+    (2, 3, 6, 4, 4, 3, 1, 0, 1, "brelu[1.5]"),
+    (2, 3, 6, 7, 4, 3, 1, 1, 1, "softrelu"),
+    (2, 3, 6, 7, 4, 3, 1, 1, 1, "sqrt"),
+]
+
+
+def run_path(case, direct, seed=0, serial=False):
+    from layers import threads
+    layer, params, x, rng = setup_case(case, seed)
+    if case[-1] == "sqrt":
+        params["bias"][:] = np.abs(params["bias"]) + 3.0      # keep sqrt's input positive
+    layer.direct = direct
+    with threads.serial(serial):
+        y = layer.forward(x, params).copy()
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx, grads = layer.backward(dy, params)
+        dx, grads = dx.copy(), {k: v.copy() for k, v in grads.items()}
+    return layer, params, x, y, dy, dx, grads
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_direct_path_matches_reference_and_gemm_path(case):
+    layer, params, x, y, dy, dx, grads = run_path(case, True)
+    assert set(layer._buffers) == set(layer.buffer_shapes(x.shape[0], backward=True))
+    assert "cols" not in layer._buffers
+    x64 = x.astype(np.float64)
+    close(y, reference.forward(x64, *ref_args(layer, params)))
+    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x64, *ref_args(layer, params))
+    close(dx, rdx)
+    close(grads["weight"], rdw)
+    close(grads["bias"], rdb)
+    _, _, _, gy, _, gdx, ggrads = run_path(case, False)
+    close(y, gy)
+    close(dx, gdx)
+    close(grads["weight"], ggrads["weight"])
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES[:5], ids=lambda c: "-".join(map(str, c)))
+def test_direct_serial_twins_match_parallel_kernels(case):
+    *_, y, _, dx, grads = run_path(case, True, serial=False)
+    *_, sy, _, sdx, sgrads = run_path(case, True, serial=True)
+    np.testing.assert_allclose(sy, y, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sdx, dx, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sgrads["weight"], grads["weight"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sgrads["bias"], grads["bias"], rtol=1e-6, atol=1e-6)
+
+
+def test_direct_batch_one_large_batch_and_padding_end():
+    for case in [(1, 3, 10, 9, 6, 5, 1, 2, 1, "relu"), (37, 3, 6, 5, 6, 3, 1, 1, 3, "tanh")]:
+        layer, params, x, y, dy, dx, grads = run_path(case, True)
+        assert layer.use_direct(*case[1:4], *case[4:9])
+        x64 = x.astype(np.float64)
+        close(y, reference.forward(x64, *ref_args(layer, params)))
+        rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x64, *ref_args(layer, params))
+        close(dx, rdx)
+        close(grads["weight"], rdw)
+        close(grads["bias"], rdb)
+    case = (2, 3, 7, 6, 5, 3, 1, 1, 2, 1, "relu")                  # stride 1 with padding_end
+    layer, params, x, rng = setup_padding_end(case)
+    assert layer.direct
+    n, c, h, w, f, k, s, p, e, g, fn = case
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p + e), (p, p + e)))
+    args = (params["weight"].astype(np.float64), params["bias"].astype(np.float64), s, 0, g, fn)
+    y = layer.forward(x, params)
+    close(y, reference.forward(xp, *args))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, grads = layer.backward(dy, params)
+    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), xp, *args)
+    close(dx, rdx[:, :, p:p + h, p:p + w])
+    close(grads["weight"], rdw)
+    close(grads["bias"], rdb)
+
+
+def test_direct_repeated_backward_and_without_dx():
+    layer, params, x, rng = setup_case(DIRECT_CASES[1])
+    assert layer.direct
+    y = layer.forward(x, params)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx1, g1 = layer.backward(dy, params)
+    dx1, g1 = dx1.copy(), {k: v.copy() for k, v in g1.items()}
+    dx2, g2 = layer.backward(dy, params)
+    none, g3 = layer.backward(dy, params, need_dx=False)
+    assert none is None
+    np.testing.assert_array_equal(dx1, dx2)
+    for g in (g2, g3):
+        np.testing.assert_array_equal(g1["weight"], g["weight"])
+        np.testing.assert_array_equal(g1["bias"], g["bias"])
+
+
+@pytest.mark.parametrize("case", [(2, 4, 6, 5, 6, 3, 1, 1, 2, "tanh"), (2, 3, 5, 6, 5, 3, 1, 0, 1, "tanh")])
+def test_direct_gradient_finite_differences(case):
+    layer, params, x, _ = setup_case(case, seed=1)
+    assert layer.direct
+    assert set(gradcheck.check(layer, [x], params)) == {"input0", "weight", "bias"}
+
+
+def test_selection_rule():
+    # CIFAR-10 18pct conv1/conv2 and LeNet-5: direct; AlexNet-sized and strided: GEMM
+    assert make(3, 32, 32, filters=32, size=5, padding=2).direct
+    assert make(32, 16, 16, filters=32, size=5, padding=2).direct
+    assert make(6, 14, 14, filters=16, size=5).direct
+    assert not make(96, 27, 27, filters=256, size=5, padding=2, groups=2).direct
+    assert not make(256, 13, 13, filters=384, size=3, padding=1).direct
+    assert not make(3, 32, 32, filters=8, size=5, stride=2).direct
+    assert not make(3, 32, 32, filters=8, size=3, padding=3).direct

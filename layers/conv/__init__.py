@@ -1,7 +1,11 @@
 """`conv`: 2-D convolution with optional groups and a fused activation.
 
-im2col (Numba) -> one BLAS GEMM per group (numpy, outside Numba) -> bias + activation
-scatter (Numba). Backward mirrors it: gradient gather -> GEMMs -> col2im.
+Two ways, chosen per shape (ConvLayer.use_direct):
+- GEMM: im2col (Numba) -> one BLAS GEMM per group (numpy, outside Numba) -> bias +
+  activation scatter (Numba). Backward mirrors it: gradient gather -> GEMMs -> col2im.
+- direct (stride 1, few filters): Numba kernels that convolve a zero-padded copy of each
+  image without im2col (cpu.direct_*); backward data is a full convolution of the padded
+  gradient with the flipped filters, backward weights are dot products per tap.
 """
 import numpy as np
 
@@ -45,7 +49,26 @@ class ConvLayer(Layer):
         self.channels = c
         self.act = parse_neuron(self.neuron)
         self.out_hw = (out_size_floor(h + e, k, s, p), out_size_floor(w + e, k, s, p))
+        # the direct kernels' geometry (meaningful where stride 1 and padding < size)
+        oh, ow = self.out_hw
+        a = k - 1 - p                                    # the full convolution's padding
+        wc = max(w + 2 * p + e, w + k - 1)               # common row width of the flat planes
+        self._geom = dict(hp=h + 2 * p + e, wc=wc, a=a, hd=max(h + k - 1, oh + a))
+        self.direct = self.use_direct(c, h, w, f, k, s, p, g)
         return (f,) + self.out_hw
+
+    # Selection (bench/bench_conv.py, one core, batch 128): the direct kernels win where the
+    # GEMM path's im2col/col2im traffic is comparable to its GEMM, i.e. few filters per group
+    # over images that are not tiny: 1.5-6x on CIFAR-10 18pct conv1/conv2 and LeNet-5. With 64
+    # filters on 8x8 images (18pct conv3) the two tie; with more filters per group BLAS wins
+    # (AlexNet: 96+ filters on 48+ channels keeps the GEMM path).
+    DIRECT_MAX_FILTERS = 32     # per group
+
+    @classmethod
+    def use_direct(cls, c, h, w, f, k, stride, padding, groups):
+        """The rule: stride 1, padding < size (the backward's full convolution pads by
+        size-1-padding) and at most DIRECT_MAX_FILTERS filters per group."""
+        return stride == 1 and padding < k and f // groups <= cls.DIRECT_MAX_FILTERS
 
     def param_shapes(self):
         return {"weight": (self.filters, self.channels // self.groups, self.size, self.size),
@@ -57,6 +80,8 @@ class ConvLayer(Layer):
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
         oh, ow = self.out_hw
+        if self.direct:
+            return self._direct_buffer_shapes(n, backward, need_dx)
         f, rows = self.filters, self.channels * self.size * self.size
         span = self._chunk(n) * oh * ow                 # columns of one chunk of images
         out = {"cols": ("workspace", (rows * span,)),
@@ -73,6 +98,69 @@ class ConvLayer(Layer):
             if need_dx:
                 out["dx"] = ("gradient", (n,) + self.input_shape)
         return out
+
+    def _direct_buffer_shapes(self, n, backward, need_dx):
+        oh, ow = self.out_hw
+        f, c, geo = self.filters, self.channels, self._geom
+        out = {"xpad": ("workspace", (n, c * geo["hp"] * geo["wc"])),
+               "y": ("activation", (n, f, oh, ow))}
+        if self.act.needs_input:
+            out["pre"] = ("workspace", (n, f, oh * ow))
+        if backward:
+            out["dzp"] = ("gradient", (n, f, geo["hd"] * geo["wc"]))
+            out["dweight"] = ("param_grad", (f, c // self.groups * self.size * self.size))
+            out["dbias"] = ("param_grad", (f,))
+            if need_dx:
+                out["dx"] = ("gradient", (n,) + self.input_shape)
+        return out
+
+    def _offsets(self, channels, plane):
+        """Flat offsets of the taps (channel, ky, kx) on planes of `plane` values, rows wc."""
+        k, wc = self.size, self._geom["wc"]
+        ch, ky, kx = np.meshgrid(np.arange(channels), np.arange(k), np.arange(k), indexing="ij")
+        return (ch * plane + ky * wc + kx).ravel().astype(np.int64)
+
+    def _direct_forward(self, x, params):
+        n, f = x.shape[0], self.filters
+        oh, ow = self.out_hw
+        geo = self._geom
+        self._allocate(n)
+        xpad = self._buffers["xpad"]
+        cpu.pad_images(x, self.padding, geo["hp"], geo["wc"], xpad)
+        w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
+        bias = np.ascontiguousarray(params["bias"], np.float32)
+        y3 = self._buffers["y"].reshape(n, f, oh * ow)
+        keep = self.act.needs_input
+        pre = self._buffers["pre"] if keep else y3
+        off = self._offsets(self.channels // self.groups, geo["hp"] * geo["wc"])
+        cpu.direct_forward(xpad, off, w2, bias, self.groups, oh, ow, geo["wc"],
+                           *self.act.kernel_args(), keep, y3, pre)
+        self._x, self._y3, self._pre = x, y3, pre
+        return self._buffers["y"]
+
+    def _direct_backward(self, dy, params, need_dx):
+        n, f = self._x.shape[0], self.filters
+        oh, ow = self.out_hw
+        geo = self._geom
+        a, wc = geo["a"], geo["wc"]
+        dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
+        self._allocate(n, backward=True, need_dx=need_dx)
+        dzp, dw2, db = self._buffers["dzp"], self._buffers["dweight"], self._buffers["dbias"]
+        db64 = np.zeros(f, np.float64)
+        cpu.direct_grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), a, oh, ow, wc,
+                               dzp, db64)
+        db[:] = db64
+        off = self._offsets(self.channels // self.groups, geo["hp"] * wc)
+        cpu.direct_dweight(self._buffers["xpad"], dzp, off, self.groups, a * (wc + 1),
+                           (oh - 1) * wc + ow, dw2)
+        dx = None
+        if need_dx:
+            dx = self._buffers["dx"]
+            h, w = self.input_shape[1:]
+            w4 = np.ascontiguousarray(params["weight"], np.float32)
+            offq = self._offsets(f // self.groups, geo["hd"] * wc)
+            cpu.direct_dx(dzp, offq, w4, self.groups, h, w, wc, dx)
+        return dx, {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db}
 
     # ---- compute ------------------------------------------------------------
     # The batch goes through in chunks of images whose im2col matrix is about CHUNK_BYTES:
@@ -117,6 +205,8 @@ class ConvLayer(Layer):
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
+        if self.direct:
+            return self._direct_forward(x, params)
         n = x.shape[0]
         f = self.filters
         oh, ow = self.out_hw
@@ -136,6 +226,8 @@ class ConvLayer(Layer):
         return self._buffers["y"]
 
     def backward(self, dy, params, need_dx=True):
+        if self.direct:
+            return self._direct_backward(dy, params, need_dx)
         n = self._x.shape[0]
         f = self.filters
         oh, ow = self.out_hw

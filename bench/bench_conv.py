@@ -1,0 +1,77 @@
+"""Single-core conv timings: the GEMM path (im2col + BLAS) against the direct kernels.
+
+Runs the CIFAR-10 18pct and LeNet-5 conv layers as a column thread runs them
+(engine.columns.single_core(): serial kernels, one BLAS thread), the two paths interleaved
+in one process, repetition by repetition, so that the machine's noise hits both alike.
+Prints min and median ms of forward and backward (with dx) per layer and path.
+
+    python bench/bench_conv.py [--batch 128] [--reps 15] [--only c10-conv2 ...]
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+import layers  # noqa: E402
+from engine import columns  # noqa: E402
+
+# name: (channels, height, width, filters, size, padding, neuron)
+SHAPES = {
+    "c10-conv1": (3, 32, 32, 32, 5, 2, None),
+    "c10-conv2": (32, 16, 16, 32, 5, 2, "relu"),
+    "c10-conv3": (32, 8, 8, 64, 5, 2, "relu"),
+    "lenet-conv1": (1, 28, 28, 6, 5, 2, "relu"),
+    "lenet-conv2": (6, 14, 14, 16, 5, 0, "relu"),
+}
+
+
+def make(shape, direct):
+    c, h, w, f, k, p, fn = shape
+    layer = layers.get("conv")("conv", {"filters": f, "size": k, "padding": p, "neuron": fn},
+                               [(c, h, w)])
+    layer.direct = direct
+    return layer
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--only", nargs="*", default=list(SHAPES))
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    print(f"batch {args.batch}, {args.reps} interleaved repetitions, one core; ms min / median")
+    print(f"{'layer':12s} {'path':7s} {'forward':>15s} {'backward':>15s}   auto picks")
+    with columns.single_core():
+        for name in args.only:
+            shape = SHAPES[name]
+            runs = {}
+            for path, direct in (("gemm", False), ("direct", True)):
+                layer = make(shape, direct)
+                params = layer.init_params(rng)
+                x = rng.standard_normal((args.batch,) + layer.input_shape).astype(np.float32)
+                dy = rng.standard_normal((args.batch,) + layer.output_shape).astype(np.float32)
+                layer.forward(x, params)
+                layer.backward(dy, params)              # compile, allocate
+                runs[path] = (layer, params, x, dy, {"fwd": [], "bwd": []})
+            for _ in range(args.reps):
+                for path, (layer, params, x, dy, times) in runs.items():
+                    t0 = time.perf_counter()
+                    layer.forward(x, params)
+                    t1 = time.perf_counter()
+                    layer.backward(dy, params)
+                    t2 = time.perf_counter()
+                    times["fwd"].append(t1 - t0)
+                    times["bwd"].append(t2 - t1)
+            auto = "direct" if make(shape, None).use_direct(*shape[:5], 1, shape[5], 1) else "gemm"
+            for path, (*_, times) in runs.items():
+                cells = [f"{1e3 * min(v):6.2f} /{1e3 * np.median(v):6.2f}" for v in times.values()]
+                print(f"{name:12s} {path:7s} {cells[0]:>15s} {cells[1]:>15s}   {auto if path == 'gemm' else ''}")
+
+
+if __name__ == "__main__":
+    main()
