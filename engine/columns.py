@@ -15,9 +15,12 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from layers import threads
 
-MODES = ("auto", "columns", "layers")
+MODES = ("auto", "columns", "batch", "layers")
+MIN_SPLIT = 8          # "batch" splits batches of at least this many images
 ENV = "ENGINE_THREADING"
 
 _pool = None
@@ -56,7 +59,8 @@ def _one_blas_thread():
 
 @contextlib.contextmanager
 def single_core():
-    """On this thread: the serial kernels and one BLAS thread, as a column thread runs."""
+    """On this thread: the serial kernels and one BLAS thread, as a column thread runs
+    (for one thread only: the BLAS limit is process-wide)."""
     with threads.serial(), _one_blas_thread():
         yield
 
@@ -76,16 +80,18 @@ def column_work(nodes):
 
 
 def choose(nodes, mode="auto", cpus=None):
-    """(lanes, why): "columns" or "layers", and the reason, for a net's nodes.
+    """(mode, why): "columns", "batch" or "layers", and the reason, for a net's nodes.
 
-    auto picks columns when there are two cores or more and two columns that each hold
-    at least a quarter of the multiply-adds: measured on AlexNet (2 cores), two column
-    threads beat intra-op threading (closing note of issue 5, bench/run.py --threading).
-    The choice is a rule, not a timing, so the same net always runs the same way."""
+    auto picks, on two cores or more, columns where the net has two columns that each
+    hold at least a quarter of the multiply-adds, else batch (each half of a batch on its
+    own thread). Measured on this project's 2-core machine (closing note of issue 5):
+    intra-op threading ("layers") gained nothing over one core on the CIFAR-10 and LeNet
+    nets, while one thread per column or per half-batch scales. The choice is a rule, not
+    a timing, so the same net always runs the same way."""
     mode = os.environ.get(ENV, mode) if mode == "auto" else mode
     check_mode(mode)
     work = column_work(nodes)
-    if len(work) < 2:
+    if mode == "columns" and len(work) < 2:
         return "layers", "the net has one column"
     if mode != "auto":
         return mode, f"threading: {mode} was asked for"
@@ -94,11 +100,38 @@ def choose(nodes, mode="auto", cpus=None):
     if cpus < 2:
         return "layers", "one CPU core"
     total = max(sum(work.values()), 1)
+    halves = f"each half of a batch (of {MIN_SPLIT} or more) on its own thread"
+    if len(work) < 2:
+        return "batch", f"one column: {halves}"
     smallest = min(work.values()) / total
     if smallest < 0.25:
-        return "layers", f"the smaller column holds {smallest:.0%} of the multiply-adds"
+        return "batch", f"the smaller column holds {smallest:.0%} of the multiply-adds: {halves}"
     return "columns", f"two columns of {', '.join(f'{v / total:.0%}' for v in work.values())} " \
                       "of the multiply-adds, on two threads"
+
+
+def run_pair(first, second):
+    """first() on this thread and second() on the worker, each with the serial kernels,
+    and one BLAS thread each (the BLAS limit is process-wide: set once, around both);
+    the first error (first's before second's) is raised once both have returned."""
+    errstate = np.geterr()      # thread-local in NumPy: the worker takes the caller's
+
+    def serially(fn):
+        with threads.serial(), np.errstate(**errstate):
+            return fn()
+    errors = []
+    with _one_blas_thread():
+        future = _worker_pool().submit(serially, second)
+        try:
+            serially(first)
+        except BaseException as e:          # noqa: BLE001  (re-raised below, after the worker)
+            errors.append(e)
+        try:
+            future.result()
+        except BaseException as e:          # noqa: BLE001
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def lanes_of(nodes, mode):
@@ -124,9 +157,10 @@ def run(lanes, waits_for, work):
         return
     done = {node.name: threading.Event() for lane in lanes for node in lane}
     failed = threading.Event()
+    errstate = np.geterr()      # thread-local in NumPy: the worker takes the caller's
 
     def run_lane(lane):
-        with threads.serial():
+        with threads.serial(), np.errstate(**errstate):
             for node in lane:
                 for name in waits_for(node):
                     event = done.get(name)

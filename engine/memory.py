@@ -29,11 +29,14 @@ def param_bytes(layer):
     return FLOAT * sum(math.prod(s) for s in layer.param_shapes().values())
 
 
-def estimate(nodes, input_shape, n, train=False):
+def estimate(nodes, input_shape, n, train=False, split_from=None):
     """Bytes a batch of n needs, by kind (KINDS) plus "total": a forward pass, and with
-    `train` a training step (dropout, backward, momentum)."""
+    `train` a training step (dropout, backward, momentum). A batch of at least
+    `split_from` runs as two halves (threading "batch"), each through its own copy of
+    the layers with its own buffers and parameter gradients."""
     out = dict.fromkeys(KINDS, 0)
     out["activations"] = FLOAT * n * math.prod(input_shape)
+    halves = [n] if split_from is None or n < split_from else [(n + 1) // 2, n // 2]
     readers = {}
     for node in nodes:
         for i in node.inputs:
@@ -41,9 +44,10 @@ def estimate(nodes, input_shape, n, train=False):
     for node in nodes:
         layer = node.layer
         need_dx = any(i != INPUT_NAME for i in node.inputs)
-        for kind, shape in layer.buffer_shapes(n, train, train, need_dx).values():
-            if kind in _BUFFER_KIND:
-                out[_BUFFER_KIND[kind]] += FLOAT * math.prod(shape)
+        for m in halves:
+            for kind, shape in layer.buffer_shapes(m, train, train, need_dx).values():
+                if kind in _BUFFER_KIND:
+                    out[_BUFFER_KIND[kind]] += FLOAT * math.prod(shape)
         if len(node.inputs) > 1 and layer.join != "separate":   # join_inputs concatenates
             out["workspace"] += FLOAT * n * math.prod(layer.input_shape)
         if train and readers.get(node.name, 0) > 1:    # the sum of its readers' gradients
@@ -51,25 +55,27 @@ def estimate(nodes, input_shape, n, train=False):
         p = param_bytes(layer)
         out["parameters"] += p
         if train:
-            out["parameter_gradients"] += p
+            out["parameter_gradients"] += p * len(halves)
             out["momentum"] += p
     out["total"] = sum(out[k] for k in KINDS)
     return out
 
 
-def largest_batch(nodes, input_shape, train, available):
+def largest_batch(nodes, input_shape, train, available, split_from=None):
     """The largest n whose estimate fits in `available` bytes (0 if not even one image)."""
-    one = estimate(nodes, input_shape, 1, train)["total"]
-    per_image = estimate(nodes, input_shape, 2, train)["total"] - one
+    def need(m):
+        return estimate(nodes, input_shape, m, train, split_from)["total"]
+    one = need(1)
+    per_image = need(2) - one
     if one > available:
         return 0
     n = 1 + (available - one) // max(per_image, 1)     # exact where the estimate is affine in n
-    if estimate(nodes, input_shape, n, train)["total"] <= available:
+    if need(n) <= available:
         return n
-    lo, hi = 1, n                  # a layer whose buffers grow faster: bisect
+    lo, hi = 1, n                  # a layer whose buffers grow faster (or halves): bisect
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if estimate(nodes, input_shape, mid, train)["total"] <= available else (lo, mid - 1)
+        lo, hi = (mid, hi) if need(mid) <= available else (lo, mid - 1)
     return lo
 
 
@@ -173,14 +179,14 @@ def fmt(n):
 
 
 # ---- refusing ---------------------------------------------------------------
-def check_batch(name, nodes, input_shape, n, train, held=0):
+def check_batch(name, nodes, input_shape, n, train, held=0, split_from=None):
     """Bytes a batch of n needs; MemoryLimitError when it cannot fit. `held`: bytes the net
     already holds (parameters, buffers), which it would reuse."""
-    need = estimate(nodes, input_shape, n, train)
+    need = estimate(nodes, input_shape, n, train, split_from)
     room, source = available(held)
     if room is None or need["total"] <= room:
         return need["total"]
-    largest = largest_batch(nodes, input_shape, train, room)
+    largest = largest_batch(nodes, input_shape, train, room, split_from)
     parts = ", ".join(f"{LABELS[k]} {fmt(need[k])}" for k in KINDS if need[k])
     fits = f"the largest batch that fits is {largest:,}" if largest else "not even one image fits"
     raise MemoryLimitError(

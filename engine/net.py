@@ -32,6 +32,7 @@ class Net:
         self._memory_ok = {}       # (batch, train, limit) -> bytes needed, once it fitted
         self._rank = {node.name: i for i, node in enumerate(self._nodes)}
         self._scratch_bufs = {}    # joined inputs and summed gradients, reused between steps
+        self._replica = None       # threading "batch": the layers that run the second half
         self._readers = {node.name: [] for node in self._nodes}    # backward waits for these
         for node in self._nodes:
             for name in set(node.inputs) - {INPUT_NAME}:
@@ -68,8 +69,8 @@ class Net:
         """What `threading` resolved to for this net: "columns" or "layers" (see threading_reason)."""
         return self._lane_mode
 
-    def _lanes(self, sequential=False):
-        return columns.lanes_of(self._nodes, "layers" if sequential else self._lane_mode)
+    def _lanes(self):
+        return columns.lanes_of(self._nodes, self._lane_mode)
 
     # ---- device -------------------------------------------------------------
     @property
@@ -201,32 +202,73 @@ class Net:
         key = (int(n), bool(train), os.environ.get(memory.ENV))
         if key not in self._memory_ok:
             held = sum(a.nbytes for a in self._params.values())
-            held += sum(b.nbytes for node in self._nodes for b in node.layer._buffers.values())
+            held += sum(b.nbytes for node in self._nodes + (self._replica or [])
+                        for b in node.layer._buffers.values())
             held += sum(b.nbytes for b in self._scratch_bufs.values())
             self._memory_ok[key] = memory.check_batch(self.name, self._nodes, self.input_shape,
-                                                      key[0], key[1], held)
+                                                      key[0], key[1], held, self._splits_from())
         return self._memory_ok[key]
 
-    def _forward(self, x, train, watch=None, backward=False):
+    def _forward(self, x, train, watch=None, backward=False, checked=False):
         """Check x and the memory its batch needs (a training step if `train` or `backward`),
-        then run every layer; returns {name: activation}, the input as "data"."""
-        x = self.check_input(x)
-        self.check_memory(x.shape[0], train or backward)   # refused before anything is allocated
+        then run every layer. Returns a list of (nodes, start, stop, {name: activation}):
+        one entry, or with threading "batch" one per half of the batch, each run by its own
+        copy of the layers on its own thread. The input is under "data"."""
+        x = x if checked else self.check_input(x)
+        n = x.shape[0]
+        self.check_memory(n, train or backward)     # refused before anything is allocated
+        if not self._splits(n, watch):
+            rngs = self._draw_rngs(self._nodes, train)
+            return [(self._nodes, 0, n, self._run_forward(self._nodes, 0, x, train, rngs, watch))]
+        parts = self._halves(n)
+        rngs = [self._draw_rngs(nodes, train) for nodes, _, _ in parts]
+        acts = [None, None]
+
+        def half(i):
+            nodes, a, b = parts[i]
+            acts[i] = self._run_forward(nodes, i, x[a:b], train, rngs[i])
+        columns.run_pair(lambda: half(0), lambda: half(1))
+        return [part + (act,) for part, act in zip(parts, acts)]
+
+    def _splits_from(self):
+        """The smallest batch that threading "batch" splits in two (None: never)."""
+        return columns.MIN_SPLIT if self._lane_mode == "batch" else None
+
+    def _splits(self, n, watch=None):
+        # a watch sees the layers in graph order: one copy, one lane
+        return self._lane_mode == "batch" and n >= columns.MIN_SPLIT and watch is None
+
+    def _halves(self, n):
+        """[(nodes, start, stop)] for the two halves of a batch of n."""
+        if self._replica is None:          # a second copy of the layers: its own buffers
+            self._replica = graph.build(self.spec)
+        h = (n + 1) // 2
+        return [(self._nodes, 0, h), (self._replica, h, n)]
+
+    def draw_layer_seeds(self, nodes=None):
+        """{layer: seed} for one training pass of the random layers (dropout), drawn from
+        `rng` in graph order: each such layer draws from np.random.default_rng(seed), so
+        its draws do not depend on which thread runs first."""
+        return {node.name: int(self.rng.integers(2**63))
+                for node in (nodes or self._nodes) if node.layer.uses_rng}
+
+    def _draw_rngs(self, nodes, train):
+        if not train:
+            return {}
+        return {name: np.random.default_rng(seed) for name, seed in self.draw_layer_seeds(nodes).items()}
+
+    def _run_forward(self, nodes, copy, x, train, rngs, watch=None):
         acts = {INPUT_NAME: x}
-        # each random layer gets its own generator, drawn in graph order, so that the
-        # draws do not depend on which thread runs first
-        rngs = {node.name: np.random.default_rng(self.rng.integers(2**63))
-                for node in self._nodes if train and node.layer.uses_rng}
 
         def run(node):
-            xin = join_inputs(node.layer, [acts[i] for i in node.inputs], self._joined(node, x.shape[0]))
+            xin = join_inputs(node.layer, [acts[i] for i in node.inputs], self._joined(node, copy, x.shape[0]))
             acts[node.name] = node.layer.forward(xin, self._layer_params[node.name], train=train,
                                                  rng=rngs.get(node.name))
             if watch is not None:
                 watch("output", node.name, acts[node.name])
 
-        # a watch sees the layers in graph order: one lane
-        columns.run(self._lanes(sequential=watch is not None), lambda node: node.inputs, run)
+        lanes = [nodes] if copy or watch is not None else self._lanes()
+        columns.run(lanes, lambda node: node.inputs, run)
         return acts
 
     def forward(self, x, train=False, outputs=None):
@@ -246,10 +288,11 @@ class Net:
             if outputs is None:
                 return acts[self._nodes[-1].name].copy_to_host()
             return {o: acts[o].copy_to_host() for o in outputs}
-        acts = self._forward(x, train)
-        if outputs is None:
-            return acts[self._nodes[-1].name].copy()
-        return {o: acts[o].copy() for o in outputs}
+        parts = self._forward(x, train)
+        names = [self._nodes[-1].name] if outputs is None else outputs
+        merged = {o: np.concatenate([acts[o] for _, _, _, acts in parts]) if len(parts) > 1
+                  else parts[0][3][o].copy() for o in names}
+        return merged[names[0]] if outputs is None else merged
 
     def gradients(self, x, labels, train=False):
         """(mean cross-entropy, {"<layer>.<param>": gradient}) for a batch.
@@ -279,9 +322,10 @@ class Net:
         """The cost of a batch at test time (no dropout, no backward on the CPU)."""
         if self._backend is not None:
             return self.cuda_step(x, labels, train=False)[0]
-        cost_layer = self._cost_layer()
-        n = self._forward(x, False)[INPUT_NAME].shape[0]
-        return float(cost_layer.cost(cost_layer.check_labels(labels, n=n))[0])
+        parts = self._forward(x, False)
+        n = parts[-1][2]
+        labels = self._cost_layer().check_labels(labels, n=n)
+        return sum(float(nodes[-1].layer.cost(_rows(labels, a, b))[0]) * (b - a) for nodes, a, b, _ in parts) / n
 
     def _cost_layer(self):
         out = self._nodes[-1]
@@ -298,11 +342,37 @@ class Net:
         backward order (engine.finite uses it to find where a NaN was born)."""
         if self._backend is not None:
             raise ValueError("this net lives on CUDA: use gradients(), or cuda_step() for device arrays")
-        out = self._nodes[-1]
-        self._cost_layer()
+        cost_layer = self._cost_layer()
         labels = np.asarray(labels)
-        self._forward(x, train, watch, backward=True)
+        x = self.check_input(x)
+        n = x.shape[0]
+        if not self._splits(n, watch):
+            self._forward(x, train, watch, backward=True, checked=True)
+            return self._run_backward(self._nodes, 0, labels, 1.0, watch)
+        labels = cost_layer.check_labels(labels, n=n)   # about the whole batch, not a half
+        self.check_memory(n, True)
+        halves = self._halves(n)
+        rngs = [self._draw_rngs(nodes, train) for nodes, _, _ in halves]
+        results = [None, None]
+
+        def half(i):          # forward and backward of one half on one thread, cache-warm
+            nodes, a, b = halves[i]
+            self._run_forward(nodes, i, x[a:b], train, rngs[i])
+            results[i] = self._run_backward(nodes, i, _rows(labels, a, b), (b - a) / n)
+        columns.run_pair(lambda: half(0), lambda: half(1))
+        (loss0, grads), (loss1, grads1) = results
+        for key, g in grads.items():         # the first half's buffers hold the sum
+            g += grads1[key]
+        (_, a0, b0), (_, a1, b1) = halves
+        return (loss0 * (b0 - a0) + loss1 * (b1 - a1)) / n, grads
+
+    def _run_backward(self, nodes, copy, labels, weight, watch=None):
+        """Cost and backward through `nodes` (after their forward); `weight` scales the
+        cost's gradient: a half of the batch carries its share of the mean."""
+        out = nodes[-1]
         loss, dx = out.layer.cost(labels)
+        if weight != 1.0:
+            dx = dx * np.float32(weight)
         if watch is not None:
             watch("cost", out.name, np.asarray([loss], np.float32))
             watch("input gradient", out.name, dx)
@@ -311,7 +381,7 @@ class Net:
         grads = {}
 
         def run(node):
-            dy = self._gathered(node, parts)
+            dy = self._gathered(node, copy, parts)
             need_dx = any(i != INPUT_NAME for i in node.inputs)
             dx, pgrads = node.layer.backward(dy, self._layer_params[node.name], need_dx=need_dx)
             for pname, g in pgrads.items():
@@ -324,8 +394,8 @@ class Net:
                         watch("input gradient", node.name, part)
                 self._send_back(node, dx, parts)
 
-        lanes = [list(reversed([n for n in lane if n is not out]))
-                 for lane in self._lanes(sequential=watch is not None)]
+        lanes = [nodes] if copy or watch is not None else self._lanes()
+        lanes = [list(reversed([n for n in lane if n is not out])) for lane in lanes]
         columns.run(lanes, lambda node: self._readers[node.name], run)
         return float(loss), {k: grads[k] for k in self._params}
 
@@ -356,30 +426,35 @@ class Net:
             if name != INPUT_NAME:
                 parts.setdefault(name, []).append((node.name, g))
 
-    def _gathered(self, node, parts):
+    def _gathered(self, node, copy, parts):
         """The gradient of a layer's output: the sum of what its readers sent back, added
         in reverse graph order of the readers whichever thread finished first."""
         rank = self._rank
         got = sorted(parts.pop(node.name), key=lambda p: -rank[p[0]])
         if len(got) == 1:
             return got[0][1]
-        total = self._scratch(f"{node.name}/dy", got[0][1].shape)
+        total = self._scratch((copy, node.name, "dy"), got[0][1].shape)
         np.add(got[0][1], got[1][1], out=total)
         for _, g in got[2:]:
             total += g
         return total
 
-    def _joined(self, node, n):
+    def _joined(self, node, copy, n):
         """The reused array a layer's several inputs are joined into (None for one input)."""
         if len(node.inputs) < 2 or node.layer.join == "separate":
             return None
-        return self._scratch(f"{node.name}/join", (n,) + node.layer.input_shape)
+        return self._scratch((copy, node.name, "join"), (n,) + node.layer.input_shape)
 
     def _scratch(self, key, shape):
         buf = self._scratch_bufs.get(key)
         if buf is None or buf.shape != shape:
             buf = self._scratch_bufs[key] = np.empty(shape, np.float32)
         return buf
+
+
+def _rows(labels, a, b):
+    """A half's labels (None stays None: a cost such as sum2 takes none)."""
+    return None if labels is None else labels[a:b]
 
 
 def resolve_device(device):

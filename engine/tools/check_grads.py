@@ -67,8 +67,8 @@ class PerturbedForward:
     """The net's cost with one parameter entry moved, recomputing only what it reaches.
 
     Activations of the unperturbed pass are kept (as copies: the layers reuse their output
-    buffers), with the random state before each layer, so every replay draws the same
-    dropout masks as `Net.gradients` drew from `net.rng`."""
+    buffers), with each random layer's seed, so every replay draws the same dropout masks
+    as `Net.gradients` drew (Net.draw_layer_seeds, from `net.rng` in `rng_state`)."""
 
     def __init__(self, net, x, labels, rng_state):
         self.labels = labels
@@ -76,19 +76,21 @@ class PerturbedForward:
         params = net.parameters()
         self.params = {n.name: {p: params[f"{n.name}.{p}"] for p in n.layer.param_shapes()}
                        for n in self.nodes}
-        self.rng = np.random.default_rng()
-        self.rng.bit_generator.state = rng_state
-        self.states, self.acts = {}, {INPUT_NAME: x}
+        after = net.rng.bit_generator.state
+        net.rng.bit_generator.state = rng_state
+        self.seeds = net.draw_layer_seeds()
+        net.rng.bit_generator.state = after
+        self.acts = {INPUT_NAME: x}
         for node in self.nodes:
-            self.states[node.name] = self.rng.bit_generator.state
             self.acts[node.name] = self._run(node, self.acts).copy()
         self.base = self._cost()
         self.reach = self._reach()
 
     def _run(self, node, acts):
-        self.rng.bit_generator.state = self.states[node.name]
+        seed = self.seeds.get(node.name)
+        rng = None if seed is None else np.random.default_rng(seed)
         xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
-        return node.layer.forward(xin, self.params[node.name], train=True, rng=self.rng)
+        return node.layer.forward(xin, self.params[node.name], train=True, rng=rng)
 
     def _cost(self):
         return self.nodes[-1].layer.cost(self.labels)[0]
