@@ -153,7 +153,8 @@ def worker(args):
     elif args.worker == "engine":
         net, step = engine_step(net_path(args.net), args.batch, args.mode, args.threads)
         warmup_s, times = time_steps(step, args.warmup, args.min_steps, args.budget, args.max_steps)
-        out.update(warmup_s=warmup_s, step_s=times, version=__import__("engine").__version__)
+        out.update(warmup_s=warmup_s, step_s=times, version=__import__("engine").__version__,
+                   threading=net.threading_mode)
     else:
         with open(args.description) as f:
             step = torch_step(json.load(f), args.batch, args.mode, args.threads)
@@ -318,6 +319,8 @@ def main_parent(args):
                     raw.setdefault((name, batch, mode, fw), []).append(r)
                     what = (f"{r['images_per_s']:.1f} img/s, {r['steps']} steps, {r['peak_rss_mib']:.0f} MiB"
                             if "images_per_s" in r else r["error"])
+                    if "threading" in r:
+                        what += f", threading {r['threading']}"
                     print(f"  round {rnd + 1}: {name} b{batch} {mode} {fw}: {what}", flush=True)
     rows = []
     for name, batch in runs:

@@ -202,11 +202,11 @@ def setup_padding_end(case, seed=0):
     return layer, params, x, rng
 
 
-@pytest.mark.parametrize("case", PADDING_END_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_padding_end_matches_reference_on_explicitly_padded_input(case):
+def check_on_padded_input(case):
+    """The layer against the reference on x with its zeros written out: p rows/cols before,
+    p + e after, and no padding."""
     n, c, h, w, f, k, s, p, e, g, fn = case
     layer, params, x, rng = setup_padding_end(case)
-    # the reference sees the zeros written out: p rows/cols before, p + e after, no padding
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p + e), (p, p + e)))
     args = (params["weight"].astype(np.float64), params["bias"].astype(np.float64), s, 0, g, fn)
     want = reference.forward(xp, *args)
@@ -219,6 +219,12 @@ def test_padding_end_matches_reference_on_explicitly_padded_input(case):
     close(dx, rdx[:, :, p:p + h, p:p + w])
     close(grads["weight"], rdw)
     close(grads["bias"], rdb)
+    return layer
+
+
+@pytest.mark.parametrize("case", PADDING_END_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_padding_end_matches_reference_on_explicitly_padded_input(case):
+    check_on_padded_input(case)
 
 
 def test_padding_end_gives_cuda_convnets_output_size():
@@ -353,19 +359,7 @@ def test_direct_batch_one_large_batch_and_padding_end():
         close(grads["weight"], rdw)
         close(grads["bias"], rdb)
     case = (2, 3, 7, 6, 5, 3, 1, 1, 2, 1, "relu")                  # stride 1 with padding_end
-    layer, params, x, rng = setup_padding_end(case)
-    assert layer.direct
-    n, c, h, w, f, k, s, p, e, g, fn = case
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p + e), (p, p + e)))
-    args = (params["weight"].astype(np.float64), params["bias"].astype(np.float64), s, 0, g, fn)
-    y = layer.forward(x, params)
-    close(y, reference.forward(xp, *args))
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx, grads = layer.backward(dy, params)
-    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), xp, *args)
-    close(dx, rdx[:, :, p:p + h, p:p + w])
-    close(grads["weight"], rdw)
-    close(grads["bias"], rdb)
+    assert check_on_padded_input(case).direct
 
 
 def test_direct_repeated_backward_and_without_dx():
