@@ -148,7 +148,11 @@ def test_sigkill_at_ten_random_moments_then_resume_equals_an_uninterrupted_run(t
                     break
                 time.sleep(0.0005)
         else:
-            time.sleep(rng.uniform(0.2, 1.5))           # during batches, validation or a save
+            # at a random moment once an epoch has ended (during batches, validation or a
+            # save), so that the next launch has a checkpoint to resume however slow the
+            # machine (a loaded CI machine can take seconds per epoch)
+            wait_for_line(proc, "epoch ")
+            time.sleep(rng.uniform(0.0, 1.2))
         proc.kill()
         proc.communicate(timeout=60)
         assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
