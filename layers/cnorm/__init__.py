@@ -36,6 +36,7 @@ class CNormLayer(RNormLayer):
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
         out = super().buffer_shapes(n, train, backward, need_dx)
         out["u"] = ("workspace", out["y"][1])
+        del out["scratch"]                 # rnorm's per-worker planes: cnorm's kernels differ
         return out
 
     def forward(self, x, params, train=False, rng=None):

@@ -48,6 +48,7 @@ class RNormLayer(Layer):
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
         out = super().buffer_shapes(n, train, backward, need_dx)
         out["d"] = ("workspace", out["y"][1])
+        out["scratch"] = ("workspace", cpu.scratch_shape(*self.input_shape[1:]))
         return out
 
     def forward(self, x, params, train=False, rng=None):
@@ -55,7 +56,7 @@ class RNormLayer(Layer):
         y = self.buffer("y", x.shape)
         d = self.buffer("d", x.shape)
         cpu.forward(x, int(self.size), float(self.alpha), float(self.beta), float(self.k),
-                    self.beta_code, y, d)
+                    self.beta_code, y, d, self.buffer("scratch", cpu.scratch_shape(*x.shape[2:])))
         self._x, self._d = x, d
         return y
 
@@ -66,5 +67,5 @@ class RNormLayer(Layer):
         g = np.ascontiguousarray(dy, np.float32).reshape(x.shape)
         dx = self.buffer("dx", x.shape)
         cpu.backward(x, g, self._d, int(self.size), float(self.alpha), float(self.beta),
-                     self.beta_code, dx)
+                     self.beta_code, dx, self.buffer("scratch", cpu.scratch_shape(*x.shape[2:])))
         return dx, {}
