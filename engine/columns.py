@@ -1,14 +1,18 @@
-"""Running a net's layers: one lane in graph order, or its two columns on two threads.
+"""How the CPU cores run a net: threading "columns", "batch" or "layers" (Net.threading).
 
 cuda-convnet put each column (`gpu: 0` / `gpu: 1`) on its own GPU. On the CPU the same
-split gives model parallelism across cores: each column runs on its own thread with the
-serial twins of the kernels (layers.threads) and single-threaded BLAS, and a layer that
-reads the other column waits for its producer. Compared with intra-op threading (every
-kernel split over all cores), a column thread pays no fork/join per kernel call and its
-GEMMs are large single-core GEMMs, the shape BLAS runs best.
+split gives model parallelism across cores ("columns", `run` with two lanes): each column
+runs on its own thread with the serial twins of the kernels (layers.threads) and
+single-threaded BLAS, and a layer that reads the other column waits for its producer.
+A net without two balanced columns splits its batch instead ("batch", `run_pair`): each
+half goes through its own copy of the layers on its own thread (engine.net). Compared
+with intra-op threading ("layers": every kernel split over all cores), such a thread pays
+no fork/join per kernel call and its GEMMs are large single-core GEMMs, the shape BLAS
+runs best; numba's and OpenBLAS's thread pools never compete for the cores.
 
-Both ways compute the same numbers: the kernels are the same code, and the gradients a
-layer receives from several readers are summed in one fixed order.
+"columns" computes what "layers" computes up to float32 rounding (the kernels are the
+same code), and every mode is deterministic: the gradients a layer receives from several
+readers are summed in one fixed order, whichever thread finishes first.
 """
 import contextlib
 import os

@@ -54,9 +54,10 @@ class Net:
     @property
     def threading(self):
         """How the CPU runs the layers: "columns" (the two columns on two threads at once),
-        "layers" (one layer after another, each kernel on every core) or "auto" (columns
-        where the net has two balanced columns and the machine two cores; ENGINE_THREADING
-        overrides auto). The numbers are the same either way."""
+        "batch" (each half of a batch of 8 or more on its own thread, through its own copy
+        of the layers), "layers" (one layer after another, each kernel on every core) or
+        "auto" (on two cores or more: columns where the net has two balanced columns, else
+        batch; ENGINE_THREADING overrides auto). See engine.columns."""
         return self._threading
 
     @threading.setter

@@ -169,3 +169,14 @@ def test_worker_threads_keep_the_callers_numpy_error_state(text, mode):
         name, err = seen[-1]
         assert name != threading.main_thread().name
         assert set(err.values()) == {state}
+
+
+@pytest.mark.parametrize("text,mode", [(NO_DROPOUT, "batch"), (TWO_COLUMNS, "columns"), (NO_DROPOUT, "layers")])
+def test_time_verb_says_how_its_layer_rows_were_timed(text, mode):
+    from engine.tools.timing import measure
+    net = engine.load(text, threading=mode)
+    r = measure(net, batch=columns.MIN_SPLIT, iterations=1, warmup=1)
+    said = [note for note in r.notes if note.startswith("CPU threading")]
+    assert said == ([] if mode == "layers" else [said[0]]) and (mode == "layers" or mode in said[0])
+    assert [row.name for row in r.layers] == [n.name for n in net.layers]
+    assert all(row.forward_ms >= 0 and row.backward_ms >= 0 for row in r.layers) and r.step_ms > 0

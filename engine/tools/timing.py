@@ -202,6 +202,11 @@ def _measure_cpu(net, x, labels, result, clock):
         result.notes.append("CPU threading: columns. Each layer row is that layer on one core (serial "
                             "kernels, one BLAS thread), as its column's thread runs it; the whole step "
                             "below runs the two columns at once")
+    elif net.threading_mode == "batch":
+        per_layer = columns.single_core
+        result.notes.append("CPU threading: batch. Each layer row is that layer on one core (serial "
+                            "kernels, one BLAS thread) for the whole batch; the whole step below runs "
+                            "each half of the batch on its own thread")
     with np.errstate(all="ignore"):
         for it in range(result.warmup + result.iterations):
             counted = it >= result.warmup
