@@ -114,11 +114,12 @@ def choose(nodes, mode="auto", cpus=None):
                       "of the multiply-adds, on two threads"
 
 
-def run_pair(first, second):
+def _two_threads(first, second):
     """first() on this thread and second() on the worker, each with the serial kernels,
-    and one BLAS thread each (the BLAS limit is process-wide: set once, around both);
-    the first error (first's before second's) is raised once both have returned."""
-    errstate = np.geterr()      # thread-local in NumPy: the worker takes the caller's
+    the caller's NumPy error state (thread-local in NumPy) and one BLAS thread (the BLAS
+    limit is process-wide: set once, around both). Returns the errors, first's first,
+    once both have returned."""
+    errstate = np.geterr()
 
     def serially(fn):
         with threads.serial(), np.errstate(**errstate):
@@ -128,12 +129,18 @@ def run_pair(first, second):
         future = _worker_pool().submit(serially, second)
         try:
             serially(first)
-        except BaseException as e:          # noqa: BLE001  (re-raised below, after the worker)
+        except BaseException as e:          # noqa: BLE001  (returned, after the worker)
             errors.append(e)
         try:
             future.result()
         except BaseException as e:          # noqa: BLE001
             errors.append(e)
+    return errors
+
+
+def run_pair(first, second):
+    """first() and second() at once (see _two_threads); the first error is raised."""
+    errors = _two_threads(first, second)
     if errors:
         raise errors[0]
 
@@ -159,12 +166,13 @@ def run(lanes, waits_for, work):
         for node in lanes[0]:
             work(node)
         return
+    if len(lanes) != 2:
+        raise ValueError(f"{len(lanes)} lanes: only one or two are supported")
     done = {node.name: threading.Event() for lane in lanes for node in lane}
     failed = threading.Event()
-    errstate = np.geterr()      # thread-local in NumPy: the worker takes the caller's
 
     def run_lane(lane):
-        with threads.serial(), np.errstate(**errstate):
+        try:
             for node in lane:
                 for name in waits_for(node):
                     event = done.get(name)
@@ -174,31 +182,13 @@ def run(lanes, waits_for, work):
                             raise _Aborted()
                 work(node)
                 done[node.name].set()
-
-    def guarded(lane):
-        try:
-            run_lane(lane)
         except BaseException:
             failed.set()
             for event in done.values():       # wake the other lane so that it stops
                 event.set()
             raise
 
-    with _one_blas_thread():
-        futures = [_worker_pool().submit(guarded, lane) for lane in lanes[1:]] \
-            if len(lanes) == 2 else None
-        if futures is None:
-            raise ValueError(f"{len(lanes)} lanes: only one or two are supported")
-        errors = []
-        try:
-            guarded(lanes[0])
-        except BaseException as e:       # noqa: BLE001  (re-raised below, after the other lane)
-            errors.append(e)
-        for f in futures:
-            try:
-                f.result()
-            except BaseException as e:   # noqa: BLE001
-                errors.append(e)
+    errors = _two_threads(lambda: run_lane(lanes[0]), lambda: run_lane(lanes[1]))
     real = [e for e in errors if not isinstance(e, _Aborted)]
     if real:
         raise real[0]

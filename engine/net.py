@@ -67,7 +67,8 @@ class Net:
 
     @property
     def threading_mode(self):
-        """What `threading` resolved to for this net: "columns" or "layers" (see threading_reason)."""
+        """What `threading` resolved to for this net: "columns", "batch" or "layers" (see
+        threading_reason)."""
         return self._lane_mode
 
     def _lanes(self):
@@ -486,7 +487,8 @@ def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto"):
     file) the trained weights and the stored input preparation are loaded too, and
     `source` may be None to use the net text saved in the checkpoint.
     `device` is "cpu", "cuda" or "auto" (CUDA when a device is available).
-    `threading` is how the CPU runs the layers: "auto", "columns" or "layers" (Net.threading).
+    `threading` is how the CPU runs the layers: "auto", "columns", "batch" or "layers"
+    (Net.threading).
     Any problem in the definition raises `engine.ConfigError` (file, line, layer, key).
     """
     if checkpoint is None:

@@ -55,6 +55,7 @@ class ConvLayer(Layer):
         wc = max(w + 2 * p + e, w + k - 1)               # common row width of the flat planes
         self._geom = dict(hp=h + 2 * p + e, wc=wc, a=a, hd=max(h + k - 1, oh + a))
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
+        self._taps = None          # the direct kernels' tap offsets, made on first use
         return (f,) + self.out_hw
 
     # Selection (bench/bench_conv.py, one core, batch 128): the direct kernels win where the
@@ -114,6 +115,14 @@ class ConvLayer(Layer):
                 out["dx"] = ("gradient", (n,) + self.input_shape)
         return out
 
+    def _tap_offsets(self):
+        """The taps' flat offsets into xpad (forward, dW) and into dzp (dx), made once."""
+        if self._taps is None:
+            geo, g = self._geom, self.groups
+            self._taps = (self._offsets(self.channels // g, geo["hp"] * geo["wc"]),
+                          self._offsets(self.filters // g, geo["hd"] * geo["wc"]))
+        return self._taps
+
     def _offsets(self, channels, plane):
         """Flat offsets of the taps (channel, ky, kx) on planes of `plane` values, rows wc."""
         k, wc = self.size, self._geom["wc"]
@@ -132,8 +141,7 @@ class ConvLayer(Layer):
         y3 = self._buffers["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = self._buffers["pre"] if keep else y3
-        off = self._offsets(self.channels // self.groups, geo["hp"] * geo["wc"])
-        cpu.direct_forward(xpad, off, w2, bias, self.groups, oh, ow, geo["wc"],
+        cpu.direct_forward(xpad, self._tap_offsets()[0], w2, bias, self.groups, oh, ow, geo["wc"],
                            *self.act.kernel_args(), keep, y3, pre)
         self._x, self._y3, self._pre = x, y3, pre
         return self._buffers["y"]
@@ -150,16 +158,14 @@ class ConvLayer(Layer):
         cpu.direct_grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), a, oh, ow, wc,
                                dzp, db64)
         db[:] = db64
-        off = self._offsets(self.channels // self.groups, geo["hp"] * wc)
-        cpu.direct_dweight(self._buffers["xpad"], dzp, off, self.groups, a * (wc + 1),
+        cpu.direct_dweight(self._buffers["xpad"], dzp, self._tap_offsets()[0], self.groups, a * (wc + 1),
                            (oh - 1) * wc + ow, dw2)
         dx = None
         if need_dx:
             dx = self._buffers["dx"]
             h, w = self.input_shape[1:]
             w4 = np.ascontiguousarray(params["weight"], np.float32)
-            offq = self._offsets(f // self.groups, geo["hd"] * wc)
-            cpu.direct_dx(dzp, offq, w4, self.groups, h, w, wc, dx)
+            cpu.direct_dx(dzp, self._tap_offsets()[1], w4, self.groups, h, w, wc, dx)
         return dx, {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db}
 
     # ---- compute ------------------------------------------------------------
