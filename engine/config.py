@@ -27,7 +27,7 @@ COMMON_KEYS = {
     "name": Key(str, doc="unique layer name"),
     "type": Key(str, doc="layer type"),
     "inputs": Key(list, None, doc="names of input layers; default: the previous layer"),
-    "gpu": Key(int, 0, low=0, high=1, doc="column (device) 0 or 1"),
+    "gpu": Key(int, 0, low=0, high=7, doc="column (lane: a CPU thread, a CUDA stream or device) 0..7"),
 }
 # Keys of layers with parameters: per-layer multipliers of the solver's rates (cuda-convnet's
 # epsW/epsB/wc relative to the net-wide values).
@@ -113,7 +113,7 @@ def _check_value(key_spec, key, value, err):
         raise err(e.message, key) from None
 
 
-def parse_net(source):
+def parse_net(source, plugins=False):
     data, file, text = read_source(source)
 
     def fail(msg, mapping=None, key=None, layer=None, line=None):

@@ -479,7 +479,7 @@ def resolve_device(device):
                       "NVIDIA driver and `pip install -e '.[gpu]'`")
 
 
-def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto"):
+def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto", plugins=False):
     """Build a Net from a path to a .yaml file, YAML text, or a dict.
 
     Weights are drawn from each layer's init keys with a generator seeded by `seed`.
@@ -494,13 +494,13 @@ def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto"):
     if checkpoint is None:
         if source is None:
             raise ConfigError("engine.load needs a net (a .yaml path, YAML text or a dict) or a checkpoint")
-        net = Net(parse_net(source), seed=seed)
+        net = Net(parse_net(source, plugins=plugins), seed=seed)
         net.threading = threading
         return net.to(device)
     from engine import checkpoint as ckpt
     from engine.datasets.augment import Preprocess
     arrays, meta = ckpt.load(checkpoint)
-    net = Net(parse_net(source if source is not None else meta["net_text"]), seed=seed)
+    net = Net(parse_net(source if source is not None else meta["net_text"], plugins=plugins), seed=seed)
     net.threading = threading
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     try:

@@ -159,7 +159,7 @@ class StopFlag:
 
 class Trainer:
     def __init__(self, net_source=None, data=None, epochs=None, batch=None, lr=None, seed=None,
-                 out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu"):
+                 out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu", plugins=False):
         self.log = log
         self.resume_meta, arrays = None, None
         self.last_checkpoint = None
@@ -177,7 +177,7 @@ class Trainer:
                                                      "give the net file too")
         if net_source is None:
             raise ConfigError("no net given")
-        self.spec = parse_net(net_source)
+        self.spec = parse_net(net_source, plugins=plugins)
         overrides = {"data": data, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
                      "test_freq": test_freq}
         base_train = self.spec.train

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.cmrnorm import reference
 
 # alpha large enough that the window term changes the output and the gradient visibly
@@ -119,7 +119,7 @@ def test_against_pytorch(size, cfg):
 
 def test_groups_normalise_each_block_on_its_own():
     """groups: 2 equals two separate layers on the two channel halves (the AlexNet columns)."""
-    from layers import gradcheck as gc
+    from engine import gradcheck as gc
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 8, 5, 6)).astype(np.float32) * 3
     cls = layers.get("cmrnorm")

@@ -5,7 +5,7 @@ import pytest
 
 import engine
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.cnorm import reference
 from layers.rnorm.reference import denominator
 

@@ -5,7 +5,7 @@ import pytest
 
 import engine
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.base import join_inputs, split_grad
 from layers.concat import reference
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.conv import reference
 
 # (N, C, H, W, filters, size, stride, padding, groups, neuron): odd, non-square shapes

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.fc import reference
 
 FNS = ["relu", "tanh", "logistic", "abs", "linear", None]

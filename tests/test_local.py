@@ -5,7 +5,7 @@ import pytest
 
 import engine
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.local import reference
 
 # (N, C, H, W, filters, size, stride, padding, padding_end, groups, neuron): odd, non-square

@@ -6,7 +6,7 @@ import pytest
 
 import engine
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.conv import reference as conv_ref
 from layers.fc import reference as fc_ref
 from layers.neuron import reference, spec

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.base import out_size_ceil
 from layers.pool import reference
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.rnorm import reference
 
 # alpha large enough that the window term changes the output and the gradient visibly

@@ -248,10 +248,10 @@ def check_net(net, samples=16, seed=0, on_result=None):
     return results
 
 
-def run(path, samples=16, seed=0, checkpoint=None, file_init=False, out=print):
+def run(path, samples=16, seed=0, checkpoint=None, file_init=False, out=print, plugins=False):
     """The CLI verb: a line per parameter tensor, then a verdict; returns the exit status."""
     from engine.net import load
-    net = load(path, seed=seed, checkpoint=checkpoint)
+    net = load(path, seed=seed, checkpoint=checkpoint, plugins=plugins)
     if checkpoint is not None:
         weights = f"the weights of {net.checkpoint_meta['path']}"
     elif file_init:

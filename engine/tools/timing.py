@@ -327,14 +327,14 @@ def format_timing(r):
     return "\n".join(lines)
 
 
-def run(net_path, batch=None, iterations=10, device="cpu", train=True, warmup=2, log=print):
+def run(net_path, batch=None, iterations=10, device="cpu", train=True, warmup=2, log=print, plugins=False):
     """The verb: build the net, measure, print the table; returns the Timing."""
     from engine.net import load
     if batch is not None and not whole(batch):
         raise ConfigError(f"--batch must be a whole number >= 1, got {batch!r}")
     if iterations < 1:
         raise ConfigError(f"--iterations must be >= 1, got {iterations}")
-    net = load(net_path, device=device)
+    net = load(net_path, device=device, plugins=plugins)
     if batch is None:                 # the net file's training batch, as caffe time does
         batch = net.spec.train.get("batch")
         batch = batch if whole(batch) else 32

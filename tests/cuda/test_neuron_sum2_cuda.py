@@ -14,7 +14,7 @@ from test_new_layers_cuda import OnDevice
 
 import engine
 import layers
-from layers import gradcheck
+from engine import gradcheck
 
 
 def cuda_impl(layer):

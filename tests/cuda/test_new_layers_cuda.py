@@ -13,7 +13,7 @@ from cudahelp import host, to_dev
 
 import engine
 import layers
-from layers import gradcheck
+from engine import gradcheck
 from layers.base import split_grad
 from layers.cnorm import reference as cnorm_ref
 from layers.concat import reference as concat_ref
@@ -44,7 +44,7 @@ def as_list(dx):
 
 class OnDevice:
     """The CPU layer's face over its CUDA twin (host arrays in and out), for
-    layers.gradcheck: finite differences of the device kernels themselves."""
+    engine.gradcheck: finite differences of the device kernels themselves."""
 
     def __init__(self, layer, stream, seed=0):
         self.layer, self.impl, self.stream, self.seed = layer, cuda_impl(layer), stream, seed

@@ -11,7 +11,7 @@ from cudahelp import host, to_dev
 from test_new_layers_cuda import OnDevice
 
 import layers
-from layers import gradcheck
+from engine import gradcheck
 
 FNS = ["linear", "relu", "tanh", "logistic", "abs"]
 # every function, with and without its parameters (edge values: test_neuron_sum2_cuda.py)
