@@ -25,9 +25,11 @@ import layers as layer_types
 from layers.base import LayerError
 from layers.neuron import spec as neuron_spec
 
+from engine.config import COMMON_KEYS
 from engine.errors import ConfigError
 
 MISSING = object()
+MAX_COLUMN = COMMON_KEYS["gpu"].high      # our nets' columns: gpu 0..MAX_COLUMN
 
 
 class ConvertError(ConfigError):
@@ -337,6 +339,7 @@ class _Converter:
         self.carrier = {}         # cuda-convnet name -> our layer carrying its output
         self.shapes = {}          # cuda-convnet name -> output shape
         self.gpus = {}            # cuda-convnet name -> column
+        self.replicas = {}        # cuda-convnet name -> cc2 data-parallel replica count
         self.cc_types = {}        # cuda-convnet name -> type
         self.labels = set()       # data layers that hold the labels
         self.dropped = {}         # spelled key -> [section names]
@@ -363,6 +366,7 @@ class _Converter:
             self.notices.append("params-file sections with no layer, ignored as cuda-convnet "
                                 f"ignores them: {', '.join(stray)}")
         train = self._train_settings(epochs)
+        self._hybrid_notice()
         if self.dropped:
             listed = "; ".join(f"{k} ({', '.join(v)})" for k, v in self.dropped.items())
             self.notices.insert(0, f"{DROPPED_NOTE}: {listed}")
@@ -371,6 +375,21 @@ class _Converter:
         text = _emit(net_name, self.input_shape, self.out, train, self._header(num_params) + self.notices)
         self._check_against_engine(text)
         return Conversion(text=text, notices=self.notices, layers=self.out, num_params=num_params)
+
+    def _hybrid_notice(self):
+        """cc2 runs a layer with fewer replicas than the most replicated ones in several
+        smaller passes per minibatch (arXiv:1404.5997, Fig. 2), updating its weights after
+        each (updatePeriod <= 1); we run every layer once on the whole batch."""
+        most = max(self.replicas.values(), default=1)
+        passes = {}
+        for c in self.out:
+            if c.solver and self.replicas[c.section.name] < most:
+                passes.setdefault(most // self.replicas[c.section.name], []).append(c.name)
+        for k, names in passes.items():
+            self.notices.append(f"approximated: cuda-convnet2 ran {', '.join(names)} in {k} passes of "
+                                f"1/{k} of each minibatch (fewer replicas than the {most} of the "
+                                f"data-parallel layers), updating their weights after each pass; here "
+                                "every layer sees the whole batch in one pass and is updated once")
 
     def _find_labels_and_unused(self):
         consumed, seen = set(), set()
@@ -498,14 +517,18 @@ class _Converter:
             sec.fail(key, str(e))
 
     def _gpu(self, sec, names):
+        """Our column: gpu= (the first GPU of a data-parallel replica list), or the first
+        input's column. The replica count is kept, inherited the same way, as cc2 does."""
         if not sec.has("gpu"):
+            self.replicas[sec.name] = self.replicas.get(names[0], 1)
             return self.gpus.get(names[0], 0)
         gpus = sec.any_length("gpu", int, "a GPU index or a list of them")
+        self.replicas[sec.name] = len(gpus)
         if len(gpus) > 1:
             self.notices.append(f"{sec.name}: gpu={sec.raw('gpu')} (data-parallel replicas) runs as one "
                                 f"column on gpu {gpus[0]}: the same arithmetic on one device")
-        if not 0 <= gpus[0] <= 1:
-            sec.fail("gpu", f"our nets have two columns, gpu 0 and 1; got {gpus[0]}")
+        if not 0 <= gpus[0] <= MAX_COLUMN:
+            sec.fail("gpu", f"our nets have columns gpu 0..{MAX_COLUMN}; got {gpus[0]}")
         return gpus[0]
 
     def _inputs(self, sec, names, spatial):
@@ -975,13 +998,13 @@ def _value(v, flow=False):
 
 
 def _emit(name, input_shape, converted, train, header):
-    two_columns = any(c.gpu for c in converted)
+    several_columns = any(c.gpu for c in converted)
     lines = [f"# {w}" for h in header for w in textwrap.wrap(h, 96, subsequent_indent="    ",
                                                               break_on_hyphens=False)]
     lines += [f"name: {_value(name)}", f"input: {{shape: {_value(list(input_shape))}}}", "", "layers:"]
     for c in converted:
         keys = [("name", c.name), ("type", c.type), ("inputs", c.inputs)]
-        if two_columns:
+        if several_columns:
             keys.append(("gpu", c.gpu))
         keys += list(c.cfg.items())
         if c.solver:

@@ -104,6 +104,22 @@ EXPECT_1GPU = {
     "fc1000": ((1000,), 4_097_000),       # 4,096*1,000 + 1,000
     "probs": ((1000,), 0),
 }   # 23,296 + 307,392 + 663,936 + 884,992 + 590,080 + 37,752,832 + 16,781,312 + 4,097,000 = 61,100,840
+# cc2's four-GPU hybrid: the 1gpu trunk (data-parallel, one column) and its fc layers split
+# into four model-parallel columns of 1,024; `pass` layers join the columns (no parameters).
+EXPECT_4GPU_HYBRID = {name: EXPECT_1GPU[name] for name in
+                      ("conv1", "rnorm1", "pool1", "conv2", "rnorm2", "pool2", "conv3", "conv4", "conv5",
+                       "pool3", "fc1000", "probs")}   # the trunk: 2,469,696; fc1000: 4,096*1,000 + 1,000
+for col in "abcd":
+    EXPECT_4GPU_HYBRID.update({
+        f"fc1024{col}": ((1024,), 9_438_208),     # 9,216*1,024 + 1,024 = 9,437,184 + 1,024
+        f"dropout1{col}": ((1024,), 0),
+        f"pass1{col}": ((4096,), 0),              # dropout1a..d joined: 4*1,024
+        f"fc1024b{col}": ((1024,), 4_195_328),    # 4,096*1,024 + 1,024 = 4,194,304 + 1,024
+        f"dropout2{col}": ((1024,), 0),
+    })
+EXPECT_4GPU_HYBRID["pass2a"] = ((4096,), 0)
+# 2,469,696 + 4*9,438,208 + 4*4,195,328 + 4,097,000
+#   = 2,469,696 + 37,752,832 + 16,781,312 + 4,097,000 = 61,100,840: the 1gpu net's count
 
 # (layers file stem, input shape, expected layers, hand total)
 NETS = {
@@ -114,6 +130,7 @@ NETS = {
     "2gpu-model-cc2": ("imagenet-2gpu-model", (3, 224, 224), EXPECT_2GPU, 60_965_224),
     "2gpu-model-2012": ("alexnet2012-145", (3, 224, 224), EXPECT_2GPU, 60_965_224),
     "1gpu-cc2": ("imagenet-1gpu", (3, 224, 224), EXPECT_1GPU, 61_100_840),
+    "4gpu-hybrid-cc2": ("imagenet-4gpu-data-model", (3, 224, 224), EXPECT_4GPU_HYBRID, 61_100_840),
 }
 _converted = {}
 
@@ -266,6 +283,51 @@ def test_imagenet_one_gpu_classic_dropout_and_bias_init():
     assert layers["fc1000"]["init_b"] == -7
     assert layers["conv1"]["padding_end"] == 3
     assert "updatePeriod (conv1" in dropped_notice(result)
+
+
+def test_imagenet_four_gpu_hybrid_columns():
+    """Data-parallel conv trunk (gpu=0,1,2,3) -> column 0; model-parallel fc layers gpu=k ->
+    column k; layers without gpu= take their first input's column, as in cc2."""
+    result = converted("4gpu-hybrid-cc2")
+    layers = yaml_layers(result)
+    assert {layers[n]["gpu"] for n in ("conv1", "rnorm1", "conv5", "pool3")} == {0}
+    assert [layers[f"fc1024{c}"]["gpu"] for c in "abcd"] == [0, 1, 2, 3]
+    assert [layers[f"dropout2{c}"]["gpu"] for c in "abcd"] == [0, 1, 2, 3]      # inherited
+    assert layers["fc1024c"]["inputs"] == ["pool3"] and layers["dropout1c"]["type"] == "dropout2"
+    assert layers["pass1c"] == {"name": "pass1c", "type": "concat", "gpu": 2, "mode": "flat",
+                                "inputs": ["dropout1a", "dropout1b", "dropout1c", "dropout1d"]}
+    assert layers["fc1024bc"]["inputs"] == ["pass1c"] and layers["fc1024bc"]["gpu"] == 2
+    assert layers["fc1000"]["inputs"] == ["pass2a"] and layers["fc1000"]["gpu"] == 0
+    assert layers["probs"]["gpu"] == 0
+    # conv epsW base 0.04 against the net's 0.01 (the fc layers' and the most common)
+    assert parse_net(result.text).train["lr"] == 0.01
+    assert (layers["conv3"]["lr_w"], layers["conv3"]["lr_b"]) == (4, 8) and layers["fc1024a"]["lr_b"] == 2
+    assert any(n.startswith("conv1: gpu=0,1,2,3 (data-parallel replicas) runs as one column on gpu 0")
+               for n in result.notices)
+    hybrid = [n for n in result.notices if "4 passes" in n]
+    assert len(hybrid) == 1 and "fc1024a, fc1024b, fc1024c, fc1024d, fc1024ba" in hybrid[0]
+    assert "conv" not in hybrid[0].split("ran")[1].split("in 4 passes")[0]
+    net = engine.load(result.text, seed=0)      # built, not run: AlexNet size
+    assert net.num_params == 61_100_840
+    columns = {layer.name: layer.gpu for layer in net.layers}
+    assert [columns[f"fc1024b{c}"] for c in "abcd"] == [0, 1, 2, 3] and columns["conv2"] == 0
+
+
+def test_model_parallel_columns_up_to_the_engines_limit(tmp_path):
+    """gpu=k for any of our columns 0..7; a small four-column net converts and trains a step."""
+    cols = "".join(f"[fc{k}]\ntype=fc\ninputs=pool1\noutputs=4\ngpu={k}\n\n" for k in range(4))
+    layers = edit(TINY_LAYERS, "[fc10]\ntype=fc\ninputs=pool1", cols + "[fc10]\ntype=fc\ninputs=fc0,fc1,fc2,fc3")
+    layers = edit(layers, "partialSum=1\n", "partialSum=1\ngpu=0,1,2,3\n")
+    params = TINY_PARAMS + "".join(f"\n[fc{k}]\nepsW=0.01\nepsB=0.02\nmomW=0.9\nmomB=0.9\nwc=0.001\n"
+                                   for k in range(4))
+    result, _, _ = tiny(tmp_path, layers=layers, params=params)
+    out = yaml_layers(result)
+    assert [out[f"fc{k}"]["gpu"] for k in range(4)] == [0, 1, 2, 3] and out["fc10"]["gpu"] == 0
+    # conv1 3*9*16 + 16 = 448; fc0..3 (16*4*4 = 256 inputs) 256*4 + 4 = 1,028 each; fc10 16*10 + 10
+    assert result.num_params == 448 + 4 * 1_028 + 170
+    sgd_step(result)
+    err = error(tmp_path, layers=edit(layers, "gpu=3\n", "gpu=8\n"), params=params)
+    assert err.key == "gpu" and "columns gpu 0..7; got 8" in err.message
 
 
 # ---- converted nets train ------------------------------------------------------------------
@@ -461,7 +523,7 @@ def test_tiny_net_converts_and_keeps_names(tmp_path):
     ("neuron=relu\n", "neuron=nrelu\n", "neuron", "our conv layer's `neuron`"),
     ("neuron=relu\n", "neuron=tanh\n", "neuron", "takes 2 bracketed"),
     ("neuron=relu\n", "neuron=swish\n", "neuron", "not a cuda-convnet neuron"),
-    ("neuron=relu\n", "gpu=2\n", "gpu", "two columns"),
+    ("neuron=relu\n", "gpu=8\n", "gpu", "columns gpu 0..7"),
     ("sizeX=2\n", "sizeX=2\nstart=1\n", "start", "corner"),
     ("sizeX=2\n", "sizeX=2\noutputsX=3\n", "outputsX", "differs from the automatic 4"),
     ("pool=max\n", "pool=maxabs\n", "pool", "max and avg"),
