@@ -17,19 +17,20 @@ EPILOG = """examples:
   python -m engine test nets/lenet5.yaml --checkpoint runs/lenet5-20260101-120000
   python -m engine predict runs/lenet5-20260101-120000 digit.png
   python -m engine time nets/alexnet.yaml --batch 32 --iterations 5
+  python -m engine train examples/plugins/net.yaml --plugins   # a layer type from your own .py file
   python -m engine convert layers-18pct.cfg layer-params-18pct.cfg -o 18pct.yaml --input 3,32,32
 """
 
 
 def _summary(args):
     from engine.net import load
-    print(load(args.net).summary(batch=args.batch))
+    print(load(args.net, plugins=args.plugins).summary(batch=args.batch))
     return 0
 
 
 def _check(args):
     from engine.net import load
-    net = load(args.net)
+    net = load(args.net, plugins=args.plugins)
     print(f"{args.net}: OK ({len(net.layers)} layers, {net.num_params:,} parameters)")
     return 0
 
@@ -40,7 +41,7 @@ def _train(args):
         raise ConfigError("give a net file (python -m engine train NET.yaml) or --resume RUN_FOLDER")
     trainer = Trainer(args.net, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
                       seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq,
-                      device=args.device)
+                      device=args.device, plugins=args.plugins)
     result = trainer.run()
     return result["exit_code"] if result["stopped"] else 0
 
@@ -49,7 +50,7 @@ def _test(args):
     from engine.datasets import open_source
     from engine.net import load
     from engine.train import evaluate
-    net = load(args.net, checkpoint=args.checkpoint)
+    net = load(args.net, checkpoint=args.checkpoint, plugins=args.plugins)
     data = args.data or net.data_spec
     source = open_source(data, net.input_shape, seed=0, num_classes=net.num_classes)
     r = evaluate(net, source, net.preprocess, batch=args.batch, multiview=args.multiview)
@@ -69,7 +70,7 @@ def read_image(path, channels):
 def _predict(args):
     from engine.datasets import DataError
     from engine.net import load
-    net = load(None, checkpoint=args.checkpoint)
+    net = load(None, checkpoint=args.checkpoint, plugins=args.plugins)
     for path in args.images:
         image = read_image(path, channels=net.input_shape[0])
         try:
@@ -102,40 +103,48 @@ def _convert(args):
 def _check_grads(args):
     from engine.tools.check_grads import run
     return run(args.net, samples=args.samples, seed=args.seed, checkpoint=args.checkpoint,
-               file_init=args.file_init)
+               file_init=args.file_init, plugins=args.plugins)
 
 
 def _show(args):
     from engine.tools.show import run
     what = "filters" if args.filters else "cost" if args.cost else "preds"
     run(args.checkpoint, what, out=args.out, layer=args.filters, net_path=args.net, data=args.data,
-        count=args.count, seed=args.seed, only_errors=args.only_errors)
+        count=args.count, seed=args.seed, only_errors=args.only_errors, plugins=args.plugins)
     return 0
 
 
 def _draw(args):
     from engine.tools.draw import run
-    run(args.net, args.out)
+    run(args.net, args.out, plugins=args.plugins)
     return 0
 
 
 def _features(args):
     from engine.tools.features import run
-    run(args.net, args.checkpoint, args.layer, args.out, data=args.data, split=args.split, batch=args.batch)
+    run(args.net, args.checkpoint, args.layer, args.out, data=args.data, split=args.split, batch=args.batch,
+        plugins=args.plugins)
     return 0
 
 
 def _import_torch(args):
     from engine.tools.import_torch import run
     run(args.weights, args.net, args.out, map_path=args.map, torchvision_input=args.torchvision_input,
-        mean=args.mean, scale=args.scale, classes=args.classes)
+        mean=args.mean, scale=args.scale, classes=args.classes, plugins=args.plugins)
     return 0
 
 
 def _time(args):
     from engine.tools.timing import run
-    run(args.net, batch=args.batch, iterations=args.iterations, device=args.device, train=args.train)
+    run(args.net, batch=args.batch, iterations=args.iterations, device=args.device, train=args.train,
+        plugins=args.plugins)
     return 0
+
+
+def _plugins_flag(parser):
+    parser.add_argument("--plugins", action="store_true",
+                        help="import the Python files or modules the net's `plugins:` names (its own "
+                        "layer types); they run code, so a net that names plugins loads only with this flag")
 
 
 def build_parser():
@@ -149,10 +158,12 @@ def build_parser():
     s.add_argument("net", metavar="NET.yaml", help="the net file")
     s.add_argument("--batch", type=int, default=128, metavar="N",
                    help="batch size for the memory table (default 128)")
+    _plugins_flag(s)
     s.set_defaults(func=_summary)
 
     c = sub.add_parser("check", help="validate a net file and report the first problem")
     c.add_argument("net", metavar="NET.yaml", help="the net file")
+    _plugins_flag(c)
     c.set_defaults(func=_check)
 
     t = sub.add_parser("train", help="train a net; flags override the net file's `train:` section",
@@ -172,6 +183,7 @@ def build_parser():
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                    help="where to run: cpu (default), cuda (the two columns on two streams), auto")
     t.add_argument("--test-freq", type=int, metavar="N", dest="test_freq", help="validate every N epochs")
+    _plugins_flag(t)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("test", help="loss, top-1 and top-5 error of a checkpoint on validation data")
@@ -181,12 +193,14 @@ def build_parser():
     e.add_argument("--batch", type=int, default=128, metavar="N", help="batch size (default 128)")
     e.add_argument("--multiview", action="store_true",
                    help="average the ten views: four corners and centre, and their mirror images")
+    _plugins_flag(e)
     e.set_defaults(func=_test)
 
     r = sub.add_parser("predict", help="top-5 classes with probabilities for image files")
     r.add_argument("checkpoint", metavar="CKPT", help="a run folder or a checkpoint file")
     r.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
     r.add_argument("--top", type=int, default=5, metavar="K", help="how many classes to show (default 5)")
+    _plugins_flag(r)
     r.set_defaults(func=_predict)
 
     v = sub.add_parser("convert", help="convert cuda-convnet layer files (.cfg) to a YAML net",
@@ -218,6 +232,7 @@ def build_parser():
     g.add_argument("--checkpoint", metavar="CKPT", help="check at a run's trained weights instead")
     g.add_argument("--file-init", action="store_true", dest="file_init",
                    help="keep the file's init instead of weights drawn with std sqrt(2/fan-in)")
+    _plugins_flag(g)
     g.set_defaults(func=_check_grads)
 
     w = sub.add_parser("show", help="PNG pictures of a run: filters, cost curves, predictions (shownet.py)",
@@ -236,6 +251,7 @@ def build_parser():
     w.add_argument("--only-errors", action="store_true", dest="only_errors",
                    help="--preds: only misclassified images")
     w.add_argument("--seed", type=int, default=0, metavar="N", help="--preds: which random images")
+    _plugins_flag(w)
     w.set_defaults(func=_show)
 
     d = sub.add_parser("draw", help="draw a net's graph as SVG, PNG or Graphviz DOT",
@@ -243,6 +259,7 @@ def build_parser():
                        "the two columns side by side, arrows for inputs (red across columns).")
     d.add_argument("net", metavar="NET.yaml", help="the net file")
     d.add_argument("-o", "--out", required=True, metavar="FILE", help="net.svg, net.png or net.dot")
+    _plugins_flag(d)
     d.set_defaults(func=_draw)
 
     f = sub.add_parser("features", help="a layer's activations for every image, as .npy (--write-features)",
@@ -257,6 +274,7 @@ def build_parser():
     f.add_argument("--data", metavar="SRC", help="data source (default: the one it was trained on)")
     f.add_argument("--split", choices=("val", "train"), default="val", help="which images (default val)")
     f.add_argument("--batch", type=int, default=128, metavar="N", help="batch size (default 128)")
+    _plugins_flag(f)
     f.set_defaults(func=_features)
 
     m = sub.add_parser("import-torch", help="PyTorch weights (a state_dict .pth) as a checkpoint of a net",
@@ -273,6 +291,7 @@ def build_parser():
     m.add_argument("--mean", metavar="R,G,B|MEAN.npy", help="mean pixel values or image to subtract (default 0)")
     m.add_argument("--scale", type=float, metavar="X", help="multiply pixels by X after the mean (default 1)")
     m.add_argument("--classes", metavar="FILE", help="class names, one per line")
+    _plugins_flag(m)
     m.set_defaults(func=_import_torch)
 
     tm = sub.add_parser("time", help="time a net layer by layer on random data (caffe time)",
@@ -287,6 +306,7 @@ def build_parser():
                     help="cpu (default), cuda (CUDA events, synchronised after every layer), auto")
     tm.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                     help="time training steps (default) or, with --no-train, inference (forward only)")
+    _plugins_flag(tm)
     tm.set_defaults(func=_time)
     return p
 

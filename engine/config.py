@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import layers as layer_types
 from layers.base import INT_MAX, Key, LayerError, shown
 
+from engine import plugins as plugin_files
 from engine.errors import ConfigError
 from engine.yamlio import Mapping, line_of, parse
 
@@ -20,6 +21,7 @@ TOP_KEYS = {
     "defaults": "values for any layer key not given on the layer",
     "layers": "the list of layers",
     "train": "training settings (see README: Training)",
+    "plugins": "Python files or modules with your own layer types (needs plugins=True / --plugins)",
 }
 
 # Keys every layer takes, whatever its type.
@@ -67,6 +69,8 @@ class NetSpec:
     file: str = None
     text: str = None          # the net file's text (stored with checkpoints)
     data: dict = None
+    plugins: list = field(default_factory=list)   # absolute plugin paths or module names
+    plugin_dir: str = None    # the absolute folder relative plugin paths resolve against
 
 
 def named(value):
@@ -113,7 +117,14 @@ def _check_value(key_spec, key, value, err):
         raise err(e.message, key) from None
 
 
-def parse_net(source, plugins=False):
+def parse_net(source, plugins=False, plugin_dir=None):
+    """A NetSpec from a path to a .yaml file, YAML text or a dict; any problem -> ConfigError.
+
+    `plugins`: allow the net's `plugins` (Python files or modules defining layer types) to
+    be imported. `plugin_dir`: the folder relative plugin paths resolve against (default: the
+    net file's folder; for text or a dict, the current directory); for net text saved in a
+    checkpoint, the original net file's folder (engine.plugins.checkpoint_dir).
+    """
     data, file, text = read_source(source)
 
     def fail(msg, mapping=None, key=None, layer=None, line=None):
@@ -134,6 +145,8 @@ def parse_net(source, plugins=False):
     if not isinstance(name, str) or not name.isprintable():
         fail(f"must be a string of printable characters, got {shown(name)}", data, "name")
 
+    plugin_dir = os.path.abspath(plugin_dir or (os.path.dirname(file) if file else os.curdir))
+    resolved, types = _plugins(data, plugins, plugin_dir, fail)
     input_shape = _input_shape(data, fail)
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -147,7 +160,7 @@ def parse_net(source, plugins=False):
         fail("must be a non-empty list of layers", data, "layers")
 
     all_type_keys = set(COMMON_KEYS) | set(PARAM_KEYS)
-    for cls in layer_types.REGISTRY.values():
+    for cls in types.values():
         all_type_keys |= set(cls.keys)
     for k in defaults:
         if k in ("name", "type", "inputs"):
@@ -161,12 +174,31 @@ def parse_net(source, plugins=False):
         if not isinstance(raw, dict):
             fail(f"layer #{i + 1} must be a mapping with at least `name` and `type`, got {shown(raw)}",
                  data, "layers")
-        spec = _parse_layer(raw, i, previous, defaults, fail, seen)
+        spec = _parse_layer(raw, i, previous, defaults, fail, seen, types)
         seen[spec.name] = spec.line("name")
         specs.append(spec)
         previous = spec.name
     return NetSpec(name=name, input_shape=input_shape, layers=specs, train=train,
-                   file=file, text=text, data=data)
+                   file=file, text=text, data=data, plugins=resolved, plugin_dir=plugin_dir)
+
+
+def _plugins(data, allowed, plugin_dir, fail):
+    """(the net's plugins resolved, {type: class} of the layer types this net may use):
+    the built-in ones, any registered in code, and its own plugins' (not other nets')."""
+    resolved = []
+    if "plugins" in data and data["plugins"] is not None:
+        def plugin_fail(msg):
+            fail(msg, data, "plugins")
+        entries = plugin_files.check_entries(data["plugins"], plugin_fail)
+        resolved = [plugin_files.resolve(e, plugin_dir) for e in entries]
+        if resolved and not allowed:
+            plugin_files.refuse(resolved, plugin_fail)
+        own = plugin_files.load(resolved, plugin_fail)
+    else:
+        own = {}
+    types = {t: cls for t, cls in layer_types.REGISTRY.items()
+             if plugin_files.owner(t) is None or t in own}
+    return resolved, types
 
 
 def _input_shape(data, fail):
@@ -184,7 +216,7 @@ def _input_shape(data, fail):
     return tuple(shape)
 
 
-def _parse_layer(raw, index, previous, defaults, fail, seen):
+def _parse_layer(raw, index, previous, defaults, fail, seen, types):
     name = raw.get("name")
     if name is None:
         fail(f"layer #{index + 1} has no `name`", raw, "name")
@@ -197,10 +229,13 @@ def _parse_layer(raw, index, previous, defaults, fail, seen):
     if "type" not in raw:
         fail("missing required key 'type'", raw, None, layer=name)
     type_name = raw["type"]
-    if not isinstance(type_name, str) or type_name not in layer_types.REGISTRY:
-        fail(f"unknown layer type '{named(type_name)}'{suggest(type_name, layer_types.REGISTRY)}; "
-             f"valid: {' | '.join(sorted(layer_types.REGISTRY))}", raw, "type", layer=name)
-    cls = layer_types.get(type_name)
+    if isinstance(type_name, str) and type_name not in types and plugin_files.owner(type_name):
+        fail(f"layer type '{type_name}' comes from plugin {plugin_files.owner(type_name)}, which this "
+             "net does not name: add it to the net's `plugins`", raw, "type", layer=name)
+    if not isinstance(type_name, str) or type_name not in types:
+        fail(f"unknown layer type '{named(type_name)}'{suggest(type_name, types)}; "
+             f"valid: {' | '.join(sorted(types))}", raw, "type", layer=name)
+    cls = types[type_name]
     has_params = "init_w" in cls.keys   # weight layers declare an init_w
     valid = dict(COMMON_KEYS)
     valid.update(cls.keys)

@@ -156,9 +156,10 @@ def test_join_with_mismatched_hw(tmp_path):
     assert "12" in err.message and "6" in err.message
 
 
-def test_gpu_must_be_0_or_1(tmp_path):
-    err = error_for(tmp_path, replace("    mode: max\n", "    mode: max\n    gpu: 2\n"))
+def test_gpu_must_be_0_to_7(tmp_path):
+    err = error_for(tmp_path, replace("    mode: max\n", "    mode: max\n    gpu: 8\n"))
     assert (err.layer, err.key, err.line) == ("pool1", "gpu", 13)
+    assert err.message == "must be <= 7, got 8"
 
 
 def test_default_with_unknown_key(tmp_path):

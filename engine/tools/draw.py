@@ -51,11 +51,12 @@ class Structure:
     num_params: int
 
 
-def structure(source):
-    """A net file's checked graph without its 61M weights (drawing AlexNet needs no memory)."""
+def structure(source, plugins=False):
+    """A net file's checked graph without its 61M weights (drawing AlexNet needs no memory).
+    `plugins`: allow the net's plugin layer types (engine.plugins)."""
     from engine import graph
     from engine.config import parse_net
-    spec = parse_net(source)
+    spec = parse_net(source, plugins=plugins)
     nodes = graph.build(spec)
     count = sum(int(np.prod(s)) for n in nodes for s in n.layer.param_shapes().values())
     return Structure(spec.name, tuple(spec.input_shape), nodes, count)
@@ -241,14 +242,14 @@ def to_dot(net):
 FORMATS = (".svg", ".png", ".dot")
 
 
-def run(net_path, out, log=print):
+def run(net_path, out, log=print, plugins=False):
     """Write the net's drawing; the format comes from the extension of `out`."""
     from engine.checkpoint import write_text
     from engine.errors import ConfigError
     ext = os.path.splitext(out)[1].lower()
     if ext not in FORMATS:
         raise ConfigError(f"cannot tell the format of {out!r}: end the name with .svg, .png or .dot")
-    net = structure(net_path)
+    net = structure(net_path, plugins=plugins)
     if ext == ".dot":
         write_text(out, to_dot(net))
     elif ext == ".svg":

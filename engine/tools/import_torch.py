@@ -205,7 +205,8 @@ def write_checkpoint(out, net, params, mean, scale, class_names, source):
     arrays.update({f"velocity/{k}": np.zeros_like(v) for k, v in params.items()})
     arrays["mean"] = pre.mean
     meta = {"format": FORMAT, "net_text": net.spec.text, "net_name": net.name,
-            "net_file": net.spec.file, "epoch": 0, "batch": 0, "settings": s,
+            "net_file": net.spec.file, "plugin_dir": net.spec.plugin_dir, "epoch": 0, "batch": 0,
+            "settings": s,
             "schedule": settings.make_schedule(s).state(), "rng": None, "preprocess": pre.to_json(),
             "class_names": class_names, "num_classes": net.num_classes, "metrics": [],
             "partial_loss": None, "imported_from": {"path": os.path.abspath(source), "sha256": checkpoint.sha256_of(source)}}
@@ -213,9 +214,9 @@ def write_checkpoint(out, net, params, mean, scale, class_names, source):
 
 
 def run(weights, net_path, out, map_path=None, torchvision_input=False, mean=None, scale=None,
-        classes=None, log=print):
+        classes=None, log=print, plugins=False):
     from engine.net import load
-    net = load(net_path)
+    net = load(net_path, plugins=plugins)
     state = read_state_dict(weights)
     params = convert(net, state, read_map(map_path) if map_path else None)
     c = net.input_shape[0]

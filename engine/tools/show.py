@@ -159,7 +159,7 @@ def preds_image(picks, class_names, title, cols=4, top=5):
 
 # ---- the verb ----------------------------------------------------------------------------
 def run(checkpoint, what, out=None, layer=None, net_path=None, data=None, count=8, seed=0,
-        only_errors=False, log=print):
+        only_errors=False, log=print, plugins=False):
     """Write the PNG for `what` ("filters", "cost" or "preds") of a run folder or checkpoint."""
     from engine import checkpoint as ckpt
     if what == "cost":
@@ -173,7 +173,7 @@ def run(checkpoint, what, out=None, layer=None, net_path=None, data=None, count=
         log(f"wrote {out}")
         return out
     from engine.net import load
-    net = load(net_path, checkpoint=checkpoint)
+    net = load(net_path, checkpoint=checkpoint, plugins=plugins)
     if what == "filters":
         out = out or f"{net.name}-filters-{layer}.png"
         canvas.save_png(filters_image(net, layer), out)
