@@ -4,7 +4,9 @@ A layer type is a subclass of `Layer` registered under its YAML `type`. It decla
 its keys (`keys`), checks its input shapes and computes its output shape in
 `setup`, creates its parameters in `init_params`, and runs `forward` / `backward`
 on float32 NCHW (or [N, D]) arrays. Layers never know about files or lines: they
-raise `LayerError(key, message)` and the engine adds the file, line and layer.
+raise `LayerError(key, message)` and the engine adds the file, line and layer. Its
+`examples` (configs valid on a [6, 9, 9] input) let the tests build every type without a
+hand-written entry per type.
 """
 import math
 import re
@@ -116,6 +118,8 @@ class Layer:
     is_cost = False       # True: the net's output layer, providing `cost`
     classifies = False    # True: a cost layer whose output is class probabilities (top-k errors)
     uses_rng = False      # True: training-time forward draws from the `rng` it is given
+    examples = ()         # configs (dicts of keys) valid on a [6, 9, 9] input, one per variant worth
+                          # testing: every type must set its own (the all-types test nets are built from them)
     doc = ""
 
     def __init__(self, name, cfg, input_shapes):

@@ -1,6 +1,8 @@
 import os
 import tempfile
 
+import helpers
+import pytest
 from cudamode import cuda_mode
 
 # A fresh Numba cache per test session: a stale cache can hide a change in a callee
@@ -12,3 +14,34 @@ os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="numba-cache-")
 # tests/test_cuda_simulator.py runs it in a child process with NUMBA_ENABLE_CUDASIM=1
 # (the simulator must be chosen before numba is imported, so it cannot share a process).
 collect_ignore = [] if cuda_mode() else ["cuda"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="also run the tests marked slow (the CUDA simulator suite, long training, "
+                          "full-size fuzzing): what CI runs")
+
+
+def pytest_configure(config):
+    helpers.FULL = config.getoption("--full")    # test modules size their work by it at import
+
+
+SLOW_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        # deselected, not skipped: the fast run's summary stays free of skip lines
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config.hook.pytest_deselected(items=slow)
+        config.stash[SLOW_LEFT_OUT] = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left_out = config.stash.get(SLOW_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} slow tests left out: run `python -m pytest --full` "
+                                    "for the full suite (as CI does)")

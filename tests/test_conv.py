@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from helpers import close
 
 import layers
 from engine import gradcheck
@@ -28,12 +29,6 @@ def setup_case(case, seed=0):
     params["bias"][:] = rng.standard_normal(f)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     return layer, params, x, rng
-
-
-def close(actual, expected, rtol=1e-4):
-    # float32 sums of many products: absolute error scales with the result's magnitude
-    atol = 1e-5 * max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
 def ref_args(layer, params):

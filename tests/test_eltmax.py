@@ -2,12 +2,12 @@
 differences, shape checks, and a net reading its inputs separately."""
 import numpy as np
 import pytest
+from helpers import check_net_gradients
 
 import engine
 import layers
 from engine import gradcheck
 from layers.eltmax import reference
-from test_eltsum import check_net_gradients
 
 
 def make(shapes):

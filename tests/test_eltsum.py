@@ -2,6 +2,7 @@
 net whose eltsum reads its inputs separately (join "separate") through the whole engine."""
 import numpy as np
 import pytest
+from helpers import check_net_gradients
 
 import engine
 import layers
@@ -64,23 +65,6 @@ layers:
   - {name: f, type: fc, outputs: 4}
   - {name: prob, type: softmax}
 """
-
-
-def check_net_gradients(net, x, labels, keys, h, samples, rel, abs):
-    """The net's parameter gradients against central differences of its loss."""
-    rng = np.random.default_rng(0)
-    _, grads = net.gradients(x, labels)
-    params = net.parameters()
-    for key in keys:
-        for flat in rng.choice(params[key].size, min(samples, params[key].size), replace=False):
-            idx = np.unravel_index(flat, params[key].shape)
-            old = params[key][idx]
-            params[key][idx] = old + h
-            up = net.gradients(x, labels)[0]
-            params[key][idx] = old - h
-            down = net.gradients(x, labels)[0]
-            params[key][idx] = old
-            assert (up - down) / (2 * h) == pytest.approx(grads[key][idx], rel=rel, abs=abs), (key, idx)
 
 
 def test_net_gradients_through_separate_inputs_match_finite_differences():

@@ -2,6 +2,7 @@
 bank per location), finite differences, conv's keys and checks, the weight layout."""
 import numpy as np
 import pytest
+from helpers import close
 
 import engine
 import layers
@@ -31,11 +32,6 @@ def setup_case(case, seed=0):
     params["bias"][:] = rng.standard_normal(params["bias"].shape)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     return layer, params, x, rng
-
-
-def close(actual, expected, rtol=1e-4):
-    atol = 1e-5 * max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
 def ref_args(layer, params):

@@ -3,6 +3,7 @@ activation fused on conv and fc, against the NumPy reference, central difference
 PyTorch; the name parser and its messages; sqrt's and softrelu's edge values."""
 import numpy as np
 import pytest
+from helpers import NEURON_FNS as FNS, fused_params, neuron_inputs as inputs
 
 import engine
 import layers
@@ -11,23 +12,9 @@ from layers.conv import reference as conv_ref
 from layers.fc import reference as fc_ref
 from layers.neuron import reference, spec
 
-# every function, with and without parameters where it takes them
-FNS = ["ident", "linear", "linear[2.5,-0.5]", "relu", "brelu[1.5]", "tanh", "tanh[1.7159,0.6667]",
-       "logistic", "softrelu", "abs", "square", "sqrt"]
-
 
 def make(fn, shape=(3, 5, 7)):
     return layers.get("neuron")("act", {"fn": fn}, [shape])
-
-
-def inputs(fn, shape, seed=0):
-    """Values 0.1 apart, none within 0.05 of a kink (0 for relu/brelu/abs, 1.5 for brelu[1.5]),
-    so central differences with h = 1e-2 never straddle one; positive for sqrt."""
-    size = int(np.prod(shape))
-    x = (np.random.default_rng(seed).permutation(size) - size / 2 + 0.5) * 0.1
-    if fn == "sqrt":
-        x = np.abs(x) + 0.05
-    return x.reshape(shape).astype(np.float32)
 
 
 @pytest.mark.parametrize("fn", FNS)
@@ -88,16 +75,6 @@ def test_matches_pytorch(fn):
 
 
 # ---- fused on conv and fc ---------------------------------------------------------------------
-def fused_params(layer, fn, seed):
-    """Small weights and a bias of 2 for sqrt, so its pre-activations are positive."""
-    rng = np.random.default_rng(seed)
-    p = layer.init_params(rng)
-    p["weight"] = (rng.standard_normal(p["weight"].shape) * 0.3).astype(np.float32)
-    shift = 2.0 if fn == "sqrt" else 0.0
-    p["bias"] = (rng.standard_normal(p["bias"].shape) * 0.5 + shift).astype(np.float32)
-    return p
-
-
 @pytest.mark.parametrize("fn", FNS)
 def test_conv_fused_matches_reference(fn):
     layer = layers.get("conv")("c", dict(filters=4, size=3, padding=1, groups=2, neuron=fn), [(2, 5, 6)])

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from helpers import distinct
 
 import layers
 from engine import gradcheck
@@ -21,13 +22,6 @@ def make(mode, size, stride=None, neuron=None, shape=(3, 10, 7)):
     if stride is not None:
         cfg["stride"] = stride
     return layers.get("pool")("pool", cfg, [shape])
-
-
-def distinct(shape, seed=0, gap=0.1):
-    """Inputs whose values differ pairwise by >= gap (no ties, no relu kink within gap/2)."""
-    rng = np.random.default_rng(seed)
-    size = int(np.prod(shape))
-    return ((rng.permutation(size) - size / 2 + 0.5) * gap).reshape(shape).astype(np.float32)
 
 
 def test_cases_overhang():

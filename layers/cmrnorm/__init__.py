@@ -24,6 +24,7 @@ from layers.registry import register
 @register
 class CMRNormLayer(Layer):
     type = "cmrnorm"
+    examples = ({"size": 5, "alpha": 0.1, "k": 2}, {"size": 2, "alpha": 0.5, "groups": 2})
     doc = "cross-map response normalisation over `size` neighbouring maps (AlexNet LRN)"
     spatial = True
     keys = {

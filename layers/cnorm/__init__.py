@@ -27,6 +27,7 @@ from layers.rnorm import RNormLayer
 @register
 class CNormLayer(RNormLayer):
     type = "cnorm"
+    examples = ({"size": 3, "alpha": 0.1},)
     doc = "same-map contrast normalisation over a size x size window (cuda-convnet cnorm)"
 
     def macs(self):

@@ -14,6 +14,7 @@ from layers.registry import register
 @register
 class ConcatLayer(Layer):
     type = "concat"
+    examples = ({}, {"mode": "flat"})
     doc = "joins its inputs along channels (H x W must agree) or flattened, in `inputs` order"
     keys = {"mode": Key(str, "channels", choices=("channels", "flat"),
                         doc="channels: stack along channels; flat: flatten each input, then join")}

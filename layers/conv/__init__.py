@@ -18,6 +18,8 @@ from layers.registry import register
 @register
 class ConvLayer(Layer):
     type = "conv"
+    examples = ({"filters": 6, "size": 3, "padding": 1, "groups": 2, "neuron": "relu"},
+                {"filters": 6, "size": 4, "stride": 3, "padding": 2, "padding_end": 1, "neuron": "tanh[1.7,0.6]"})
     doc = "2-D convolution (cross-correlation), weight [filters, channels/groups, size, size]"
     spatial = True
     keys = {

@@ -15,6 +15,7 @@ from layers.dropout import cpu
 @register
 class DropoutLayer(Layer):
     type = "dropout"
+    examples = ({"rate": 0.3},)
     uses_rng = True
     doc = "inverted dropout: drop units with probability `rate` in training, identity at test"
     keys = {"rate": Key(float, 0.5, low=0.0, high=1.0,

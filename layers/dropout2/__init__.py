@@ -18,6 +18,7 @@ from layers.registry import register
 @register
 class Dropout2Layer(Layer):
     type = "dropout2"
+    examples = ({"keep": 0.6},)
     uses_rng = True
     doc = "classic dropout: 0/1 mask keeping units with probability `keep` in training, x keep at test"
     keys = {"keep": Key(float, 0.5, low=0.0, low_open=True, high=1.0,

@@ -19,6 +19,7 @@ from layers.registry import register
 @register
 class EltMaxLayer(Layer):
     type = "eltmax"
+    examples = ({},)
     doc = "element-wise maximum of 2+ inputs of one shape; the gradient goes to the first maximum"
     join = "separate"
     keys = {}

@@ -41,6 +41,7 @@ def _coefficients(value, count):
 @register
 class EltSumLayer(Layer):
     type = "eltsum"
+    examples = ({"coeffs": [1.0, -0.5]},)
     doc = "element-wise weighted sum of 2+ inputs of one shape"
     join = "separate"
     keys = {"coeffs": Key(list, None, doc="one multiplier per input (default: all 1)")}

@@ -17,6 +17,7 @@ from layers.fc import cpu
 @register
 class FCLayer(Layer):
     type = "fc"
+    examples = ({"outputs": 12, "neuron": "relu"},)
     doc = "fully connected: y = f(x @ W.T + b); inputs are flattened and concatenated"
     join = "flat"
     keys = {

@@ -24,6 +24,7 @@ from layers.registry import register
 @register
 class LocalLayer(ConvLayer):
     type = "local"
+    examples = ({"filters": 6, "size": 3, "padding": 1, "neuron": "softrelu"},)
     doc = ("locally connected (unshared) convolution, "
            "weight [out_h*out_w, filters, channels/groups, size, size], bias [filters, out_h, out_w]")
 

@@ -16,6 +16,7 @@ from layers.registry import register
 @register
 class NeuronLayer(Layer):
     type = "neuron"
+    examples = ({"fn": "logistic"}, {"fn": "square"})
     doc = f"element-wise activation f(x): {spec.SYNTAX}"
     keys = {"fn": spec.NeuronKey(REQUIRED, doc="the activation")}
 

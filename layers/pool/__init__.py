@@ -24,6 +24,8 @@ _DUMMY = np.zeros((1, 1, 1, 1), np.float32)
 @register
 class PoolLayer(Layer):
     type = "pool"
+    examples = ({"mode": "max", "size": 3, "stride": 2, "neuron": "abs"},
+                {"mode": "avg", "size": 3, "stride": 2, "neuron": "brelu[2]"})
     doc = "max | avg pooling over size x size windows (cuda-convnet's ceil output rule)"
     spatial = True
     keys = {

@@ -24,6 +24,7 @@ from layers.rnorm import cpu
 @register
 class RNormLayer(Layer):
     type = "rnorm"
+    examples = ({"size": 3, "alpha": 0.1},)
     doc = "same-map response normalisation over a size x size window (cuda-convnet rnorm)"
     spatial = True
     keys = {

@@ -16,6 +16,7 @@ from layers.softmax import cpu
 @register
 class SoftmaxLayer(Layer):
     type = "softmax"
+    examples = ({},)
     doc = "softmax probabilities; as the output layer, the mean cross-entropy cost (logreg)"
     join = "flat"
     is_cost = True

@@ -21,6 +21,7 @@ from layers.sum2 import cpu
 @register
 class Sum2Layer(Layer):
     type = "sum2"
+    examples = ({"coeff": 0.5},)
     doc = "sum-of-squares cost: coeff * mean over the batch of sum(x^2); ignores labels"
     is_cost = True
     keys = {"coeff": Key(float, 1.0, low=0.0, low_open=True, doc="weight of the cost")}

@@ -7,18 +7,13 @@ abs, tanh, logistic and linear; fc likewise.
 """
 import numpy as np
 import pytest
-from cudahelp import host, to_dev
+from helpers import close, host, to_dev
 from numba import cuda
 
 import layers
 import layers.conv.cuda as conv_cuda
 import layers.cudagemm as cg
 import layers.fc.cuda as fc_cuda
-
-
-def close(actual, expected, rtol=1e-4):
-    atol = 1e-5 * max(1.0, float(np.abs(expected).max()))
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
 def scratch(shape):

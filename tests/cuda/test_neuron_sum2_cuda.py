@@ -4,26 +4,14 @@ device kernels.
 
 Tiny shapes, because the simulator runs every CUDA thread as a Python thread.
 """
-import importlib
-
 import numpy as np
 import pytest
-from cudahelp import host, to_dev
-from test_neuron import FNS, fused_params, inputs   # tests/ is on the path (see its conftest)
-from test_new_layers_cuda import OnDevice
+from helpers import NEURON_FNS as FNS, OnDevice, close_abs as close, cuda_impl, fused_params, host, to_dev
+from helpers import neuron_inputs as inputs
 
 import engine
 import layers
 from engine import gradcheck
-
-
-def cuda_impl(layer):
-    return importlib.import_module(f"layers.{layer.type}.cuda").make(layer)
-
-
-def close(got, want, rtol=1e-5, atol=1e-6):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)   # NaN where NaN, inf where inf
 
 
 # ---- edge values: the device functions agree with the CPU ones everywhere ---------------------

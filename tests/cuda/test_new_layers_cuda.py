@@ -5,11 +5,9 @@ the device kernels themselves; a two-column net of all of them equal on CPU and 
 Tiny shapes, because the simulator runs every CUDA thread as a Python thread (the GEMM's
 256-thread blocks with barriers are the slowest: local keeps its locations few).
 """
-import importlib
-
 import numpy as np
 import pytest
-from cudahelp import host, to_dev
+from helpers import OnDevice, close, cuda_impl, host, to_dev
 
 import engine
 import layers
@@ -28,42 +26,8 @@ def cpu_layer(type_name, cfg, shapes):
     return layers.get(type_name)(type_name, cfg, [tuple(s) for s in shapes])
 
 
-def cuda_impl(layer):
-    return importlib.import_module(f"layers.{layer.type}.cuda").make(layer)
-
-
-def close(got, want, rtol=1e-5, atol=1e-6):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * max(1.0, float(np.abs(want).max())))
-
-
 def as_list(dx):
     return dx if isinstance(dx, list) else [dx]
-
-
-class OnDevice:
-    """The CPU layer's face over its CUDA twin (host arrays in and out), for
-    engine.gradcheck: finite differences of the device kernels themselves."""
-
-    def __init__(self, layer, stream, seed=0):
-        self.layer, self.impl, self.stream, self.seed = layer, cuda_impl(layer), stream, seed
-
-    def __getattr__(self, name):          # type, name, join, shapes, is_cost
-        return getattr(self.layer, name)
-
-    def forward(self, x, params, train=False, rng=None):
-        xin = [to_dev(a) for a in x] if isinstance(x, list) else to_dev(x)
-        self.params = {k: to_dev(v) for k, v in params.items()}
-        y = host(self.impl.forward(xin, self.params, train, self.seed, self.stream))
-        self.stream.synchronize()
-        return y
-
-    def backward(self, dy, params, need_dx=True):
-        dx, grads = self.impl.backward(to_dev(dy), self.params, need_dx, self.stream)
-        out = [host(d) for d in dx] if isinstance(dx, list) else host(dx)
-        self.stream.synchronize()
-        return out, {k: host(g) for k, g in grads.items()}
 
 
 def run_both(layer, xs, params, dy, stream, train=False):

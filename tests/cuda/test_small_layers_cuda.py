@@ -7,8 +7,7 @@ it is tested for its own properties (and against a NumPy re-implementation of th
 """
 import numpy as np
 import pytest
-from cudahelp import host, to_dev
-from test_new_layers_cuda import OnDevice
+from helpers import OnDevice, close_abs as close, cuda_impl, distinct, host, to_dev
 
 import layers
 from engine import gradcheck
@@ -21,23 +20,6 @@ NEURONS = FNS + ["ident", "linear[2.5,-0.5]", "brelu[1.5]", "tanh[1.7159,0.6667]
 
 def cpu_layer(type_name, cfg, shape):
     return layers.get(type_name)(type_name, cfg, [tuple(shape)])
-
-
-def cuda_impl(layer):
-    import importlib
-    return importlib.import_module(f"layers.{layer.type}.cuda").make(layer)
-
-
-def distinct(shape, seed=0, gap=0.1):
-    """Values pairwise >= gap apart, none within gap/2 of 0 (no ties, no relu/abs kink)."""
-    rng = np.random.default_rng(seed)
-    size = int(np.prod(shape))
-    return ((rng.permutation(size) - size / 2 + 0.5) * gap).reshape(shape).astype(np.float32)
-
-
-def close(got, want, rtol=1e-5, atol=1e-6):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 def both(layer, x, g, stream, rtol=1e-5, atol=1e-6):
