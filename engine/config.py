@@ -123,7 +123,7 @@ def parse_net(source, plugins=False, plugin_dir=None):
     `plugins`: allow the net's `plugins` (Python files or modules defining layer types) to
     be imported. `plugin_dir`: the folder relative plugin paths resolve against (default: the
     net file's folder; for text or a dict, the current directory); for net text saved in a
-    checkpoint, the original net file's folder (engine.plugins.checkpoint_dir).
+    checkpoint, the original net file's folder (parse_checkpoint_net does that).
     """
     data, file, text = read_source(source)
 
@@ -180,6 +180,20 @@ def parse_net(source, plugins=False, plugin_dir=None):
         previous = spec.name
     return NetSpec(name=name, input_shape=input_shape, layers=specs, train=train,
                    file=file, text=text, data=data, plugins=resolved, plugin_dir=plugin_dir)
+
+
+def parse_checkpoint_net(meta, plugins=False):
+    """The NetSpec of the net text a checkpoint saved (`meta`: its JSON, with "path"): its
+    plugins resolve against the original net file's folder, and errors name the net file
+    as saved in the checkpoint."""
+    try:
+        return parse_net(meta["net_text"], plugins=plugins, plugin_dir=plugin_files.checkpoint_dir(meta))
+    except ConfigError as e:
+        if e.file is not None:
+            raise
+        saved = f"saved in {meta.get('path', 'the checkpoint')}"
+        where = f"{meta['net_file']} ({saved})" if meta.get("net_file") else f"the net text {saved}"
+        raise ConfigError(e.message, file=where, line=e.line, layer=e.layer, key=e.key) from None
 
 
 def _plugins(data, allowed, plugin_dir, fail):

@@ -12,7 +12,7 @@ import engine
 from engine import ConfigError
 from engine import checkpoint as ckpt
 from engine.cli import main
-from engine.config import parse_net
+from engine.config import parse_checkpoint_net
 from engine.plugins import checkpoint_dir
 from engine.tools.check_grads import check_net
 from engine.train import Trainer
@@ -153,18 +153,20 @@ def test_a_plugin_is_imported_once_per_process(prelu_net, tmp_path):
 
 def test_a_plugin_from_a_checkpoint_resolves_against_the_original_net_file(example_run, tmp_path,
                                                                           monkeypatch):
-    meta = ckpt.verify(ckpt.resolve(str(example_run[0])))
+    meta = ckpt.load(str(example_run[0]))[1]
     monkeypatch.chdir(tmp_path)                  # scale.py is not here
-    spec = parse_net(meta["net_text"], plugins=True, plugin_dir=checkpoint_dir(meta))
-    assert spec.plugins == [SCALE]
+    assert parse_checkpoint_net(meta, plugins=True).plugins == [SCALE]
     assert checkpoint_dir({"net_file": EXAMPLE}) == os.path.dirname(SCALE)
-    with pytest.raises(ConfigError, match="plugins=True"):
-        parse_net(meta["net_text"], plugin_dir=checkpoint_dir(meta))
+    assert checkpoint_dir({"net_file": "x/net.yaml", "plugin_dir": "/elsewhere"}) == "/elsewhere"
+    with pytest.raises(ConfigError) as info:
+        parse_checkpoint_net(meta)
+    assert info.value.file == f"{EXAMPLE} (saved in {meta['path']})" and info.value.line == 5
+    assert SCALE in info.value.message and "plugins=True" in info.value.message
 
 
 NEEDS_CHECKPOINT_DIR = pytest.mark.xfail(
-    strict=True, reason="engine/net.py load and engine/train.py Trainer must pass "
-    "plugin_dir=engine.plugins.checkpoint_dir(meta) when they parse a checkpoint's net text")
+    strict=True, reason="engine/net.py load and engine/train.py Trainer must parse a checkpoint's "
+    "net text with engine.config.parse_checkpoint_net(meta, plugins)")
 
 
 @NEEDS_CHECKPOINT_DIR
