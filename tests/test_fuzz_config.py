@@ -7,8 +7,9 @@ keys, out-of-range and absurd values, bad wiring, deep and wide graphs, odd name
 text -- must load or raise engine.ConfigError with a one-line message that names something;
 never another exception, a Numba error or a hang. A net that loads must run.
 
-Derandomized, so CI runs the same examples every time; FUZZ_EXAMPLES=N runs N random
-examples per test instead (e.g. FUZZ_EXAMPLES=20000 for a long local hunt).
+Derandomized, so CI runs the same examples every time; a tenth of them without --full;
+FUZZ_EXAMPLES=N runs N random examples per test instead (e.g. FUZZ_EXAMPLES=20000 for a long
+local hunt). A layer type the generator has no rules for is drawn from its class's `examples`.
 """
 import contextlib
 import math
@@ -20,6 +21,8 @@ import time
 import numpy as np
 import pytest
 import yaml
+
+import helpers
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
@@ -36,7 +39,7 @@ MEMORY_LIMIT = "64M"  # every net is small; a mutation to a huge one is refused 
 
 def fuzz(n):
     # CI: the same examples every run; a scaled-up local hunt draws new ones each time
-    return settings(max_examples=SCALE or n, deadline=None, derandomize=SCALE is None, database=None,
+    return settings(max_examples=SCALE or (n if helpers.FULL else n // 10), deadline=None, derandomize=SCALE is None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
 
@@ -198,17 +201,56 @@ class Builder:
         elif kind == "sum2":
             self.maybe(layer, "coeff", st.sampled_from([1, 0.5, 3.0]))
             out = shape
-        else:
-            assert kind == "softmax"
+        elif kind == "softmax":
             out = (math.prod(shape),)
+        else:       # a type with no rules here: one of its examples, shaped by the layer itself
+            shapes = [shape] * len(inputs)     # one input, or join "separate": each of one shape
+            cfg = d(st.sampled_from(fitting_examples(kind, shapes)))
+            layer.update(cfg)
+            out = layer_types.get(kind)(layer["name"], cfg, shapes).output_shape
         self.layers.append(layer)
         return layer["name"], tuple(out)
 
     def kinds(self, shape, keep_hw=False):
         if len(shape) == 1:
-            return ["fc", "neuron", "dropout", "dropout2"]
+            return ["fc", "neuron", "dropout", "dropout2"] + without_rules(shape)
         kinds = ["conv", "local", "pool", "cmrnorm", "rnorm", "cnorm", "neuron", "dropout", "dropout2"]
-        return kinds if keep_hw else kinds + ["fc"]
+        # an example may change H x W: not where the columns must keep it
+        return kinds if keep_hw else kinds + ["fc"] + without_rules(shape)
+
+
+# the types Builder.add has rules for; any other is drawn from its class's `examples`
+WITH_RULES = {"conv", "local", "pool", "cmrnorm", "rnorm", "cnorm", "neuron", "dropout", "dropout2",
+              "eltsum", "eltmax", "concat", "fc", "sum2", "softmax"}
+COSTS = sorted(t for t, cls in layer_types.REGISTRY.items() if cls.is_cost)
+
+
+def fitting_examples(kind, shapes):
+    cls, fit = layer_types.get(kind), []
+    for cfg in cls.examples:
+        try:
+            cls("probe", cfg, shapes)
+            fit.append(cfg)
+        except layer_types.LayerError:
+            pass
+    return fit
+
+
+def without_rules(shape, separate=False):
+    """Types with no rules in Builder.add and an example fitting shape (not costs): those
+    reading one input, or (separate) those reading two of that shape side by side."""
+    return [t for t, cls in sorted(layer_types.REGISTRY.items())
+            if t not in WITH_RULES and not cls.is_cost and (cls.join == "separate") == separate
+            and fitting_examples(t, [shape] * (2 if separate else 1))]
+
+
+def test_every_layer_type_has_examples_the_generator_can_draw():
+    missing = helpers.missing_examples()
+    assert not missing, f"layer types without their own `examples` (see layers/base.py): {missing}"
+    for t, cls in layer_types.REGISTRY.items():
+        shapes = [helpers.EXAMPLE_INPUT] * (2 if cls.join == "separate" else 1)
+        assert fitting_examples(t, shapes) == list(cls.examples), \
+            f"{t}: every config in `examples` must be valid on a {list(helpers.EXAMPLE_INPUT)} input"
 
 
 @st.composite
@@ -223,7 +265,7 @@ def valid_nets(draw, max_blocks=4):
         else:
             src, shape = b.add(draw(st.sampled_from(b.kinds(shape))), src, shape)
     if not b.layers or draw(st.booleans()):
-        src, shape = b.add(draw(st.sampled_from(["softmax", "softmax", "sum2"])), src, shape)
+        src, shape = b.add(draw(st.sampled_from(["softmax"] + COSTS)), src, shape)
     net = {"input": {"shape": list(input_shape)}, "layers": b.layers}
     if draw(st.booleans()):
         net["name"] = draw(NAME_TEXT) or "net"
@@ -249,7 +291,8 @@ def two_columns(draw, b, src, shape):
     if flat:
         return b.add("fc", a, (math.prod(sa) + math.prod(sc),), extra_inputs=[c])
     if sa == sc and draw(st.booleans()):      # same shapes: they may also be added or maxed
-        return b.add(draw(st.sampled_from(["eltsum", "eltmax"])), a, sa, extra_inputs=[c])
+        return b.add(draw(st.sampled_from(["eltsum", "eltmax"] + without_rules(sa, separate=True))), a, sa,
+                     extra_inputs=[c])
     kind = draw(st.sampled_from(["conv", "local", "pool", "cmrnorm", "rnorm", "cnorm", "neuron", "dropout",
                                  "dropout2", "concat", "fc"]))
     joined = (math.prod(sa) + math.prod(sc),) if kind == "fc" else (sa[0] + sc[0],) + sa[1:]
