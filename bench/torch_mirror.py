@@ -24,7 +24,8 @@ our semantics (layers/*/reference.py):
 - the output softmax is logits + cross-entropy for training (`loss`), probabilities for
   `forward`; sum2 is coeff * batch mean of the sum of squares.
 
-Any other layer type (e.g. `local`) raises UnsupportedLayer naming the layer and type.
+A type is mirrored by its entry in FORWARD; one in NOT_MIRRORED (`local`) raises
+UnsupportedLayer naming the layer and type.
 
 `describe(net.layers)` turns the layers into plain JSON-able dicts, and `Mirror(description,
 state)` builds the module from those alone: this file imports nothing from the engine, so a
@@ -122,60 +123,75 @@ class Part(nn.Module):
                     p.normal_(0.0, self.cfg.get("init_w", 0.01), generator=generator)
 
     def forward(self, x):
-        c, t = self.cfg, self.type
-        if t == "conv":
-            p, e = c["padding"], c["padding_end"]
-            if e:
-                x, p = F.pad(x, (p, p + e, p, p + e)), 0
-            y = F.conv2d(x, self.weight, self.bias, stride=c["stride"], padding=p, groups=c["groups"])
-            return self.act(y)
-        if t == "fc":
-            return self.act(F.linear(x.reshape(x.shape[0], -1), self.weight, self.bias))
-        if t == "pool":
-            if c["mode"] == "max":
-                y = F.max_pool2d(x, c["size"], self.stride, ceil_mode=True)
-            else:
-                y = F.avg_pool2d(x, c["size"], self.stride, ceil_mode=True)
-            return self.act(y)
-        if t == "cmrnorm":
-            n, ch, h, w = x.shape
-            g = c["groups"]
-            y = F.local_response_norm(x.reshape(n * g, ch // g, h, w), c["size"], alpha=c["alpha"],
-                                      beta=c["beta"], k=c["k"])
-            return y.reshape(n, ch, h, w)
-        if t in ("rnorm", "cnorm"):
-            size = c["size"]
-            u = x
-            if t == "cnorm":
-                count = _window_sum(torch.ones_like(x[:1, :1]), size)
-                u = x - _window_sum(x, size) / count
-            d = c["k"] + c["alpha"] / (size * size) * _window_sum(u * u, size)
-            return x * d.pow(-c["beta"])
-        if t == "dropout":
-            return F.dropout(x, c["rate"], self.training)
-        if t == "dropout2":
-            keep = c["keep"]
-            if not self.training:
-                return x * keep
-            return x * (torch.rand_like(x) < keep).to(x.dtype)
-        if t == "neuron":
-            return self.act(x)
-        if t == "concat":
-            return x
-        if t == "eltsum":
-            return sum(k * xi for k, xi in zip(self.coefficients, x))
-        if t == "eltmax":
-            return torch.stack(list(x)).max(dim=0).values
-        if t == "softmax":
-            x = x.reshape(x.shape[0], -1)
-            return x if self.final else torch.softmax(x, dim=1)   # the final one: logits
-        if t == "sum2":
-            return x
-        raise AssertionError(t)
+        return FORWARD[self.type](self, x)
 
 
-SUPPORTED = ("conv", "fc", "pool", "cmrnorm", "rnorm", "cnorm", "dropout", "dropout2", "neuron",
-             "concat", "eltsum", "eltmax", "softmax", "sum2")
+def _conv(part, x):
+    c = part.cfg
+    p, e = c["padding"], c["padding_end"]
+    if e:
+        x, p = F.pad(x, (p, p + e, p, p + e)), 0
+    return part.act(F.conv2d(x, part.weight, part.bias, stride=c["stride"], padding=p, groups=c["groups"]))
+
+
+def _pool(part, x):
+    c = part.cfg
+    pool = F.max_pool2d if c["mode"] == "max" else F.avg_pool2d
+    return part.act(pool(x, c["size"], part.stride, ceil_mode=True))
+
+
+def _cmrnorm(part, x):
+    c = part.cfg
+    n, ch, h, w = x.shape
+    g = c["groups"]
+    y = F.local_response_norm(x.reshape(n * g, ch // g, h, w), c["size"], alpha=c["alpha"],
+                              beta=c["beta"], k=c["k"])
+    return y.reshape(n, ch, h, w)
+
+
+def _rnorm(part, x, contrast=False):
+    c = part.cfg
+    size = c["size"]
+    u = x
+    if contrast:
+        count = _window_sum(torch.ones_like(x[:1, :1]), size)
+        u = x - _window_sum(x, size) / count
+    d = c["k"] + c["alpha"] / (size * size) * _window_sum(u * u, size)
+    return x * d.pow(-c["beta"])
+
+
+def _dropout2(part, x):
+    keep = part.cfg["keep"]
+    if not part.training:
+        return x * keep
+    return x * (torch.rand_like(x) < keep).to(x.dtype)
+
+
+def _softmax(part, x):
+    x = x.reshape(x.shape[0], -1)
+    return x if part.final else torch.softmax(x, dim=1)   # the final one: logits
+
+
+# each layer type's forward on the joined input, as torch ops with our semantics
+FORWARD = {
+    "conv": _conv,
+    "fc": lambda part, x: part.act(F.linear(x.reshape(x.shape[0], -1), part.weight, part.bias)),
+    "pool": _pool,
+    "cmrnorm": _cmrnorm,
+    "rnorm": _rnorm,
+    "cnorm": lambda part, x: _rnorm(part, x, contrast=True),
+    "dropout": lambda part, x: F.dropout(x, part.cfg["rate"], part.training),
+    "dropout2": _dropout2,
+    "neuron": lambda part, x: part.act(x),
+    "concat": lambda part, x: x,
+    "eltsum": lambda part, xs: sum(k * x for k, x in zip(part.coefficients, xs)),
+    "eltmax": lambda part, xs: torch.stack(list(xs)).max(dim=0).values,
+    "softmax": _softmax,
+    "sum2": lambda part, x: x,          # its cost is in Mirror.loss
+}
+# the layer types the mirror leaves out on purpose, and why (tests check every type is in one)
+NOT_MIRRORED = {"local": "no PyTorch layer computes unshared (locally connected) filters"}
+SUPPORTED = tuple(FORWARD)
 
 
 class Mirror(nn.Module):
