@@ -283,6 +283,16 @@ def split_grad(layer, dx, input_shapes):
     return out
 
 
+def check_same_shapes(layer):
+    """LayerError unless the layer has 2+ inputs, all of one shape (join "separate" types: eltsum, eltmax)."""
+    shapes = layer.input_shapes
+    if len(shapes) < 2:
+        raise LayerError("inputs", f"a {layer.type} layer needs at least 2 inputs, got {len(shapes)}")
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise LayerError("inputs", f"inputs of a {layer.type} layer must all have the same shape: "
+                         + " vs ".join(str(list(s)) for s in shapes))
+
+
 def out_size_floor(size, window, stride, padding=0):
     """Output side of a conv: floor((in + 2p - k) / s) + 1 (the PyTorch/Caffe rule)."""
     return (size + 2 * padding - window) // stride + 1

@@ -76,3 +76,14 @@ def kernel(fn=None, *, fastmath=True):
     if fn is None:
         return lambda f: Kernel(f, flags)
     return Kernel(fn, flags)
+
+
+# Kernels that need scratch deal their tasks out to WORKERS fixed workers (the parallel
+# loop runs over workers), each owning rows of the caller's scratch: no task allocates.
+WORKERS = 32
+
+
+@numba.njit(inline="always")
+def worker_tasks(wk, workers, total):
+    """Worker wk's contiguous run [t0, t1) of tasks 0 .. total-1."""
+    return wk * total // workers, (wk + 1) * total // workers

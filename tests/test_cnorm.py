@@ -7,7 +7,7 @@ import engine
 import layers
 from engine import gradcheck
 from layers.cnorm import reference
-from layers.rnorm.reference import denominator
+from layers.norm_reference import denominator
 
 # alpha large enough that the window terms change the output and the gradient visibly
 STRONG = {"alpha": 4.0, "beta": 0.75, "k": 1.0}

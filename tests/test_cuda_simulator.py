@@ -15,11 +15,12 @@ from cudamode import cuda_mode
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow        # ~10 minutes on 2 cores: every CUDA thread runs as a Python thread
 @pytest.mark.skipif(cuda_mode() is not None, reason="tests/cuda is collected directly here (GPU or simulator)")
 def test_cuda_suite_under_the_simulator():
     pytest.importorskip("numba.cuda", reason="numba's CUDA target is not importable")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--full", "-p", "no:cacheprovider",
                            os.path.join(ROOT, "tests", "cuda")],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
     tail = "\n".join(proc.stdout.splitlines()[-60:])

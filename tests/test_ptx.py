@@ -23,13 +23,14 @@ from numba import cuda  # noqa: E402
 
 
 def cuda_modules():
-    names = ["layers.cudabase", "engine.cuda_backend"]
-    if importlib.util.find_spec("layers.cudagemm"):
-        names.append("layers.cudagemm")
+    """engine's CUDA backend, layers' shared CUDA modules (cuda in the name), every type's cuda.py."""
+    names = ["engine.cuda_backend"]
     for info in pkgutil.iter_modules(layers.__path__):
         if info.ispkg and importlib.util.find_spec(f"layers.{info.name}.cuda"):
             names.append(f"layers.{info.name}.cuda")
-    return names
+        elif not info.ispkg and "cuda" in info.name:
+            names.append(f"layers.{info.name}")
+    return sorted(names)
 
 
 def all_kernels():

@@ -18,6 +18,7 @@ import numpy as np
 
 from layers.base import Key, Layer, LayerError
 from layers.cmrnorm import cpu
+from layers.norm_cpu import beta_mode
 from layers.registry import register
 
 
@@ -45,7 +46,7 @@ class CMRNormLayer(Layer):
         if self.size > c:
             per = " per group" if self.groups > 1 else ""
             raise LayerError("size", f"cross-map window {self.size} larger than the {c} input channels{per}")
-        self.beta_code = cpu.beta_mode(self.beta)
+        self.beta_code = beta_mode(self.beta)
         return input_shape
 
     def macs(self):

@@ -12,82 +12,19 @@ runs over workers, each taking a contiguous run of tasks), and each worker has i
 of the caller's scratch (`scratch_shapes`): the float64 running sum and, in backward, a
 ring of the last `size` maps' window terms. The scratch does not depend on the batch.
 
-d^-beta is the costly part. beta = 0.75 (AlexNet, cuda-convnet), 0.5 and 1 use square
-roots / a division instead of pow. The case is a constant in each of the four calls of
-the inlined row helpers below (`pow_neg` folds to one expression), so the branch sits
-outside the loop over the row and the loop vectorises. rnorm shares these helpers.
-Divisions are np.divide: the serial twins check `/` for ZeroDivisionError (Python's error
-model), and that branch keeps a loop from vectorising (d > 0 here, so nothing changes).
+The row helpers (d^-beta and its gradient) are layers/norm_cpu.py's, shared with rnorm
+and cnorm.
 """
 import numba
 import numpy as np
 
 from layers import threads
-
-
-def beta_mode(beta):
-    """The special case of d^-beta the kernels use: 1: 0.75, 2: 0.5, 3: 1, 0: general pow."""
-    return {0.75: 1, 0.5: 2, 1.0: 3}.get(float(beta), 0)
-
-
-@numba.njit(inline="always")
-def pow_neg(d, beta, mode):
-    """d ** -beta for float32 d > 0."""
-    if mode == 1:
-        r = np.divide(np.float32(1.0), np.sqrt(d))
-        return r * np.sqrt(r)
-    if mode == 2:
-        return np.divide(np.float32(1.0), np.sqrt(d))
-    if mode == 3:
-        return np.divide(np.float32(1.0), d)
-    return d ** -beta
-
-
-@numba.njit(inline="always")
-def _forward_row(s, kf, scale, bf, mode, xr, dr, yr):
-    for xx in range(xr.shape[0]):
-        dd = kf + scale * np.float32(s[xx])
-        dr[xx] = dd
-        yr[xx] = xr[xx] * pow_neg(dd, bf, mode)
-
-
-@numba.njit(inline="always")
-def forward_row(s, kf, scale, bf, mode, xr, dr, yr):
-    """One row: d = k + scale * s (the window sums); y = x * d^-beta."""
-    if mode == 1:
-        _forward_row(s, kf, scale, bf, 1, xr, dr, yr)
-    elif mode == 2:
-        _forward_row(s, kf, scale, bf, 2, xr, dr, yr)
-    elif mode == 3:
-        _forward_row(s, kf, scale, bf, 3, xr, dr, yr)
-    else:
-        _forward_row(s, kf, scale, bf, 0, xr, dr, yr)
-
-
-@numba.njit(inline="always")
-def _grad_row(bf, mode, xr, gr, dr, tr, dxr):
-    for xx in range(xr.shape[0]):
-        dd = dr[xx]
-        gp = gr[xx] * pow_neg(dd, bf, mode)
-        tr[xx] = np.divide(gp * xr[xx], dd)
-        dxr[xx] = gp
-
-
-@numba.njit(inline="always")
-def grad_row(bf, mode, xr, gr, dr, tr, dxr):
-    """One row: dx = g d^-beta (the direct term); t = g x d^(-beta-1) (what the windows sum)."""
-    if mode == 1:
-        _grad_row(bf, 1, xr, gr, dr, tr, dxr)
-    elif mode == 2:
-        _grad_row(bf, 2, xr, gr, dr, tr, dxr)
-    elif mode == 3:
-        _grad_row(bf, 3, xr, gr, dr, tr, dxr)
-    else:
-        _grad_row(bf, 0, xr, gr, dr, tr, dxr)
+from layers.norm_cpu import forward_row, grad_row
+from layers.threads import WORKERS, worker_tasks
 
 
 CHUNK = 512        # pixels per task at most: a batch of one still spreads over threads
-WORKERS = 32       # scratch rows; the parallel loop runs over these
+
 
 
 def chunk(hw):
@@ -101,12 +38,6 @@ def scratch_shapes(hw, size):
     (as float32 pairs) and backward's ring of window terms [WORKERS, size, chunk]."""
     ch = chunk(hw)
     return (WORKERS, 2 * ch), (WORKERS, size, ch)
-
-
-@numba.njit(inline="always")
-def worker_tasks(wk, workers, total):
-    """Worker wk's contiguous run [t0, t1) of tasks 0 .. total-1 (pool shares it)."""
-    return wk * total // workers, (wk + 1) * total // workers
 
 
 @numba.njit(inline="always")

@@ -15,27 +15,13 @@ i + size//2) of t_j = g_j x_j d_j^(-beta-1); t_j is recomputed per window rather
 stored, so backward needs no scratch buffer the size of the activations.
 
 d^-beta: beta = 0.75, 0.5 and 1 use square roots / a division instead of powf
-(`pow_neg`, shared with rnorm; `mode` from layers.cmrnorm.cpu.beta_mode).
+(layers/norm_cuda.py's `pow_neg`, shared with rnorm and cnorm).
 """
-import math
-
 import numpy as np
 from numba import cuda, float32
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
-
-
-@cuda.jit(device=True, inline="always")
-def pow_neg(d, beta, mode):
-    """d ** -beta for float32 d > 0."""
-    if mode == 1:
-        r = float32(1.0) / math.sqrt(d)
-        return r * math.sqrt(r)
-    if mode == 2:
-        return float32(1.0) / math.sqrt(d)
-    if mode == 3:
-        return float32(1.0) / d
-    return math.pow(d, -beta)
+from layers.norm_cuda import pow_neg
 
 
 @cuda.jit

@@ -11,8 +11,7 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.cmrnorm.cpu import forward_row, grad_row
-from layers.rnorm.cpu import _box_sum
+from layers.norm_cpu import box_sum, forward_row, grad_row
 
 
 @numba.njit(inline="always")
@@ -35,14 +34,14 @@ def forward(x, size, alpha, beta, k, mode, u, y, d):
         xp, up, dp = x[i, j], u[i, j], d[i, j]
         tmp = np.empty((h, w), np.float32)
         sums = np.empty((h, w), np.float32)
-        _box_sum(xp, -pre, post, tmp, sums)
+        box_sum(xp, -pre, post, tmp, sums)
         for yy in range(h):
             rows = _count(yy, pre, post, h)
             for xx in range(w):
                 v = xp[yy, xx] - np.divide(sums[yy, xx], np.float32(rows * _count(xx, pre, post, w)))
                 up[yy, xx] = v
                 sums[yy, xx] = v * v
-        _box_sum(sums, -pre, post, tmp, dp)
+        box_sum(sums, -pre, post, tmp, dp)
         for yy in range(h):
             forward_row(dp[yy], kf, scale, bf, mode, xp[yy], dp[yy], y[i, j, yy])
 
@@ -64,14 +63,14 @@ def backward(x, g, u, d, size, alpha, beta, mode, dx):
         acc = np.empty((h, w), np.float32)
         for yy in range(h):
             grad_row(bf, mode, x[i, j, yy], g[i, j, yy], d[i, j, yy], t[yy], dxp[yy])
-        _box_sum(t, -post, pre, tmp, acc)
+        box_sum(t, -post, pre, tmp, acc)
         for yy in range(h):
             rows = _count(yy, pre, post, h)
             for xx in range(w):
                 v = -coef * up[yy, xx] * acc[yy, xx]
                 dxp[yy, xx] += v
                 t[yy, xx] = np.divide(v, np.float32(rows * _count(xx, pre, post, w)))
-        _box_sum(t, -post, pre, tmp, acc)
+        box_sum(t, -post, pre, tmp, acc)
         for yy in range(h):
             for xx in range(w):
                 dxp[yy, xx] -= acc[yy, xx]

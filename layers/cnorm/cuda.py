@@ -10,9 +10,9 @@ dx = g d^-beta + v - (mirrored window sum of vc).
 """
 from numba import cuda, float32
 
-from layers.cmrnorm.cuda import pow_neg
 from layers.cudabase import BLOCK, blocks_for
-from layers.rnorm.cuda import RNormCuda, rnorm_grad_terms
+from layers.norm_cuda import grad_terms, pow_neg
+from layers.rnorm.cuda import RNormCuda
 
 
 @cuda.jit(device=True, inline="always")
@@ -130,7 +130,7 @@ class CNormCuda(RNormCuda):
         vc = self.buffer("vc", x.shape).reshape(-1)
         dx = self.buffer("dx", x.shape)
         grid = blocks_for(total)
-        rnorm_grad_terms[grid, BLOCK, stream](x.reshape(-1), g, d, t, total, self.beta, self.mode)
+        grad_terms[grid, BLOCK, stream](x.reshape(-1), g, d, t, total, self.beta, self.mode)
         cnorm_grad_u[grid, BLOCK, stream](self._u.reshape(-1), t, vc, total, h, w, pre, post, self.coef)
         cnorm_backward[grid, BLOCK, stream](g, d, vc, dx.reshape(-1), total, h, w, pre, post,
                                             self.beta, self.mode)

@@ -10,7 +10,7 @@ columns, clipped at the image edges (rnorm's window).
 """
 import numpy as np
 
-from layers.rnorm.reference import denominator, window
+from layers.norm_reference import denominator, window
 
 
 def windows(h, w, size):

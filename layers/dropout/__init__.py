@@ -7,9 +7,9 @@ Works on any input rank.
 """
 import numpy as np
 
+from layers import elementwise_cpu
 from layers.base import Key, Layer, LayerError
 from layers.registry import register
-from layers.dropout import cpu
 
 
 @register
@@ -47,7 +47,7 @@ class DropoutLayer(Layer):
         mask = self.buffer("mask", x.shape)
         rng.random(x.shape, dtype=np.float32, out=mask)
         y = self.buffer("y", x.shape)
-        cpu.forward(x.reshape(-1), mask.reshape(-1), np.float32(rate),
+        elementwise_cpu.dropout_forward(x.reshape(-1), mask.reshape(-1), np.float32(rate),
                     np.float32(1.0 / (1.0 - rate)), y.reshape(-1))
         self._mask = mask
         return y
@@ -59,5 +59,5 @@ class DropoutLayer(Layer):
             return dy, {}
         dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(self._mask.shape)
         dx = self.buffer("dx", dy.shape)
-        cpu.backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
+        elementwise_cpu.dropout_backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
         return dx, {}

@@ -10,8 +10,7 @@ u >= 1 - keep, which is dropout's rule with rate = 1 - keep, so the two share a 
 import numpy as np
 
 from layers.base import Key, Layer
-from layers.dropout import cpu as dropout_cpu
-from layers.eltsum import cpu as eltsum_cpu
+from layers.elementwise_cpu import dropout_backward, dropout_forward, scale
 from layers.registry import register
 
 
@@ -43,13 +42,13 @@ class Dropout2Layer(Layer):
         keep = self.cfg["keep"]
         if not train:
             self._mask = None
-            eltsum_cpu.scale(np.float32(keep), x.reshape(-1), y.reshape(-1))
+            scale(np.float32(keep), x.reshape(-1), y.reshape(-1))
             return y
         if rng is None:
             raise ValueError(f"dropout2 '{self.name}': training needs an rng (a numpy Generator)")
         mask = self.buffer("mask", x.shape)
         rng.random(x.shape, dtype=np.float32, out=mask)
-        dropout_cpu.forward(x.reshape(-1), mask.reshape(-1), np.float32(1.0 - keep), np.float32(1.0),
+        dropout_forward(x.reshape(-1), mask.reshape(-1), np.float32(1.0 - keep), np.float32(1.0),
                             y.reshape(-1))
         self._mask = mask
         return y
@@ -61,7 +60,7 @@ class Dropout2Layer(Layer):
         dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(shape)
         dx = self.buffer("dx", shape)
         if self._mask is None:          # the latest forward was at test time: y = keep * x
-            eltsum_cpu.scale(np.float32(self.cfg["keep"]), dy.reshape(-1), dx.reshape(-1))
+            scale(np.float32(self.cfg["keep"]), dy.reshape(-1), dx.reshape(-1))
         else:
-            dropout_cpu.backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
+            dropout_backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
         return dx, {}

@@ -1,13 +1,12 @@
-"""CUDA classic dropout: dropout's counter-based hash kernels with rate = 1 - keep and scale
-1 (a 0/1 mask recomputed from the seed in backward, no stored mask), and eltsum's scale
-kernel for the test-time x keep. Masks differ from the CPU's (numpy Generator) by design."""
+"""CUDA classic dropout: layers/elementwise_cuda.py's counter-based mask kernels with rate =
+1 - keep and scale 1 (a 0/1 mask recomputed from the seed in backward, no stored mask),
+and its scale kernel for the test-time x keep. Masks differ from the CPU's (numpy Generator) by design."""
 import numpy as np
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
-from layers.dropout.cuda import dropout_backward, dropout_forward, keys, threshold
-from layers.eltsum.cuda import scale
+from layers.elementwise_cuda import dropout_backward, dropout_forward, keys, scale, threshold
 
-KERNELS = []      # every kernel used here is dropout's or eltsum's (listed there)
+KERNELS = []      # its kernels are layers/elementwise_cuda.py's (listed there)
 
 
 class Dropout2Cuda(CudaLayer):

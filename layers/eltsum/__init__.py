@@ -11,19 +11,10 @@ import math
 
 import numpy as np
 
-from layers.base import FLOAT32_MAX, Key, Layer, LayerError, shown
+from layers.base import FLOAT32_MAX, Key, Layer, LayerError, check_same_shapes, shown
+from layers.elementwise_cpu import scale
 from layers.eltsum import cpu
 from layers.registry import register
-
-
-def check_same_shapes(layer):
-    """LayerError unless the layer has 2+ inputs, all of one shape (eltsum, eltmax)."""
-    shapes = layer.input_shapes
-    if len(shapes) < 2:
-        raise LayerError("inputs", f"a {layer.type} layer needs at least 2 inputs, got {len(shapes)}")
-    if any(s != shapes[0] for s in shapes[1:]):
-        raise LayerError("inputs", f"inputs of a {layer.type} layer must all have the same shape: "
-                         + " vs ".join(str(list(s)) for s in shapes))
 
 
 def _coefficients(value, count):
@@ -82,6 +73,6 @@ class EltSumLayer(Layer):
                 dxs.append(dy)
                 continue
             dx = self.buffer(f"dx{i}", dy.shape)
-            cpu.scale(np.float32(c), dy.reshape(-1), dx.reshape(-1))
+            scale(np.float32(c), dy.reshape(-1), dx.reshape(-1))
             dxs.append(dx)
         return dxs, {}

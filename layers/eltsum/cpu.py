@@ -1,4 +1,4 @@
-"""Numba CPU kernels for eltsum (flat float32 arrays); `scale` also serves dropout2."""
+"""Numba CPU kernel for eltsum (flat float32 arrays); its `scale` is layers/elementwise_cpu.py's."""
 import numba
 
 from layers import threads
@@ -13,12 +13,3 @@ def axpby(a, x, b, z, out):
     for c in numba.prange((n + CHUNK - 1) // CHUNK):
         for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
             out[i] = a * x[i] + b * z[i]
-
-
-@threads.kernel
-def scale(a, x, out):
-    """out = a * x."""
-    n = x.size
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            out[i] = a * x[i]

@@ -1,13 +1,14 @@
-"""CUDA kernels for eltsum (the twin of cpu.py): out = a x + b z, and out = a x, flat.
+"""CUDA kernel for eltsum (the twin of cpu.py): out = a x + b z, flat.
 
 A sum of k inputs is k - 1 launches of axpby (the first writes y, the others add into
 it); backward scales dL/dy once per input whose coefficient is not 1 (a coefficient of
-1 hands dL/dy itself back, as on the CPU). `scale_kernel` also serves dropout2.
+1 hands dL/dy itself back, as on the CPU) with layers/elementwise_cuda.py's `scale`.
 """
 import numpy as np
 from numba import cuda
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
+from layers.elementwise_cuda import scale
 
 
 @cuda.jit
@@ -17,25 +18,10 @@ def axpby_kernel(a, x, b, z, out):
         out[i] = a * x[i] + b * z[i]
 
 
-@cuda.jit
-def scale_kernel(a, x, out):
-    i = cuda.grid(1)
-    if i < out.size:
-        out[i] = a * x[i]
-
-
 _F = "float32[::1]"
 KERNELS = [
     (axpby_kernel, f"void(float32, {_F}, float32, {_F}, {_F})"),
-    (scale_kernel, f"void(float32, {_F}, {_F})"),
 ]
-
-
-def scale(a, x, out, stream):
-    """out = a * x for device arrays of one size (any shape, contiguous)."""
-    flat = out.reshape(-1)
-    scale_kernel[blocks_for(flat.size), BLOCK, stream](np.float32(a), x.reshape(-1), flat)
-    return out
 
 
 class EltSumCuda(CudaLayer):

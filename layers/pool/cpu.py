@@ -10,8 +10,8 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.cmrnorm.cpu import WORKERS, worker_tasks
 from layers.neuron.cpu import activate, activate_grad, specialised, uses_input
+from layers.threads import WORKERS, worker_tasks
 
 ZERO = np.float32(0.0)
 

@@ -16,7 +16,7 @@ multiply-adds per output element (the direct definition of the window sum).
 import numpy as np
 
 from layers.base import Key, Layer, LayerError
-from layers.cmrnorm.cpu import beta_mode
+from layers.norm_cpu import beta_mode
 from layers.registry import register
 from layers.rnorm import cpu
 

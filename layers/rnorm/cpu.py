@@ -11,34 +11,13 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.cmrnorm.cpu import WORKERS, forward_row, grad_row, worker_tasks
+from layers.norm_cpu import box_sum, forward_row, grad_row
+from layers.threads import WORKERS, worker_tasks
 
 
 def scratch_shape(h, w):
     """The float32 scratch both kernels take: three planes for each of WORKERS workers."""
     return (WORKERS, 3, h, w)
-
-
-@numba.njit(inline="always")
-def _box_sum(src, lo, hi, tmp, out):
-    """out[y, x] = sum of src[y + a, x + b] for a, b in [lo, hi], clipped to the plane."""
-    h, w = src.shape
-    for yy in range(h):
-        for xx in range(w):
-            tmp[yy, xx] = 0.0
-    for o in range(lo, hi + 1):                        # horizontal pass
-        x0, x1 = max(0, -o), min(w, w - o)
-        for yy in range(h):
-            for xx in range(x0, x1):
-                tmp[yy, xx] += src[yy, xx + o]
-    for yy in range(h):                                # vertical pass
-        for xx in range(w):
-            out[yy, xx] = 0.0
-        for o in range(lo, hi + 1):
-            r = yy + o
-            if 0 <= r < h:
-                for xx in range(w):
-                    out[yy, xx] += tmp[r, xx]
 
 
 @threads.kernel
@@ -62,7 +41,7 @@ def forward(x, size, alpha, beta, k, mode, y, d, scratch):
                     v = x[i, j, yy, xx]
                     sq[yy, xx] = v * v
             dp = d[i, j]
-            _box_sum(sq, -pre, post, tmp, dp)
+            box_sum(sq, -pre, post, tmp, dp)
             for yy in range(h):
                 forward_row(dp[yy], kf, scale, bf, mode, x[i, j, yy], dp[yy], y[i, j, yy])
 
@@ -85,7 +64,7 @@ def backward(x, g, d, size, alpha, beta, mode, dx, scratch):
             i, j = p // c, p % c
             for yy in range(h):
                 grad_row(bf, mode, x[i, j, yy], g[i, j, yy], d[i, j, yy], t[yy], dx[i, j, yy])
-            _box_sum(t, -post, pre, tmp, acc)
+            box_sum(t, -post, pre, tmp, acc)
             for yy in range(h):
                 for xx in range(w):
                     dx[i, j, yy, xx] -= coef * x[i, j, yy, xx] * acc[yy, xx]

@@ -13,8 +13,8 @@ t_j = g_j x_j d_j^(-beta-1). A first kernel writes t (a scratch buffer), a secon
 import numpy as np
 from numba import cuda, float32
 
-from layers.cmrnorm.cuda import pow_neg
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
+from layers.norm_cuda import grad_terms, pow_neg
 
 
 @cuda.jit
@@ -41,15 +41,6 @@ def rnorm_forward(x, y, d, total, h, w, size, scale, k, beta, mode):
 
 
 @cuda.jit
-def rnorm_grad_terms(x, g, d, t, total, beta, mode):
-    """t = g x d^(-beta-1), the terms the windows sum."""
-    i = cuda.grid(1)
-    if i < total:
-        dd = d[i]
-        t[i] = g[i] * pow_neg(dd, beta, mode) * x[i] / dd
-
-
-@cuda.jit
 def rnorm_backward(x, g, d, t, dx, total, h, w, size, coef, beta, mode):
     i = cuda.grid(1)
     if i < total:
@@ -73,7 +64,6 @@ def rnorm_backward(x, g, d, t, dx, total, h, w, size, coef, beta, mode):
 _F = "float32[::1]"
 KERNELS = [
     (rnorm_forward, f"void({_F}, {_F}, {_F}, int64, int64, int64, int64, float32, float32, float32, int64)"),
-    (rnorm_grad_terms, f"void({_F}, {_F}, {_F}, {_F}, int64, float32, int64)"),
     (rnorm_backward, f"void({_F}, {_F}, {_F}, {_F}, {_F}, int64, int64, int64, int64, float32, float32, int64)"),
 ]
 
@@ -110,7 +100,7 @@ class RNormCuda(CudaLayer):
         t = self.buffer("t", x.shape).reshape(-1)
         dx = self.buffer("dx", x.shape)
         grid = blocks_for(total)
-        rnorm_grad_terms[grid, BLOCK, stream](xf, g, d, t, total, self.beta, self.mode)
+        grad_terms[grid, BLOCK, stream](xf, g, d, t, total, self.beta, self.mode)
         rnorm_backward[grid, BLOCK, stream](xf, g, d, t, dx.reshape(-1), total, h, w, self.size,
                                             self.coef, self.beta, self.mode)
         return dx, {}

@@ -199,7 +199,7 @@ def _mix32(v):
 
 def host_mask(size, seed, rate):
     """The keep mask the kernels draw, re-implemented in NumPy from its definition."""
-    from layers.dropout.cuda import keys, threshold
+    from layers.elementwise_cuda import keys, threshold
     k0, k1 = keys(seed)
     i = np.arange(size, dtype=np.uint64)
     h = _mix32((i & np.uint64(0xFFFFFFFF)) ^ k0)
