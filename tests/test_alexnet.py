@@ -120,6 +120,7 @@ def test_load_state_dict_errors():
     assert np.all(net.state_dict()["fc5.bias"] == 1.5)
 
 
+@pytest.mark.slow       # AlexNet forward and backward at full size, twice
 def test_two_columns_equal_one_column_with_groups(alexnet):
     one = engine.load(one_column_alexnet())
     assert one.num_params == alexnet.num_params

@@ -96,7 +96,8 @@ def test_parent_without_torch_prints_engine_figures_and_json(tmp_path, monkeypat
 
 # ---- the mirror -------------------------------------------------------------------------------
 @needs_torch
-@pytest.mark.parametrize("path", NETS, ids=lambda p: os.path.basename(p)[:-5])
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.endswith("cifar10-18pct.yaml") else p
+                                  for p in NETS], ids=lambda p: os.path.basename(p)[:-5])
 def test_mirror_computes_what_the_net_computes(path):
     from bench.torch_mirror import mirror
     net = engine.load(path)

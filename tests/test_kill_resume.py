@@ -89,6 +89,7 @@ def reference(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow       # real training processes, and an uninterrupted reference run
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stop_signal_saves_mid_epoch_and_resume_matches(tmp_path, net, reference, sig, code):
     run = tmp_path / "run"
@@ -123,6 +124,7 @@ def test_a_second_ctrl_c_aborts_at_once_without_damage(tmp_path, net):
     assert checkpoint.verify(checkpoint.list_checkpoints(str(run))[-1])["epoch"] >= 1
 
 
+@pytest.mark.slow
 def test_sigkill_at_ten_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, net, reference):
     run = tmp_path / "run"
     rng = np.random.default_rng(2026)

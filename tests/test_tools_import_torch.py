@@ -55,6 +55,7 @@ def save(torch, model, path):
     return str(path)
 
 
+@pytest.mark.slow       # AlexNet at full size in both frameworks
 def test_alexnet_round_trip_gives_pytorchs_outputs(torch, tmp_path):
     torch.manual_seed(0)
     model = torchvision_alexnet(torch).eval()
