@@ -86,6 +86,17 @@ def checkpoint_dir(meta):
     return None
 
 
+def forget():
+    """Unregister every plugin's layer types and forget its import, so the next net that names
+    it imports it afresh (a long-lived process whose plugin files changed; tests)."""
+    for plugin, types in _types_of.items():
+        for t in types:
+            REGISTRY.pop(t, None)
+        sys.modules.pop(_module_name(plugin) if is_file(plugin) else plugin, None)
+    _types_of.clear()
+    _owner.clear()
+
+
 def owner(type_name):
     """The plugin that registered a layer type, or None (a built-in type, or one registered in code)."""
     return _owner.get(type_name)
@@ -116,9 +127,13 @@ def _import(plugin, fail):
     return tuple(new)
 
 
-def _import_file(path):
+def _module_name(path):
     stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-    name = f"engine_plugin_{hashlib.sha1(path.encode()).hexdigest()[:12]}_{stem}"
+    return f"engine_plugin_{hashlib.sha1(path.encode()).hexdigest()[:12]}_{stem}"
+
+
+def _import_file(path):
+    name = _module_name(path)
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine import ConfigError
+from engine import ConfigError, plugins
 from engine import checkpoint as ckpt
 from engine.cli import main
 from engine.config import parse_checkpoint_net
@@ -85,6 +85,25 @@ def error_for(source, **kw):
     with pytest.raises(ConfigError) as info:
         engine.load(source, **kw)
     return info.value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def only_builtin_types_afterwards():
+    """Other test files check every registered type: leave none of the plugins' behind."""
+    yield
+    plugins.forget()
+    assert all(cls.__module__.startswith("layers.") for cls in REGISTRY.values())
+
+
+def test_forget_lets_a_changed_plugin_load_afresh(tmp_path):
+    net = write(tmp_path, "net.yaml", small_net("fresh.py", "type: prelu_fresh"))
+    write(tmp_path, "fresh.py", PRELU.replace("prelu_t", "prelu_fresh"))
+    first = type(engine.load(net, plugins=True).layers[1].layer)
+    plugins.forget()
+    assert "prelu_fresh" not in REGISTRY
+    write(tmp_path, "fresh.py", PRELU.replace("prelu_t", "prelu_fresh").replace("0.25", "0.5"))
+    second = type(engine.load(net, plugins=True).layers[1].layer)
+    assert second is not first and second.keys["init_w"].default == 0.5
 
 
 @pytest.fixture(scope="module")
