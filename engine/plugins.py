@@ -18,14 +18,14 @@ import os
 import re
 import sys
 
-import layers as layer_types
+import layers  # noqa: F401 - registers the built-in types before BUILTIN_TYPES is taken
 from layers.base import Layer, shown
 from layers.registry import REGISTRY, register
 
 from engine.errors import ConfigError
 
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-BUILTIN_TYPES = frozenset(t for t, cls in layer_types.REGISTRY.items() if cls.__module__.startswith("layers."))
+BUILTIN_TYPES = frozenset(t for t, cls in REGISTRY.items() if cls.__module__.startswith("layers."))
 
 _types_of = {}      # plugin (absolute path or module name) -> the layer types it registered
 _owner = {}         # layer type -> the plugin that registered it
