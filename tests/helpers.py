@@ -2,6 +2,7 @@
 import importlib
 
 import numpy as np
+import pytest
 
 import layers
 
@@ -60,7 +61,6 @@ def fused_params(layer, fn, seed):
 # ---- nets ----------------------------------------------------------------------------------
 def check_net_gradients(net, x, labels, keys, h, samples, rel, abs):
     """The net's parameter gradients against central differences of its loss."""
-    import pytest
     rng = np.random.default_rng(0)
     _, grads = net.gradients(x, labels)
     params = net.parameters()

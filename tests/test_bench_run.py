@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 RUN = os.path.join(ROOT, "bench", "run.py")
 NETS = sorted(glob.glob(os.path.join(ROOT, "nets", "*.yaml")))
 SMALL_NETS = ("lenet5", "cifar10-18pct", "cifar10-80sec", "alexnet-digits")
+FAST_MIRRORS = ("lenet5", "cifar10-80sec", "alexnet-digits")    # the rest only with --full
 
 def batch_for(net, n, seed=0):
     rng = np.random.default_rng(seed)
@@ -96,7 +97,7 @@ def test_parent_without_torch_prints_engine_figures_and_json(tmp_path, monkeypat
 
 # ---- the mirror -------------------------------------------------------------------------------
 @needs_torch
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.endswith("cifar10-18pct.yaml") else p
+@pytest.mark.parametrize("path", [p if os.path.basename(p)[:-5] in FAST_MIRRORS else pytest.param(p, marks=pytest.mark.slow)
                                   for p in NETS], ids=lambda p: os.path.basename(p)[:-5])
 def test_mirror_computes_what_the_net_computes(path):
     from bench.torch_mirror import mirror
