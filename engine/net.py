@@ -6,7 +6,7 @@ import numpy as np
 from layers.base import join_inputs, split_grad
 
 from engine import columns, graph, memory
-from engine.config import INPUT_NAME, parse_net
+from engine.config import INPUT_NAME, parse_checkpoint_net, parse_net
 from engine.errors import ConfigError, DeviceError
 
 
@@ -71,8 +71,11 @@ class Net:
         threading_reason)."""
         return self._lane_mode
 
-    def _lanes(self):
-        return columns.lanes_of(self._nodes, self._lane_mode)
+    def _lane_of(self, serial):
+        """A layer's lane: its column with threading "columns", else the one lane."""
+        if serial or self._lane_mode != "columns":
+            return lambda node: 0
+        return lambda node: node.gpu
 
     # ---- device -------------------------------------------------------------
     @property
@@ -269,8 +272,7 @@ class Net:
             if watch is not None:
                 watch("output", node.name, acts[node.name])
 
-        lanes = [nodes] if copy or watch is not None else self._lanes()
-        columns.run(lanes, lambda node: node.inputs, run)
+        columns.run(nodes, self._lane_of(copy or watch is not None), lambda node: node.inputs, run)
         return acts
 
     def forward(self, x, train=False, outputs=None):
@@ -396,9 +398,8 @@ class Net:
                         watch("input gradient", node.name, part)
                 self._send_back(node, dx, parts)
 
-        lanes = [nodes] if copy or watch is not None else self._lanes()
-        lanes = [list(reversed([n for n in lane if n is not out])) for lane in lanes]
-        columns.run(lanes, lambda node: self._readers[node.name], run)
+        order = list(reversed([n for n in nodes if n is not out]))
+        columns.run(order, self._lane_of(copy or watch is not None), lambda node: self._readers[node.name], run)
         return float(loss), {k: grads[k] for k in self._params}
 
     def predict(self, images, top=None):
@@ -500,7 +501,8 @@ def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto", p
     from engine import checkpoint as ckpt
     from engine.datasets.augment import Preprocess
     arrays, meta = ckpt.load(checkpoint)
-    net = Net(parse_net(source if source is not None else meta["net_text"], plugins=plugins), seed=seed)
+    spec = parse_net(source, plugins=plugins) if source is not None else parse_checkpoint_net(meta, plugins)
+    net = Net(spec, seed=seed)
     net.threading = threading
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     try:

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from engine import checkpoint, finite, settings as settings_mod
-from engine.config import parse_net
+from engine.config import parse_checkpoint_net, parse_net
 from engine.datasets import DataError, open_source
 from engine.datasets.augment import Preprocess
 from engine.errors import ConfigError
@@ -161,7 +161,7 @@ class Trainer:
     def __init__(self, net_source=None, data=None, epochs=None, batch=None, lr=None, seed=None,
                  out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu", plugins=False):
         self.log = log
-        self.resume_meta, arrays = None, None
+        self.resume_meta, arrays, from_checkpoint = None, None, False
         self.last_checkpoint = None
         if resume is not None:
             skipped = []
@@ -175,9 +175,11 @@ class Trainer:
                 if not isinstance(net_source, str):
                     raise checkpoint.CheckpointError(f"{self.last_checkpoint}: holds no net text; "
                                                      "give the net file too")
+                from_checkpoint = True
         if net_source is None:
             raise ConfigError("no net given")
-        self.spec = parse_net(net_source, plugins=plugins)
+        self.spec = (parse_checkpoint_net(self.resume_meta, plugins) if from_checkpoint
+                     else parse_net(net_source, plugins=plugins))
         overrides = {"data": data, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
                      "test_freq": test_freq}
         base_train = self.spec.train
@@ -253,7 +255,7 @@ class Trainer:
         arrays["mean"] = self.pre.mean
         meta = {
             "format": FORMAT, "net_text": _net_text(self.spec), "net_name": self.spec.name,
-            "net_file": self.spec.file, "epoch": self.epoch, "batch": self.batch_in_epoch,
+            "net_file": self.spec.file, "plugin_dir": self.spec.plugin_dir, "epoch": self.epoch, "batch": self.batch_in_epoch,
             "settings": self.settings, "schedule": self.schedule.state(), "rng": rng_states,
             "preprocess": self.pre.to_json(), "class_names": self.source.class_names,
             "num_classes": self.source.num_classes, "metrics": self.metrics,

@@ -183,12 +183,6 @@ def test_a_plugin_from_a_checkpoint_resolves_against_the_original_net_file(examp
     assert SCALE in info.value.message and "plugins=True" in info.value.message
 
 
-NEEDS_CHECKPOINT_DIR = pytest.mark.xfail(
-    strict=True, reason="engine/net.py load and engine/train.py Trainer must parse a checkpoint's "
-    "net text with engine.config.parse_checkpoint_net(meta, plugins)")
-
-
-@NEEDS_CHECKPOINT_DIR
 def test_load_from_a_checkpoint_alone_and_resume(example_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                  # scale.py is not here
     net = engine.load(None, checkpoint=str(example_run[0]), plugins=True)

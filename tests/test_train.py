@@ -43,6 +43,7 @@ def test_lenet5_reaches_97_percent_on_digits(lenet_run):
     assert sorted(p.name for p in out.glob("*.json"))[:2] == ["1.json", "10.json"]
 
 
+@pytest.mark.slow
 def test_two_column_digits_net_learns(tmp_path):
     result = Trainer(TWO_COLUMN, out=str(tmp_path / "run"), log=quiet).run()
     assert 1 - result["metrics"][-1]["val_top1"] >= 0.95, result["metrics"][-1]
