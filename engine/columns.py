@@ -161,8 +161,8 @@ def run(order, lane_of, waits_for, work):
     for node in order:
         lanes.setdefault(lane_of(node), []).append(node)
     lanes = [lanes[k] for k in sorted(lanes)]
-    if len(lanes) == 1:
-        for node in lanes[0]:
+    if len(lanes) <= 1:           # none: a net of one (cost) layer has no backward to walk
+        for node in order:
             work(node)
         return
     done = {node.name: threading.Event() for node in order}
