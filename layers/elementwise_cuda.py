@@ -41,25 +41,15 @@ def _bits(i, k0, k1):
 
 
 @cuda.jit
-def dropout_forward(x, y, k0, k1, threshold, scale):
-    """y = x * scale where the element is kept, else 0 (flat float32)."""
+def dropout_mask(src, dst, k0, k1, threshold, scale):
+    """dst = src * scale where the element is kept, else 0 (flat float32). The mask comes
+    from the keys, so the backward (src = dy) recomputes the forward's mask."""
     i = cuda.grid(1)
-    if i < x.size:
+    if i < src.size:
         if _bits(i, k0, k1) >= threshold:
-            y[i] = x[i] * scale
+            dst[i] = src[i] * scale
         else:
-            y[i] = float32(0.0)
-
-
-@cuda.jit
-def dropout_backward(dy, dx, k0, k1, threshold, scale):
-    """dx = dy * the same scaled mask, recomputed from the keys."""
-    i = cuda.grid(1)
-    if i < dy.size:
-        if _bits(i, k0, k1) >= threshold:
-            dx[i] = dy[i] * scale
-        else:
-            dx[i] = float32(0.0)
+            dst[i] = float32(0.0)
 
 
 
@@ -95,7 +85,7 @@ def scale_kernel(a, x, out):
 
 
 _SIG = "void(float32[::1], float32[::1], uint64, uint64, uint64, float32)"
-KERNELS = [(dropout_forward, _SIG), (dropout_backward, _SIG), (scale_kernel, "void(float32, float32[::1], float32[::1])")]
+KERNELS = [(dropout_mask, _SIG), (scale_kernel, "void(float32, float32[::1], float32[::1])")]
 
 
 def scale(a, x, out, stream):

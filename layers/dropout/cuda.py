@@ -3,7 +3,7 @@
 import numpy as np
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
-from layers.elementwise_cuda import dropout_backward, dropout_forward, keys, threshold
+from layers.elementwise_cuda import dropout_mask, keys, threshold
 
 KERNELS = []      # its kernels are layers/elementwise_cuda.py's (listed there)
 
@@ -25,7 +25,7 @@ class DropoutCuda(CudaLayer):
         self._keys, self._shape = keys(seed), x.shape
         y = self.buffer("y", x.shape)
         flat = x.reshape(-1)
-        dropout_forward[blocks_for(flat.size), BLOCK, stream](
+        dropout_mask[blocks_for(flat.size), BLOCK, stream](
             flat, y.reshape(-1), *self._keys, self.threshold, self.scale)
         return y
 
@@ -36,7 +36,7 @@ class DropoutCuda(CudaLayer):
             return dy, {}
         dx = self.buffer("dx", self._shape)
         flat = dy.reshape(-1)
-        dropout_backward[blocks_for(flat.size), BLOCK, stream](
+        dropout_mask[blocks_for(flat.size), BLOCK, stream](
             flat, dx.reshape(-1), *self._keys, self.threshold, self.scale)
         return dx, {}
 

@@ -4,7 +4,7 @@ and its scale kernel for the test-time x keep. Masks differ from the CPU's (nump
 import numpy as np
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
-from layers.elementwise_cuda import dropout_backward, dropout_forward, keys, scale, threshold
+from layers.elementwise_cuda import dropout_mask, keys, scale, threshold
 
 KERNELS = []      # its kernels are layers/elementwise_cuda.py's (listed there)
 
@@ -30,7 +30,7 @@ class Dropout2Cuda(CudaLayer):
         if seed is None:
             raise ValueError(f"dropout2 '{self.name}': training needs an integer seed")
         self._keys = keys(seed)
-        return self._masked(dropout_forward, x, "y", stream)
+        return self._masked(dropout_mask, x, "y", stream)
 
     def backward(self, dy, params, need_dx, stream):
         if not need_dx:
@@ -38,7 +38,7 @@ class Dropout2Cuda(CudaLayer):
         dy = dy.reshape((dy.shape[0],) + tuple(self.layer.input_shape))
         if self._keys is None:
             return scale(self.keep, dy, self.buffer("dx", dy.shape), stream), {}
-        return self._masked(dropout_backward, dy, "dx", stream), {}
+        return self._masked(dropout_mask, dy, "dx", stream), {}
 
 
 def make(layer):
