@@ -1,7 +1,7 @@
 """How the CPU cores run a net: threading "columns", "batch" or "layers" (Net.threading).
 
 cuda-convnet put each column (`gpu: 0` / `gpu: 1`) on its own GPU. On the CPU the same
-split gives model parallelism across cores ("columns", `run` with two lanes): each column
+split gives model parallelism across cores ("columns", `run` with a lane per column): each column
 runs on its own thread with the serial twins of the kernels (layers.threads) and
 single-threaded BLAS, and a layer that reads the other column waits for its producer.
 A net without two balanced columns splits its batch instead ("batch", `run_pair`): each
@@ -38,7 +38,7 @@ class _Aborted(Exception):
 
 def _forget_pool():
     global _pool
-    _pool = None      # a forked child has no copy of the worker thread
+    _pool = None      # a forked child has no copy of the worker threads
 
 
 os.register_at_fork(after_in_child=_forget_pool)
@@ -47,8 +47,8 @@ os.register_at_fork(after_in_child=_forget_pool)
 def _worker_pool():
     global _pool
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-column")
+        if _pool is None:      # up to 7 helpers: a net has at most 8 columns (gpu: 0..7)
+            _pool = ThreadPoolExecutor(max_workers=7, thread_name_prefix="engine-column")
         return _pool
 
 
@@ -86,9 +86,10 @@ def column_work(nodes):
 def choose(nodes, mode="auto", cpus=None):
     """(mode, why): "columns", "batch" or "layers", and the reason, for a net's nodes.
 
-    auto picks, on two cores or more, columns where the net has two columns that each
-    hold at least a quarter of the multiply-adds, else batch (each half of a batch on its
-    own thread). Measured on this project's 2-core machine (closing note of issue 5):
+    auto picks, on two cores or more, columns where the net has at least two columns, no
+    more columns than cores, and every column holds at least half its even share of the
+    multiply-adds (a quarter for two columns), else batch (each half of a batch on its own
+    thread). Measured on this project's 2-core machine (closing note of issue 5):
     intra-op threading ("layers") gained nothing over one core on the CIFAR-10 and LeNet
     nets, while one thread per column or per half-batch scales. The choice is a rule, not
     a timing, so the same net always runs the same way."""
@@ -107,18 +108,20 @@ def choose(nodes, mode="auto", cpus=None):
     halves = f"each half of a batch (of {MIN_SPLIT} or more) on its own thread"
     if len(work) < 2:
         return "batch", f"one column: {halves}"
+    if len(work) > cpus:
+        return "batch", f"{len(work)} columns on {cpus} cores: {halves}"
     smallest = min(work.values()) / total
-    if smallest < 0.25:
-        return "batch", f"the smaller column holds {smallest:.0%} of the multiply-adds: {halves}"
-    return "columns", f"two columns of {', '.join(f'{v / total:.0%}' for v in work.values())} " \
-                      "of the multiply-adds, on two threads"
+    if smallest < 0.5 / len(work):
+        return "batch", f"the smallest column holds {smallest:.0%} of the multiply-adds: {halves}"
+    return "columns", f"{len(work)} columns of {', '.join(f'{v / total:.0%}' for v in work.values())} " \
+                      f"of the multiply-adds, on {len(work)} threads"
 
 
-def _two_threads(first, second):
-    """first() on this thread and second() on the worker, each with the serial kernels,
-    the caller's NumPy error state (thread-local in NumPy) and one BLAS thread (the BLAS
-    limit is process-wide: set once, around both). Returns the errors, first's first,
-    once both have returned."""
+def _at_once(fns):
+    """Each of fns at once: the first on this thread, the others on workers, each with the
+    serial kernels, the caller's NumPy error state (thread-local in NumPy) and one BLAS
+    thread (the BLAS limit is process-wide: set once, around all). Returns the errors, in
+    the order of fns, once all have returned."""
     errstate = np.geterr()
 
     def serially(fn):
@@ -126,49 +129,43 @@ def _two_threads(first, second):
             return fn()
     errors = []
     with _one_blas_thread():
-        future = _worker_pool().submit(serially, second)
+        futures = [_worker_pool().submit(serially, fn) for fn in fns[1:]]
         try:
-            serially(first)
-        except BaseException as e:          # noqa: BLE001  (returned, after the worker)
+            serially(fns[0])
+        except BaseException as e:          # noqa: BLE001  (returned, after the workers)
             errors.append(e)
-        try:
-            future.result()
-        except BaseException as e:          # noqa: BLE001
-            errors.append(e)
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as e:      # noqa: BLE001
+                errors.append(e)
     return errors
 
 
 def run_pair(first, second):
-    """first() and second() at once (see _two_threads); the first error is raised."""
-    errors = _two_threads(first, second)
+    """first() and second() at once (see _at_once); the first error is raised."""
+    errors = _at_once([first, second])
     if errors:
         raise errors[0]
 
 
-def lanes_of(nodes, mode):
-    """The nodes split into lanes that run at the same time, each in graph order."""
-    if mode != "columns":
-        return [list(nodes)]
-    by_gpu = {}
-    for node in nodes:
-        by_gpu.setdefault(node.gpu, []).append(node)
-    return [by_gpu[g] for g in sorted(by_gpu)]
-
-
-def run(lanes, waits_for, work):
-    """Call work(node) for every node, each lane on its own thread in its order; a node
-    first waits until every name in waits_for(node) has had its work done.
+def run(order, lane_of, waits_for, work):
+    """Call work(node) for every node of `order`, the nodes of each lane (lane_of(node))
+    on their own thread in their order; a node first waits until every name in
+    waits_for(node) has had its work done.
 
     One lane runs on the calling thread with the intra-op parallel kernels; several run
     with the serial kernels and one BLAS thread each. The first error (in lane order)
     is raised after every lane has stopped."""
+    lanes = {}
+    for node in order:
+        lanes.setdefault(lane_of(node), []).append(node)
+    lanes = [lanes[k] for k in sorted(lanes)]
     if len(lanes) == 1:
         for node in lanes[0]:
             work(node)
         return
-    if len(lanes) != 2:
-        raise ValueError(f"{len(lanes)} lanes: only one or two are supported")
-    done = {node.name: threading.Event() for lane in lanes for node in lane}
+    done = {node.name: threading.Event() for node in order}
     failed = threading.Event()
 
     def run_lane(lane):
@@ -184,11 +181,11 @@ def run(lanes, waits_for, work):
                 done[node.name].set()
         except BaseException:
             failed.set()
-            for event in done.values():       # wake the other lane so that it stops
+            for event in done.values():       # wake the other lanes so that they stop
                 event.set()
             raise
 
-    errors = _two_threads(lambda: run_lane(lanes[0]), lambda: run_lane(lanes[1]))
+    errors = _at_once([lambda lane=lane: run_lane(lane) for lane in lanes])
     real = [e for e in errors if not isinstance(e, _Aborted)]
     if real:
         raise real[0]
