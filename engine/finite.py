@@ -1,8 +1,9 @@
 """Catching NaN and Inf in training, and naming the layer where they were born.
 
-The per-step check reads only the parameter gradients (one pass, no allocation); the
-per-layer search re-runs the failed batch with the same dropout draws and stops at the
-first non-finite array, in forward then backward order.
+The per-step check reads only the loss and the parameter gradients (one pass, no
+allocation; on CUDA one flag per array, read once), before the update; the per-layer
+search re-runs the failed batch on the same backend with the same dropout draws and
+stops at the first non-finite array, in forward then backward order.
 """
 import numba
 import numpy as np
@@ -30,10 +31,6 @@ def all_finite(a):
     return bool(np.isfinite(a).all())
 
 
-def grads_finite(grads):
-    return all(all_finite(g) for g in grads.values())
-
-
 class NonFiniteError(FloatingPointError):
     """Training produced NaN or Inf; the message names the layer, the epoch and the batch."""
 
@@ -44,23 +41,23 @@ class _Found(Exception):
         self.kind, self.layer = kind, layer
 
 
-def _stop_at_nonfinite(kind, layer, array):
-    if not all_finite(array):
-        raise _Found(kind, layer)
-
-
 def locate(net, x, labels, rng_state=None):
-    """Where a CPU step first goes non-finite: "the weights of layer 'fc6'", "the output of
+    """Where a step first goes non-finite: "the weights of layer 'fc6'", "the output of
     layer 'conv2'", ... or None if the re-run is finite. `rng_state` is the dropout
     generator's state before the failed step, so the re-run draws the same masks."""
-    for key, p in net.parameters().items():
-        if not all_finite(p):
-            layer, pname = key.rsplit(".", 1)
-            return f"the {pname} of layer '{layer}' (already non-finite before this batch)"
+    backend = net.backend
+    key = backend.first_nonfinite(backend.params)
+    if key is not None:
+        layer, pname = key.rsplit(".", 1)
+        return f"the {pname} of layer '{layer}' (already non-finite before this batch)"
     if rng_state is not None:
         net.rng.bit_generator.state = rng_state
+
+    def stop_at_nonfinite(kind, layer, array):
+        if not backend.all_finite(array):
+            raise _Found(kind, layer)
     try:
-        net.loss_and_grads(x, labels, train=True, watch=_stop_at_nonfinite)
+        net.loss_and_grads(x, labels, train=True, watch=stop_at_nonfinite)
     except _Found as f:
         if f.kind == "cost":
             return f"the cost of layer '{f.layer}' (its input is finite)"

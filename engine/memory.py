@@ -158,6 +158,11 @@ def available(held=0):
         found, source = room, "cgroup memory limit"
     if found is not None:
         found += held
+    return capped(found, source)
+
+
+def capped(found, source):
+    """(found, source) capped by ENGINE_MEMORY_LIMIT when it is set (and smaller)."""
     text = os.environ.get(ENV)
     if text:
         try:
@@ -179,11 +184,12 @@ def fmt(n):
 
 
 # ---- refusing ---------------------------------------------------------------
-def check_batch(name, nodes, input_shape, n, train, held=0, split_from=None):
+def check_batch(name, nodes, input_shape, n, train, held=0, split_from=None, room=None):
     """Bytes a batch of n needs; MemoryLimitError when it cannot fit. `held`: bytes the net
-    already holds (parameters, buffers), which it would reuse."""
+    already holds (parameters, buffers), which it would reuse; `room`: (bytes, source) the
+    device has, by default the host's `available(held)`."""
     need = estimate(nodes, input_shape, n, train, split_from)
-    room, source = available(held)
+    room, source = available(held) if room is None else room
     if room is None or need["total"] <= room:
         return need["total"]
     largest = largest_batch(nodes, input_shape, train, room, split_from)

@@ -1,10 +1,15 @@
-"""Mini-batch SGD with momentum and weight decay (the paper's rule), and learning-rate schedules.
+"""The optimizer (one module for every backend) and learning-rate schedules.
+
+cuda-convnet's SGD with momentum and weight decay (the paper's rule):
 
     v <- momentum * v - wd * lr * w - lr * dL/dw
     w <- w + v
 
 with per-layer multipliers of lr and wd (cuda-convnet's epsW / epsB / wc); biases get no
-weight decay, as in cuda-convnet.
+weight decay, as in cuda-convnet. The state (momentum) lives once, on the net's backend.
+A new optimizer is a subclass of `Optimizer` here with a CPU update kernel and a CUDA
+twin (in engine/solver_cuda.py, imported only on CUDA): `state` names its per-parameter
+arrays, `scalars` its per-parameter constants.
 """
 import math
 
@@ -26,44 +31,81 @@ def sgd_update(w, v, g, lr, momentum, decay):
             w[i] += vi
 
 
-class SGD:
-    """Updates a net's parameters in place. `multipliers[key] = (lr_mult, wd_mult)`."""
+def multipliers_of(net):
+    """{"<layer>.<param>": (lr multiplier, weight-decay multiplier)} from the layers'
+    lr_w / lr_b / wd keys; biases get no weight decay."""
+    mult = {}
+    for node in net.layers:
+        s = node.spec.solver
+        for pname in node.layer.param_shapes():
+            if pname == "bias":
+                mult[f"{node.name}.{pname}"] = (s.get("lr_b", 1.0), 0.0)
+            else:
+                mult[f"{node.name}.{pname}"] = (s.get("lr_w", 1.0), s.get("wd", 1.0))
+    return mult
 
-    def __init__(self, params, momentum=0.9, weight_decay=0.0005, multipliers=None):
+
+class Optimizer:
+    """Updates parameters in place on their backend. `multipliers[key] = (lr_mult, wd_mult)`."""
+
+    state = ()            # names of the per-parameter state arrays, saved as "<name>/<key>"
+    cpu_kernel = None     # kernel(w, *state, g, *scalars) on flat float32 arrays
+    cuda_kernel = None    # "module:name" of its CUDA twin
+
+    def __init__(self, params, multipliers=None, backend=None):
+        from engine.cpu_backend import CpuBackend
         self.params = params
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
         self.multipliers = multipliers or {}
-        self.velocity = {k: np.zeros_like(p) for k, p in params.items()}
+        self.backend = backend if backend is not None else CpuBackend()
+        self.arrays = {name: {k: self.backend.zeros(p.shape) for k, p in params.items()} for name in self.state}
 
     @classmethod
-    def for_net(cls, net, momentum=0.9, weight_decay=0.0005):
-        mult = {}
-        for node in net.layers:
-            s = node.spec.solver
-            for pname in node.layer.param_shapes():
-                if pname == "bias":
-                    mult[f"{node.name}.{pname}"] = (s.get("lr_b", 1.0), 0.0)
-                else:
-                    mult[f"{node.name}.{pname}"] = (s.get("lr_w", 1.0), s.get("wd", 1.0))
-        return cls(net.parameters(), momentum, weight_decay, mult)
+    def for_net(cls, net, *args, **kwargs):
+        return cls(net.backend.params, *args, multipliers=multipliers_of(net), backend=net.backend, **kwargs)
+
+    def scalars(self, lr, lr_mult, wd_mult):
+        raise NotImplementedError
 
     def step(self, grads, lr):
         for key, w in self.params.items():
             lr_mult, wd_mult = self.multipliers.get(key, (1.0, 1.0))
             if lr_mult == 0.0:
                 continue   # a frozen layer (cuda-convnet: epsW = 0)
-            g = np.ascontiguousarray(grads[key], dtype=np.float32)
-            sgd_update(w.reshape(-1), self.velocity[key].reshape(-1), g.reshape(-1),
-                       np.float32(lr * lr_mult), np.float32(self.momentum),
-                       np.float32(self.weight_decay * wd_mult))
+            arrays = [w] + [self.arrays[name][key] for name in self.state] + [grads[key]]
+            self.backend.update(self, key, arrays, self.scalars(lr, lr_mult, wd_mult))
 
     def state_arrays(self):
-        return {f"velocity/{k}": v for k, v in self.velocity.items()}
+        """Host copies, keyed "<state>/<key>" (as checkpoints store them)."""
+        return {f"{name}/{k}": self.backend.to_host(v) for name in self.state for k, v in self.arrays[name].items()}
 
     def load_state_arrays(self, arrays):
-        for k, v in self.velocity.items():
-            v[...] = arrays[f"velocity/{k}"]
+        for name in self.state:
+            for k, v in self.arrays[name].items():
+                new = np.ascontiguousarray(arrays[f"{name}/{k}"], np.float32)
+                if new.shape != tuple(v.shape):
+                    raise ValueError(f"'{name}/{k}': shape {list(new.shape)} does not fit {list(v.shape)}")
+                if isinstance(v, np.ndarray):
+                    v[...] = new
+                else:
+                    v.copy_to_device(new)
+
+
+class SGD(Optimizer):
+    state = ("velocity",)
+    cpu_kernel = sgd_update
+    cuda_kernel = "engine.solver_cuda:sgd_update"
+
+    def __init__(self, params, momentum=0.9, weight_decay=0.0005, multipliers=None, backend=None):
+        super().__init__(params, multipliers, backend)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+
+    @property
+    def velocity(self):
+        return self.arrays["velocity"]
+
+    def scalars(self, lr, lr_mult, wd_mult):
+        return lr * lr_mult, self.momentum, self.weight_decay * wd_mult
 
 
 class Schedule:

@@ -89,25 +89,14 @@ def _net_text(spec):
 
 
 class LossTally:
-    """The epoch's mean training loss, from batch losses that may arrive a batch late.
+    """The epoch's mean training loss."""
 
-    `on_nonfinite(loss, where)` is called (and must raise) when a loss is NaN or Inf."""
+    def __init__(self):
+        self.total, self.seen = 0.0, 0
 
-    def __init__(self, on_nonfinite):
-        self.on_nonfinite, self.pending, self.total, self.seen = on_nonfinite, [], 0.0, 0
-
-    def add(self, loss, n, where):
-        self.pending.append((loss, n, where))
-        self.settle(keep=1)
-
-    def settle(self, keep=0):
-        while len(self.pending) > keep:
-            loss, n, where = self.pending.pop(0)
-            loss = loss if isinstance(loss, float) else loss.value()
-            if not np.isfinite(loss):
-                self.on_nonfinite(loss, where)
-            self.total += loss * n
-            self.seen += n
+    def add(self, loss, n):
+        self.total += loss * n
+        self.seen += n
 
     @property
     def mean(self):
@@ -200,7 +189,6 @@ class Trainer:
             raise DataError(f"the data has {self.source.num_classes} classes but the net's output "
                             f"layer has {self.net.num_classes}: set `outputs: {self.source.num_classes}` "
                             "on the last fc layer")
-        self.solver = SGD.for_net(self.net, s["momentum"], s["weight_decay"])
         self.schedule = settings_mod.make_schedule(s)
         aug = dict(self.source.default_augment)
         aug.update({k: v for k, v in s["augment"].items() if v is not None})
@@ -221,8 +209,8 @@ class Trainer:
         self.rng_states = None
         self.partial_loss = None     # [loss sum, images] of a stopped epoch's finished batches
         self.net.to(device)
-        if self.net.device == "cpu":     # a batch that cannot fit is refused before the first step
-            self.net.check_memory(s["batch"], train=True)
+        self.net.check_memory(s["batch"], train=True)     # refused before the first step
+        self.solver = SGD.for_net(self.net, s["momentum"], s["weight_decay"])
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
@@ -238,8 +226,6 @@ class Trainer:
         except (KeyError, ValueError) as e:
             raise checkpoint.CheckpointError(f"{meta['path']}: does not fit net '{self.net.name}': "
                                              f"{e.args[0] if e.args else e}") from None
-        if self.net.device == "cuda":
-            self.net._backend.velocity_from_host({k: arrays[f"velocity/{k}"] for k in self.solver.velocity})
         self.schedule.load_state(meta["schedule"])
         self.metrics = list(meta["metrics"])
         self.epoch, self.batch_in_epoch = meta["epoch"], meta["batch"]
@@ -248,10 +234,7 @@ class Trainer:
 
     def save(self, rng_states=None):
         arrays = {f"param/{k}": v for k, v in self.net.state_dict().items()}
-        if self.net.device == "cuda":
-            arrays.update({f"velocity/{k}": v for k, v in self.net._backend.velocity_to_host().items()})
-        else:
-            arrays.update(self.solver.state_arrays())
+        arrays.update(self.solver.state_arrays())
         arrays["mean"] = self.pre.mean
         meta = {
             "format": FORMAT, "net_text": _net_text(self.spec), "net_name": self.spec.name,
@@ -311,22 +294,20 @@ class Trainer:
                     aug_rng.bit_generator.state = self.rng_states["augment"]
                     self.net.rng.bit_generator.state = self.rng_states["dropout"]
                 n_batches = -(-self.source.num_train // s["batch"])
-                t0, tally = time.time(), LossTally(self._cuda_nonfinite)
+                t0, tally = time.time(), LossTally()
                 if skip and self.partial_loss:      # the stopped part of this epoch counts too
                     tally.total, tally.seen = self.partial_loss
                 for b, (raw, labels) in enumerate(self.source.batches("train", s["batch"], rng=order_rng)):
                     if b < skip:
                         continue
                     x = self.pre.train(raw, aug_rng)
-                    tally.add(self._step(x, labels, self.schedule.lr(epoch, b / n_batches), epoch, b),
-                              len(labels), f"epoch {epoch + 1}, batch {b + 1}")
+                    tally.add(self._step(x, labels, self.schedule.lr(epoch, b / n_batches), epoch, b), len(labels))
                     steps_taken += 1
                     self.batch_in_epoch = b + 1
                     elapsed = time.time() - t0
                     progress.update(epoch + 1, s["epochs"], b + 1, n_batches, tally.mean,
                                     tally.seen / max(elapsed, 1e-9), elapsed)
                     if flag.stop or (self.stop_after is not None and steps_taken >= self.stop_after):
-                        tally.settle()
                         progress.close()
                         self.partial_loss = [tally.total, tally.seen]
                         path = self.save({"augment": aug_rng.bit_generator.state,
@@ -335,7 +316,6 @@ class Trainer:
                                  f"{path}; resume with: python -m engine train --resume {self.run_dir}")
                         return {"stopped": True, "checkpoint": path, "signal": flag.signum,
                                 "exit_code": flag.exit_code}
-                tally.settle()
                 progress.close()
                 elapsed = time.time() - t0
                 self.epoch, self.batch_in_epoch, self.rng_states = epoch + 1, 0, None
@@ -361,19 +341,15 @@ class Trainer:
         return {"stopped": False, "checkpoint": path if self.metrics else None, "metrics": self.metrics}
 
     def _step(self, x, labels, lr, epoch, batch):
-        """One SGD step on the net's device; returns the batch's mean loss (on CUDA a
-        PendingLoss, read a batch later so that the host prepares the next batch meanwhile)."""
-        if self.net.device == "cuda":
-            s = self.settings
-            loss, _ = self.net.cuda_step(x, labels, True, lr, s["momentum"], s["weight_decay"],
-                                         self.solver.multipliers, step_seed=epoch * 1_000_003 + batch + 1,
-                                         wait=False)
-            return loss
+        """One SGD step on the net's backend; returns the batch's mean loss. A non-finite
+        loss or gradient stops training before the update, naming the layer where it began."""
         rng_state = self.net.rng.bit_generator.state
         with np.errstate(all="ignore"):      # overflow is caught below, with the layer named
             loss, grads = self.net.loss_and_grads(x, labels, train=True)
-        if not (np.isfinite(loss) and finite.grads_finite(grads)):
-            what = f"the loss became {loss}" if not np.isfinite(loss) else "a gradient became non-finite"
+        bad = None if np.isfinite(loss) else "loss"
+        bad = bad or self.net.backend.first_nonfinite(grads)
+        if bad:
+            what = f"the loss became {loss}" if bad == "loss" else "a gradient became non-finite"
             with np.errstate(all="ignore"):
                 where = finite.locate(self.net, x, labels, rng_state)
             what += f" (first non-finite: {where})" if where else ""
@@ -381,16 +357,6 @@ class Trainer:
                                                        lr, self.last_checkpoint))
         self.solver.step(grads, lr)
         return loss
-
-    def _cuda_nonfinite(self, loss, where):
-        """A CUDA loss read a batch late was NaN/Inf: name the first layer whose weights the
-        update has spoiled (the device cannot re-run the batch exactly)."""
-        spoiled = [k.rsplit(".", 1)[0] for k, p in self.net.state_dict().items() if not finite.all_finite(p)]
-        what = f"the loss became {loss}"
-        if spoiled:
-            what += f" (first layer with non-finite weights: '{spoiled[0]}')"
-        raise finite.NonFiniteError(finite.message(what, where, self.schedule.lr(self.epoch, 0.0),
-                                                   self.last_checkpoint))
 
     def _line(self, r):
         val = ""

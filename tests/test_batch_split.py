@@ -43,9 +43,9 @@ def test_halves_compute_what_one_pass_computes(n):
     net = engine.load(NO_DROPOUT, seed=1)
     x, y = batch(n)
     loss_l, grads_l = step(net, x, y, "layers")
-    assert net._replica is None
+    assert len(net._executor.copies) == 1
     loss_b, grads_b = step(net, x, y, "batch")
-    assert net._replica is not None
+    assert len(net._executor.copies) == 2
     assert loss_b == pytest.approx(loss_l, rel=1e-5)
     for k in grads_l:
         scale = max(float(np.abs(grads_l[k]).max()), 1e-6)
@@ -73,9 +73,8 @@ def test_halves_are_reproducible_with_dropout():
             np.testing.assert_array_equal(grads[k], grads0[k], err_msg=k)
     net.threading = "batch"
     net.rng = np.random.default_rng(3)
-    acts = net._forward(x, train=True)
-    live = np.concatenate([a["f3"] != 0 for _, _, _, a in acts])
-    kept = np.concatenate([a["DROP"] != 0 for _, _, _, a in acts])
+    acts = net.forward(x, train=True, outputs=["f3", "DROP"])
+    live, kept = acts["f3"] != 0, acts["DROP"] != 0
     assert live.sum() > 40 and 0.3 < kept[live].mean() < 0.7      # both halves drew masks
     assert kept[:10][live[:10]].any() and kept[10:][live[10:]].any()
 
@@ -83,9 +82,9 @@ def test_halves_are_reproducible_with_dropout():
 def test_small_batches_are_not_split():
     net = engine.load(NO_DROPOUT, threading="batch")
     x, y = batch(columns.MIN_SPLIT - 1)
-    assert len(net._forward(x, train=False)) == 1
+    assert len(net._executor.halves(x.shape[0])) == 1
     net.loss_and_grads(x, y)
-    assert net._replica is None
+    assert len(net._executor.copies) == 1
 
 
 @pytest.mark.parametrize("half", [0, 1])
@@ -93,7 +92,7 @@ def test_an_error_in_either_half_surfaces(half):
     net = engine.load(NO_DROPOUT, threading="batch")
     x, y = batch(10)
     net.loss_and_grads(x, y)
-    layer = (net.layers if half == 0 else net._replica)[3].layer
+    layer = (net.layers if half == 0 else net._executor.copies[1])[3].layer
 
     def broken(*a, **k):
         raise RuntimeError(f"boom in half {half}")
@@ -155,7 +154,7 @@ def test_worker_threads_keep_the_callers_numpy_error_state(text, mode):
     net = engine.load(text, threading=mode)
     x = batch(10)[0]
     net.forward(x)
-    nodes = net._replica if mode == "batch" else [n for n in net.layers if n.gpu == 1]
+    nodes = net._executor.copies[1] if mode == "batch" else [n for n in net.layers if n.gpu == 1]
     layer = nodes[0].layer
     seen = []
 

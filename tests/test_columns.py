@@ -78,7 +78,7 @@ def test_dropout_draws_do_not_depend_on_the_mode():
     for mode in ("layers", "columns"):
         net.threading = mode
         net.rng = np.random.default_rng(11)
-        acts = net._forward(batch()[0], train=True)[0][3]
+        acts = net.forward(batch()[0], train=True, outputs=["d3a", "d3b"])
         masks[mode] = [acts[d] != 0 for d in ("d3a", "d3b")]
     for a, b in zip(*masks.values()):
         np.testing.assert_array_equal(a, b)

@@ -2,9 +2,9 @@
 
 Random input (standard normal) and random labels, a few warm-up iterations (the first
 pays for any Numba compile and the buffers' allocation; none of them is counted), then
-`iterations` training steps run layer by layer in graph order, each layer's `forward` and
-`backward` timed on its own, as bench/bench_cpu.py's per-layer loop does (so two columns
-never overlap here, whatever the executor does). The cost and the SGD update are timed
+`iterations` training steps run by the executor layer by layer in graph order on one
+lane, each layer's `forward` and `backward` timed on its own by the backend's clock (its
+`timer` hook; so two columns never overlap here). The cost and the SGD update are timed
 too. Then the same number of whole steps exactly as the trainer runs them
 (`net.loss_and_grads` + `SGD.step`; with `train=False`, `net.forward`) give the figure
 that counts: milliseconds per batch, images/s and GFLOP/s.
@@ -16,22 +16,16 @@ step (forward, gradient w.r.t. the input, gradient w.r.t. the weights), as is cu
 Timer overhead: the median cost of an empty timed region (two clock reads) is measured
 first and subtracted from every timed region (clamped at 0).
 
-On CUDA the backend times each layer's kernels with CUDA events on its stream and
-synchronises after every layer (`CudaBackend.timings`); the SGD update runs inside the
-backward pass there, so it has no line of its own, and the cost is part of the last
-layer's backward. Whole steps are timed between `cuda.synchronize()` calls.
+On CUDA the backend's clock is a pair of CUDA events on the layer's stream with a
+synchronisation after every layer. Whole steps are timed between the backend's
+synchronisations.
 """
-import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from layers.base import join_inputs, split_grad
-
-from engine import columns
-from engine.config import INPUT_NAME
 from engine.errors import ConfigError
 
 LR = 1e-3                   # small enough that random labels do not blow a net up over a run
@@ -149,10 +143,7 @@ def measure(net, batch=32, iterations=10, warmup=2, train=True, seed=0):
                     train=bool(train))
     clock = Clock()
     result.overhead_us = clock.overhead * 1e6
-    if net.device == "cuda":
-        _measure_cuda(net, x, labels, result, clock)
-    else:
-        _measure_cpu(net, x, labels, result, clock)
+    _measure(net, x, labels, result, clock)
     return result
 
 
@@ -180,72 +171,41 @@ def _set_steps(result, times):
     result.step_ms_min, result.step_ms_max = float(min(times)), float(max(times))
 
 
-def _send_back(node, dx, pending):
-    """Add a layer's input gradient into what each producer has been sent back so far."""
-    for name, g in zip(node.inputs, split_grad(node.layer, dx, node.layer.input_shapes)):
-        if name != INPUT_NAME:
-            pending[name] = pending[name] + g if name in pending else g
-
-
-def _measure_cpu(net, x, labels, result, clock):
+def _measure(net, x, labels, result, clock):
     from engine.solver import SGD
+    backend = net.backend
     net.check_memory(result.batch, train=result.train)     # refused before anything is allocated
-    solver = SGD.for_net(net, MOMENTUM, WEIGHT_DECAY)
-    params = {n.name: {p: net.parameters()[f"{n.name}.{p}"] for p in n.layer.param_shapes()}
-              for n in net.layers}
-    nodes = net.layers
-    fwd, bwd = {}, {}
-    cost_s = update_s = 0.0
-    per_layer = contextlib.nullcontext
-    if net.threading_mode == "columns":
-        per_layer = columns.single_core
-        result.notes.append("CPU threading: columns. Each layer row is that layer on one core (serial "
-                            "kernels, one BLAS thread), as its column's thread runs it; the whole step "
-                            "below runs the two columns at once")
-    elif net.threading_mode == "batch":
-        per_layer = columns.single_core
-        result.notes.append("CPU threading: batch. Each layer row is that layer on one core (serial "
-                            "kernels, one BLAS thread) for the whole batch; the whole step below runs "
-                            "each half of the batch on its own thread")
+    solver = SGD.for_net(net, MOMENTUM, WEIGHT_DECAY) if result.train else None
+    timer, update_s = {}, 0.0
+    note = backend.timing_note()
     with np.errstate(all="ignore"):
-        for it in range(result.warmup + result.iterations):
-            counted = it >= result.warmup
-            acts = {INPUT_NAME: x}
-            with per_layer():
-                for node in nodes:
-                    xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
-                    t = time.perf_counter()
-                    acts[node.name] = node.layer.forward(xin, params[node.name], train=result.train,
-                                                         rng=net.rng if result.train else None)
+        try:
+            with backend.one_lane():
+                for it in range(result.warmup + result.iterations):
+                    counted = it >= result.warmup
+                    t = timer if counted else {}
+                    if not result.train:
+                        net.forward(x, timer=t)
+                        continue
+                    _, grads = net.loss_and_grads(x, labels, train=True, timer=t)
+                    backend.synchronize()
+                    t0 = time.perf_counter()
+                    solver.step(grads, LR)
+                    backend.synchronize()
                     if counted:
-                        fwd[node.name] = fwd.get(node.name, 0.0) + clock.since(t)
-            if not result.train:
-                continue
-            out = nodes[-1]
-            t = time.perf_counter()
-            _, dy = out.layer.cost(labels)
-            if counted:
-                cost_s += clock.since(t)
-            pending, grads = {}, {}
-            _send_back(out, dy, pending)
-            with per_layer():
-                for node in reversed(nodes[:-1]):
-                    need_dx = any(i != INPUT_NAME for i in node.inputs)
-                    t = time.perf_counter()
-                    dx, pgrads = node.layer.backward(pending.pop(node.name), params[node.name],
-                                                     need_dx=need_dx)
-                    if counted:
-                        bwd[node.name] = bwd.get(node.name, 0.0) + clock.since(t)
-                    grads.update({f"{node.name}.{p}": g for p, g in pgrads.items()})
-                    if need_dx:
-                        _send_back(node, dx, pending)
-            t = time.perf_counter()
-            solver.step(grads, LR)
-            if counted:
-                update_s += clock.since(t)
-        result.layers = _layer_rows(net, fwd, bwd, result.iterations)
-        result.cost_ms = cost_s * 1e3 / result.iterations
-        result.update_ms = update_s * 1e3 / result.iterations
+                        update_s += clock.since(t0)
+        except TypeError as e:       # Numba's CUDA simulator: its events take no timing flag
+            timer = {}
+            note = (f"per-layer times are not available here ({e}); the layer rows show 0, only whole "
+                    "steps are timed")
+    if note:
+        result.notes.append(note)
+    seconds = {key: sum(v) for key, v in timer.items()}
+    fwd = {name: t for (name, phase), t in seconds.items() if phase == "forward"}
+    bwd = {name: t for (name, phase), t in seconds.items() if phase == "backward"}
+    result.layers = _layer_rows(net, fwd, bwd, result.iterations)
+    result.cost_ms = sum(t for (_, phase), t in seconds.items() if phase == "cost") * 1e3 / result.iterations
+    result.update_ms = update_s * 1e3 / result.iterations
     with np.errstate(all="ignore"):
         if result.train:
             def step():
@@ -255,48 +215,7 @@ def _measure_cpu(net, x, labels, result, clock):
             def step():
                 net.forward(x)
         step()      # the whole-step path may allocate what the layer loop did not
-        _set_steps(result, _whole_steps(step, result.iterations, clock))
-
-
-def _measure_cuda(net, x, labels, result, clock):
-    from numba import cuda
-
-    from engine.solver import SGD
-    backend = net._backend
-    mult = SGD.for_net(net).multipliers if result.train else None
-
-    if result.train:
-        def step():
-            net.cuda_step(x, labels, True, LR, MOMENTUM, WEIGHT_DECAY, mult, wait=True)
-    else:
-        def step():
-            dev, _ = backend.upload(net.check_input(x))
-            backend.forward(dev, False)
-            backend.mark_input_read()
-    for _ in range(result.warmup):
-        step()
-    cuda.synchronize()
-    backend.timings = {}         # per layer, CUDA events, a synchronisation after every layer
-    try:
-        for _ in range(result.iterations):
-            step()
-        cuda.synchronize()
-        timings = backend.timings
-    except TypeError as e:       # Numba's CUDA simulator: its events take no timing flag
-        timings = None
-        result.notes.append(f"CUDA: per-layer times are not available here ({e}); the layer rows "
-                            "show 0, only whole steps are timed")
-    finally:
-        backend.timings = None
-    if timings is not None:
-        result.notes.append("CUDA: per-layer times are CUDA events with a synchronisation after every "
-                            "layer (columns serialised); the SGD update is inside each layer's backward; "
-                            "the whole step below lets the two streams overlap")
-    timings = timings or {}
-    fwd = {name: sum(v) / 1e3 for (name, phase), v in timings.items() if phase == "forward"}
-    bwd = {name: sum(v) / 1e3 for (name, phase), v in timings.items() if phase == "backward"}
-    result.layers = _layer_rows(net, fwd, bwd, result.iterations)
-    _set_steps(result, _whole_steps(step, result.iterations, clock, sync=cuda.synchronize))
+        _set_steps(result, _whole_steps(step, result.iterations, clock, sync=backend.synchronize))
 
 
 def format_timing(r):
@@ -316,7 +235,7 @@ def format_timing(r):
              f"{r.warmup} warm-up, {mode}; times are means per batch; timer overhead "
              f"{r.overhead_us:.2f} us per region subtracted", rule, fmt(head), rule]
     lines += [fmt(row) for row in rows] + [rule, fmt(total)]
-    if r.train and r.device == "cpu":
+    if r.train:
         lines.append(f"cost {r.cost_ms:.3f} ms   SGD update {r.update_ms:.3f} ms   "
                      f"layer by layer: {r.forward_ms + r.backward_ms + r.cost_ms + r.update_ms:.3f} ms")
     what = "forward + backward + update" if r.train else "forward"

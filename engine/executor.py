@@ -1,0 +1,194 @@
+"""The one graph walk: forward and backward through a net's layers, over lanes, on any backend.
+
+A lane runs one column (a CPU thread, a CUDA stream); the backend says which lane a
+layer runs on and how lanes wait for each other (engine.columns on the CPU, events on
+CUDA). Everything else is here: joining a layer's inputs, the cost, handing each input
+gradient back to its producer, and summing what a producer's readers sent back in one
+fixed order (reverse graph order of the readers), whichever lane finished first.
+
+A backend may split a batch into halves, each through its own copy of the layers on its
+own lane ("batch" threading on the CPU); the halves' gradients are summed into the first
+copy's arrays and the loss is the batch mean.
+
+Hooks, instead of copies of this loop:
+  watch(kind, layer, array)   every layer's "output" in forward order, "cost", then each
+                              "input gradient" and "<param> gradient" in backward order
+  timer {(layer, phase): [seconds]}   each layer's forward/backward (and "cost") timed
+                              on its own by the backend's clock
+Either runs the layers one at a time in graph order on one lane (no batch split).
+"""
+from engine.config import INPUT_NAME
+
+
+class Executor:
+    def __init__(self, nodes, backend, make_copy=None):
+        """nodes: the graph in execution order; make_copy(): a second copy of the layers
+        (own buffers, the same parameters) for a split batch."""
+        self.copies = [list(nodes)]
+        self.backend = backend
+        self.make_copy = make_copy
+        self.rank = {node.name: i for i, node in enumerate(nodes)}
+        produced = set(self.rank)
+        self.readers = {node.name: [] for node in nodes}
+        self.graph_inputs = []
+        for node in nodes:
+            for name in dict.fromkeys(node.inputs):
+                if name in produced:
+                    self.readers[name].append(node.name)
+                elif name not in self.graph_inputs:
+                    self.graph_inputs.append(name)
+
+    @property
+    def nodes(self):
+        return self.copies[0]
+
+    # ---- planning ---------------------------------------------------------------
+    def halves(self, n, serial=False):
+        """[(copy, start, stop)]: one part, or two halves where the backend splits a batch of n."""
+        split_from = self.backend.split_from
+        if serial or split_from is None or n < split_from or self.make_copy is None:
+            return [(0, 0, n)]
+        if len(self.copies) == 1:
+            self.copies.append(self.make_copy())
+        h = (n + 1) // 2
+        return [(0, 0, h), (1, h, n)]
+
+    # ---- forward ----------------------------------------------------------------
+    def forward(self, inputs, train, seeds=None, watch=None, timer=None, copy=0, acts=None, only=None):
+        """Run the layers on {input name: array}; returns {name: activation} (inputs too).
+
+        seeds: {layer: int} for the random layers of a training pass. `acts` and `only`
+        rerun just the layers named in `only` over the activations `acts` of an earlier pass."""
+        backend, seeds = self.backend, seeds or {}
+        acts = dict(inputs) if acts is None else acts
+        serial = watch is not None or timer is not None or copy > 0
+
+        def work(node):
+            xin = backend.join(node, [acts[i] for i in node.inputs], copy)
+            acts[node.name] = self._timed(timer, node, "forward", backend.forward, node, xin, train,
+                                          seeds.get(node.name))
+            if watch is not None:
+                watch("output", node.name, acts[node.name])
+
+        order = self.copies[copy] if only is None else [n for n in self.copies[copy] if n.name in only]
+        backend.run(order, self._lane_of(serial), lambda node: node.inputs, work)
+        return acts
+
+    # ---- backward ---------------------------------------------------------------
+    def backward(self, labels=None, dy=None, weight=1.0, watch=None, timer=None, copy=0, input_grads=False):
+        """Cost (or the given gradient `dy` of the output) and backward through every layer,
+        after its forward. Returns (loss or None, {"<layer>.<param>": gradient}, {input: gradient}
+        when `input_grads`). `weight` scales the cost's gradient: a half of a batch carries its
+        share of the mean."""
+        backend, nodes = self.backend, self.copies[copy]
+        out = nodes[-1]
+        serial = watch is not None or timer is not None or copy > 0
+        parts = {}        # producer -> [(reader, gradient part)], read back in a fixed order
+        grads, to_inputs = {}, {}
+        loss = None
+        if dy is None:
+            loss, dy = self._timed(timer, out, "cost", backend.cost, out, labels)
+            if weight != 1.0:
+                dy = backend.scale(out, dy, weight)
+            if watch is not None:
+                watch("cost", out.name, backend.loss_array(loss))
+                watch("input gradient", out.name, dy)
+            self._send_back(out, dy, parts)
+            todo = nodes[:-1]
+        else:
+            parts[out.name] = [(None, dy)]
+            todo = nodes
+
+        def work(node):
+            dy = self._gathered(node, copy, parts)
+            need_dx = input_grads or any(i in self.readers for i in node.inputs)
+            dx, pgrads = self._timed(timer, node, "backward", backend.backward, node, dy, need_dx)
+            for pname, g in pgrads.items():
+                grads[f"{node.name}.{pname}"] = g
+                if watch is not None:
+                    watch(f"{pname} gradient", node.name, g)
+            if need_dx:
+                if watch is not None:
+                    for part in (dx if isinstance(dx, list) else [dx]):   # "separate" inputs
+                        watch("input gradient", node.name, part)
+                self._send_back(node, dx, parts)
+
+        backend.run(list(reversed(todo)), self._lane_of(serial), lambda node: self.readers[node.name], work)
+        for name in self.graph_inputs:
+            if input_grads and name in parts:
+                to_inputs[name] = self._gathered_input(name, copy, parts)
+        order = [f"{n.name}.{p}" for n in nodes for p in n.layer.param_shapes()]
+        grads = {k: grads[k] for k in order}
+        return (loss, grads, to_inputs) if input_grads else (loss, grads)
+
+    # ---- a whole step -----------------------------------------------------------
+    def step(self, x, labels, train, seeds_for, backward=True, watch=None, timer=None):
+        """Forward (and with `backward` the cost and backward) of a batch x on the backend.
+
+        seeds_for(nodes) -> {layer: seed}, drawn once per copy of the layers. Returns
+        [(copy, start, stop, acts)] and, with `backward`, (loss, grads) as well; the loss is
+        a backend scalar (backend.value reads it)."""
+        backend = self.backend
+        n = x.shape[0]
+        serial = watch is not None or timer is not None
+        parts = self.halves(n, serial)
+        seeds = [seeds_for(self.copies[c]) if train else {} for c, _, _ in parts]
+        if len(parts) == 1:
+            acts = self.forward({INPUT_NAME: x}, train, seeds[0], watch, timer)
+            if not backward:
+                return [(0, 0, n, acts)], None
+            return [(0, 0, n, acts)], self.backward(labels, watch=watch, timer=timer)
+        results = [None, None]
+
+        def half(i):            # forward and backward of one half on one lane, cache-warm
+            c, a, b = parts[i]
+            acts = self.forward({INPUT_NAME: x[a:b]}, train, seeds[i], copy=c)
+            res = self.backward(_rows(labels, a, b), weight=(b - a) / n, copy=c) if backward else None
+            results[i] = (acts, res)
+        backend.run_halves(lambda: half(0), lambda: half(1))
+        out = [(c, a, b, results[i][0]) for i, (c, a, b) in enumerate(parts)]
+        if not backward:
+            return out, None
+        (loss0, grads), (loss1, grads1) = results[0][1], results[1][1]
+        for key, g in grads.items():         # the first half's arrays hold the sum
+            backend.add_into(g, grads1[key])
+        (_, a0, b0), (_, a1, b1) = parts
+        return out, (backend.combine_losses([(loss0, b0 - a0), (loss1, b1 - a1)]), grads)
+
+    # ---- helpers ----------------------------------------------------------------
+    def _lane_of(self, serial):
+        if serial:
+            return lambda node: 0
+        return self.backend.lane_of
+
+    def _timed(self, timer, node, phase, fn, *args):
+        if timer is None:
+            return fn(*args)
+        token = self.backend.clock_start(node)
+        out = fn(*args)
+        timer.setdefault((node.name, phase), []).append(self.backend.clock_stop(token, node))
+        return out
+
+    def _send_back(self, node, dx, parts):
+        for name, g in zip(node.inputs, self.backend.split(node, dx)):
+            parts.setdefault(name, []).append((node.name, g))
+
+    def _gathered(self, node, copy, parts):
+        """The gradient of a layer's output: what its readers sent back, summed in reverse
+        graph order of the readers."""
+        got = sorted(parts.pop(node.name), key=lambda p: -self.rank.get(p[0], -1))
+        return self.backend.gather(node, [g for _, g in got], copy)
+
+    def _gathered_input(self, name, copy, parts):
+        got = sorted(parts.pop(name), key=lambda p: -self.rank[p[0]])
+        if len(got) == 1:
+            return got[0][1]
+        total = self.backend.copy_of(got[0][1])
+        for _, g in got[1:]:
+            self.backend.add_into(total, g)
+        return total
+
+
+def _rows(labels, a, b):
+    """A half's labels (None stays None: a cost such as sum2 takes none)."""
+    return None if labels is None else labels[a:b]
