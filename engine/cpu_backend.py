@@ -32,13 +32,15 @@ from engine import columns, finite, memory
 class CpuBackend:
     kind = "cpu"
 
-    def __init__(self, net=None):
-        """net: the Net whose host parameters and threading this backend uses (None: arrays
-        only, for an optimizer over loose arrays)."""
+    def __init__(self, net=None, layer_params=None):
+        """net: the Net whose host parameters and threading this backend uses. Without one:
+        loose arrays (an optimizer's), or the layers whose {layer: {param: array}} are
+        `layer_params` (the layer gradient checker), on one lane."""
         self.net = net
         self.params = net.parameters() if net is not None else {}
-        self._layer_params = {node.name: {p: self.params[f"{node.name}.{p}"] for p in node.layer.param_shapes()}
-                              for node in (net.layers if net is not None else [])}
+        self._layer_params = layer_params or {}
+        for node in (net.layers if net is not None else []):
+            self._layer_params[node.name] = {p: self.params[f"{node.name}.{p}"] for p in node.layer.param_shapes()}
         self._scratch = {}      # joined inputs and summed gradients, reused between steps
         self._clock_overhead = None
 
@@ -87,10 +89,10 @@ class CpuBackend:
     @property
     def split_from(self):
         """The smallest batch that threading "batch" splits in two (None: never)."""
-        return columns.MIN_SPLIT if self.net.threading_mode == "batch" else None
+        return columns.MIN_SPLIT if self._mode() == "batch" else None
 
     def lane_of(self, node):
-        return node.gpu if self.net.threading_mode == "columns" else 0
+        return node.gpu if self._mode() == "columns" else 0
 
     def run(self, order, lane_of, waits_for, work):
         columns.run(order, lane_of, waits_for, work)
@@ -100,7 +102,7 @@ class CpuBackend:
 
     def one_lane(self):
         """A layer timed alone runs on one core where its lane would (columns, batch)."""
-        if self.net.threading_mode in ("columns", "batch"):
+        if self._mode() in ("columns", "batch"):
             return columns.single_core()
         return contextlib.nullcontext()
 
@@ -175,7 +177,7 @@ class CpuBackend:
 
     def timing_note(self):
         """What the time verb's per-layer rows mean here."""
-        mode = self.net.threading_mode
+        mode = self._mode()
         if mode == "columns":
             return ("CPU threading: columns. Each layer row is that layer on one core (serial kernels, "
                     "one BLAS thread), as its column's thread runs it; the whole step below runs the "
@@ -190,6 +192,9 @@ class CpuBackend:
         pass
 
     # ---- helpers ----------------------------------------------------------------
+    def _mode(self):
+        return self.net.threading_mode if self.net is not None else "layers"
+
     def _buffer(self, key, shape):
         buf = self._scratch.get(key)
         if buf is None or buf.shape != shape:

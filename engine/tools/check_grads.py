@@ -47,8 +47,6 @@ import time
 
 import numpy as np
 
-from layers.base import join_inputs
-
 from engine.config import INPUT_NAME
 from engine.errors import ConfigError
 
@@ -68,48 +66,38 @@ class PerturbedForward:
 
     Activations of the unperturbed pass are kept (as copies: the layers reuse their output
     buffers), with each random layer's seed, so every replay draws the same dropout masks
-    as `Net.gradients` drew (Net.draw_layer_seeds, from `net.rng` in `rng_state`)."""
+    as `Net.gradients` drew (Net.draw_layer_seeds, from `net.rng` in `rng_state`). The
+    passes are the net's executor's, rerunning only the layers reached (its `only`)."""
 
     def __init__(self, net, x, labels, rng_state):
         self.labels = labels
         self.nodes = net.layers
-        params = net.parameters()
-        self.params = {n.name: {p: params[f"{n.name}.{p}"] for p in n.layer.param_shapes()}
-                       for n in self.nodes}
+        self.executor = net.executor
         after = net.rng.bit_generator.state
         net.rng.bit_generator.state = rng_state
         self.seeds = net.draw_layer_seeds()
         net.rng.bit_generator.state = after
-        self.acts = {INPUT_NAME: x}
-        for node in self.nodes:
-            self.acts[node.name] = self._run(node, self.acts).copy()
+        acts = self.executor.forward({INPUT_NAME: x}, True, self.seeds)
+        self.acts = {name: np.array(a) for name, a in acts.items()}
         self.base = self._cost()
         self.reach = self._reach()
 
-    def _run(self, node, acts):
-        seed = self.seeds.get(node.name)
-        rng = None if seed is None else np.random.default_rng(seed)
-        xin = join_inputs(node.layer, [acts[i] for i in node.inputs])
-        return node.layer.forward(xin, self.params[node.name], train=True, rng=rng)
-
     def _cost(self):
-        return self.nodes[-1].layer.cost(self.labels)[0]
+        return self.executor.backend.cost(self.nodes[-1], self.labels)[0]
 
     def _reach(self):
-        """layer -> the layers in execution order whose output depends on it."""
+        """layer -> the names of the layers whose output depends on it."""
         reach = {}
         for i, node in enumerate(self.nodes):
             hit = {node.name}
             for later in self.nodes[i + 1:]:
                 if any(name in hit for name in later.inputs):
                     hit.add(later.name)
-            reach[node.name] = [n for n in self.nodes if n.name in hit]
+            reach[node.name] = hit
         return reach
 
     def cost(self, layer):
-        acts = dict(self.acts)
-        for node in self.reach[layer]:
-            acts[node.name] = self._run(node, acts)
+        self.executor.forward(None, True, self.seeds, acts=dict(self.acts), only=self.reach[layer])
         return self._cost()
 
 
