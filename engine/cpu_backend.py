@@ -32,10 +32,11 @@ from engine import columns, finite, memory
 class CpuBackend:
     kind = "cpu"
 
-    def __init__(self, net=None, layer_params=None):
+    def __init__(self, net=None, layer_params=None, streams=None):
         """net: the Net whose host parameters and threading this backend uses. Without one:
         loose arrays (an optimizer's), or the layers whose {layer: {param: array}} are
-        `layer_params` (the layer gradient checker), on one lane."""
+        `layer_params` (the layer gradient checker), on one lane. `streams` is CUDA's; the
+        CPU's lanes follow Net.threading."""
         self.net = net
         self.params = net.parameters() if net is not None else {}
         self._layer_params = layer_params or {}

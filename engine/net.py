@@ -3,10 +3,10 @@ import os
 
 import numpy as np
 
-from engine import columns, graph, memory
+from engine import columns, devices, graph, memory
 from engine.config import INPUT_NAME, parse_checkpoint_net, parse_net
 from engine.cpu_backend import CpuBackend
-from engine.errors import ConfigError, DeviceError
+from engine.errors import ConfigError
 from engine.executor import Executor
 
 
@@ -88,15 +88,11 @@ class Net:
         On CUDA the parameters live on the device, each column's layers run on a stream
         of their own (`streams` sets how many: the columns share them round-robin);
         state_dict() and load_state_dict() work the same on both."""
-        device = resolve_device(device)
+        device = devices.resolve(device)
         if device == self.device and streams is None:
             return self
         self.backend.pull(self._params)
-        if device == "cpu":
-            self._use(CpuBackend(self))
-        else:
-            from engine.cuda_backend import CudaBackend
-            self._use(CudaBackend(self, streams=streams))
+        self._use(devices.backend_for(device, self, streams=streams))
         return self
 
     # ---- structure ----------------------------------------------------------
@@ -310,26 +306,6 @@ class Net:
         names = self.class_names or [str(i) for i in range(probs.shape[1])]
         order = np.argsort(-probs, axis=1)[:, :top]
         return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
-
-
-def resolve_device(device):
-    """"cpu" | "cuda" | "auto" -> "cpu" or "cuda"; CUDA asked for where there is none is an error."""
-    if device not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {device!r}")
-    if device == "cpu":
-        return "cpu"
-    try:
-        from engine.cuda_backend import available
-    except ImportError as e:          # numba without its CUDA target
-        if device == "auto":
-            return "cpu"
-        raise DeviceError(f"CUDA is not usable here ({e}); pip install -e '.[gpu]'") from None
-    if available():
-        return "cuda"
-    if device == "auto":
-        return "cpu"
-    raise DeviceError("no CUDA device is available; use the CPU (or auto), or install an "
-                      "NVIDIA driver and `pip install -e '.[gpu]'`")
 
 
 def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto", plugins=False):
