@@ -200,13 +200,20 @@ class Layer:
         return 0
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
-        """{tag: (kind, shape)}: every `self.buffer` a batch of n allocates, as `forward`
-        (with `train`) and then, with `backward`, `backward` (or `cost`) would.
+        """{tag: (kind, shape)}: THE declaration of the scratch arrays a batch of n uses, as
+        `forward` (with `train`) and then, with `backward`, `backward` (or `cost`) would.
+
+        It is the one source of truth: layers do not spell shapes a second time, they take
+        their arrays from `buffers(n, phase, ...)`, which allocates exactly what this
+        declares (engine.memory adds the same entries up for the memory check and the
+        summary). The tags declared with backward=False are the forward ones; those that
+        only appear with backward=True are the backward (or cost) ones. A buffer a layer
+        uses only in some configurations (an activation that needs its input, dropout in
+        training) is declared only in those.
 
         kind is "activation" (the output), "gradient" (activation gradients), "workspace"
-        (scratch, and what is kept for backward) or "param_grad". engine.memory adds these up
-        and tests compare them with `_buffers`, so an override must list exactly what the
-        layer's code allocates. The default: the output "y", and "dx" in backward.
+        (scratch, and what is kept for backward) or "param_grad". The default: the output
+        "y", and "dx" in backward.
         """
         out = {"y": ("activation", (n,) + self.output_shape)}
         if backward and need_dx:
@@ -233,13 +240,34 @@ class Layer:
         raise NotImplementedError(f"layer type {self.type} is not a cost layer")
 
     # ---- helpers ------------------------------------------------------------
+    _BACKWARD_PHASES = ("backward", "cost")
+
+    def buffers(self, n, phase, train=False, need_dx=True, zero=()):
+        """{tag: float32 array} of the buffers `buffer_shapes` declares for `phase`, each
+        allocated (or reused) by `buffer` with the declared shape.
+
+        phase "forward": what buffer_shapes(n, train, backward=False) declares; "backward" or
+        "cost": what buffer_shapes(n, train, backward=True, need_dx) adds to that (the forward
+        ones stay where forward left them). `zero`: tags to fill with zeros. A buffer holding
+        another dtype is a view the layer takes (b["arg"].view(np.int32)).
+        """
+        declared = self.buffer_shapes(n, train, False, need_dx)
+        if phase == "forward":
+            tags = declared
+        elif phase in self._BACKWARD_PHASES:
+            forward = declared
+            declared = self.buffer_shapes(n, train, True, need_dx)
+            tags = [tag for tag in declared if tag not in forward]
+        else:
+            raise ValueError(f"phase must be forward, backward or cost, got {phase!r}")
+        return {tag: self.buffer(tag, declared[tag][1], tag in zero) for tag in tags}
+
     def buffer(self, tag, shape, zero=False):
-        """A float32 scratch array kept between calls and reused while its shape holds."""
-        shape = tuple(int(v) for v in shape)
+        """The allocation primitive under `buffers`: a float32 array kept between calls
+        and reused while its shape holds. Layers take their arrays from `buffers`."""
         buf = self._buffers.get(tag)
-        if buf is None or buf.shape != shape:
-            buf = np.empty(shape, np.float32)
-            self._buffers[tag] = buf
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._buffers[tag] = np.empty(tuple(int(v) for v in shape), np.float32)
         if zero:
             buf.fill(0.0)
         return buf

@@ -68,17 +68,15 @@ class CMRNormLayer(Layer):
         n, c, h, w = a.shape
         return a.reshape(n * self.groups, c // self.groups, h * w)
 
-    def _acc(self):
-        """The kernels' float64 running sums (a float32 buffer of twice the width)."""
-        return self.buffer("acc", cpu.scratch_shapes(self._x.shape[2], self.size)[0]).view(np.float64)
-
     def forward(self, x, params, train=False, rng=None):
+        n = x.shape[0]
         x = self._grouped(np.ascontiguousarray(x, np.float32))
-        y = self.buffer("y", x.shape)
-        d = self.buffer("d", x.shape)
-        self._x, self._d = x, d
+        b = self.buffers(n, "forward", train)
+        y, d = b["y"], b["d"]
+        # acc: the kernels' float64 running sums (a float32 buffer of twice the width)
+        self._x, self._d, self._acc = x, d, b["acc"].view(np.float64)
         cpu.forward(x, int(self.size), float(self.alpha), float(self.beta), float(self.k),
-                    self.beta_code, y, d, self._acc())
+                    self.beta_code, y, d, self._acc)
         return y.reshape((-1,) + self.output_shape)
 
     def backward(self, dy, params, need_dx=True):
@@ -86,8 +84,8 @@ class CMRNormLayer(Layer):
             return None, {}
         x = self._x
         g = np.ascontiguousarray(dy, np.float32).reshape(x.shape)
-        dx = self.buffer("dx", x.shape)
-        ring = self.buffer("ring", cpu.scratch_shapes(x.shape[2], self.size)[1])
+        b = self.buffers(x.shape[0] // self.groups, "backward", need_dx=need_dx)
+        dx = b["dx"]
         cpu.backward(x, g, self._d, int(self.size), float(self.alpha), float(self.beta),
-                     self.beta_code, dx, self._acc(), ring)
+                     self.beta_code, dx, self._acc, b["ring"])
         return dx.reshape((-1,) + self.input_shape), {}

@@ -42,7 +42,8 @@ class CNormLayer(RNormLayer):
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
-        y, u, d = self.buffer("y", x.shape), self.buffer("u", x.shape), self.buffer("d", x.shape)
+        b = self.buffers(x.shape[0], "forward", train)
+        y, u, d = b["y"], b["u"], b["d"]
         cpu.forward(x, int(self.size), float(self.alpha), float(self.beta), float(self.k),
                     self.beta_code, u, y, d)
         self._x, self._u, self._d = x, u, d
@@ -53,7 +54,7 @@ class CNormLayer(RNormLayer):
             return None, {}
         x = self._x
         g = np.ascontiguousarray(dy, np.float32).reshape(x.shape)
-        dx = self.buffer("dx", x.shape)
+        dx = self.buffers(x.shape[0], "backward", need_dx=need_dx)["dx"]
         cpu.backward(x, g, self._u, self._d, int(self.size), float(self.alpha), float(self.beta),
                      self.beta_code, dx)
         return dx, {}

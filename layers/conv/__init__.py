@@ -131,22 +131,22 @@ class ConvLayer(Layer):
         ch, ky, kx = np.meshgrid(np.arange(channels), np.arange(k), np.arange(k), indexing="ij")
         return (ch * plane + ky * wc + kx).ravel().astype(np.int64)
 
-    def _direct_forward(self, x, params):
+    def _direct_forward(self, x, params, train):
         n, f = x.shape[0], self.filters
         oh, ow = self.out_hw
         geo = self._geom
-        self._allocate(n)
-        xpad = self._buffers["xpad"]
+        b = self.buffers(n, "forward", train)
+        xpad = b["xpad"]
         cpu.pad_images(x, self.padding, geo["hp"], geo["wc"], xpad)
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
         bias = np.ascontiguousarray(params["bias"], np.float32)
-        y3 = self._buffers["y"].reshape(n, f, oh * ow)
+        y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
-        pre = self._buffers["pre"] if keep else y3
+        pre = b["pre"] if keep else y3                   # declared only then
         cpu.direct_forward(xpad, self._tap_offsets()[0], w2, bias, self.groups, oh, ow, geo["wc"],
                            *self.act.kernel_args(), keep, y3, pre)
-        self._x, self._y3, self._pre = x, y3, pre
-        return self._buffers["y"]
+        self._x, self._y3, self._pre, self._xpad = x, y3, pre, xpad
+        return b["y"]
 
     def _direct_backward(self, dy, params, need_dx):
         n, f = self._x.shape[0], self.filters
@@ -154,17 +154,17 @@ class ConvLayer(Layer):
         geo = self._geom
         a, wc = geo["a"], geo["wc"]
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
-        self._allocate(n, backward=True, need_dx=need_dx)
-        dzp, dw2, db = self._buffers["dzp"], self._buffers["dweight"], self._buffers["dbias"]
+        b = self.buffers(n, "backward", need_dx=need_dx)
+        dzp, dw2, db = b["dzp"], b["dweight"], b["dbias"]
         db64 = np.zeros(f, np.float64)
         cpu.direct_grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), a, oh, ow, wc,
                                dzp, db64)
         db[:] = db64
-        cpu.direct_dweight(self._buffers["xpad"], dzp, self._tap_offsets()[0], self.groups, a * (wc + 1),
+        cpu.direct_dweight(self._xpad, dzp, self._tap_offsets()[0], self.groups, a * (wc + 1),
                            (oh - 1) * wc + ow, dw2)
         dx = None
         if need_dx:
-            dx = self._buffers["dx"]
+            dx = b["dx"]
             h, w = self.input_shape[1:]
             w4 = np.ascontiguousarray(params["weight"], np.float32)
             cpu.direct_dx(dzp, self._tap_offsets()[1], w4, self.groups, h, w, wc, dx)
@@ -207,23 +207,19 @@ class ConvLayer(Layer):
         c = self._chunk(n)
         return [(n0, min(n, n0 + c)) for n0 in range(0, n, c)]
 
-    def _allocate(self, n, backward=False, need_dx=True):
-        for tag, (_, shape) in self.buffer_shapes(n, backward=backward, need_dx=need_dx).items():
-            self.buffer(tag, shape)
-
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
         if self.direct:
-            return self._direct_forward(x, params)
+            return self._direct_forward(x, params, train)
         n = x.shape[0]
         f = self.filters
         oh, ow = self.out_hw
-        self._allocate(n)
+        b = self.buffers(n, "forward", train)            # cols and tmp: read through _views
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
         bias = np.ascontiguousarray(params["bias"], np.float32)
-        y3 = self._buffers["y"].reshape(n, f, oh * ow)
+        y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input                      # abs, square: the gradient needs x
-        pre = self._buffers["pre"] if keep else y3
+        pre = b["pre"] if keep else y3                   # declared only then
         for n0, n1 in self._chunks(n):
             cols = self._im2col(x, n0, n1)
             tmp, = self._views(n0, n1, "tmp")
@@ -231,7 +227,7 @@ class ConvLayer(Layer):
                 np.matmul(w2[fs], cols[ks], out=tmp[fs])
             cpu.bias_act(tmp, bias, *self.act.kernel_args(), keep, y3[n0:n1], pre[n0:n1])
         self._x, self._y3, self._pre = x, y3, pre
-        return self._buffers["y"]
+        return b["y"]
 
     def backward(self, dy, params, need_dx=True):
         if self.direct:
@@ -240,12 +236,12 @@ class ConvLayer(Layer):
         f = self.filters
         oh, ow = self.out_hw
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
-        self._allocate(n, backward=True, need_dx=need_dx)
+        b = self.buffers(n, "backward", need_dx=need_dx)  # dtmp: read through _views
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
-        dw2 = self._buffers["dweight"]
+        dw2 = b["dweight"]
         db = np.zeros(f, np.float64)
-        db_part = self._buffers["dbias"]
-        dx = self._buffers["dx"] if need_dx else None
+        db_part = b["dbias"]
+        dx = b["dx"] if need_dx else None
         blocks = self._blocks()
         # last chunk first: forward left its columns in the workspace
         for i, (n0, n1) in enumerate(reversed(self._chunks(n))):
@@ -259,7 +255,7 @@ class ConvLayer(Layer):
                 if i == 0:
                     np.matmul(dtmp[fs], cols[ks].T, out=dw2[fs])
                 else:
-                    part = self._buffers["dw_part"]
+                    part = b["dw_part"]            # declared where the batch spans 2+ chunks
                     np.matmul(dtmp[fs], cols[ks].T, out=part)
                     dw2[fs] += part
             if need_dx:

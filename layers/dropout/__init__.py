@@ -44,9 +44,9 @@ class DropoutLayer(Layer):
             raise ValueError(f"dropout '{self.name}': training needs an rng (a numpy Generator)")
         x = np.ascontiguousarray(x, dtype=np.float32)
         rate = self.cfg["rate"]
-        mask = self.buffer("mask", x.shape)
+        b = self.buffers(x.shape[0], "forward", train)
+        mask, y = b["mask"], b["y"]
         rng.random(x.shape, dtype=np.float32, out=mask)
-        y = self.buffer("y", x.shape)
         elementwise_cpu.dropout_forward(x.reshape(-1), mask.reshape(-1), np.float32(rate),
                     np.float32(1.0 / (1.0 - rate)), y.reshape(-1))
         self._mask = mask
@@ -58,6 +58,6 @@ class DropoutLayer(Layer):
         if self._mask is None:
             return dy, {}
         dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(self._mask.shape)
-        dx = self.buffer("dx", dy.shape)
+        dx = self.buffers(dy.shape[0], "backward", train=True)["dx"]   # a mask: forward trained
         elementwise_cpu.dropout_backward(dy.reshape(-1), self._mask.reshape(-1), dx.reshape(-1))
         return dx, {}

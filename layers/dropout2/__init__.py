@@ -38,15 +38,16 @@ class Dropout2Layer(Layer):
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
-        y = self.buffer("y", x.shape)
+        if train and rng is None:
+            raise ValueError(f"dropout2 '{self.name}': training needs an rng (a numpy Generator)")
+        b = self.buffers(x.shape[0], "forward", train)      # the mask only in training
+        y = b["y"]
         keep = self.cfg["keep"]
         if not train:
             self._mask = None
             scale(np.float32(keep), x.reshape(-1), y.reshape(-1))
             return y
-        if rng is None:
-            raise ValueError(f"dropout2 '{self.name}': training needs an rng (a numpy Generator)")
-        mask = self.buffer("mask", x.shape)
+        mask = b["mask"]
         rng.random(x.shape, dtype=np.float32, out=mask)
         dropout_forward(x.reshape(-1), mask.reshape(-1), np.float32(1.0 - keep), np.float32(1.0),
                             y.reshape(-1))
@@ -56,9 +57,9 @@ class Dropout2Layer(Layer):
     def backward(self, dy, params, need_dx=True):
         if not need_dx:
             return None, {}
-        shape = (dy.shape[0],) + self.input_shape
-        dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(shape)
-        dx = self.buffer("dx", shape)
+        n = dy.shape[0]
+        dy = np.ascontiguousarray(dy, dtype=np.float32).reshape((n,) + self.input_shape)
+        dx = self.buffers(n, "backward", train=self._mask is not None)["dx"]
         if self._mask is None:          # the latest forward was at test time: y = keep * x
             scale(np.float32(self.cfg["keep"]), dy.reshape(-1), dx.reshape(-1))
         else:

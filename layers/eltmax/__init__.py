@@ -35,8 +35,8 @@ class EltMaxLayer(Layer):
         return out
 
     def forward(self, xs, params, train=False, rng=None):
-        shape = (xs[0].shape[0],) + self.output_shape
-        y, arg = self.buffer("y", shape), self.buffer("arg", shape)
+        b = self.buffers(xs[0].shape[0], "forward", train)
+        y, arg = b["y"], b["arg"]
         for i, x in enumerate(xs):
             cpu.max_into(np.ascontiguousarray(x, np.float32).reshape(-1), i, y.reshape(-1), arg.reshape(-1))
         self._arg = arg
@@ -46,9 +46,10 @@ class EltMaxLayer(Layer):
         if not need_dx:
             return None, {}
         dy = np.ascontiguousarray(dy, np.float32).reshape(self._arg.shape)
+        b = self.buffers(dy.shape[0], "backward", need_dx=need_dx)
         dxs = []
         for i in range(len(self.input_shapes)):
-            dx = self.buffer(f"dx{i}", dy.shape)
+            dx = b[f"dx{i}"]
             cpu.route(dy.reshape(-1), self._arg.reshape(-1), i, dx.reshape(-1))
             dxs.append(dx)
         return dxs, {}

@@ -55,7 +55,7 @@ class EltSumLayer(Layer):
 
     def forward(self, xs, params, train=False, rng=None):
         flat = [np.ascontiguousarray(x, np.float32).reshape(-1) for x in xs]
-        y = self.buffer("y", (xs[0].shape[0],) + self.output_shape)
+        y = self.buffers(xs[0].shape[0], "forward", train)["y"]
         c = self.coefficients
         out = y.reshape(-1)
         cpu.axpby(np.float32(c[0]), flat[0], np.float32(c[1]), flat[1], out)
@@ -67,12 +67,13 @@ class EltSumLayer(Layer):
         if not need_dx:
             return None, {}
         dy = np.ascontiguousarray(dy, np.float32).reshape((dy.shape[0],) + self.output_shape)
+        b = self.buffers(dy.shape[0], "backward", need_dx=need_dx)   # dx{i} where coeffs[i] != 1
         dxs = []
         for i, c in enumerate(self.coefficients):
             if c == 1.0:
                 dxs.append(dy)
                 continue
-            dx = self.buffer(f"dx{i}", dy.shape)
+            dx = b[f"dx{i}"]
             scale(np.float32(c), dy.reshape(-1), dx.reshape(-1))
             dxs.append(dx)
         return dxs, {}

@@ -56,9 +56,9 @@ class FCLayer(Layer):
             raise ValueError(f"fc '{self.name}': input has {x.shape[1]} features, expected {self.d}")
         w, b = params["weight"], params["bias"]
         n, m = x.shape[0], self.cfg["outputs"]
-        y = self.buffer("y", (n, m))
+        buf = self.buffers(n, "forward", train)
+        y, pre = buf["y"], buf["pre"]          # pre: (1, 1) unless the activation needs its input
         np.matmul(x, w.T, out=y)
-        pre = self.buffer("pre", (n, m) if self.keep_input else (1, 1))
         if not self.act.identity or np.any(b):
             cpu.bias_act(*self.act.kernel_args(), y, b, pre)
         self._x, self._y, self._pre = x, y, pre
@@ -68,13 +68,12 @@ class FCLayer(Layer):
         w = params["weight"]
         n, m = self._y.shape
         dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(n, m)
-        dz = self.buffer("dz", (n, m))
-        db = self.buffer("dbias", (m,))
+        buf = self.buffers(n, "backward", need_dx=need_dx)
+        dz, db, dw = buf["dz"], buf["dbias"], buf["dweight"]
         cpu.grad_act_bias(*self.act.kernel_args(), dy, self._y, self._pre, dz, db)
-        dw = self.buffer("dweight", w.shape)
         np.matmul(dz.T, self._x, out=dw)
         dx = None
         if need_dx:
-            dx = self.buffer("dx", (n, self.d))
+            dx = buf["dx"]
             np.matmul(dz, w, out=dx)
         return dx, {"weight": dw, "bias": db}

@@ -57,8 +57,9 @@ class LocalLayer(ConvLayer):
         return oh * ow, g, self.filters // g, (self.channels // g) * self.size * self.size
 
     def _im2col(self, x):
+        """x's columns into the "cols" buffer that forward took."""
         oh, ow = self.out_hw
-        cols = self.buffer("cols", (oh * ow, self.channels * self.size * self.size, x.shape[0]))
+        cols = self._buffers["cols"]
         cpu.im2col(x, self.size, self.stride, self.padding, oh, ow, cols)
         self._cols_valid = True
         return cols
@@ -67,14 +68,15 @@ class LocalLayer(ConvLayer):
         x = np.ascontiguousarray(x, np.float32)
         n = x.shape[0]
         p_out, g, fg, kg = self._operands()
+        b = self.buffers(n, "forward", train)
         cols = self._im2col(x)
         w4 = np.ascontiguousarray(params["weight"], np.float32).reshape(p_out, g, fg, kg)
-        tmp = self.buffer("tmp", (p_out, self.filters, n))
+        tmp = b["tmp"]
         np.matmul(w4, cols.reshape(p_out, g, kg, n), out=tmp.reshape(p_out, g, fg, n))
-        y = self.buffer("y", (n, self.filters) + self.out_hw)
+        y = b["y"]
         y3 = y.reshape(n, self.filters, p_out)
         keep = self.act.needs_input                      # abs, square: the gradient needs x
-        pre = self.buffer("pre", y3.shape) if keep else y3
+        pre = b["pre"] if keep else y3                   # declared only then
         bias = np.ascontiguousarray(params["bias"], np.float32).reshape(self.filters, p_out)
         cpu.bias_act(tmp, bias, *self.act.kernel_args(), keep, y3, pre)
         self._x, self._y3, self._pre = x, y3, pre
@@ -86,13 +88,12 @@ class LocalLayer(ConvLayer):
         p_out, g, fg, kg = self._operands()
         f = self.filters
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
-        dtmp = self.buffer("dtmp", (p_out, f, n))
-        db = self.buffer("dbias", (f,) + self.out_hw)
+        b = self.buffers(n, "backward", need_dx=need_dx)
+        dtmp, db, dw = b["dtmp"], b["dbias"], b["dweight"]
         cpu.grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), dtmp, db.reshape(f, p_out))
         # cols doubles as dcols below; redo it if an earlier backward overwrote it
         cols4 = (self._buffers["cols"] if self._cols_valid else self._im2col(x)).reshape(p_out, g, kg, n)
         dtmp4 = dtmp.reshape(p_out, g, fg, n)
-        dw = self.buffer("dweight", self.param_shapes()["weight"])
         np.matmul(dtmp4, cols4.transpose(0, 1, 3, 2), out=dw.reshape(p_out, g, fg, kg))
         grads = {"weight": dw, "bias": db}
         if not need_dx:
@@ -100,7 +101,7 @@ class LocalLayer(ConvLayer):
         w4 = np.ascontiguousarray(params["weight"], np.float32).reshape(p_out, g, fg, kg)
         self._cols_valid = False         # its contents were last needed for dw: reuse the memory
         np.matmul(w4.transpose(0, 1, 3, 2), dtmp4, out=cols4)
-        dx = self.buffer("dx", x.shape)
+        dx = b["dx"]
         oh, ow = self.out_hw
         cpu.col2im(self._buffers["cols"], self.size, self.stride, self.padding, oh, ow, dx)
         return dx, grads

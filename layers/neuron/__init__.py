@@ -33,7 +33,7 @@ class NeuronLayer(Layer):
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
-        y = self.buffer("y", x.shape)
+        y = self.buffers(x.shape[0], "forward", train)["y"]
         cpu.forward(*self.act.kernel_args(), x.reshape(-1), y.reshape(-1))
         # abs and square differentiate through x: the engine leaves a layer's input
         # untouched until its backward, so a reference is enough
@@ -46,7 +46,7 @@ class NeuronLayer(Layer):
         if self.act.identity:
             return dy, {}
         y = self._y
-        dx = self.buffer("dx", y.shape)
+        dx = self.buffers(y.shape[0], "backward", need_dx=need_dx)["dx"]
         pre = self._x if self.act.needs_input else y
         cpu.backward(*self.act.kernel_args(), np.ascontiguousarray(dy, np.float32).reshape(-1),
                      y.reshape(-1), pre.reshape(-1), dx.reshape(-1))

@@ -71,12 +71,12 @@ class PoolLayer(Layer):
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
         n, c, h, w = x.shape
-        y = self.buffer("y", (n, c) + self.out_hw)
-        pre = self.buffer("pre", y.shape) if self.act.needs_input else _DUMMY   # abs, square
+        b = self.buffers(n, "forward", train)
+        y = b["y"]
+        pre = b["pre"] if self.act.needs_input else _DUMMY   # abs, square (declared only then)
         if self.mode == "max":
-            arg = self.buffer("arg", y.shape).view(np.int32)
-            scratch = self.buffer("scratch", cpu.max_scratch_shape(w))
-            cpu.max_forward(x, self.size, self.stride, *self.act.kernel_args(), y, arg, pre, scratch)
+            arg = b["arg"].view(np.int32)
+            cpu.max_forward(x, self.size, self.stride, *self.act.kernel_args(), y, arg, pre, b["scratch"])
             self._arg = arg
         else:
             cpu.avg_forward(x, self.size, self.stride, *self.act.kernel_args(), y, pre)
@@ -89,7 +89,7 @@ class PoolLayer(Layer):
         g = np.ascontiguousarray(dy, np.float32).reshape(self._y.shape)
         n, c = g.shape[:2]
         h, w = self._in_hw
-        dx = self.buffer("dx", (n, c, h, w))
+        dx = self.buffers(n, "backward", need_dx=need_dx)["dx"]
         act = self.act.kernel_args()
         if self.mode == "max":
             cpu.max_backward(g, self._y, self._pre, self._arg, *act, dx.reshape(n, c, h * w))

@@ -54,11 +54,11 @@ class RNormLayer(Layer):
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
-        y = self.buffer("y", x.shape)
-        d = self.buffer("d", x.shape)
+        b = self.buffers(x.shape[0], "forward", train)
+        y, d = b["y"], b["d"]
         cpu.forward(x, int(self.size), float(self.alpha), float(self.beta), float(self.k),
-                    self.beta_code, y, d, self.buffer("scratch", cpu.scratch_shape(*x.shape[2:])))
-        self._x, self._d = x, d
+                    self.beta_code, y, d, b["scratch"])
+        self._x, self._d, self._scratch = x, d, b["scratch"]     # backward reuses the scratch
         return y
 
     def backward(self, dy, params, need_dx=True):
@@ -66,7 +66,7 @@ class RNormLayer(Layer):
             return None, {}
         x = self._x
         g = np.ascontiguousarray(dy, np.float32).reshape(x.shape)
-        dx = self.buffer("dx", x.shape)
+        dx = self.buffers(x.shape[0], "backward", need_dx=need_dx)["dx"]
         cpu.backward(x, g, self._d, int(self.size), float(self.alpha), float(self.beta),
-                     self.beta_code, dx, self.buffer("scratch", cpu.scratch_shape(*x.shape[2:])))
+                     self.beta_code, dx, self._scratch)
         return dx, {}

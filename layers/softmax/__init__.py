@@ -38,7 +38,7 @@ class SoftmaxLayer(Layer):
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(x.shape[0], -1)
         n, d = x.shape
-        p = self.buffer("p", (n, d))
+        p = self.buffers(n, "forward", train)["p"]
         if self._lse is None or self._lse.shape != (n,):
             self._lse = np.empty(n, np.float64)
         cpu.forward(x, p, self._lse)
@@ -70,7 +70,7 @@ class SoftmaxLayer(Layer):
         if self._p is None:
             raise RuntimeError(f"softmax '{self.name}': cost() before forward()")
         labels = self.check_labels(labels)
-        dx = self.buffer("dx", self._p.shape)
+        dx = self.buffers(self._p.shape[0], "cost")["dx"]
         loss = cpu.xent(self._x, self._lse, labels, self._p, dx)
         return float(loss), dx
 
@@ -79,6 +79,6 @@ class SoftmaxLayer(Layer):
             return None, {}
         p = self._p
         dy = np.ascontiguousarray(dy, dtype=np.float32).reshape(p.shape)
-        dx = self.buffer("dx", p.shape)
+        dx = self.buffers(p.shape[0], "backward", need_dx=need_dx)["dx"]
         cpu.backward(p, dy, dx)
         return dx, {}

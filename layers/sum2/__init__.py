@@ -48,7 +48,7 @@ class Sum2Layer(Layer):
             raise RuntimeError(f"sum2 '{self.name}': cost() before forward()")
         x = self._x
         n = x.shape[0]
-        dx = self.buffer("dx", x.shape)
+        dx = self.buffers(n, "cost")["dx"]
         chunks = max(1, -(-x.size // cpu.CHUNK))
         if self._partial.size != chunks:
             self._partial = np.empty(chunks, np.float64)
