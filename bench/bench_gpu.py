@@ -20,21 +20,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import engine  # noqa: E402
-from engine.cuda_backend import CudaBackend  # noqa: E402
 from engine.solver import SGD  # noqa: E402
 
 
 def ours(net, streams, x, labels, steps):
-    from numba import cuda
-    net._backend = CudaBackend(net, streams=streams)
-    mult = SGD.for_net(net).multipliers
+    """Training images/s: forward, backward and the SGD update, all on the device, with the
+    net's columns on `streams` CUDA streams."""
+    net.to("cuda", streams=streams)
+    solver = SGD.for_net(net, 0.9, 0.0005)
+
+    def step():
+        loss, grads = net.loss_and_grads(x, labels, train=True)
+        solver.step(grads, 0.01)
     for _ in range(2):      # warm-up: JIT compile, allocate buffers
-        net.cuda_step(x, labels, True, 0.01, 0.9, 0.0005, mult)
-    cuda.synchronize()
+        step()
+    net.backend.synchronize()
     t = time.perf_counter()
     for _ in range(steps):
-        net.cuda_step(x, labels, True, 0.01, 0.9, 0.0005, mult)
-    cuda.synchronize()
+        step()
+    net.backend.synchronize()
     return len(labels) * steps / (time.perf_counter() - t)
 
 
@@ -65,20 +69,19 @@ def torch_rate(x, labels, steps, classes):
 
 def per_layer(net, x, labels, reps=3):
     """Per-layer times from CUDA events, with both columns on one stream."""
-    net._backend = CudaBackend(net, streams=1)
-    net.cuda_step(x, labels, True)                # warm-up
-    net._backend.timings = {}
+    net.to("cuda", streams=1)
+    net.loss_and_grads(x, labels, train=True)          # warm-up
+    t = {}                                             # {(layer, phase): [seconds]}
     for _ in range(reps):
-        net.cuda_step(x, labels, True)
-    t = net._backend.timings
-    print(f"\n{'layer':<10} {'forward ms':>11} {'backward ms':>12}")
-    total_f = total_b = 0.0
+        net.loss_and_grads(x, labels, train=True, timer=t)
+    print(f"\n{'layer':<10} {'forward ms':>11} {'backward ms':>12} {'cost ms':>8}")
+    totals = {"forward": 0.0, "backward": 0.0, "cost": 0.0}
     for node in net.layers:
-        f = float(np.mean(t.get((node.name, "forward"), [0])))
-        b = float(np.mean(t.get((node.name, "backward"), [0])))
-        total_f, total_b = total_f + f, total_b + b
-        print(f"{node.name:<10} {f:11.3f} {b:12.3f}")
-    print(f"{'total':<10} {total_f:11.3f} {total_b:12.3f}")
+        ms = {phase: 1e3 * float(np.mean(t.get((node.name, phase), [0.0]))) for phase in totals}
+        for phase in totals:
+            totals[phase] += ms[phase]
+        print(f"{node.name:<10} {ms['forward']:11.3f} {ms['backward']:12.3f} {ms['cost']:8.3f}")
+    print(f"{'total':<10} {totals['forward']:11.3f} {totals['backward']:12.3f} {totals['cost']:8.3f}")
 
 
 def main():

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 import engine
+from engine import memory
+from engine.finite import NonFiniteError
+from engine.solver import SGD
 from engine.train import Trainer
 
 TWO_COLUMNS = """
@@ -95,37 +98,45 @@ def test_two_columns_equal_one_column_on_cuda():
     x, labels = batch(seed=5)
     _, g1 = one.gradients(x, labels)
     _, g2 = two.gradients(x, labels)
-    close(one._backend.output().copy_to_host(), two._backend.output().copy_to_host())
+    close(one.forward(x), two.forward(x))
     close(g1["c1.weight"], np.concatenate([g2["c1a.weight"], g2["c1b.weight"]]), tol=5e-4)
     close(g1["f3.weight"], np.concatenate([g2["f3a.weight"], g2["f3b.weight"]]), tol=5e-4)
 
 
 def test_sgd_steps_match_cpu():
     """A few SGD steps (momentum, weight decay, per-layer multipliers) on both backends."""
-    from engine.solver import SGD
     cpu = engine.load(TWO_COLUMNS, seed=4)
     gpu = engine.load(TWO_COLUMNS, seed=4, device="cuda")
     solver = SGD.for_net(cpu, momentum=0.9, weight_decay=0.01)
+    solver_g = SGD.for_net(gpu, momentum=0.9, weight_decay=0.01)
+    assert solver_g.backend is gpu.backend and solver_g.multipliers == solver.multipliers
     for step in range(2):
         x, labels = batch(seed=10 + step)
         loss_c, grads = cpu.loss_and_grads(x, labels, train=False)
         solver.step(grads, lr=0.1)
-        loss_g, _ = gpu.cuda_step(x, labels, train=False, lr=0.1, momentum=0.9, weight_decay=0.01,
-                                  multipliers=solver.multipliers)
+        loss_g, grads_g = gpu.loss_and_grads(x, labels, train=False)
+        solver_g.step(grads_g, lr=0.1)
         assert abs(loss_c - loss_g) < 1e-3 * max(1.0, abs(loss_c))
     a, b = cpu.state_dict(), gpu.state_dict()
     for k in a:
         close(b[k], a[k], tol=1e-3)
+    va, vb = solver.state_arrays(), solver_g.state_arrays()     # the momentum, read back
+    assert va.keys() == vb.keys()
+    for k in va:
+        close(vb[k], va[k], tol=1e-3)
 
 
 def test_dropout_on_device_is_reproducible(pair):
     _, gpu = pair
-    x, labels = batch(seed=6)
-    out1 = gpu._backend.forward(gpu._backend.upload(x)[0], True, step_seed=7)["d3a"].copy_to_host()
-    out2 = gpu._backend.forward(gpu._backend.upload(x)[0], True, step_seed=7)["d3a"].copy_to_host()
+    x, _ = batch(seed=6)
+
+    def dropped(seed):
+        gpu.rng = np.random.default_rng(seed)      # the generator the trainer seeds per epoch
+        return gpu.forward(x, train=True, outputs=["d3a"])["d3a"]
+    out1, out2 = dropped(7), dropped(7)
     np.testing.assert_array_equal(out1, out2)
-    # a different step draws a different mask (layer tests check the statistics)
-    out3 = gpu._backend.forward(gpu._backend.upload(x)[0], True, step_seed=8)["d3a"].copy_to_host()
+    # a different seed draws a different mask (layer tests check the statistics)
+    out3 = dropped(8)
     assert not np.array_equal(out1, out3)
 
 
@@ -154,14 +165,19 @@ def test_trainer_on_cuda_runs_and_resumes(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_trainer_on_cuda_stops_on_nan_naming_the_spoiled_layer(tmp_path):
-    from engine.finite import NonFiniteError
+def stop_on_planted_nan(tmp_path, device):
+    """Train one good epoch, plant a NaN in the last fc's weights, train on: (the error's
+    text with the run folder written as RUN, the state loaded with the NaN, the trainer)."""
+    tmp_path.mkdir()
     net_file = tmp_path / "tiny.yaml"
     net_file.write_text(TWO_COLUMNS)
-    trainer = Trainer(str(net_file), data="synthetic:4", batch=4, epochs=1, lr=0.01, device="cuda",
-                      out=str(tmp_path / "run"), log=lambda *a: None)
+    run = tmp_path / "run"
+    trainer = Trainer(str(net_file), data="synthetic:4", batch=4, epochs=1, lr=0.01, device=device,
+                      out=str(run), log=lambda *a: None)
     trainer.run()                                   # a good epoch: checkpoint 1 is the newest
+    assert trainer.net.device == device
     last_fc = [n.name for n in trainer.net.layers if n.has_params][-1]
+    assert last_fc == "f4"
     state = trainer.net.state_dict()
     # the layer before the softmax: a NaN there reaches the loss (a relu would swallow it)
     state[f"{last_fc}.weight"][0, 0] = np.nan
@@ -169,11 +185,88 @@ def test_trainer_on_cuda_stops_on_nan_naming_the_spoiled_layer(tmp_path):
     trainer.settings["epochs"] = 2
     with pytest.raises(NonFiniteError) as info:
         trainer.run()
-    text = str(info.value)
-    assert "the loss became nan" in text and "epoch 2, batch" in text
-    assert "first layer with non-finite weights: '" in text       # the update spread it
-    assert text.endswith(f"{tmp_path / 'run' / '1.json'}, is from before the fault")
-    assert checkpoint_names(tmp_path / "run") == ["1.json"]
+    assert checkpoint_names(run) == ["1.json"]
+    return str(info.value).replace(str(run), "RUN"), state, trainer
+
+
+def assert_intact(net, state):
+    """The guard stopped before the update: every parameter is the one loaded, bit for bit,
+    and the only NaN is the planted one."""
+    after = net.state_dict()
+    assert after.keys() == state.keys()
+    for k in state:
+        np.testing.assert_array_equal(after[k], state[k])          # NaN where NaN
+        planted = np.zeros(state[k].shape, bool)
+        if k == "f4.weight":
+            planted[0, 0] = True
+        np.testing.assert_array_equal(~np.isfinite(after[k]), planted)
+
+
+def test_trainer_on_cuda_stops_on_nan_before_the_update_naming_the_spoiled_layer(tmp_path):
+    text, state, trainer = stop_on_planted_nan(tmp_path / "cuda", "cuda")
+    assert_intact(trainer.net, state)
+    # engine.finite.locate finds the weights already non-finite before the batch
+    assert text == ("training stopped: the loss became nan (first non-finite: the weight of layer 'f4' "
+                    "(already non-finite before this batch)) at epoch 2, batch 1; the learning rate "
+                    "(0.01) is probably too high for this net (try a tenth of it); the newest "
+                    "checkpoint, RUN/1.json, is from before the fault")
+    # the same scenario on the CPU stops with the same words and the weights intact
+    cpu_text, cpu_state, cpu_trainer = stop_on_planted_nan(tmp_path / "cpu", "cpu")
+    assert_intact(cpu_trainer.net, cpu_state)
+    assert cpu_text == text
+
+
+def test_batch_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    """ENGINE_MEMORY_LIMIT caps the device's room (the simulator knows no limit): a batch
+    over it is refused with the largest that fits, before any layer buffer is allocated."""
+    gpu = engine.load(TWO_COLUMNS, seed=3, device="cuda")
+    cpu = engine.load(TWO_COLUMNS, seed=3)               # loaded before the cap
+    nodes = gpu.layers
+    limit = memory.estimate(nodes, gpu.input_shape, 2, train=False)["total"]
+    monkeypatch.setenv(memory.ENV, str(limit))
+    held = gpu.backend.held_bytes([nodes])
+    assert held == 4 * gpu.num_params                   # a fresh net holds its parameters only
+    x, labels = batch(n=64, seed=11)
+    for train, call in ((False, lambda: gpu.forward(x)),
+                        (True, lambda: gpu.loss_and_grads(x, labels, train=True))):
+        largest = memory.largest_batch(nodes, gpu.input_shape, train, limit)
+        with pytest.raises(engine.MemoryLimitError) as info:
+            call()
+        err = info.value
+        assert (err.available, err.largest_batch) == (limit, largest)
+        assert err.needed == memory.estimate(nodes, gpu.input_shape, 64, train)["total"] > limit
+        text = str(err)
+        assert text.startswith(f"net 'tiny-two-column': a {'training' if train else 'forward'} batch of 64 needs ")
+        assert f"available ({memory.ENV}={limit})" in text
+        assert (f"the largest batch that fits is {largest}" in text if largest
+                else text.endswith("not even one image fits"))
+        assert gpu.backend.held_bytes([nodes]) == held     # refused before allocating
+    assert memory.largest_batch(nodes, gpu.input_shape, False, limit) == 2
+    # the largest batch that fits runs, and then the net holds its buffers
+    x2 = x[:2]
+    close(gpu.forward(x2), cpu.forward(x2))
+    assert gpu.backend.held_bytes([nodes]) > held
+
+
+def test_batch_over_the_devices_free_memory_is_refused(monkeypatch):
+    """The device's free memory (plus what the net holds) is the room when no cap is set."""
+    from numba import cuda
+    monkeypatch.delenv(memory.ENV, raising=False)
+    gpu = engine.load(TWO_COLUMNS, seed=3, device="cuda")
+    nodes = gpu.layers
+    held = gpu.backend.held_bytes([nodes])
+    free = memory.estimate(nodes, gpu.input_shape, 3, train=True)["total"] - held
+    context = type(cuda.current_context())
+    monkeypatch.setattr(context, "get_memory_info", lambda self: (free, 10 * free))
+    x, labels = batch(n=64, seed=12)
+    with pytest.raises(engine.MemoryLimitError) as info:
+        gpu.loss_and_grads(x, labels, train=True)
+    err = info.value
+    assert (err.available, err.largest_batch) == (free + held, 3)
+    assert "available (free memory of the CUDA device); the largest batch that fits is 3" in str(err)
+    assert gpu.backend.held_bytes([nodes]) == held
+    loss, grads = gpu.loss_and_grads(x[:3], labels[:3], train=True)    # fits: runs
+    assert np.isfinite(loss) and gpu.backend.first_nonfinite(grads) is None
 
 
 def checkpoint_names(run):

@@ -12,6 +12,7 @@ from helpers import OnDevice, close, cuda_impl, host, to_dev
 import engine
 import layers
 from engine import gradcheck
+from engine.solver import SGD
 from layers.base import split_grad
 from layers.cnorm import reference as cnorm_ref
 from layers.concat import reference as concat_ref
@@ -242,10 +243,20 @@ def test_net_of_new_layers_matches_cpu_on_two_streams():
     labels = np.array([2, 0])
     loss_c, g_c = cpu.gradients(x, labels)
     loss_g, g_g = gpu.gradients(x, labels)
-    want = cpu.forward(x, outputs=["s", "m", "j", "d", "prob"])
+    names = ["s", "m", "j", "d", "prob"]
+    want = cpu.forward(x, outputs=names)
+    got = gpu.forward(x, outputs=names)
     for name, act in want.items():       # each column's layers, the joins across the streams
-        close(gpu._backend._acts[name].copy_to_host(), act, rtol=1e-4, atol=1e-5)
+        close(got[name], act, rtol=1e-4, atol=1e-5)
     assert loss_g == pytest.approx(loss_c, rel=1e-4)
     for k in g_c:
         close(g_g[k], g_c[k], rtol=1e-3, atol=1e-4)
-    assert np.isfinite(gpu.cuda_step(x, labels, train=True, step_seed=5)[0])   # dropout2's mask
+    # a training step: dropout2's mask drawn on the device, then the SGD update there
+    gpu.rng = np.random.default_rng(5)
+    loss, grads = gpu.loss_and_grads(x, labels, train=True)
+    assert np.isfinite(loss) and gpu.backend.first_nonfinite(grads) is None
+    before = gpu.state_dict()
+    SGD.for_net(gpu).step(grads, 0.01)
+    after = gpu.state_dict()
+    assert all(np.isfinite(v).all() for v in after.values())
+    assert any(not np.array_equal(after[k], before[k]) for k in before)
