@@ -145,3 +145,100 @@ class OnDevice:
         out = [host(d) for d in dx] if isinstance(dx, list) else host(dx)
         self.stream.synchronize()
         return out, {k: host(g) for k, g in grads.items()}
+
+
+# ---- nets of several columns and the same weights folded onto one ---------------------------
+# AlexNet's wiring on N columns (gpu: 0..N-1): per column a conv on the data, cmrnorm over the
+# column's own maps and a max pool; per column a conv reading every column's pool and an fc
+# reading every column's conv; one fc reading every column, then the softmax. Each column
+# holds its slice of the filters / outputs (c2 and f3 in unequal slices, so a fold in the
+# wrong order cannot pass). Folded onto one column: the same layers with the slices
+# concatenated in column order, cmrnorm with `groups: N` (each column normalises its own maps).
+COLUMN_LETTERS = "abcdefgh"
+MANY_COLUMNS_INPUT = (2, 5, 5)       # pool 3/2: 2x2 maps after p1
+MANY_COLUMNS_CLASSES = 3
+MANY_COLUMNS_C1 = 2                    # filters per column (equal: cmrnorm groups on the fold)
+MANY_COLUMNS_C2 = (2, 3, 2, 3)         # filters of c2<letter>, column by column
+MANY_COLUMNS_F3 = (3, 4, 3, 5)         # outputs of f3<letter>, column by column
+MANY_COLUMNS_FOLDED = ("c1", "c2", "f3")   # folded layers: column layers "<name><letter>" joined
+
+
+def many_columns_net(n):
+    """YAML text of the net on n (2..4) columns."""
+    letters = COLUMN_LETTERS[:n]
+    c, h, w = MANY_COLUMNS_INPUT
+    lines = [f"name: {n}-columns", f"input: {{shape: [{c}, {h}, {w}]}}",
+             "defaults: {init_w: 0.3, init_b: 0.05}", "layers:"]
+    for k, a in enumerate(letters):
+        lines += [
+            f"  - {{name: c1{a}, type: conv, inputs: [data], gpu: {k}, filters: {MANY_COLUMNS_C1}, size: 3, "
+            "padding: 1, neuron: relu}",
+            f"  - {{name: n1{a}, type: cmrnorm, gpu: {k}, size: 2, alpha: 0.5, k: 2}}",
+            f"  - {{name: p1{a}, type: pool, gpu: {k}, mode: max, size: 3, stride: 2}}"]
+    pools = ", ".join(f"p1{a}" for a in letters)
+    convs = ", ".join(f"c2{a}" for a in letters)
+    for k, a in enumerate(letters):
+        lines.append(f"  - {{name: c2{a}, type: conv, inputs: [{pools}], gpu: {k}, filters: {MANY_COLUMNS_C2[k]}, "
+                     "size: 3, padding: 1, neuron: tanh}")
+    for k, a in enumerate(letters):
+        lines.append(f"  - {{name: f3{a}, type: fc, inputs: [{convs}], gpu: {k}, outputs: {MANY_COLUMNS_F3[k]}, "
+                     "neuron: relu}")
+    fcs = ", ".join(f"f3{a}" for a in letters)
+    lines += [f"  - {{name: f4, type: fc, inputs: [{fcs}], gpu: 0, outputs: {MANY_COLUMNS_CLASSES}}}",
+              "  - {name: prob, type: softmax, gpu: 0}"]
+    return "\n".join(lines) + "\n"
+
+
+def folded_net(n):
+    """YAML text of many_columns_net(n) folded onto one column."""
+    c, h, w = MANY_COLUMNS_INPUT
+    return "\n".join([
+        f"name: {n}-columns-folded", f"input: {{shape: [{c}, {h}, {w}]}}", "layers:",
+        f"  - {{name: c1, type: conv, filters: {MANY_COLUMNS_C1 * n}, size: 3, padding: 1, neuron: relu}}",
+        f"  - {{name: n1, type: cmrnorm, size: 2, alpha: 0.5, k: 2, groups: {n}}}",
+        "  - {name: p1, type: pool, mode: max, size: 3, stride: 2}",
+        f"  - {{name: c2, type: conv, filters: {sum(MANY_COLUMNS_C2[:n])}, size: 3, padding: 1, neuron: tanh}}",
+        f"  - {{name: f3, type: fc, outputs: {sum(MANY_COLUMNS_F3[:n])}, neuron: relu}}",
+        f"  - {{name: f4, type: fc, outputs: {MANY_COLUMNS_CLASSES}}}",
+        "  - {name: prob, type: softmax}"]) + "\n"
+
+
+THREE_COLUMNS, FOUR_COLUMNS = many_columns_net(3), many_columns_net(4)
+THREE_FOLDED, FOUR_FOLDED = folded_net(3), folded_net(4)
+
+
+def column_names(name, n):
+    """The column layers that the folded layer `name` concatenates, in column order."""
+    return [f"{name}{a}" for a in COLUMN_LETTERS[:n]]
+
+
+def fold_columns(state, n):
+    """The folded net's state dict from the n-column net's (or its gradients): each column's
+    filters / output rows concatenated in column order (axis 0 of conv weight
+    [filters, channels, size, size], fc weight [outputs, inputs] and the biases). The input
+    axis needs no reordering: a layer reading every column reads their outputs joined in
+    column order (channels for a conv, flattened C, H, W for an fc), as the folded layer reads
+    the folded producer's. Layers outside the columns (f4) keep their arrays."""
+    folded, used = {}, []
+    for name in MANY_COLUMNS_FOLDED:
+        for p in ("weight", "bias"):
+            keys = [f"{col}.{p}" for col in column_names(name, n)]
+            folded[f"{name}.{p}"] = np.concatenate([state[k] for k in keys])
+            used += keys
+    for p in ("weight", "bias"):
+        folded[f"f4.{p}"] = state[f"f4.{p}"]
+        used.append(f"f4.{p}")
+    assert sorted(used) == sorted(state), "the fold must use every array of the columns, once"
+    return folded
+
+
+def fold_activation(acts, name, n):
+    """The folded layer's activation from the column layers' (`acts`: name -> array):
+    concatenated along the channels / units."""
+    return np.concatenate([acts[col] for col in column_names(name, n)], axis=1)
+
+
+def many_columns_batch(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n,) + MANY_COLUMNS_INPUT).astype(np.float32),
+            rng.integers(0, MANY_COLUMNS_CLASSES, n))
