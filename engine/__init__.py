@@ -1,11 +1,15 @@
 """cuda-convnet reborn: YAML nets run by Numba kernels.
 
     import engine
-    net = engine.load("nets/alexnet.yaml")
+    net = engine.load("nets/alexnet.yaml")          # a net file: fresh weights
     print(net.summary())
+    net = engine.load("runs/lenet5-20261124-101500")  # a run folder: its net and trained weights
+    probs = net.predict(images)                       # raw images in, class probabilities out
 """
+from engine.checkpoint import CheckpointError
+from engine.datasets import DataError
 from engine.errors import ConfigError, DeviceError, MemoryLimitError
 from engine.net import Net, load
 
-__all__ = ["ConfigError", "DeviceError", "MemoryLimitError", "Net", "load"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DeviceError", "MemoryLimitError", "Net", "load"]
 __version__ = "0.1.0"

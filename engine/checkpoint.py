@@ -119,6 +119,46 @@ def list_checkpoints(run_dir):
     return [p for _, p in sorted(found)]
 
 
+def tag_of(json_path):
+    """(epoch, batch) of a checkpoint's JSON path: (3, 0) for 3.json, (3, 120) for 3-120.json."""
+    m = _TAG.match(os.path.basename(json_path))
+    if not m:
+        raise ValueError(f"not a checkpoint name: {json_path}")
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def prune(run_dir, newest, keep, best_epoch=None):
+    """Delete the run's older checkpoints, keeping the last `keep` epoch checkpoints, the one of
+    `best_epoch` and `newest` (the JSON path just written, whole: call only after its save and
+    the metrics succeeded, holding the folder's lock). Mid-epoch checkpoints older than
+    `newest` go too; anything after `newest` (another attempt's, to be overwritten) is left
+    alone. Each is deleted JSON first, so a crash mid-way leaves a stray .npz, never a
+    checkpoint without its arrays. Returns the JSON paths deleted (failures are passed over)."""
+    if keep is None:
+        return []
+    newest_tag = tag_of(newest)
+    older = [p for p in list_checkpoints(run_dir) if tag_of(p) < newest_tag]
+    epochs = [p for p in older if tag_of(p)[1] == 0]
+    n = keep - 1 if newest_tag[1] == 0 else keep     # an epoch's `newest` is one of the `keep`
+    kept = set(epochs[len(epochs) - n:]) if n > 0 else set()
+    if best_epoch is not None:
+        kept |= {p for p in epochs if tag_of(p)[0] == best_epoch}
+    deleted = []
+    for json_path in older:
+        if json_path in kept:
+            continue
+        try:
+            os.unlink(json_path)
+        except OSError:
+            continue
+        deleted.append(json_path)
+        try:
+            os.unlink(json_path[:-5] + ".npz")
+        except OSError:
+            pass
+    return deleted
+
+
 def verify(json_path):
     """The checkpoint's metadata if its pair is whole; CheckpointError saying what is wrong."""
     npz_path = json_path[:-5] + ".npz"
@@ -159,7 +199,8 @@ def resolve(path, skipped=None):
             except CheckpointError as e:
                 if skipped is not None:
                     skipped.append((json_path, str(e)))
-        extra = f" ({len(skipped)} damaged one(s) passed over)" if skipped else ""
+        extra = (f" ({len(skipped)} damaged {'one' if len(skipped) == 1 else 'ones'} passed over)"
+                 if skipped else "")
         raise CheckpointError(f"{path}: no usable checkpoint in this folder{extra} "
                               "(expected <epoch>.json + <epoch>.npz)")
     base, ext = os.path.splitext(path)

@@ -19,19 +19,25 @@ EPILOG = """examples:
   python -m engine time nets/alexnet.yaml --batch 32 --iterations 5
   python -m engine train examples/plugins/net.yaml --plugins   # a layer type from your own .py file
   python -m engine convert layers-18pct.cfg layer-params-18pct.cfg -o 18pct.yaml --input 3,32,32
+  python -m engine export --checkpoint runs/lenet5-20260101-120000 -o lenet5.onnx
 """
 
 
 def _summary(args):
     from engine.net import load
-    print(load(args.net, plugins=args.plugins).summary(batch=args.batch))
+    print(load(args.net, plugins=args.plugins, overrides=args.overrides).summary(batch=args.batch))
     return 0
 
 
 def _check(args):
+    from engine import settings
     from engine.net import load
-    net = load(args.net, plugins=args.plugins)
-    print(f"{args.net}: OK ({len(net.layers)} layers, {net.num_params:,} parameters)")
+    from engine.train import plural
+    net = load(args.net, plugins=args.plugins, overrides=args.overrides)
+    # the `train:` section too, with the messages `train` would give
+    settings.make_schedule(settings.resolve(net.spec.train, file=net.spec.file))
+    sets = "".join(f" --set {o}" for o in args.overrides)
+    print(f"{args.net}{sets}: OK ({plural(len(net.layers), 'layer')}, {net.num_params:,} parameters)")
     return 0
 
 
@@ -41,7 +47,7 @@ def _train(args):
         raise ConfigError("give a net file (python -m engine train NET.yaml) or --resume RUN_FOLDER")
     trainer = Trainer(args.net, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
                       seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq,
-                      device=args.device, plugins=args.plugins)
+                      device=args.device, plugins=args.plugins, keep=args.keep, overrides=args.overrides)
     result = trainer.run()
     return result["exit_code"] if result["stopped"] else 0
 
@@ -49,14 +55,15 @@ def _train(args):
 def _test(args):
     from engine.datasets import open_source
     from engine.net import load
-    from engine.train import evaluate
-    net = load(args.net, checkpoint=args.checkpoint, plugins=args.plugins)
+    from engine.train import evaluate, plural
+    net = load(args.net, checkpoint=args.checkpoint, plugins=args.plugins, overrides=args.overrides)
     data = args.data or net.data_spec
     source = open_source(data, net.input_shape, seed=0, num_classes=net.num_classes)
     r = evaluate(net, source, net.preprocess, batch=args.batch, multiview=args.multiview)
     views = " (ten views averaged)" if args.multiview else ""
     errors = f"  top-1 error {r['top1']:.2%}  top-5 error {r['top5']:.2%}" if net.classifies else ""
-    print(f"{net.name} on {source.name} validation, {r['n']} images{views}: loss {r['loss']:.4f}{errors}")
+    print(f"{net.name} on {source.name} validation, {plural(r['n'], 'image')}{views}: "
+          f"loss {r['loss']:.4f}{errors}")
     return 0
 
 
@@ -84,11 +91,27 @@ def _predict(args):
 
 def _convert(args):
     from engine.checkpoint import write_text
-    from engine.convert import convert, parse_input_shape
+    from engine.convert import convert, convert_caffe, parse_caffe_input, parse_input_shape
+    caffe = args.params is None and args.layers.endswith(".prototxt")
+    if caffe:
+        source = "Caffe"
+    elif args.params is None:
+        raise ConfigError("give a Caffe NET.prototxt, or a cuda-convnet LAYERS.cfg and PARAMS.cfg")
+    elif args.solver or args.train_images:
+        raise ConfigError("--solver and --train-images go with a Caffe .prototxt net (one file)")
+    elif args.input is None:
+        raise ConfigError("--input C,H,W is required for cuda-convnet files (it came from the data provider)")
+    else:
+        source = "cuda-convnet"
     if os.path.exists(args.out) and not args.force:
         raise ConfigError("already exists: pass --force to overwrite it", file=args.out)
-    result = convert(args.layers, args.params, parse_input_shape(args.input), name=args.name,
-                     epochs=args.epochs)
+    if caffe:
+        result = convert_caffe(args.layers, parse_caffe_input(args.input) if args.input else None,
+                               solver=args.solver, name=args.name, epochs=args.epochs,
+                               train_images=args.train_images)
+    else:
+        result = convert(args.layers, args.params, parse_input_shape(args.input), name=args.name,
+                         epochs=args.epochs)
     try:
         write_text(args.out, result.text)
     except OSError as e:
@@ -96,13 +119,13 @@ def _convert(args):
     for note in result.notices:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {args.out}: {len(result.layers)} layers, {result.num_params:,} parameters "
-          "(as in cuda-convnet)")
+          f"(as in {source})")
     return 0
 
 
 def _check_grads(args):
     from engine.tools.check_grads import run
-    return run(args.net, samples=args.samples, seed=args.seed, checkpoint=args.checkpoint,
+    return run(_net(args), samples=args.samples, seed=args.seed, checkpoint=args.checkpoint,
                file_init=args.file_init, plugins=args.plugins)
 
 
@@ -116,29 +139,49 @@ def _show(args):
 
 def _draw(args):
     from engine.tools.draw import run
-    run(args.net, args.out, plugins=args.plugins)
+    run(_net(args), args.out, plugins=args.plugins)
     return 0
 
 
 def _features(args):
     from engine.tools.features import run
-    run(args.net, args.checkpoint, args.layer, args.out, data=args.data, split=args.split, batch=args.batch,
+    run(_net(args), args.checkpoint, args.layer, args.out, data=args.data, split=args.split, batch=args.batch,
         plugins=args.plugins)
     return 0
 
 
 def _import_torch(args):
     from engine.tools.import_torch import run
-    run(args.weights, args.net, args.out, map_path=args.map, torchvision_input=args.torchvision_input,
+    run(args.weights, _net(args), args.out, map_path=args.map, torchvision_input=args.torchvision_input,
         mean=args.mean, scale=args.scale, classes=args.classes, plugins=args.plugins)
     return 0
 
 
 def _time(args):
     from engine.tools.timing import run
-    run(args.net, batch=args.batch, iterations=args.iterations, device=args.device, train=args.train,
+    run(_net(args), batch=args.batch, iterations=args.iterations, device=args.device, train=args.train,
         plugins=args.plugins)
     return 0
+
+
+def _export(args):
+    from engine.tools.export_onnx import run
+    return run(args.net, args.out, checkpoint=args.checkpoint, seed=args.seed, plugins=args.plugins,
+               overrides=args.overrides)
+
+
+def _set_flag(parser):
+    """`--set LAYER.KEY=VALUE` (repeatable) on a verb that reads a net: one line per verb."""
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="LAYER.KEY=VALUE",
+                        help="replace a value of the net file, repeatable: --set fc8.outputs=5 --set "
+                        "conv1.neuron=relu --set train.epochs=3 --set input.shape=[3,64,64] (VALUE is YAML; "
+                        "checked like the file; a checkpoint keeps the net's)")
+
+
+def _net(args):
+    """The verb's net file with its --set overrides, for anything that takes a net source."""
+    from engine.config import with_overrides
+    return with_overrides(args.net, args.overrides)
 
 
 def _plugins_flag(parser):
@@ -159,16 +202,21 @@ def build_parser():
     s.add_argument("--batch", type=int, default=128, metavar="N",
                    help="batch size for the memory table (default 128)")
     _plugins_flag(s)
+    _set_flag(s)
     s.set_defaults(func=_summary)
 
     c = sub.add_parser("check", help="validate a net file and report the first problem")
     c.add_argument("net", metavar="NET.yaml", help="the net file")
     _plugins_flag(c)
+    _set_flag(c)
     c.set_defaults(func=_check)
 
     t = sub.add_parser("train", help="train a net; flags override the net file's `train:` section",
-                       description="Train a net. A progress line per epoch, then one summary line; a "
-                       "checkpoint after every epoch and on Ctrl-C or SIGTERM (the first: finish the batch, "
+                       description="Train a net. Progress on stderr (the first step, which compiles the "
+                       "kernels, timed on a line of its own; then a bar on a terminal, a plain line every 10 s "
+                       "otherwise), a line per epoch, then a summary: the best epoch, the time, the run folder "
+                       "and the commands to try next. A checkpoint after every epoch and on Ctrl-C or SIGTERM "
+                       "(the first: finish the batch, "
                        "save, stop with exit 130/143; a second Ctrl-C: stop at once). Exit 1: the run failed "
                        "(NaN/Inf, a checkpoint write failed) with every saved checkpoint intact; 2: bad input.")
     t.add_argument("net", metavar="NET.yaml", nargs="?", help="the net file (optional with --resume)")
@@ -183,17 +231,23 @@ def build_parser():
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                    help="where to run: cpu (default), cuda (the two columns on two streams), auto")
     t.add_argument("--test-freq", type=int, metavar="N", dest="test_freq", help="validate every N epochs")
+    t.add_argument("--keep", type=int, metavar="N", help="keep only the last N epoch checkpoints and the best "
+                   "one by validation error, deleting older ones once a new one is saved (default: all)")
     _plugins_flag(t)
+    _set_flag(t)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("test", help="loss, top-1 and top-5 error of a checkpoint on validation data")
-    e.add_argument("net", metavar="NET.yaml", help="the net file")
+    e.add_argument("net", metavar="NET.yaml", nargs="?",
+                   help="the net file (default: the one saved in the checkpoint)")
     e.add_argument("--checkpoint", required=True, metavar="CKPT", help="a run folder or a checkpoint file")
     e.add_argument("--data", metavar="SRC", help="data source (default: the one it was trained on)")
     e.add_argument("--batch", type=int, default=128, metavar="N", help="batch size (default 128)")
     e.add_argument("--multiview", action="store_true",
-                   help="average the ten views: four corners and centre, and their mirror images")
+                   help="average the ten views: four corners and centre, and their mirror images (refused "
+                   "for data whose mirror images are no images of it: the digits, or flips off in training)")
     _plugins_flag(e)
+    _set_flag(e)
     e.set_defaults(func=_test)
 
     r = sub.add_parser("predict", help="top-5 classes with probabilities for image files")
@@ -203,18 +257,28 @@ def build_parser():
     _plugins_flag(r)
     r.set_defaults(func=_predict)
 
-    v = sub.add_parser("convert", help="convert cuda-convnet layer files (.cfg) to a YAML net",
+    v = sub.add_parser("convert", help="convert cuda-convnet layer files (.cfg) or a Caffe net (.prototxt) "
+                       "to a YAML net",
                        description="Convert a cuda-convnet or cuda-convnet2 layer-definition file and "
-                       "its layer-parameter file to a YAML net with the same layers, wiring, shapes, "
+                       "its layer-parameter file, or a Caffe net (NET.prototxt, with --solver its solver "
+                       "file), to a YAML net with the same layers, wiring, shapes, "
                        "parameter count and learning parameters. Notes on what was dropped or "
                        "approximated go to stderr and into the file's header.")
-    v.add_argument("layers", metavar="LAYERS.cfg", help="the layer-definition file (--layer-def)")
-    v.add_argument("params", metavar="PARAMS.cfg", help="the layer-parameter file (--layer-params)")
+    v.add_argument("layers", metavar="LAYERS.cfg|NET.prototxt",
+                   help="the layer-definition file (--layer-def), or a Caffe net")
+    v.add_argument("params", metavar="PARAMS.cfg", nargs="?",
+                   help="the layer-parameter file (--layer-params); not with a Caffe net")
     v.add_argument("-o", "--out", required=True, metavar="NET.yaml", help="the YAML file to write")
-    v.add_argument("--input", required=True, metavar="C,H,W",
-                   help="one image's shape, which cuda-convnet took from its data provider (e.g. 3,32,32)")
-    v.add_argument("--name", help="the net's name (default: the layers file's name)")
-    v.add_argument("--epochs", type=int, metavar="N", help="train.epochs (cuda-convnet's --epochs)")
+    v.add_argument("--input", metavar="C,H,W",
+                   help="one image's shape, which cuda-convnet took from its data provider (e.g. 3,32,32); "
+                   "required for cuda-convnet; for Caffe, default: from the data layer or input shape")
+    v.add_argument("--name", help="the net's name (default: the file's name, or the Caffe net's name)")
+    v.add_argument("--epochs", type=int, metavar="N",
+                   help="train.epochs (cuda-convnet's --epochs; for Caffe: what the solver's max_iter is)")
+    v.add_argument("--solver", metavar="SOLVER.prototxt", help="Caffe: the solver file (base_lr, momentum, "
+                   "weight_decay, lr_policy, max_iter) for the train: section")
+    v.add_argument("--train-images", type=int, metavar="N", dest="train_images",
+                   help="Caffe: the number of training images, to turn the solver's iterations into epochs")
     v.add_argument("--force", action="store_true", help="overwrite NET.yaml if it exists")
     v.set_defaults(func=_convert)
 
@@ -233,6 +297,7 @@ def build_parser():
     g.add_argument("--file-init", action="store_true", dest="file_init",
                    help="keep the file's init instead of weights drawn with std sqrt(2/fan-in)")
     _plugins_flag(g)
+    _set_flag(g)
     g.set_defaults(func=_check_grads)
 
     w = sub.add_parser("show", help="PNG pictures of a run: filters, cost curves, predictions (shownet.py)",
@@ -244,7 +309,8 @@ def build_parser():
     which.add_argument("--preds", action="store_true",
                        help="validation images with the top-5 predictions, the true class in green")
     w.add_argument("-o", "--out", metavar="FILE.png",
-                   help="the PNG to write (default <net>-filters-<layer>.png, <net>-cost.png, <net>-preds.png)")
+                   help="the PNG to write (default: in the run folder, <net>-filters-<layer>.png, <net>-cost.png, "
+                   "<net>-preds.png)")
     w.add_argument("--net", metavar="NET.yaml", help="the net file (default: the one saved in the checkpoint)")
     w.add_argument("--data", metavar="SRC", help="--preds: data source (default: the one it was trained on)")
     w.add_argument("--count", type=int, default=8, metavar="N", help="--preds: how many images (default 8)")
@@ -260,6 +326,7 @@ def build_parser():
     d.add_argument("net", metavar="NET.yaml", help="the net file")
     d.add_argument("-o", "--out", required=True, metavar="FILE", help="net.svg, net.png or net.dot")
     _plugins_flag(d)
+    _set_flag(d)
     d.set_defaults(func=_draw)
 
     f = sub.add_parser("features", help="a layer's activations for every image, as .npy (--write-features)",
@@ -275,6 +342,7 @@ def build_parser():
     f.add_argument("--split", choices=("val", "train"), default="val", help="which images (default val)")
     f.add_argument("--batch", type=int, default=128, metavar="N", help="batch size (default 128)")
     _plugins_flag(f)
+    _set_flag(f)
     f.set_defaults(func=_features)
 
     m = sub.add_parser("import-torch", help="PyTorch weights (a state_dict .pth) as a checkpoint of a net",
@@ -292,6 +360,7 @@ def build_parser():
     m.add_argument("--scale", type=float, metavar="X", help="multiply pixels by X after the mean (default 1)")
     m.add_argument("--classes", metavar="FILE", help="class names, one per line")
     _plugins_flag(m)
+    _set_flag(m)
     m.set_defaults(func=_import_torch)
 
     tm = sub.add_parser("time", help="time a net layer by layer on random data (caffe time)",
@@ -307,8 +376,33 @@ def build_parser():
     tm.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                     help="time training steps (default) or, with --no-train, inference (forward only)")
     _plugins_flag(tm)
+    _set_flag(tm)
     tm.set_defaults(func=_time)
+
+    x = sub.add_parser("export", help="write a net with its weights as an ONNX model (opset 17)",
+                       description="Write an ONNX model (opset 17, batch dimension symbolic) computing "
+                       "what Net.forward computes at test time, every column in one graph, with the net's "
+                       "name and class names as metadata. Without --checkpoint the weights are those "
+                       "engine.load(NET, seed=N) draws. Needs pip install -e '.[onnx]'. Exit 2: bad net, "
+                       "a layer type with no ONNX export (named), onnx missing.")
+    x.add_argument("net", metavar="NET.yaml", nargs="?",
+                   help="the net file (optional with --checkpoint: the net saved in it)")
+    x.add_argument("--checkpoint", metavar="CKPT", help="a run folder or a checkpoint file: its trained weights")
+    x.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the drawn weights (default 0)")
+    x.add_argument("-o", "--out", required=True, metavar="MODEL.onnx", help="the file to write")
+    _plugins_flag(x)
+    _set_flag(x)
+    x.set_defaults(func=_export)
     return p
+
+
+def cli_device_words(message):
+    """A DeviceError's advice in the command line's words (--device cpu), not Python's."""
+    for python, cli in (("use device='cpu' (or 'auto')", "use --device cpu (or --device auto)"),
+                        ("use the CPU (or auto)", "use --device cpu (or --device auto)"),
+                        ("use device='cpu'", "use --device cpu"), ("use the CPU", "use --device cpu")):
+        message = message.replace(python, cli)
+    return message
 
 
 def main(argv=None):
@@ -324,7 +418,10 @@ def main(argv=None):
     except (CheckpointWriteError, FloatingPointError) as e:   # the run failed; nothing saved was lost
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ConfigError, DataError, CheckpointError, DeviceError, MemoryLimitError) as e:
+    except DeviceError as e:
+        print(f"error: {cli_device_words(str(e))}", file=sys.stderr)
+        return 2
+    except (ConfigError, DataError, CheckpointError, MemoryLimitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

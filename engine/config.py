@@ -52,12 +52,36 @@ class LayerSpec:
     solver: dict              # lr_w, lr_b, wd (only meaningful for layers with parameters)
     mapping: Mapping = None   # the YAML mapping, for line numbers
     origins: dict = field(default_factory=dict)  # key -> (mapping, key) it came from
+    set_by: dict = field(default_factory=dict)   # key -> the override that set it ("--set ...")
 
     def line(self, key=None):
         if key is not None and key in self.origins:
             m, k = self.origins[key]
-            return line_of(m, k)
-        return line_of(self.mapping, key)
+            line = line_of(m, k)
+        else:
+            line = line_of(self.mapping, key)
+        if key in self.set_by:       # later errors (shapes, wiring) name the override too
+            return SetLine(line or 0, self.set_by[key])
+        return line
+
+
+class SetLine(int):
+    """A line number that also names the override that set the key, so an error reads
+    `nets/x.yaml:12 (--set conv1.size=99): layer 'conv1', key 'size': ...`; still the int."""
+
+    def __new__(cls, line, label):
+        self = super().__new__(cls, line)
+        self.label = label
+        return self
+
+    def __bool__(self):
+        return True
+
+    def __str__(self):
+        return f"{int(self)} ({self.label})" if int(self) else self.label
+
+    def __format__(self, spec):
+        return format(str(self), spec)
 
 
 @dataclass
@@ -71,6 +95,9 @@ class NetSpec:
     data: dict = None
     plugins: list = field(default_factory=list)   # absolute plugin paths or module names
     plugin_dir: str = None    # the absolute folder relative plugin paths resolve against
+    overrides: list = field(default_factory=list)  # "LAYER.KEY=VALUE" texts applied to the net
+    #                           (layers and input; stored with checkpoints beside the net text)
+    train_overrides: dict = field(default_factory=dict)  # train keys set by `train.KEY=VALUE`
 
 
 def named(value):
@@ -106,6 +133,245 @@ def read_source(source):
     raise ConfigError(f"a net is a path to a .yaml file, YAML text or a dict, not {type(source).__name__}")
 
 
+# ---- overrides: `--set LAYER.KEY=VALUE` ------------------------------------------------
+SECTIONS = ("input", "train")     # `input.shape=...`, `train.KEY=...`; any other name is a layer
+SET_FORM = "LAYER.KEY=VALUE, train.KEY=VALUE or input.shape=[C,H,W]"
+
+
+@dataclass(frozen=True)
+class Override:
+    text: str        # "fc8.outputs=5": what the checkpoint stores
+    label: str       # "--set fc8.outputs=5": how errors name it
+    path: tuple      # ("fc8", "outputs"), ("train", "augment", "flip"), ("input", "shape")
+    value: object
+
+
+@dataclass(frozen=True)
+class Overridden:
+    """A net source (a path, YAML text or a dict) with overrides to apply when it is parsed:
+    anything that takes a net source and calls parse_net (engine.load, the tools) takes it."""
+    source: object
+    overrides: tuple
+
+
+def with_overrides(source, overrides):
+    """`source` with `overrides` (see parse_net) to apply when parsed; `source` itself when
+    there are none. Checks the overrides' form at once (ConfigError)."""
+    overrides = normalize_overrides(overrides)
+    return Overridden(source, tuple(overrides)) if overrides else source
+
+
+def _split_path(key, label):
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"{label}: expected {SET_FORM}")
+    if parts[0] in SECTIONS:
+        return tuple(parts)
+    return (key.rsplit(".", 1)[0], parts[-1])     # a layer name may hold dots: the key is last
+
+
+def normalize_overrides(overrides, cli=True):
+    """A list of Override from None, an Override list, {"fc8.outputs": 5} (values as given),
+    or "fc8.outputs=5" texts (one or a list; VALUE read with yaml.safe_load, as in a net
+    file). `cli`: texts are named `--set TEXT` in errors, else as saved in a checkpoint."""
+    import yaml
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    if isinstance(overrides, dict):
+        out = []
+        for key, value in overrides.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"overrides: a key is a 'LAYER.KEY' string, got {shown(key)}")
+            label = f"override {named(key)}={shown(value)}"
+            out.append(Override(f"{key}={_as_text(value)}", label, _split_path(key, label), value))
+        return out
+    out = []
+    for item in overrides:
+        if isinstance(item, Override):
+            out.append(item)
+            continue
+        if not isinstance(item, str):
+            raise ConfigError(f"overrides: expected '{SET_FORM}' texts or a dict, got {shown(item)}")
+        label = f"--set {named(item)}" if cli else f"override {named(item)} (saved in the checkpoint)"
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ConfigError(f"{label}: expected {SET_FORM} (no '=')")
+        path = _split_path(key.strip(), label)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{label}: the value is not valid YAML: "
+                              f"{' '.join(str(getattr(e, 'problem', None) or e).split())}") from None
+        out.append(Override(f"{key.strip()}={text.strip()}", label, path, value))
+    return out
+
+
+def _as_text(value):
+    """A value as YAML flow text that reads back as itself ("5", "relu", "[3, 64, 64]")."""
+    import json
+    if isinstance(value, str):
+        import yaml
+        try:
+            plain = "\n" not in value and yaml.safe_load(value) == value
+        except yaml.YAMLError:
+            plain = False
+        return value if plain else json.dumps(value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _copy(mapping):
+    """A shallow copy that keeps a Mapping's line numbers (the caller's data stays untouched)."""
+    if isinstance(mapping, Mapping):
+        out = Mapping(mapping)
+        out.line, out.lines = mapping.line, dict(mapping.lines)
+        return out
+    return dict(mapping)
+
+
+def apply_overrides(data, overrides, types, file=None, marked=None):
+    """(a copy of the parsed net `data` with `overrides` applied, {train key: its new value}).
+
+    Checked like the file: an unknown layer or key, a value of the wrong kind or out of
+    range is a ConfigError naming the override (`--set fc8.outptus=5: unknown key ...`).
+    `marked` gets (id(mapping), key) -> label for each key set, so later checks (shapes,
+    wiring) name the override instead of a line of the file."""
+    from engine import settings as settings_mod     # settings imports this module
+    marked = {} if marked is None else marked
+    if not overrides or not isinstance(data, dict):
+        return data, {}
+    data = _copy(data)
+    train_new = {}
+
+    def err(o, msg):
+        raise ConfigError(f"{o.label}: {msg}", file=file)
+
+    for o in overrides:
+        head, rest = o.path[0], o.path[1:]
+        if head == "input":
+            if rest != ("shape",):
+                err(o, f"the input section has one key, shape: write input.shape=[C,H,W]"
+                    f"{suggest(rest[-1], ['shape']) if len(rest) == 1 else ''}")
+            inp = data.get("input")
+            inp = _copy(inp) if isinstance(inp, dict) else Mapping()
+            inp["shape"] = o.value
+            data["input"] = inp
+            marked[(id(inp), "shape")] = o.label
+        elif head == "train":
+            train = data.get("train")
+            train = _copy(train) if isinstance(train, dict) else Mapping()
+            key = rest[0]
+            if key not in settings_mod.TRAIN_KEYS:
+                err(o, f"unknown key '{named(key)}' of the train section{suggest(key, settings_mod.TRAIN_KEYS)}; "
+                    f"valid: {', '.join(settings_mod.TRAIN_KEYS)}")
+            if len(rest) == 1:
+                value = _override_value(o, settings_mod.TRAIN_KEYS[key], key, file)
+            else:
+                sub_keys = {"augment": settings_mod.AUGMENT_KEYS, "schedule": settings_mod.SCHEDULE_KEYS}.get(key)
+                if sub_keys is None or len(rest) != 2:
+                    err(o, f"train.{key} takes no sub-keys: write train.{key}=VALUE")
+                sub = rest[1]
+                if sub not in sub_keys:
+                    err(o, f"unknown key '{named(sub)}' of train.{key}{suggest(sub, sub_keys)}; "
+                        f"valid: {', '.join(sub_keys)}")
+                old = train.get(key)
+                if isinstance(old, str) and key == "schedule":
+                    old = {"type": old}
+                value = _copy(old) if isinstance(old, dict) else Mapping()
+                value[sub] = _override_value(o, sub_keys[sub], sub, file)
+            train[key] = value
+            train_new[key] = value
+            data["train"] = train
+            marked[(id(train), key)] = o.label
+        else:
+            _override_layer(data, o, types, file, marked, err)
+    return data, train_new
+
+
+def _override_value(o, key_spec, key, file):
+    def key_err(msg, _key):
+        raise ConfigError(f"{o.label}: {msg}", file=file)
+    if key_spec.kind in (dict, list):
+        ok = isinstance(o.value, key_spec.kind) or o.value is None or (key == "schedule" and isinstance(o.value, str))
+        if not ok:
+            key_err(f"must be a {key_spec.kind.__name__}, got {shown(o.value)}", key)
+        return o.value
+    return _check_value(key_spec, key, o.value, key_err)
+
+
+def _override_layer(data, o, types, file, marked, err):
+    name, key = o.path
+    raw_layers = data.get("layers")
+    if not isinstance(raw_layers, list):
+        return           # the file's own error comes next
+    names = [r.get("name") for r in raw_layers if isinstance(r, dict)]
+    if name not in names:
+        listed = [n for n in names if isinstance(n, str)]
+        err(o, f"no layer named '{named(name)}'{suggest(name, listed + list(SECTIONS))}; layers: "
+            f"{', '.join(listed)} (and the sections input, train)")
+    if key == "name":
+        err(o, "a layer's name cannot be set (other layers' inputs name it)")
+    i = next(i for i, r in enumerate(raw_layers) if isinstance(r, dict) and r.get("name") == name)
+    raw = raw_layers[i]
+    type_name = o.value if key == "type" else raw.get("type")
+    cls = types.get(type_name) if isinstance(type_name, str) else None
+    if cls is not None:
+        valid = {k: v for k, v in COMMON_KEYS.items() if k != "name"}
+        valid.update(cls.keys)
+        if "init_w" in cls.keys:
+            valid.update(PARAM_KEYS)
+        if key not in valid:
+            err(o, f"unknown key '{named(key)}' of layer '{named(name)}' (a {type_name} layer)"
+                f"{suggest(key, valid)}; valid: {', '.join(valid)}")
+        if key not in ("type", "inputs"):
+            _override_value(o, valid[key], key, file)
+    layer = _copy(raw)
+    layer[key] = o.value
+    layers = list(raw_layers)
+    layers[i] = layer
+    data["layers"] = layers
+    marked[(id(layer), key)] = o.label
+
+
+def output_layer(spec):
+    """The layer whose `outputs` sets how many classes the net tells apart (the last fc
+    before the softmax: fc8 in AlexNet), or None: followed back from the net's last layer
+    through layers that keep the shape (softmax, dropout, neuron, ...)."""
+    by_name = {s.name: s for s in spec.layers}
+    s = spec.layers[-1] if spec.layers else None
+    seen = set()
+    while s is not None and s.name not in seen:
+        seen.add(s.name)
+        if "outputs" in s.cfg:
+            return s
+        if len(s.inputs) != 1:
+            return None
+        s = by_name.get(s.inputs[0])
+    return None
+
+
+def class_count_message(spec, data_classes, data_name, net_classes, where=None):
+    """The message for data with `data_classes` classes and a net with `net_classes` outputs:
+    names the file, the line and the layer, and gives the `--set` that fixes it."""
+    where = where or spec.file
+    layer = output_layer(spec)
+    if layer is None:
+        place = f"{where}: " if where else ""
+        return (f"{place}the data ({data_name}) has {data_classes} classes but the net's output has "
+                f"{net_classes}: make the layer that sets its size give {data_classes}")
+    line = layer.line("outputs")
+    place = f"{where}:{line}: " if where and line else f"{where}: " if where else ""
+    in_file = f" in {where}" if where else ""
+    return (f"{place}layer '{layer.name}' has outputs: {layer.cfg['outputs']}, but the data ({data_name}) has "
+            f"{data_classes} classes: add --set {layer.name}.outputs={data_classes} to the command "
+            f"(or overrides={{'{layer.name}.outputs': {data_classes}}} in Python), or set "
+            f"`outputs: {data_classes}` on layer '{layer.name}'{in_file}")
+
+
 def _check_value(key_spec, key, value, err):
     if key_spec.kind is list:
         return value
@@ -117,17 +383,29 @@ def _check_value(key_spec, key, value, err):
         raise err(e.message, key) from None
 
 
-def parse_net(source, plugins=False, plugin_dir=None):
+def parse_net(source, plugins=False, plugin_dir=None, overrides=None):
     """A NetSpec from a path to a .yaml file, YAML text or a dict; any problem -> ConfigError.
 
     `plugins`: allow the net's `plugins` (Python files or modules defining layer types) to
     be imported. `plugin_dir`: the folder relative plugin paths resolve against (default: the
     net file's folder; for text or a dict, the current directory); for net text saved in a
     checkpoint, the original net file's folder (parse_checkpoint_net does that).
+    `overrides`: values that replace the file's (the command line's `--set`), applied to the
+    parsed YAML before it is checked: {"fc8.outputs": 5, "train.epochs": 3} or
+    ["fc8.outputs=5", "train.epochs=3", "input.shape=[3,64,64]"] (VALUE read as YAML); see
+    `apply_overrides`. A `source` made by `with_overrides` carries its own.
     """
+    if isinstance(source, Overridden):
+        overrides = list(source.overrides) + list(normalize_overrides(overrides))
+        source = source.source
+    overrides = normalize_overrides(overrides)
     data, file, text = read_source(source)
+    marked = {}       # (id(mapping), key) -> the override that set it: errors name it, not a line
 
     def fail(msg, mapping=None, key=None, layer=None, line=None):
+        label = marked.get((id(mapping), key))
+        if label is not None:       # the override names the layer and key
+            raise ConfigError(f"{label}: {msg}", file=file)
         raise ConfigError(msg, file=file, line=line or line_of(mapping, key), layer=layer,
                           key=None if key is None else named(key))
 
@@ -147,6 +425,7 @@ def parse_net(source, plugins=False, plugin_dir=None):
 
     plugin_dir = os.path.abspath(plugin_dir or (os.path.dirname(file) if file else os.curdir))
     resolved, types = _plugins(data, plugins, plugin_dir, fail)
+    data, train_overrides = apply_overrides(data, overrides, types, file, marked)
     input_shape = _input_shape(data, fail)
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -175,19 +454,27 @@ def parse_net(source, plugins=False, plugin_dir=None):
             fail(f"layer #{i + 1} must be a mapping with at least `name` and `type`, got {shown(raw)}",
                  data, "layers")
         spec = _parse_layer(raw, i, previous, defaults, fail, seen, types)
+        spec.set_by = {k: marked[(id(raw), k)] for k in raw if (id(raw), k) in marked}
         seen[spec.name] = spec.line("name")
         specs.append(spec)
         previous = spec.name
     return NetSpec(name=name, input_shape=input_shape, layers=specs, train=train,
-                   file=file, text=text, data=data, plugins=resolved, plugin_dir=plugin_dir)
+                   file=file, text=text, data=data, plugins=resolved, plugin_dir=plugin_dir,
+                   overrides=[o.text for o in overrides if o.path[0] != "train"],
+                   train_overrides=train_overrides)
 
 
-def parse_checkpoint_net(meta, plugins=False):
+def parse_checkpoint_net(meta, plugins=False, overrides=None):
     """The NetSpec of the net text a checkpoint saved (`meta`: its JSON, with "path"): its
-    plugins resolve against the original net file's folder, and errors name the net file
+    plugins resolve against the original net file's folder, the overrides it was trained
+    with (meta "overrides") are applied again, then `overrides`; errors name the net file
     as saved in the checkpoint."""
+    stored = meta.get("overrides") or []
+    if not isinstance(stored, list) or not all(isinstance(t, str) for t in stored):
+        stored = []           # not written by this engine: the net text alone
     try:
-        return parse_net(meta["net_text"], plugins=plugins, plugin_dir=plugin_files.checkpoint_dir(meta))
+        return parse_net(meta["net_text"], plugins=plugins, plugin_dir=plugin_files.checkpoint_dir(meta),
+                         overrides=normalize_overrides(stored, cli=False) + normalize_overrides(overrides))
     except ConfigError as e:
         if e.file is not None:
             raise

@@ -20,12 +20,13 @@ def resolve(device):
     except ImportError as e:          # numba without its CUDA target
         if device == "auto":
             return "cpu"
-        raise DeviceError(f"CUDA is not usable here ({e}); pip install -e '.[gpu]'") from None
+        raise DeviceError(f"CUDA is not usable here ({e}); use device='cpu' (or 'auto'), or "
+                          "pip install -e '.[gpu]'") from None
     if available():
         return "cuda"
     if device == "auto":
         return "cpu"
-    raise DeviceError("no CUDA device is available; use the CPU (or auto), or install an "
+    raise DeviceError("no CUDA device is available; use device='cpu' (or 'auto'), or install an "
                       "NVIDIA driver and `pip install -e '.[gpu]'`")
 
 

@@ -229,12 +229,18 @@ class Net:
                 for node in (nodes or self._nodes) if node.layer.uses_rng}
 
     def forward(self, x, train=False, outputs=None, timer=None):
-        """Run the net on x [N, C, H, W] float32.
+        """Run the net on prepared input: x float32 [N, C, H, W] (C, H, W = `input_shape`).
 
+        "Prepared" means as in training: the mean image subtracted, scaled, centre-cropped
+        to the input size. Raw images (uint8 or float pixels, channels last, any size) go
+        through `predict`, `features` or `prepare` (which returns exactly this input).
         Returns the last layer's output (probabilities for a softmax net), or with
         `outputs=[names]` a dict name -> activation (host copies; "data" is allowed).
         `timer` (a dict) collects each layer's time (the time verb; engine.executor).
+        Anything else (a wrong shape or dtype; uint8, channels-last or raw-pixel-valued
+        input) is a one-line ValueError saying what was expected and what was given.
         """
+        self._check_prepared(x)
         if outputs is not None:
             unknown = [o for o in outputs if o != INPUT_NAME and o not in {n.name for n in self._nodes}]
             if unknown:
@@ -286,57 +292,196 @@ class Net:
         _, (loss, grads) = self._run(x, labels, train, backward=True, watch=watch, timer=timer)
         return self.backend.value(loss), grads
 
+    # ---- raw images -----------------------------------------------------------
+    _RAW_HINT = ("; raw images go through net.predict(images), net.features(images, layer) or "
+                 "net.prepare(images), which returns this input")
+
+    def _check_prepared(self, x):
+        """A one-line ValueError unless x is what forward takes (prepared float32 [N, C, H, W]);
+        input that looks like raw images (integer pixels, channels last, values far outside
+        the stored preparation's range) is pointed to predict/prepare."""
+        c, h, w = self.input_shape
+        want = f"prepared float32 [N, {c}, {h}, {w}]"
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"forward() takes a NumPy array, {want}; got {type(x).__name__}{self._RAW_HINT}")
+        given = f"{x.dtype} {list(x.shape)}"
+        if x.dtype.kind in "biu":
+            raise ValueError(f"forward() takes {want}; got {given}, which looks like raw images{self._RAW_HINT}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            channels_last = x.ndim in (3, 4) and x.shape[-1] in (1, 3, c) and (x.ndim == 3 or x.shape[1] != c)
+            looks = ", which looks like raw images" + (" (channels last)" if channels_last else "") \
+                if (x.ndim in (2, 3) or channels_last) else ""
+            raise ValueError(f"forward() takes {want}; got {given}{looks}{self._RAW_HINT}")
+        if x.dtype != np.float32:
+            raise ValueError(f"forward() takes {want}; got {given} (x.astype(np.float32) if it is prepared "
+                             f"already){self._RAW_HINT}")
+        if x.shape[0] == 0:
+            raise ValueError(f"forward() takes {want}; got an empty batch {list(x.shape)}")
+        bound = self._prepared_bound()
+        if bound and x.size:
+            peak = max(float(x.max()), -float(x.min()))
+            if peak > 10 * bound:
+                raise ValueError(f"forward() takes {want}, whose values lie within +-{bound:.3g} for this "
+                                 f"net's preparation; got values up to {peak:.4g}, which look like raw "
+                                 f"pixels{self._RAW_HINT}")
+
+    def _prepared_bound(self):
+        """The largest |value| a prepared input can hold, for 8-bit pixels (0..255) prepared
+        with the stored mean and scale; None without a stored preparation or for data whose
+        pixels are not 8-bit (a mean outside 0..255)."""
+        pre = self.preprocess
+        if pre is None or pre.mean.size == 0:
+            return None
+        lo, hi = float(pre.mean.min()), float(pre.mean.max())
+        if lo < 0 or hi > 255:
+            return None
+        return max(hi, 255.0 - lo) * abs(pre.scale) or None
+
+    def _preparation(self, verb):
+        if self.preprocess is None:
+            raise ValueError(f"{verb}() needs the input preparation stored with a checkpoint: load the "
+                             "net with engine.load(RUN_FOLDER) (or engine.load(NET, checkpoint=RUN_FOLDER)), "
+                             "or call forward() with prepared float32 [N, C, H, W] input")
+        return self.preprocess
+
+    def _pil_to_arrays(self, images):
+        """PIL images (one, or a list) as arrays in the net's colour mode; anything else as is."""
+        def convert(img):
+            target = {1: "L", 3: "RGB"}.get(self.input_shape[0])
+            if target and img.mode != target and img.mode not in ("I", "F") and not img.mode.startswith("I;"):
+                img = img.convert(target)
+            return np.asarray(img)
+
+        def is_pil(obj):
+            return type(obj).__module__.startswith("PIL.") and hasattr(obj, "convert") and hasattr(obj, "mode")
+        if is_pil(images):
+            return convert(images)
+        if isinstance(images, (list, tuple)) and images and all(is_pil(i) for i in images):
+            return [convert(i) for i in images]
+        return images
+
+    def prepare(self, images):
+        """Raw images -> the prepared float32 [N, C, H, W] that `forward` takes.
+
+        images: uint8 or float pixel values (as the training data held them: 0..255 for image
+        data), [N, H, W] or [H, W] (one channel), [N, H, W, C] or [H, W, C], or PIL images
+        (one, or a list); images of another size than the training images are resized
+        (shorter side) and centre-cropped. Then the stored preparation is applied as at test
+        time: the mean image subtracted, the centre crop of the input size, the scale. A wrong
+        shape, dtype or channel count is a one-line ValueError (engine.DataError).
+        """
+        return self._prepare(images, "prepare")
+
+    def _prepare(self, images, verb):
+        pre = self._preparation(verb)
+        from engine.datasets.augment import prepare_images
+        return prepare_images(self._pil_to_arrays(images), self.input_shape, pre.mean, pre.scale)
+
     def predict(self, images, top=None):
         """Class probabilities for raw images, prepared as in training.
 
-        images: uint8 or float, [N, H, W] (one channel) or [N, H, W, C], any size at least the
-        input; the stored preparation (scaling, mean, centre crop) is applied. Returns
-        [N, classes] probabilities, or with `top=k` a list per image of (class, probability)
-        pairs, best first (class names where the training data had them).
+        images: as `prepare` takes them (uint8 or float, [N, H, W] / [N, H, W, C] or a single
+        image, any size at least the input). Returns [N, classes] probabilities, or with
+        `top=k` a list per image of (class, probability) pairs, best first (class names where
+        the training data had them). Equals forward(prepare(images)).
         """
-        if self.preprocess is None:
-            raise ValueError("predict() needs the input preparation stored with a checkpoint: "
-                             "load the net with engine.load(NET, checkpoint=RUN_FOLDER), or call "
-                             "forward() with prepared float32 [N, C, H, W] input")
-        from engine.datasets.augment import prepare_images
-        x = prepare_images(images, self.input_shape, self.preprocess.mean, self.preprocess.scale)
-        probs = self.forward(x)
+        if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1):
+            from engine.datasets import DataError     # a ValueError the CLI prints in one line
+            raise DataError(f"top must be a whole number >= 1 (or None for all probabilities), got {top!r}")
+        probs = self.forward(self._prepare(images, "predict"))
         if top is None:
             return probs
         names = self.class_names or [str(i) for i in range(probs.shape[1])]
-        order = np.argsort(-probs, axis=1)[:, :top]
+        order = np.argsort(-probs, axis=1)[:, :int(top)]
         return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
+    def features(self, images, layer="fc7"):
+        """A layer's activations for raw images: a host array [N, ...] (for a conv layer
+        [N, C, H, W], for an fc layer [N, outputs]); with a list of layer names, a dict
+        name -> array. images: as `prepare` takes them. Equals
+        forward(prepare(images), outputs=[layer])[layer]."""
+        single = isinstance(layer, str)
+        if single:
+            names = [layer]
+        elif isinstance(layer, (list, tuple)) and layer and all(isinstance(n, str) for n in layer):
+            names = list(layer)
+        else:
+            raise ValueError(f"layer must be a layer name or a list of them, got {layer!r}")
+        known = [INPUT_NAME] + [n.name for n in self._nodes]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"net '{self.name}' has no layer {', '.join(map(repr, unknown))}; its layers: "
+                             f"{', '.join(known)}")
+        acts = self.forward(self._prepare(images, "features"), outputs=names)
+        return acts[layer] if single else acts
 
-def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto", plugins=False):
-    """Build a Net from a path to a .yaml file, YAML text, or a dict.
+
+def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto", plugins=False, overrides=None):
+    """Build a Net from a net (a path to a .yaml file, YAML text, or a dict) or from a run.
+
+        engine.load("runs/lenet5-20261124-101500")       # a run folder or checkpoint file: its net + weights
+        engine.load("nets/lenet5.yaml")                   # a net file: fresh weights
+        engine.load("nets/lenet5.yaml", checkpoint=RUN)   # this net with a run's weights
 
     Weights are drawn from each layer's init keys with a generator seeded by `seed`.
     With `checkpoint` (a run folder, meaning its latest checkpoint, or one checkpoint
     file) the trained weights and the stored input preparation are loaded too, and
-    `source` may be None to use the net text saved in the checkpoint.
+    `source` may be None to use the net text saved in the checkpoint. A `source` that is a
+    run folder or a checkpoint file (<epoch>.json / <epoch>.npz) means that checkpoint,
+    with the net text saved in it.
     `device` is "cpu", "cuda" or "auto" (CUDA when a device is available).
     `threading` is how the CPU runs the layers: "auto", "columns", "batch" or "layers"
     (Net.threading).
-    Any problem in the definition raises `engine.ConfigError` (file, line, layer, key).
+    `overrides` replace values of the net file, as `--set` does on the command line:
+    {"fc8.outputs": 5, "input.shape": [3, 64, 64]} or ["fc8.outputs=5"] (engine.config.parse_net);
+    a checkpoint's net gets the overrides it was trained with, then these.
+    Any problem in the definition raises `engine.ConfigError` (file, line, layer, key); a
+    checkpoint that is missing, damaged or does not fit the net, `engine.CheckpointError`.
     """
+    if isinstance(source, (str, os.PathLike)) and "\n" not in os.fspath(source):
+        path = os.fspath(source)
+        base, ext = os.path.splitext(path)
+        is_run = os.path.isdir(path) or ext == ".npz" or (
+            ext == ".json" and os.path.isfile(base + ".json") and os.path.isfile(base + ".npz"))
+        if is_run and checkpoint is not None:
+            raise ConfigError(f"{path} is a run folder or checkpoint, not a net: give a net file (.yaml), "
+                              "YAML text or a dict with checkpoint=..., or engine.load(RUN) alone for the "
+                              "run's own net and weights")
+        if is_run:
+            source, checkpoint = None, path
     if checkpoint is None:
         if source is None:
-            raise ConfigError("engine.load needs a net (a .yaml path, YAML text or a dict) or a checkpoint")
-        net = Net(parse_net(source, plugins=plugins), seed=seed)
+            raise ConfigError("engine.load needs a net (a .yaml path, YAML text or a dict) or a checkpoint "
+                              "(a run folder or a checkpoint file)")
+        net = Net(parse_net(source, plugins=plugins, overrides=overrides), seed=seed)
         net.threading = threading
         return net.to(device)
     from engine import checkpoint as ckpt
     from engine.datasets.augment import Preprocess
     arrays, meta = ckpt.load(checkpoint)
-    spec = parse_net(source, plugins=plugins) if source is not None else parse_checkpoint_net(meta, plugins)
+    spec = (parse_net(source, plugins=plugins, overrides=overrides) if source is not None
+            else parse_checkpoint_net(meta, plugins, overrides=overrides))
     net = Net(spec, seed=seed)
     net.threading = threading
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    # what does not fit, said once and in one line (not load_state_dict's KeyError repr inside)
+    mine = net.parameters()
+    missing = [k for k in mine if k not in params]
+    unexpected = [k for k in params if k not in mine]
+    misfits = (([f"missing {', '.join(missing)}"] if missing else [])
+               + ([f"unexpected {', '.join(unexpected)}"] if unexpected else [])
+               + [f"{k} is {list(params[k].shape)} in the checkpoint but {list(a.shape)} in the net"
+                  for k, a in mine.items() if k in params and np.shape(params[k]) != a.shape])
     try:
+        if misfits:
+            raise ValueError("; ".join(misfits))
         net.load_state_dict(params)
     except (KeyError, ValueError) as e:
-        raise ckpt.CheckpointError(f"{meta['path']}: does not fit net '{net.name}': {e}") from None
+        detail = str(e.args[0]) if e.args else str(e)
+        said = f"state dict does not fit net '{net.name}': "
+        if detail.startswith(said):
+            detail = detail[len(said):]
+        raise ckpt.CheckpointError(f"{meta['path']}: does not fit net '{net.name}': {detail}") from None
     net.preprocess = Preprocess.from_json(meta["preprocess"], arrays["mean"])
     net.class_names = meta.get("class_names")
     net.data_spec = meta.get("settings", {}).get("data")

@@ -22,7 +22,6 @@ import layers  # noqa: F401 - registers the built-in types before BUILTIN_TYPES 
 from layers.base import Layer, shown
 from layers.registry import REGISTRY, register
 
-from engine.errors import ConfigError
 
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 BUILTIN_TYPES = frozenset(t for t, cls in REGISTRY.items() if cls.__module__.startswith("layers."))

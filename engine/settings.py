@@ -17,6 +17,8 @@ TRAIN_KEYS = {
     "augment": Key(dict, None, doc="{scale, crop, flip, pca}; defaults depend on the data source"),
     "test_freq": Key(int, 1, low=1, doc="validate every N epochs (and after the last)"),
     "seed": Key(int, 0, low=0),
+    "keep": Key(int, None, low=1, doc="keep only the last N epoch checkpoints plus the best one by "
+                "validation error, deleting older ones (default: keep every checkpoint)"),
 }
 SCHEDULE_KEYS = {
     "type": Key(str, "constant", choices=Schedule.KINDS),

@@ -6,6 +6,7 @@ repeats the uninterrupted one bit for bit.
 """
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -13,9 +14,9 @@ import time
 import numpy as np
 
 from engine import checkpoint, finite, settings as settings_mod
-from engine.config import parse_checkpoint_net, parse_net
+from engine.config import class_count_message, parse_checkpoint_net, parse_net
 from engine.datasets import DataError, open_source
-from engine.datasets.augment import Preprocess
+from engine.datasets.augment import Preprocess, multiview_problem
 from engine.errors import ConfigError
 from engine.net import Net
 from engine.solver import SGD
@@ -23,27 +24,116 @@ from engine.solver import SGD
 FORMAT = 1
 
 
+def plural(n, word, many=None):
+    """'1 epoch', '20 epochs'."""
+    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
+
+
 class Progress:
-    """One self-rewriting line per epoch on a terminal; silent otherwise."""
+    """Training progress on `stream` (stderr), never on the log.
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.live = hasattr(stream, "isatty") and stream.isatty()
+    The run's first step compiles the Numba kernels (seconds to minutes from a cold cache):
+    it gets a line of its own, timed, and is left out of the rates. Then, on a terminal, a
+    tqdm bar per epoch (images, img/s, ETA, loss); elsewhere (a file, a pipe) the same as a
+    plain line every `interval` seconds."""
 
-    def update(self, epoch, epochs, done, total, loss, rate, elapsed):
-        if not self.live:
-            return
-        frac = done / max(total, 1)
-        bar = ("=" * int(frac * 24)).ljust(24)
-        eta = (total - done) * elapsed / max(done, 1)
-        self.stream.write(f"\repoch {epoch}/{epochs} [{bar}] {frac:4.0%} loss {loss:.4f} "
-                          f"{rate:6.0f} img/s ETA {eta:5.0f}s ")
+    INTERVAL = 10.0
+
+    def __init__(self, stream=None, interval=None, live=None, redraw=0.5):
+        self.stream = sys.stderr if stream is None else stream
+        self.redraw = redraw            # the bar's least seconds between frames
+        self.live = (hasattr(self.stream, "isatty") and self.stream.isatty()) if live is None else live
+        self.interval = self.INTERVAL if interval is None else interval
+        self.bar = None
+        self.first_step = None          # (seconds, images) of the run's first step
+        self.first_epoch = None         # the (0-based) epoch it was in
+        self._t_first = None
+
+    def _write(self, text):
+        self.stream.write(text)
         self.stream.flush()
 
+    def epoch(self, epoch, epochs, done, total):
+        """Epoch `epoch` (1-based) of `epochs` starts with `done` of its `total` images done."""
+        self.desc, self.total = f"epoch {epoch}/{epochs}", total
+        self.t0, self.done0, self.last = time.time(), done, time.time()
+        if self.first_step is None:
+            self.first_epoch = epoch - 1
+            self._write("compiling kernels (first run only)... " if self.live
+                        else "compiling kernels (first run only)...\n")
+            self._t_first = time.time()
+        else:
+            self._open(done)
+
+    def _open(self, done):
+        if not self.live:
+            return
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.total, initial=done, desc=self.desc, unit="img", file=self.stream,
+                        leave=False, dynamic_ncols=True, mininterval=self.redraw, smoothing=0.1)
+
+    def step(self, done, loss):
+        """After a step: `done` images of the epoch, the epoch's mean loss so far."""
+        now = time.time()
+        if self.first_step is None:
+            seconds = now - self._t_first
+            self.first_step = (seconds, done - self.done0)
+            self._write(f"done in {seconds:.1f}s\n" if self.live
+                        else f"first step done in {seconds:.1f}s\n")
+            self.t0, self.done0, self.last = now, done, now
+            self._open(done)
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+            self.bar.update(done - self.bar.n)
+        elif not self.live and now - self.last >= self.interval:
+            self.last = now
+            rate = (done - self.done0) / max(now - self.t0, 1e-9)
+            eta = f"{(self.total - done) / rate:.0f}s" if rate > 0 else "?"
+            self._write(f"{self.desc}  {done}/{self.total} images ({done / max(self.total, 1):.0%})  "
+                        f"loss {loss:.4f}  {rate:.0f} img/s  ETA {eta}\n")
+
+    def excluded(self, epoch):
+        """(seconds, images) to leave out of epoch `epoch`'s (0-based) rate: its compiling step."""
+        return self.first_step if self.first_step and self.first_epoch == epoch else (0.0, 0)
+
     def close(self):
-        if self.live:
-            self.stream.write("\r" + " " * 79 + "\r")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def duration(seconds):
+    """'31.4s', '12m 05s', '2h 03m'."""
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m}m {sec:02d}s" if m < 60 else f"{m // 60}h {m % 60:02d}m"
+
+
+def best_record(metrics):
+    """The validated epoch's record with the lowest top-1 error (the loss for a net that does
+    not classify); the earliest on a tie; None if no epoch was validated."""
+    key = "val_top1" if any("val_top1" in m for m in metrics) else "val_loss"
+    scored = [m for m in metrics if key in m and m[key] == m[key]]     # NaN never wins
+    return min(scored, key=lambda m: m[key]) if scored else None
+
+
+def device_line(net):
+    """'device: cuda (NAME)' or 'device: cpu (why not CUDA)'."""
+    if net.device == "cuda":
+        try:
+            from numba import cuda
+            name = cuda.get_current_device().name
+            name = name.decode() if isinstance(name, bytes) else str(name)
+        except Exception:     # the name is a courtesy; the device works
+            name = "device 0"
+        return f"device: cuda ({name})"
+    try:
+        from engine.cuda_backend import available
+    except ImportError:
+        return "device: cpu (numba's CUDA target is not installed: pip install -e '.[gpu]')"
+    return "device: cpu (no CUDA device)" if not available() else "device: cpu"
 
 
 def topk_errors(probs, labels, k=5):
@@ -57,7 +147,11 @@ def topk_errors(probs, labels, k=5):
 def evaluate(net, source, pre, batch=128, split="val", multiview=False):
     """{"loss", "top1", "top5", "n"} over a split; multiview averages the ten views.
 
-    A net whose cost does not classify (sum2) gets its own cost as the loss, and NaN top-k."""
+    A net whose cost does not classify (sum2) gets its own cost as the loss, and NaN top-k.
+    Multiview on data that should not be mirrored (digits) is a DataError saying why."""
+    problem = multiview_problem(source, pre) if multiview else None
+    if problem:
+        raise DataError(problem)
     total_loss, e1, e5, n = 0.0, 0, 0, 0
     if not net.classifies:
         for raw, labels in source.batches(split, batch):
@@ -147,9 +241,13 @@ class StopFlag:
 
 
 class Trainer:
+    progress = None     # a Progress to report on (default: a new one on stderr per run)
+
     def __init__(self, net_source=None, data=None, epochs=None, batch=None, lr=None, seed=None,
-                 out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu", plugins=False):
+                 out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu", plugins=False,
+                 keep=None, overrides=None):
         self.log = log
+        self.device_asked = device
         self.resume_meta, arrays, from_checkpoint = None, None, False
         self.last_checkpoint = None
         if resume is not None:
@@ -167,13 +265,14 @@ class Trainer:
                 from_checkpoint = True
         if net_source is None:
             raise ConfigError("no net given")
-        self.spec = (parse_checkpoint_net(self.resume_meta, plugins) if from_checkpoint
-                     else parse_net(net_source, plugins=plugins))
+        # overrides: `--set LAYER.KEY=VALUE` (engine.config.parse_net); a resumed run's own come back
+        self.spec = (parse_checkpoint_net(self.resume_meta, plugins, overrides=overrides) if from_checkpoint
+                     else parse_net(net_source, plugins=plugins, overrides=overrides))
         overrides = {"data": data, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
-                     "test_freq": test_freq}
+                     "test_freq": test_freq, "keep": keep}
         base_train = self.spec.train
-        if self.resume_meta is not None:
-            base_train = self.resume_meta["settings"]
+        if self.resume_meta is not None:      # its settings, with this command's `--set train.KEY=...`
+            base_train = dict(self.resume_meta["settings"], **self.spec.train_overrides)
         self.settings = settings_mod.resolve(base_train, overrides, file=self.spec.file)
         s = self.settings
         if not s["data"]:
@@ -186,9 +285,9 @@ class Trainer:
         self.source = open_source(s["data"], self.net.input_shape, seed=s["seed"],
                                   num_classes=self.net.num_classes)
         if self.net.classifies and self.source.num_classes != self.net.num_classes:
-            raise DataError(f"the data has {self.source.num_classes} classes but the net's output "
-                            f"layer has {self.net.num_classes}: set `outputs: {self.source.num_classes}` "
-                            "on the last fc layer")
+            raise DataError(class_count_message(
+                self.spec, self.source.num_classes, self.source.name, self.net.num_classes,
+                where=self.spec.file or (self.resume_meta or {}).get("net_file")))
         self.schedule = settings_mod.make_schedule(s)
         aug = dict(self.source.default_augment)
         aug.update({k: v for k, v in s["augment"].items() if v is not None})
@@ -239,6 +338,7 @@ class Trainer:
         meta = {
             "format": FORMAT, "net_text": _net_text(self.spec), "net_name": self.spec.name,
             "net_file": self.spec.file, "plugin_dir": self.spec.plugin_dir, "epoch": self.epoch, "batch": self.batch_in_epoch,
+            "overrides": self.spec.overrides,    # --set on the net: applied again to net_text on loading
             "settings": self.settings, "schedule": self.schedule.state(), "rng": rng_states,
             "preprocess": self.pre.to_json(), "class_names": self.source.class_names,
             "num_classes": self.source.num_classes, "metrics": self.metrics,
@@ -276,10 +376,18 @@ class Trainer:
 
     def _run(self):
         s = self.settings
+        if self.resume_meta is not None and self.epoch >= s["epochs"] and not self.batch_in_epoch:
+            self.log(self._finished_already())
+            return {"stopped": False, "checkpoint": self.last_checkpoint, "metrics": self.metrics,
+                    "finished_already": True}
         self.log(f"training {self.spec.name} ({self.net.num_params:,} parameters) on {self.source.name}: "
-                 f"{self.source.num_train} train / {self.source.num_val} val images, {s['epochs']} epochs, "
-                 f"batch {s['batch']}, lr {s['lr']:g}; run folder {self.run_dir}")
-        progress = Progress()
+                 f"{self.source.num_train} train / {self.source.num_val} val images, "
+                 f"{plural(s['epochs'], 'epoch')}, batch {s['batch']}, lr {s['lr']:g}; "
+                 f"run folder {self.run_dir}")
+        if self.device_asked != "cpu":
+            self.log(device_line(self.net))
+        progress = self.progress or Progress()
+        started, first_epoch = time.time(), self.epoch
         seed = s["seed"]
         steps_taken = 0
         path = self.last_checkpoint
@@ -297,6 +405,8 @@ class Trainer:
                 t0, tally = time.time(), LossTally()
                 if skip and self.partial_loss:      # the stopped part of this epoch counts too
                     tally.total, tally.seen = self.partial_loss
+                progress.epoch(epoch + 1, s["epochs"], min(skip * s["batch"], self.source.num_train),
+                               self.source.num_train)
                 for b, (raw, labels) in enumerate(self.source.batches("train", s["batch"], rng=order_rng)):
                     if b < skip:
                         continue
@@ -304,9 +414,7 @@ class Trainer:
                     tally.add(self._step(x, labels, self.schedule.lr(epoch, b / n_batches), epoch, b), len(labels))
                     steps_taken += 1
                     self.batch_in_epoch = b + 1
-                    elapsed = time.time() - t0
-                    progress.update(epoch + 1, s["epochs"], b + 1, n_batches, tally.mean,
-                                    tally.seen / max(elapsed, 1e-9), elapsed)
+                    progress.step(min((b + 1) * s["batch"], self.source.num_train), tally.mean)
                     if flag.stop or (self.stop_after is not None and steps_taken >= self.stop_after):
                         progress.close()
                         self.partial_loss = [tally.total, tally.seen]
@@ -319,9 +427,12 @@ class Trainer:
                 progress.close()
                 elapsed = time.time() - t0
                 self.epoch, self.batch_in_epoch, self.rng_states = epoch + 1, 0, None
+                slow_s, slow_n = progress.excluded(epoch)      # the step that compiled the kernels
+                if tally.seen <= slow_n or elapsed <= slow_s:
+                    slow_s, slow_n = 0.0, 0
                 record = {"epoch": epoch + 1, "train_loss": tally.mean,
                           "lr": self.schedule.lr(epoch, 0.999999), "time": round(elapsed, 3),
-                          "images_per_s": round(tally.seen / max(elapsed, 1e-9), 1)}
+                          "images_per_s": round((tally.seen - slow_n) / max(elapsed - slow_s, 1e-9), 1)}
                 if (epoch + 1) % s["test_freq"] == 0 or epoch + 1 == s["epochs"]:
                     val = evaluate(self.net, self.source, self.pre, batch=s["batch"])
                     record["val_loss"] = val["loss"]
@@ -331,14 +442,58 @@ class Trainer:
                 self.metrics.append(record)
                 self.log(self._line(record))
                 path = self.save()
+                self._prune(path)
                 if flag.stop and self.epoch < s["epochs"]:     # asked during validation or saving
                     self.log(f"stopped by {flag.name} after epoch {self.epoch}; saved {path}; resume "
                              f"with: python -m engine train --resume {self.run_dir}")
                     return {"stopped": True, "checkpoint": path, "signal": flag.signum,
                             "exit_code": flag.exit_code}
         if self.source.skipped:
-            self.log(f"skipped {self.source.skipped} unreadable image(s); see the log above for which")
+            self.log(f"skipped {plural(self.source.skipped, 'unreadable image')}; see the log above for which")
+        for line in self._summary(time.time() - started, first_epoch):
+            self.log(line)
         return {"stopped": False, "checkpoint": path if self.metrics else None, "metrics": self.metrics}
+
+    # ---- what the log says around the loop ---------------------------------------
+    def _prune(self, newest):
+        """--keep N: delete checkpoints older than `newest` but the last N and the best."""
+        keep = self.settings.get("keep")
+        if keep is None:
+            return
+        best = best_record(self.metrics)
+        checkpoint.prune(self.run_dir, newest, keep, best["epoch"] if best else None)
+
+    def _finished_already(self):
+        n, asked = self.epoch, self.settings["epochs"]
+        ask = f" (--epochs {asked} asks for no more)" if asked < n else ""
+        run = shlex.quote(self.run_dir)
+        return (f"{self.run_dir} already finished its {plural(n, 'epoch')}{ask}: nothing to do. To train it "
+                f"further, give a larger total: python -m engine train --resume {run} --epochs {n + 10} "
+                f"(any number above {n})")
+
+    def _summary(self, seconds, first_epoch):
+        """The lines after a finished run: best epoch, time, run folder, commands to try next."""
+        n = self.settings["epochs"]
+        if not first_epoch:
+            lines = [f"finished {plural(n, 'epoch')} in {duration(seconds)}"]
+        else:
+            which = f"epochs {first_epoch + 1}-{n}" if first_epoch + 1 < n else f"epoch {n}"
+            lines = [f"finished {plural(n, 'epoch')}; this session trained {which} in {duration(seconds)}"]
+        best = best_record(self.metrics)
+        if best is not None:
+            where = os.path.join(self.run_dir, f"{checkpoint.tag_for(best['epoch'])}.json")
+            lines.append(f"best epoch {best['epoch']}: {self._val_text(best, width='').strip()}  ({where})")
+        kept = f" (keeping the last {plural(self.settings['keep'], 'epoch checkpoint')} and the best)" \
+            if self.settings.get("keep") else ""
+        lines.append(f"run folder: {self.run_dir}{kept}")
+        run = shlex.quote(self.run_dir)
+        # with --set overrides, the net of the checkpoint (which has them), not the file
+        net = f" {shlex.quote(self.spec.file)}" if self.spec.file and not self.spec.overrides else ""
+        lines += ["try next:",
+                  f"  python -m engine test{net} --checkpoint {run}",
+                  f"  python -m engine predict {run} IMAGE.png",
+                  f"  python -m engine show {run} --cost"]
+        return lines
 
     def _step(self, x, labels, lr, epoch, batch):
         """One SGD step on the net's backend; returns the batch's mean loss. A non-finite
@@ -358,11 +513,16 @@ class Trainer:
         self.solver.step(grads, lr)
         return loss
 
-    def _line(self, r):
+    @staticmethod
+    def _val_text(r, width="6"):
         val = ""
         if "val_loss" in r:
             val = f"  val loss {r['val_loss']:.4f}"
         if "val_top1" in r:
-            val += f"  top-1 {r['val_top1']:6.2%}  top-5 {r['val_top5']:6.2%}"
+            val += f"  top-1 error {r['val_top1']:{width}.2%}  top-5 error {r['val_top5']:{width}.2%}"
+        return val
+
+    def _line(self, r):
+        val = self._val_text(r)
         return (f"epoch {r['epoch']:3d}  train loss {r['train_loss']:.4f}{val}  lr {r['lr']:.3g}  "
                 f"{r['time']:.1f}s  ({r['images_per_s']:.0f} img/s)")

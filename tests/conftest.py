@@ -16,6 +16,16 @@ os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="numba-cache-")
 collect_ignore = [] if cuda_mode() else ["cuda"]
 
 
+@pytest.fixture(autouse=True)
+def only_builtin_types_afterwards():
+    """Tests check every registered type: leave none of a test's plugins behind."""
+    yield
+    import layers                 # here, not at the top: NUMBA_CACHE_DIR is set before numba loads
+    from engine import plugins
+    plugins.forget()
+    assert all(cls.__module__.startswith("layers.") for cls in layers.REGISTRY.values())
+
+
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true",
                      help="also run the tests marked slow (the CUDA simulator suite, long training, "

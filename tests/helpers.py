@@ -79,6 +79,15 @@ def check_net_gradients(net, x, labels, keys, h, samples, rel, abs):
 EXAMPLE_INPUT = (6, 9, 9)   # what every layer type's `examples` configs must accept
 
 
+def cli(capsys, *argv):
+    """(exit status, stdout, stderr) of `python -m engine ARGV` run in this process."""
+    from engine.cli import main
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 def missing_examples():
     # its own: a subclass (cnorm of rnorm) inherits its parent's, which tests nothing new
     return [t for t, cls in sorted(layers.REGISTRY.items()) if not cls.__dict__.get("examples")]

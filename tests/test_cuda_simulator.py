@@ -1,4 +1,4 @@
-"""Runs tests/cuda under the CUDA simulator in a child process (CI has no GPU).
+"""Runs tests/cuda under the CUDA simulator, each file in a child process (CI has no GPU).
 
 The simulator must be switched on before numba is first imported, so the CUDA tests
 cannot share this process with the CPU tests. With a real GPU, tests/cuda is collected
@@ -13,16 +13,22 @@ from cudamode import cuda_mode
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_DIR = os.path.join(ROOT, "tests", "cuda")
+# one test per file, each in a child of its own: pytest reports each file as it finishes
+# instead of a single dot for ten minutes (the children share this session's Numba cache)
+FILES = sorted(f for f in os.listdir(CUDA_DIR) if f.startswith("test_") and f.endswith(".py"))
 
 
-@pytest.mark.slow        # ~10 minutes on 2 cores: every CUDA thread runs as a Python thread
+@pytest.mark.slow        # ~10 minutes in all on 2 cores: every CUDA thread runs as a Python thread
 @pytest.mark.skipif(cuda_mode() is not None, reason="tests/cuda is collected directly here (GPU or simulator)")
-def test_cuda_suite_under_the_simulator():
+@pytest.mark.parametrize("name", FILES)
+def test_cuda_suite_under_the_simulator(name):
     pytest.importorskip("numba.cuda", reason="numba's CUDA target is not importable")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--full", "-p", "no:cacheprovider",
-                           os.path.join(ROOT, "tests", "cuda")],
+                           os.path.join(CUDA_DIR, name)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
     tail = "\n".join(proc.stdout.splitlines()[-60:])
-    assert proc.returncode == 0, f"CUDA simulator suite failed (exit {proc.returncode}):\n{tail}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (f"{name} under the CUDA simulator failed (exit {proc.returncode}):\n"
+                                  f"{tail}\n{proc.stderr[-3000:]}")
     assert " passed" in tail

@@ -87,14 +87,6 @@ def error_for(source, **kw):
     return info.value
 
 
-@pytest.fixture(scope="module", autouse=True)
-def only_builtin_types_afterwards():
-    """Other test files check every registered type: leave none of the plugins' behind."""
-    yield
-    plugins.forget()
-    assert all(cls.__module__.startswith("layers.") for cls in REGISTRY.values())
-
-
 def test_forget_lets_a_changed_plugin_load_afresh(tmp_path):
     net = write(tmp_path, "net.yaml", small_net("fresh.py", "type: prelu_fresh"))
     write(tmp_path, "fresh.py", PRELU.replace("prelu_t", "prelu_fresh"))

@@ -23,6 +23,9 @@ class DataSource:
     of the stored images; may be larger than the net input so random crops are possible),
     num_train, num_val, is_color, default_augment (keyword arguments for
     `augment.Preprocess`: scale, crop, flip, pca) and skipped (unreadable images so far).
+    `mirror_ok` is False for data whose mirror images are not images of it (digits, text):
+    it is not flipped in training by default, and the mirrored test views are refused
+    (augment.multiview_problem says why, from `mirror_why`).
     """
 
     name = "?"
@@ -33,6 +36,8 @@ class DataSource:
     num_val = 0
     is_color = False
     default_augment = {"scale": 1.0, "crop": False, "flip": False, "pca": 0.0}
+    mirror_ok = True
+    mirror_why = None
     # mean_image() uses at most this many training images (None: all of them).
     mean_limit = None
     pca_limit = 2000

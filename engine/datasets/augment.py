@@ -224,6 +224,27 @@ class Preprocess:
         return pre
 
 
+def multiview_problem(source, pre):
+    """Why the ten test views (five crops and their mirror images, averaged) would mislead
+    on this data, or None. They are refused when the net never saw a mirror image in
+    training (`pre.flip` off) and either the data should not be mirrored (a source that is
+    not `mirror_ok`: digits) or flips were turned off for it (train.augment.flip: false on
+    a source that flips by default: its images are not mirror-symmetric either)."""
+    if pre is None or pre.flip:
+        return None
+    lead = "multiview testing averages each image with its mirror image, but "
+    advice = "; test without --multiview"
+    if not getattr(source, "mirror_ok", True):
+        why = getattr(source, "mirror_why", None) or f"{source.name} should not be mirrored"
+        return (f"{lead}{why}, and the net never saw a mirror image in training (the {source.name} source "
+                f"does not flip): the mirrored views would raise the error instead of lowering it{advice}")
+    if source.default_augment.get("flip"):
+        return (f"{lead}this net was trained with flips turned off (train.augment.flip: false), so it never "
+                f"saw a mirror image of {source.name}: the mirrored views would raise the error{advice}, "
+                "or train with flips")
+    return None
+
+
 def _resize(img, hw):
     """Bilinear resize of one [H,W,C] image to hw=(H', W') with Pillow (uint8 stays uint8)."""
     try:

@@ -131,6 +131,27 @@ class ImageFolderSource(DataSource):
     def skipped(self):
         return len(self._bad)
 
+    # Pillow modes of colour files ("P": palette images, nearly always colour)
+    COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA")
+
+    def peek(self, count=8):
+        """[(width, height, colour)] of up to `count` training files (the first of each class,
+        then more in file order), from their headers only: cheap on any folder. Unreadable
+        files are left out (they are reported when decoded)."""
+        from PIL import Image
+        paths, labels = self._items["train"]
+        _, firsts = np.unique(labels, return_index=True)
+        picks = [int(i) for i in firsts[:count]]
+        picks += [i for i in range(min(len(paths), 2 * count)) if i not in picks][:count - len(picks)]
+        out = []
+        for i in picks:
+            try:
+                with Image.open(paths[i]) as im:
+                    out.append((im.size[0], im.size[1], im.mode in self.COLOUR_MODES))
+            except Exception:       # noqa: BLE001 - a bad file is logged when it is decoded
+                continue
+        return out
+
     def _decode(self, path):
         """uint8 [C, side, side]; DataError if unreadable or smaller than the net input."""
         from PIL import Image

@@ -14,10 +14,13 @@ class DigitsSource(DataSource):
     Images are [N,1,28,28] uint8, 400 per class, stored shuffled. The split is fixed: the
     first 3,400 images are the training set and the last 600 the validation set (every
     class has between 51 and 78 validation images). class_names are "0".."9". Preprocess
-    default: scale 1/255, no crop, no flip, no PCA jitter.
+    default: scale 1/255, no crop, no flip, no PCA jitter. Not `mirror_ok`: a mirrored digit
+    is no digit, so the mirrored test views (--multiview) are refused.
     """
 
     NUM_TRAIN = 3400
+    mirror_ok = False
+    mirror_why = "digits are not mirror-symmetric (a mirrored 2, 3 or 7 is no digit)"
 
     def __init__(self, path=DIGITS_FILE):
         super().__init__()

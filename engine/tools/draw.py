@@ -51,12 +51,12 @@ class Structure:
     num_params: int
 
 
-def structure(source, plugins=False):
+def structure(source, plugins=False, overrides=None):
     """A net file's checked graph without its 61M weights (drawing AlexNet needs no memory).
-    `plugins`: allow the net's plugin layer types (engine.plugins)."""
+    `plugins`: allow the net's plugin layer types (engine.plugins); `overrides`: `--set` values."""
     from engine import graph
     from engine.config import parse_net
-    spec = parse_net(source, plugins=plugins)
+    spec = parse_net(source, plugins=plugins, overrides=overrides)
     nodes = graph.build(spec)
     count = sum(int(np.prod(s)) for n in nodes for s in n.layer.param_shapes().values())
     return Structure(spec.name, tuple(spec.input_shape), nodes, count)
@@ -157,7 +157,7 @@ def to_svg(lay):
         out.append(f'<marker id="{name}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
                    f'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{colour}"/></marker>')
     out.append("</defs>")
-    out.append(f'<rect width="100%" height="100%" fill="white"/>')
+    out.append('<rect width="100%" height="100%" fill="white"/>')
     out.append(f'<text x="{MARGIN}" y="{MARGIN + 14}" font-size="15" font-weight="bold">{esc(lay.title)}</text>')
     for label, cx in lay.columns:
         out.append(f'<text x="{cx:.1f}" y="{MARGIN + 42}" text-anchor="middle" fill="#444">{esc(label)}</text>')
@@ -242,14 +242,14 @@ def to_dot(net):
 FORMATS = (".svg", ".png", ".dot")
 
 
-def run(net_path, out, log=print, plugins=False):
+def run(net_path, out, log=print, plugins=False, overrides=None):
     """Write the net's drawing; the format comes from the extension of `out`."""
     from engine.checkpoint import write_text
     from engine.errors import ConfigError
     ext = os.path.splitext(out)[1].lower()
     if ext not in FORMATS:
         raise ConfigError(f"cannot tell the format of {out!r}: end the name with .svg, .png or .dot")
-    net = structure(net_path, plugins=plugins)
+    net = structure(net_path, plugins=plugins, overrides=overrides)
     if ext == ".dot":
         write_text(out, to_dot(net))
     elif ext == ".svg":

@@ -50,13 +50,15 @@ def extract(net, source, names, split="val", batch=128):
         yield np.concatenate([acts[n].reshape(len(labels), -1) for n in names], axis=1), labels
 
 
-def run(net_path, checkpoint, layer, out, data=None, split="val", batch=128, log=print, plugins=False):
-    """Write the features (and labels); returns (rows, width)."""
+def run(net_path, checkpoint, layer, out, data=None, split="val", batch=128, log=print, plugins=False,
+        overrides=None):
+    """Write the features (and labels); returns (rows, width). `overrides`: `--set` values
+    for the net (engine.config.parse_net), on top of those the checkpoint was trained with."""
     from engine.datasets import DataError, open_source
     from engine.net import load
     if not out.endswith((".npy", ".npz")):
         raise ConfigError(f"the output {out!r} must end in .npy (labels beside it) or .npz", key="-o")
-    net = load(net_path, checkpoint=checkpoint, plugins=plugins)
+    net = load(net_path, checkpoint=checkpoint, plugins=plugins, overrides=overrides)
     names = parse_layers(net, layer)
     spec = data or net.data_spec
     if spec is None:

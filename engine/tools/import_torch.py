@@ -206,6 +206,7 @@ def write_checkpoint(out, net, params, mean, scale, class_names, source):
     arrays["mean"] = pre.mean
     meta = {"format": FORMAT, "net_text": net.spec.text, "net_name": net.name,
             "net_file": net.spec.file, "plugin_dir": net.spec.plugin_dir, "epoch": 0, "batch": 0,
+            "overrides": net.spec.overrides,
             "settings": s,
             "schedule": settings.make_schedule(s).state(), "rng": None, "preprocess": pre.to_json(),
             "class_names": class_names, "num_classes": net.num_classes, "metrics": [],
@@ -214,9 +215,10 @@ def write_checkpoint(out, net, params, mean, scale, class_names, source):
 
 
 def run(weights, net_path, out, map_path=None, torchvision_input=False, mean=None, scale=None,
-        classes=None, log=print, plugins=False):
+        classes=None, log=print, plugins=False, overrides=None):
+    """`overrides`: `--set` values for the net (engine.config.parse_net), stored with the checkpoint."""
     from engine.net import load
-    net = load(net_path, plugins=plugins)
+    net = load(net_path, plugins=plugins, overrides=overrides)
     state = read_state_dict(weights)
     params = convert(net, state, read_map(map_path) if map_path else None)
     c = net.input_shape[0]

@@ -158,24 +158,33 @@ def preds_image(picks, class_names, title, cols=4, top=5):
 
 
 # ---- the verb ----------------------------------------------------------------------------
+def run_folder(checkpoint):
+    """The run folder of a checkpoint given as a folder or as one of its files."""
+    return checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint) or "."
+
+
 def run(checkpoint, what, out=None, layer=None, net_path=None, data=None, count=8, seed=0,
         only_errors=False, log=print, plugins=False):
-    """Write the PNG for `what` ("filters", "cost" or "preds") of a run folder or checkpoint."""
+    """Write the PNG for `what` ("filters", "cost" or "preds") of a run folder or checkpoint;
+    without `out`, into the run folder."""
     from engine import checkpoint as ckpt
+    from engine.train import plural
+    folder = run_folder(checkpoint)
     if what == "cost":
         meta = ckpt.verify(ckpt.resolve(checkpoint))
         name = meta.get("net_name", "net")
-        out = out or f"{name}-cost.png"
+        out = out or os.path.join(folder, f"{name}-cost.png")
         last = meta["metrics"][-1] if meta.get("metrics") else {}
         val = f", last validation top-1 error {last['val_top1']:.2%}" if "val_top1" in last else ""
-        image = cost_image(meta.get("metrics"), f"{name}: {len(meta.get('metrics') or [])} epochs{val}")
+        epochs = plural(len(meta.get("metrics") or []), "epoch")
+        image = cost_image(meta.get("metrics"), f"{name}: {epochs}{val}")
         canvas.save_png(image, out)
         log(f"wrote {out}")
         return out
     from engine.net import load
     net = load(net_path, checkpoint=checkpoint, plugins=plugins)
     if what == "filters":
-        out = out or f"{net.name}-filters-{layer}.png"
+        out = out or os.path.join(folder, f"{net.name}-filters-{layer}.png")
         canvas.save_png(filters_image(net, layer), out)
     else:
         from engine.datasets import DataError, open_source
@@ -190,7 +199,7 @@ def run(checkpoint, what, out=None, layer=None, net_path=None, data=None, count=
         kind = "misclassified " if only_errors else ""
         title = (f"{net.name} on {len(picks)} {kind}{source.name} validation images: {wrong} wrong at top-1"
                  " (true class in green)")
-        out = out or f"{net.name}-preds.png"
+        out = out or os.path.join(folder, f"{net.name}-preds.png")
         canvas.save_png(preds_image(picks, net.class_names, title), out)
     log(f"wrote {os.fspath(out)}")
     return out

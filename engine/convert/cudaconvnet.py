@@ -1,4 +1,4 @@
-"""cuda-convnet layer files to a YAML net (`python -m engine convert`).
+"""cuda-convnet layer files to a YAML net (`python -m engine convert LAYERS.cfg PARAMS.cfg`).
 
 cuda-convnet (2011-12, "cc1") and cuda-convnet2 (2014, "cc2") describe a net in two INI
 files read with Python's ConfigParser: the layer-definition file (architecture) and the
@@ -6,34 +6,26 @@ layer-parameter file (learning rates, momentum, weight decay, normalisation cons
 dropout). `convert` maps every section to one of our layers with the same name and
 wiring and returns the YAML text with notices for the user. Nothing here prints or writes.
 
-Shapes and parameter counts are computed twice: by cuda-convnet's own rules while
-converting, and by our engine from the YAML it produced; they must agree, so a converted
-net has exactly the original's parameter count and layer output shapes.
+Shapes and parameter counts are computed by cuda-convnet's own rules while converting and
+checked against our engine by engine.convert.checks; the YAML is written by
+engine.convert.writer (both shared with the Caffe converter).
 """
 import configparser
-import json
 import math
 import os
 import re
-import textwrap
 from collections import Counter
-from dataclasses import dataclass, field
-
-import yaml
+from dataclasses import dataclass
 
 import layers as layer_types
-from layers.base import LayerError
 from layers.neuron import spec as neuron_spec
 
-from engine.config import COMMON_KEYS
+from engine.convert.checks import check_against_engine, check_key, check_layer
+from engine.convert.common import MAX_COLUMN, Conversion, Converted, ConvertError, parse_chw
+from engine.convert.writer import emit, schedule_text
 from engine.errors import ConfigError
 
 MISSING = object()
-MAX_COLUMN = COMMON_KEYS["gpu"].high      # our nets' columns: gpu 0..MAX_COLUMN
-
-
-class ConvertError(ConfigError):
-    """A cuda-convnet file we cannot convert: file, line, section (the layer) and key."""
 
 
 # cuda-convnet neuron types and how many bracketed parameters each takes (cc1 + cc2).
@@ -274,49 +266,13 @@ def parse_schedule(text):
 
 def parse_input_shape(text):
     """`C,H,W` (the --input flag) as a tuple of three positive ints, or ConfigError."""
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"--input must be C,H,W (three positive integers, e.g. 3,32,32), got {text!r}")
+    shape = parse_chw(text, "3,32,32")
     if shape[1] != shape[2]:
         raise ConfigError(f"--input {text}: cuda-convnet's images are square (H = W)")
     return shape
 
 
 # ---- the conversion ---------------------------------------------------------------------
-@dataclass
-class Converted:
-    """One layer of ours: its YAML keys, and its shape and parameter count by cuda-convnet's rules."""
-    name: str
-    type: str
-    inputs: list
-    gpu: int
-    section: Section
-    shape: tuple = None
-    params: int = 0
-    cfg: dict = field(default_factory=dict)
-    origin: dict = field(default_factory=dict)      # our key -> (Section, cuda-convnet key) it came from
-    solver: dict = None                             # weight layers: epsW, epsB, momW, momB, wc, ...
-
-    def set(self, key, value, cc_key, section=None):
-        self.cfg[key] = value
-        self.origin[key] = (section or self.section, cc_key)
-
-    def fail(self, key, message):
-        """An error at the cuda-convnet key (in whichever file) that our `key` came from."""
-        section, cc_key = self.origin.get(key, (self.section, key if key in self.section.values else None))
-        section.fail(cc_key, message)
-
-
-@dataclass
-class Conversion:
-    text: str                 # the YAML net
-    notices: list             # one line each, for the user
-    layers: list              # Converted, in file order
-    num_params: int
-
 
 def convert(layers_path, params_path, input_shape, name=None, epochs=None):
     """Convert a cuda-convnet layer-definition file and its layer-parameter file.
@@ -327,6 +283,7 @@ def convert(layers_path, params_path, input_shape, name=None, epochs=None):
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     return _Converter(layers_path, params_path, tuple(input_shape)).run(name, epochs)
+
 
 
 class _Converter:
@@ -372,8 +329,8 @@ class _Converter:
             self.notices.insert(0, f"{DROPPED_NOTE}: {listed}")
         net_name = name or os.path.splitext(os.path.basename(self.layers_path))[0]
         num_params = sum(c.params for c in self.out)
-        text = _emit(net_name, self.input_shape, self.out, train, self._header(num_params) + self.notices)
-        self._check_against_engine(text)
+        text = emit(net_name, self.input_shape, self.out, train, self._header(num_params) + self.notices)
+        check_against_engine(self.out, text, "cuda-convnet")
         return Conversion(text=text, notices=self.notices, layers=self.out, num_params=num_params)
 
     def _hybrid_notice(self):
@@ -464,25 +421,8 @@ class _Converter:
             self._attach_neuron(layer, neuron)
 
     def _add(self, layer):
-        cls = layer_types.REGISTRY.get(layer.type)
-        sec = layer.section
-        if cls is None:
-            sec.fail("type", f"cuda-convnet's '{sec.raw('type')}' maps to our '{layer.type}' layer, "
-                             "which this engine does not have")
-        for key in layer.cfg:
-            self._check_key(layer, cls, key)
+        check_layer(layer, f"cuda-convnet's '{layer.section.raw('type')}'")
         self.out.append(layer)
-
-    @staticmethod
-    def _check_key(layer, cls, key):
-        spec = cls.keys.get(key)
-        if spec is None:
-            layer.fail(key, f"needs `{key}`, which our {layer.type} layer does not have")
-        if spec.kind is not list:
-            try:
-                spec.check(key, layer.cfg[key])
-            except LayerError as e:
-                layer.fail(key, f"our {layer.type} layer's `{key}`: {e.message}")
 
     def _attach_neuron(self, layer, fn):
         """Fused where our type has a `neuron` key; otherwise cuda-convnet's own way, a
@@ -490,7 +430,7 @@ class _Converter:
         cls = layer_types.get(layer.type)
         if "neuron" in cls.keys:
             layer.set("neuron", fn, "neuron")
-            self._check_key(layer, cls, "neuron")
+            check_key(layer, cls, "neuron")
             # shown beside the geometry, before the init and solver keys
             init = {k: layer.cfg.pop(k) for k in ("init_w", "init_b") if k in layer.cfg}
             layer.cfg.update(init)
@@ -927,7 +867,7 @@ class _Converter:
         if approximated:
             listed = "; ".join(f"{k} on {', '.join(v)}" for k, v in approximated.items())
             self.notices.append(f"approximated: we run one learning-rate schedule for the whole net "
-                                f"({_schedule_text(train['schedule'])}, from epsW), so these follow it, "
+                                f"({schedule_text(train['schedule'])}, from epsW), so these follow it, "
                                 f"scaled to their base rate: {listed}")
         return train
 
@@ -940,82 +880,3 @@ class _Converter:
             f"  params: {self.params_path}",
             f"input {c}x{h}x{w} (--input {c},{h},{w}); {num_params:,} parameters, as in cuda-convnet",
         ]
-
-    def _check_against_engine(self, text):
-        """Build the YAML with our engine: every shape and parameter count must be cuda-convnet's."""
-        from engine import graph
-        from engine.config import parse_net
-        by_name = {c.name: c for c in self.out}
-        try:
-            nodes = graph.build(parse_net(text))
-        except ConfigError as e:
-            c = by_name.get(e.layer)
-            if c is None:
-                raise
-            c.fail(e.key, f"our engine rejects the converted layer: {e.message}")
-        for node in nodes:
-            c = by_name[node.name]
-            ours = sum(math.prod(s) for s in node.layer.param_shapes().values())
-            if (c.shape is not None and tuple(node.output_shape) != c.shape) or ours != c.params:
-                c.section.fail(None, f"converts to output {list(node.output_shape)} with {ours:,} parameters "
-                                     f"where cuda-convnet has {list(c.shape)} with {c.params:,}")
-
-
-def _schedule_text(schedule):
-    if isinstance(schedule, str):
-        return schedule
-    return " ".join(f"{k} {_number(v) if isinstance(v, float) else v}" for k, v in schedule.items())
-
-
-def _number(v):
-    """A float as YAML reads it back (PyYAML wants a dot in 1.0e-05); integral values as ints."""
-    if v == int(v) and abs(v) < 1e15:
-        return str(int(v))
-    s = f"{v:.10g}"
-    mantissa, e, exponent = s.partition("e")
-    if e and "." not in mantissa:
-        s = f"{mantissa}.0e{exponent}"
-    return s
-
-
-def _value(v, flow=False):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return _number(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x, flow=True) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_value(x, flow=True)}" for k, x in v.items()) + "}"
-    probe = f"[{v}]" if flow else f"k: {v}"
-    try:
-        plain = yaml.safe_load(probe) == ([v] if flow else {"k": v})
-    except yaml.YAMLError:
-        plain = False
-    return v if plain else json.dumps(v)
-
-
-def _emit(name, input_shape, converted, train, header):
-    several_columns = any(c.gpu for c in converted)
-    lines = [f"# {w}" for h in header for w in textwrap.wrap(h, 96, subsequent_indent="    ",
-                                                              break_on_hyphens=False)]
-    lines += [f"name: {_value(name)}", f"input: {{shape: {_value(list(input_shape))}}}", "", "layers:"]
-    for c in converted:
-        keys = [("name", c.name), ("type", c.type), ("inputs", c.inputs)]
-        if several_columns:
-            keys.append(("gpu", c.gpu))
-        keys += list(c.cfg.items())
-        if c.solver:
-            keys += [(k, c.solver[k]) for k in ("lr_w", "lr_b", "wd") if c.solver[k] != 1.0]
-        for i, (k, v) in enumerate(keys):
-            line = f"{'  - ' if i == 0 else '    '}{k}: {_value(v)}"
-            if i == 0 and c.shape is not None:
-                line = f"{line:<31} # -> {list(c.shape)}"     # YAML wants a space before '#'
-            lines.append(line)
-        lines.append("")
-    if train:
-        lines.append("train:")
-        lines += [f"  {k}: {_value(v)}" for k, v in train.items()]
-    return "\n".join(lines).rstrip("\n") + "\n"
