@@ -13,14 +13,17 @@ our semantics (layers/*/reference.py):
   flattened one after the other ("flat": fc, softmax, concat mode flat), or side by side
   ("separate": eltsum, eltmax);
 - conv: `padding_end` extra zeros past the bottom and right edges (F.pad), groups, the
-  fused `neuron`;
-- pool: cuda-convnet's ceil output rule = ceil_mode=True without padding; avg divides by
-  the in-bounds count; the fused `neuron` after pooling;
+  fused `neuron`; `shared_biases: false` adds the bias [F, OH, OW] after F.conv2d;
+- pool: ceil_mode = `ceil` (cuda-convnet's rule is ceil_mode=True without padding), `padding`
+  (avg: count_include_pad=True, torch's default), global / adaptive as adaptive_avg_pool2d;
+  the fused `neuron` after pooling;
 - cmrnorm: F.local_response_norm (alpha divided by size, the same window), per `groups`;
 - rnorm: x * (k + alpha/size^2 * window sum of x^2)^-beta, the size x size window starting
   size//2 before the pixel, zeros outside (avg_pool2d of the padded squares);
 - cnorm: as rnorm on the differences from the window means (the means over in-bounds pixels);
 - dropout (inverted), dropout2 (0/1 mask keeping `keep`, x keep at test);
+- batchnorm: F.batch_norm with the layer's state (running_mean, running_var) as buffers,
+  batch statistics in training mode (updating them), the running ones in eval; prelu: F.prelu;
 - the output softmax is logits + cross-entropy for training (`loss`), probabilities for
   `forward`; sum2 is coeff * batch mean of the sum of squares.
 
@@ -61,13 +64,18 @@ def describe(nodes):
         cfg = {k: v for k, v in layer.cfg.items() if k not in ("neuron", "fn")}
         d = {"name": node.name, "type": node.type, "inputs": list(node.inputs), "cfg": cfg,
              "join": layer.join, "is_cost": bool(layer.is_cost),
-             "params": {p: list(shape) for p, shape in layer.param_shapes().items()}}
+             "params": {p: list(shape) for p, shape in layer.param_shapes().items()},
+             "state": {s: a.tolist() for s, a in layer.init_state().items()}}
         if "neuron" in layer.cfg:
             d["neuron"] = neuron(layer.cfg["neuron"])
         if "fn" in layer.cfg:
             d["neuron"] = neuron(layer.cfg["fn"])
         if node.type == "eltsum":
             d["cfg"]["coeffs"] = list(layer.coefficients)
+        if node.type == "pool":
+            d["cfg"]["bins"] = None if layer.bins is None else list(layer.bins)
+        if "weight" in d["params"] and "init_w" in layer.cfg:
+            d["weight_std"] = float(layer.weight_std())
         out.append(d)
     return out
 
@@ -86,6 +94,9 @@ def _neuron(fn):
         "abs": torch.abs,
         "square": lambda x: x * x,
         "sqrt": torch.sqrt,
+        "leaky": lambda x: F.leaky_relu(x, a),
+        "elu": lambda x: F.elu(x, a),
+        "selu": F.selu,
     }
     return table[name]
 
@@ -107,20 +118,26 @@ class Part(nn.Module):
         self.final = False              # the net's softmax cost layer: set by Mirror
         for pname, shape in d["params"].items():
             self.register_parameter(pname, nn.Parameter(torch.zeros(shape, dtype=torch.float32)))
+        for sname, init in d.get("state", {}).items():          # layer state: buffers, no parameters
+            self.register_buffer(sname, torch.tensor(init, dtype=torch.float32))
         self.act = _neuron(d.get("neuron"))
         if self.type == "eltsum":
             self.coefficients = tuple(self.cfg["coeffs"])
         if self.type == "pool":
             self.stride = self.cfg["stride"]    # filled in by the layer's setup when left out
+        self.weight_std = d.get("weight_std", self.cfg.get("init_w", 0.01))   # init: kaiming | xavier
 
     def init_weights(self, generator):
-        """The engine's init: weights N(0, init_w), biases init_b."""
+        """The engine's init: weights N(0, init_w), biases init_b (batchnorm: weight 1, bias 0;
+        prelu: the slopes `init_slope`)."""
         with torch.no_grad():
             for pname, p in self.named_parameters(recurse=False):
-                if pname == "bias":
+                if self.type in CONSTANT_INIT:
+                    p.fill_(CONSTANT_INIT[self.type](self.cfg, pname))
+                elif pname == "bias":
                     p.fill_(self.cfg.get("init_b", 0.0))
                 else:
-                    p.normal_(0.0, self.cfg.get("init_w", 0.01), generator=generator)
+                    p.normal_(0.0, self.weight_std, generator=generator)
 
     def forward(self, x):
         return FORWARD[self.type](self, x)
@@ -131,13 +148,19 @@ def _conv(part, x):
     p, e = c["padding"], c["padding_end"]
     if e:
         x, p = F.pad(x, (p, p + e, p, p + e)), 0
-    return part.act(F.conv2d(x, part.weight, part.bias, stride=c["stride"], padding=p, groups=c["groups"]))
+    shared = c.get("shared_biases", True)
+    bias = getattr(part, "bias", None)          # none with `bias: false`
+    y = F.conv2d(x, part.weight, bias if shared else None, stride=c["stride"], padding=p,
+                 groups=c["groups"])
+    return part.act(y if shared else y + bias)
 
 
 def _pool(part, x):
     c = part.cfg
+    if c.get("bins"):
+        return part.act(F.adaptive_avg_pool2d(x, c["bins"]))
     pool = F.max_pool2d if c["mode"] == "max" else F.avg_pool2d
-    return part.act(pool(x, c["size"], part.stride, ceil_mode=True))
+    return part.act(pool(x, c["size"], part.stride, padding=c.get("padding", 0), ceil_mode=c.get("ceil", True)))
 
 
 def _cmrnorm(part, x):
@@ -167,6 +190,12 @@ def _dropout2(part, x):
     return x * (torch.rand_like(x) < keep).to(x.dtype)
 
 
+def _batchnorm(part, x):
+    c = part.cfg
+    return part.act(F.batch_norm(x, part.running_mean, part.running_var, part.weight, part.bias,
+                                 training=part.training, momentum=c["momentum"], eps=c["eps"]))
+
+
 def _softmax(part, x):
     x = x.reshape(x.shape[0], -1)
     return x if part.final else torch.softmax(x, dim=1)   # the final one: logits
@@ -188,7 +217,12 @@ FORWARD = {
     "eltmax": lambda part, xs: torch.stack(list(xs)).max(dim=0).values,
     "softmax": _softmax,
     "sum2": lambda part, x: x,          # its cost is in Mirror.loss
+    "batchnorm": _batchnorm,
+    "prelu": lambda part, x: F.prelu(x, part.weight),
 }
+# types whose parameters start at constants, not N(0, init_w): (cfg, param name) -> the constant
+CONSTANT_INIT = {"batchnorm": lambda cfg, pname: 1.0 if pname == "weight" else 0.0,
+                 "prelu": lambda cfg, pname: cfg["init_slope"]}
 # the layer types the mirror leaves out on purpose, and why (tests check every type is in one)
 NOT_MIRRORED = {"local": "no PyTorch layer computes unshared (locally connected) filters"}
 SUPPORTED = tuple(FORWARD)
@@ -218,10 +252,11 @@ class Mirror(nn.Module):
                 part.init_weights(generator)
 
     def load_engine_state(self, state):
-        """Copy our state_dict ({"<layer>.weight": array, ...}) into the parameters."""
+        """Copy our state_dict ({"<layer>.weight": array, ...}) into the parameters and the
+        layers' state (buffers)."""
         with torch.no_grad():
             for name, part in zip(self.names, self.parts):
-                for pname, p in part.named_parameters(recurse=False):
+                for pname, p in list(part.named_parameters(recurse=False)) + list(part.named_buffers(recurse=False)):
                     p.copy_(torch.from_numpy(np.ascontiguousarray(state[f"{name}.{pname}"])))
 
     def parameter_groups(self, weight_decay):

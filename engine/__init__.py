@@ -6,6 +6,7 @@
     net = engine.load("runs/lenet5-20261124-101500")  # a run folder: its net and trained weights
     probs = net.predict(images)                       # raw images in, class probabilities out
 """
+import layers  # noqa: F401  first: it chooses Numba's cache folder before numba is imported
 from engine.checkpoint import CheckpointError
 from engine.datasets import DataError
 from engine.errors import ConfigError, DeviceError, MemoryLimitError

@@ -35,7 +35,9 @@ def _check(args):
     from engine.train import plural
     net = load(args.net, plugins=args.plugins, overrides=args.overrides)
     # the `train:` section too, with the messages `train` would give
-    settings.make_schedule(settings.resolve(net.spec.train, file=net.spec.file))
+    train = settings.resolve(net.spec.train, file=net.spec.file)
+    settings.make_schedule(train)
+    settings.apply_cost_settings(net.spec, train, file=net.spec.file)     # a cost that cannot take them
     sets = "".join(f" --set {o}" for o in args.overrides)
     print(f"{args.net}{sets}: OK ({plural(len(net.layers), 'layer')}, {net.num_params:,} parameters)")
     return 0
@@ -47,7 +49,8 @@ def _train(args):
         raise ConfigError("give a net file (python -m engine train NET.yaml) or --resume RUN_FOLDER")
     trainer = Trainer(args.net, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
                       seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq,
-                      device=args.device, plugins=args.plugins, keep=args.keep, overrides=args.overrides)
+                      device=args.device, plugins=args.plugins, keep=args.keep, overrides=args.overrides,
+                      optimizer=args.optimizer)
     result = trainer.run()
     return result["exit_code"] if result["stopped"] else 0
 
@@ -231,6 +234,7 @@ def build_parser():
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                    help="where to run: cpu (default), cuda (the two columns on two streams), auto")
     t.add_argument("--test-freq", type=int, metavar="N", dest="test_freq", help="validate every N epochs")
+    t.add_argument("--optimizer", metavar="NAME", help="sgd (cuda-convnet's, the default) | nesterov | adam | adamw")
     t.add_argument("--keep", type=int, metavar="N", help="keep only the last N epoch checkpoints and the best "
                    "one by validation error, deleting older ones once a new one is saved (default: all)")
     _plugins_flag(t)

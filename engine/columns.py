@@ -83,6 +83,12 @@ def column_work(nodes):
     return work
 
 
+def needs_whole_batch(layer):
+    """True for a layer that must see a training batch whole: its forward uses the batch's
+    statistics (Layer.whole_batch) or it updates state (one update per step, not per half)."""
+    return bool(layer.whole_batch or layer.state_shapes())
+
+
 def choose(nodes, mode="auto", cpus=None):
     """(mode, why): "columns", "batch" or "layers", and the reason, for a net's nodes.
 
@@ -92,12 +98,22 @@ def choose(nodes, mode="auto", cpus=None):
     thread). Measured on this project's 2-core machine (closing note of issue 5):
     intra-op threading ("layers") gained nothing over one core on the CIFAR-10 and LeNet
     nets, while one thread per column or per half-batch scales. The choice is a rule, not
-    a timing, so the same net always runs the same way."""
+    a timing, so the same net always runs the same way.
+
+    A net holding a layer that needs the whole batch (`needs_whole_batch`: batchnorm) is
+    never split: where batch would be picked, or is asked for, it runs "layers", and the
+    reason says which layer; two halves would each normalise by their own statistics."""
     mode = os.environ.get(ENV, mode) if mode == "auto" else mode
     check_mode(mode)
     work = column_work(nodes)
     if mode == "columns" and len(work) < 2:
         return "layers", "the net has one column"
+    whole = next((node for node in nodes if needs_whole_batch(node.layer)), None)
+    unsplit = (f"layer '{whole.name}' ({whole.type}) needs the whole batch in one pass (batch "
+               "statistics, state), so the batch is not split: one layer after another"
+               ) if whole is not None else None
+    if mode == "batch" and whole is not None:
+        return "layers", f"threading: batch was asked for, but {unsplit}"
     if mode != "auto":
         return mode, f"threading: {mode} was asked for"
     if cpus is None:
@@ -106,13 +122,15 @@ def choose(nodes, mode="auto", cpus=None):
         return "layers", "one CPU core"
     total = max(sum(work.values()), 1)
     halves = f"each half of a batch (of {MIN_SPLIT} or more) on its own thread"
+    batch = "layers" if whole is not None else "batch"
+    halves = unsplit or halves
     if len(work) < 2:
-        return "batch", f"one column: {halves}"
+        return batch, f"one column: {halves}"
     if len(work) > cpus:
-        return "batch", f"{len(work)} columns on {cpus} cores: {halves}"
+        return batch, f"{len(work)} columns on {cpus} cores: {halves}"
     smallest = min(work.values()) / total
     if smallest < 0.5 / len(work):
-        return "batch", f"the smallest column holds {smallest:.0%} of the multiply-adds: {halves}"
+        return batch, f"the smallest column holds {smallest:.0%} of the multiply-adds: {halves}"
     return "columns", f"{len(work)} columns of {', '.join(f'{v / total:.0%}' for v in work.values())} " \
                       f"of the multiply-adds, on {len(work)} threads"
 

@@ -20,6 +20,7 @@ TOP_KEYS = {
     "input": "{shape: [C, H, W]}: one image; the input layer is called `data`",
     "defaults": "values for any layer key not given on the layer",
     "layers": "the list of layers",
+    "blocks": "named layer templates with parameters, used in `layers` as {name: N, block: B, ...}",
     "train": "training settings (see README: Training)",
     "plugins": "Python files or modules with your own layer types (needs plugins=True / --plugins)",
 }
@@ -38,6 +39,11 @@ PARAM_KEYS = {
     "lr_b": Key(float, 1.0, low=0.0, doc="learning-rate multiplier for the biases"),
     "wd": Key(float, 1.0, low=0.0, doc="weight-decay multiplier for the weights"),
 }
+# Keys of cost layers: the cost's weight in the net's loss (cuda-convnet's coeff), unless the
+# type declares its own `coeff` (sum2 applies it inside its cost).
+COST_KEYS = {
+    "coeff": Key(float, 1.0, low=0.0, low_open=True, doc="weight of this cost in the net's loss"),
+}
 INPUT_NAME = "data"
 MAX_NAME = 200            # layer names: long enough for any net, short enough for one-line errors
 
@@ -53,6 +59,7 @@ class LayerSpec:
     mapping: Mapping = None   # the YAML mapping, for line numbers
     origins: dict = field(default_factory=dict)  # key -> (mapping, key) it came from
     set_by: dict = field(default_factory=dict)   # key -> the override that set it ("--set ...")
+    coeff: float = 1.0        # a cost layer's weight in the loss the engine applies (COST_KEYS)
 
     def line(self, key=None):
         if key is not None and key in self.origins:
@@ -228,7 +235,7 @@ def _copy(mapping):
     """A shallow copy that keeps a Mapping's line numbers (the caller's data stays untouched)."""
     if isinstance(mapping, Mapping):
         out = Mapping(mapping)
-        out.line, out.lines = mapping.line, dict(mapping.lines)
+        out.line, out.lines, out.used = mapping.line, dict(mapping.lines), mapping.used
         return out
     return dict(mapping)
 
@@ -320,10 +327,7 @@ def _override_layer(data, o, types, file, marked, err):
     type_name = o.value if key == "type" else raw.get("type")
     cls = types.get(type_name) if isinstance(type_name, str) else None
     if cls is not None:
-        valid = {k: v for k, v in COMMON_KEYS.items() if k != "name"}
-        valid.update(cls.keys)
-        if "init_w" in cls.keys:
-            valid.update(PARAM_KEYS)
+        valid = {k: v for k, v in valid_keys(cls).items() if k != "name"}
         if key not in valid:
             err(o, f"unknown key '{named(key)}' of layer '{named(name)}' (a {type_name} layer)"
                 f"{suggest(key, valid)}; valid: {', '.join(valid)}")
@@ -335,6 +339,18 @@ def _override_layer(data, o, types, file, marked, err):
     layers[i] = layer
     data["layers"] = layers
     marked[(id(layer), key)] = o.label
+
+
+def valid_keys(cls):
+    """Every key a layer of type `cls` takes: the common ones, its own, and the engine's keys
+    for layers with weights (PARAM_KEYS) and for cost layers (COST_KEYS)."""
+    valid = dict(COMMON_KEYS)
+    valid.update(cls.keys)
+    if "init_w" in cls.keys:    # weight layers declare an init_w
+        valid.update(PARAM_KEYS)
+    if cls.is_cost:
+        valid.update({k: v for k, v in COST_KEYS.items() if k not in cls.keys})
+    return valid
 
 
 def output_layer(spec):
@@ -425,7 +441,15 @@ def parse_net(source, plugins=False, plugin_dir=None, overrides=None):
 
     plugin_dir = os.path.abspath(plugin_dir or (os.path.dirname(file) if file else os.curdir))
     resolved, types = _plugins(data, plugins, plugin_dir, fail)
-    data, train_overrides = apply_overrides(data, overrides, types, file, marked)
+    # overrides of the layers as written (block uses too) before blocks expand, of expanded
+    # layers (res2a.conv1.filters) after
+    from engine import blocks
+    written = blocks.raw_names(data)
+    early = [o for o in overrides if o.path[0] in SECTIONS or o.path[0] in written]
+    data, train_overrides = apply_overrides(data, early, types, file, marked)
+    data, block_outputs = blocks.expand(data, fail, marked)
+    data, _ = apply_overrides(data, [o for o in overrides if o not in early], types, file, marked)
+    blocks.resolve_outputs(data, block_outputs, marked)
     input_shape = _input_shape(data, fail)
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -438,7 +462,7 @@ def parse_net(source, plugins=False, plugin_dir=None, overrides=None):
     if not isinstance(raw_layers, list) or not raw_layers:
         fail("must be a non-empty list of layers", data, "layers")
 
-    all_type_keys = set(COMMON_KEYS) | set(PARAM_KEYS)
+    all_type_keys = set(COMMON_KEYS) | set(PARAM_KEYS) | set(COST_KEYS)
     for cls in types.values():
         all_type_keys |= set(cls.keys)
     for k in defaults:
@@ -537,11 +561,7 @@ def _parse_layer(raw, index, previous, defaults, fail, seen, types):
         fail(f"unknown layer type '{named(type_name)}'{suggest(type_name, types)}; "
              f"valid: {' | '.join(sorted(types))}", raw, "type", layer=name)
     cls = types[type_name]
-    has_params = "init_w" in cls.keys   # weight layers declare an init_w
-    valid = dict(COMMON_KEYS)
-    valid.update(cls.keys)
-    if has_params:
-        valid.update(PARAM_KEYS)
+    valid = valid_keys(cls)
 
     def err(msg, key):
         fail(msg, raw, key, layer=name)
@@ -561,7 +581,7 @@ def _parse_layer(raw, index, previous, defaults, fail, seen, types):
         err("a layer cannot read its own output", "inputs")
 
     cfg, solver, origins = {}, {}, {}
-    gpu = 0
+    gpu, coeff = 0, 1.0
     for k, key_spec in valid.items():
         if k in ("name", "type", "inputs"):
             continue
@@ -582,7 +602,9 @@ def _parse_layer(raw, index, previous, defaults, fail, seen, types):
             gpu = value
         elif k in PARAM_KEYS:
             solver[k] = value
+        elif k in COST_KEYS and k not in cls.keys:
+            coeff = value
         else:
             cfg[k] = value
     return LayerSpec(name=name, type=type_name, inputs=list(inputs), gpu=gpu, cfg=cfg,
-                     solver=solver, mapping=raw, origins=origins)
+                     solver=solver, mapping=raw, origins=origins, coeff=coeff)

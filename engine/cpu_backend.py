@@ -4,7 +4,8 @@ Every backend (this one, engine.cuda_backend) implements the same interface, whi
 executor, `Net`, the optimizer and the tools use; nothing outside a backend touches its
 insides:
 
-  arrays    params, layer_params(node), input(x, labels), labels(labels), to_host(a) (a copy),
+  arrays    params, state, layer_params(node) (its parameters and state, what the layer reads),
+            layer_state(node), input(x, labels), labels(labels), to_host(a) (a copy),
             zeros(shape),
             pull(host params) / push(host params), synchronize(), value(loss),
             loss_array(loss), copy_of(a), add_into(dst, src), combine_losses([(loss, n)])
@@ -12,7 +13,7 @@ insides:
             one_lane() (a context: a layer run alone as its lane would run it)
   layers    join(node, xs, copy), split(node, dx), gather(node, grads, copy),
             forward(node, x, train, seed), backward(node, dy, need_dx), cost(node, labels),
-            scale(node, dy, weight)
+            scale(node, dy, weight), update_state(node) (after a training step's forward)
   guards    first_nonfinite({key: array}) -> key or None, all_finite(a),
             room(held) -> (bytes, source), held_bytes(copies)
   optimizer update(optimizer, key, arrays, scalars): one parameter's update kernel
@@ -39,15 +40,28 @@ class CpuBackend:
         CPU's lanes follow Net.threading."""
         self.net = net
         self.params = net.parameters() if net is not None else {}
+        self.state = net.layer_state() if net is not None else {}    # live host arrays too
         self._layer_params = layer_params or {}
+        self._layer_state = {}
         for node in (net.layers if net is not None else []):
-            self._layer_params[node.name] = {p: self.params[f"{node.name}.{p}"] for p in node.layer.param_shapes()}
+            self._layer_state[node.name] = {s: self.state[f"{node.name}.{s}"] for s in node.layer.state_shapes()}
+            self._layer_params[node.name] = dict(
+                {p: self.params[f"{node.name}.{p}"] for p in node.layer.param_shapes()},
+                **self._layer_state[node.name])
         self._scratch = {}      # joined inputs and summed gradients, reused between steps
         self._clock_overhead = None
 
     # ---- arrays -----------------------------------------------------------------
     def layer_params(self, node):
         return self._layer_params.get(node.name, {})
+
+    def layer_state(self, node):
+        """{name: array} of the layer's state; loose layers (the gradient checker's) keep
+        theirs among `layer_params`."""
+        if node.name in self._layer_state:
+            return self._layer_state[node.name]
+        params = self.layer_params(node)
+        return {s: params[s] for s in node.layer.state_shapes()}
 
     def input(self, x, labels=None):
         return x, labels
@@ -63,7 +77,7 @@ class CpuBackend:
         return np.zeros(shape, np.float32)
 
     def pull(self, host_params):
-        """The live parameters are the host arrays: nothing to copy."""
+        """The live parameters and state are the host arrays: nothing to copy."""
 
     def push(self, host_params):
         pass
@@ -133,6 +147,9 @@ class CpuBackend:
     def backward(self, node, dy, need_dx):
         return node.layer.backward(dy, self.layer_params(node), need_dx=need_dx)
 
+    def update_state(self, node):
+        node.layer.update_state(self.layer_state(node))
+
     def cost(self, node, labels):
         loss, dx = node.layer.cost(labels)
         return float(loss), dx
@@ -154,7 +171,7 @@ class CpuBackend:
         return memory.available(held)
 
     def held_bytes(self, copies):
-        held = sum(a.nbytes for a in self.params.values())
+        held = sum(a.nbytes for a in self.params.values()) + sum(a.nbytes for a in self.state.values())
         held += sum(b.nbytes for nodes in copies for node in nodes for b in node.layer._buffers.values())
         return held + sum(b.nbytes for b in self._scratch.values())
 

@@ -10,6 +10,10 @@ wherever the graph allows, forward and backward.
 
 A layer type without CUDA kernels (a plugin's NumPy layer) runs on the host: its input
 is copied over, its NumPy forward/backward run, the results are copied back.
+
+Layer state (Layer.state_shapes) lives on the device beside the parameters (`state`, which
+no optimizer sees); a layer's CUDA side receives it among `params` and, for a layer with
+state, implements `update_state(state, stream)`, called after a training step's forward.
 """
 import contextlib
 import importlib
@@ -90,6 +94,14 @@ class HostLayer(cudabase.CudaLayer):
         stream.synchronize()       # the layer may reuse its host buffers at the next call
         return out
 
+    def update_state(self, state, stream):
+        keys = list(state)
+        host = dict(zip(keys, self._host([state[k] for k in keys], stream)))
+        self.layer.update_state(host)
+        for k in keys:
+            state[k].copy_to_device(np.ascontiguousarray(host[k], np.float32), stream=stream)
+        stream.synchronize()
+
     def backward(self, dy, params, need_dx, stream):
         keys = list(params)
         host = self._host([dy] + [params[k] for k in keys], stream)
@@ -138,7 +150,11 @@ class CudaBackend:
         self._lane = {gpu: i % n_streams for i, gpu in enumerate(columns)}
         self.upload_stream = cuda.stream()
         self.params = {k: cuda.to_device(v) for k, v in net.parameters().items()}
-        self._layer_params = {n.name: {p: self.params[f"{n.name}.{p}"] for p in n.layer.param_shapes()}
+        self.state = {k: cuda.to_device(v) for k, v in net.layer_state().items()}   # no optimizer sees it
+        self._layer_state = {n.name: {s: self.state[f"{n.name}.{s}"] for s in n.layer.state_shapes()}
+                             for n in net.layers}
+        self._layer_params = {n.name: dict({p: self.params[f"{n.name}.{p}"] for p in n.layer.param_shapes()},
+                                           **self._layer_state[n.name])
                               for n in net.layers}
         self._owner = {f"{n.name}.{p}": n for n in net.layers for p in n.layer.param_shapes()}
         self.impls = {}
@@ -188,6 +204,9 @@ class CudaBackend:
     # ---- arrays -----------------------------------------------------------------
     def layer_params(self, node):
         return self._layer_params.get(node.name, {})
+
+    def layer_state(self, node):
+        return self._layer_state.get(node.name, {})
 
     def input(self, x, labels=None):
         """Copy a batch to the device through pinned buffers, asynchronously on the upload
@@ -242,16 +261,20 @@ class CudaBackend:
         out.copy_to_device(np.zeros(shape, np.float32))
         return out
 
+    def _device(self, key):
+        dev = self.params.get(key)
+        return self.state[key] if dev is None else dev
+
     def pull(self, host_params):
-        """Copy the device parameters into the host arrays."""
+        """Copy the device parameters (and layer state) into the host arrays of those keys."""
         cuda.synchronize()
         for k, arr in host_params.items():
-            self.params[k].copy_to_host(arr)
+            self._device(k).copy_to_host(arr)
 
     def push(self, host_params):
         cuda.synchronize()
         for k, arr in host_params.items():
-            self.params[k].copy_to_device(np.ascontiguousarray(arr, np.float32))
+            self._device(k).copy_to_device(np.ascontiguousarray(arr, np.float32))
 
     def synchronize(self):
         cuda.synchronize()
@@ -301,6 +324,9 @@ class CudaBackend:
     def backward(self, node, dy, need_dx):
         return self.impl(node).backward(dy, self.layer_params(node), need_dx, self.stream_of(node))
 
+    def update_state(self, node):
+        self.impl(node).update_state(self.layer_state(node), self.stream_of(node))
+
     def cost(self, node, labels):
         return self.impl(node).cost(labels, self.stream_of(node))
 
@@ -342,7 +368,7 @@ class CudaBackend:
         return memory.capped(found, None if found is None else "free memory of the CUDA device")
 
     def held_bytes(self, copies):
-        held = sum(a.nbytes for a in self.params.values())
+        held = sum(a.nbytes for a in self.params.values()) + sum(a.nbytes for a in self.state.values())
         return held + sum(b.nbytes for impl in self.impls.values() for b in impl._buffers.values())
 
     # ---- optimizer --------------------------------------------------------------

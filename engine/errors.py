@@ -5,10 +5,13 @@ class ConfigError(ValueError):
     """A problem in a net definition, located by file, line, layer and key.
 
     `str(err)` reads like `nets/x.yaml:12: layer 'conv1', key 'size': must be >= 1, got 0`.
+    In a layer expanded from a block, `line` is the template's and `block` / `used_at` name the
+    block and the line of its use: `nets/x.yaml:5 (in block 'basic' used at line 12): ...`.
     """
 
     def __init__(self, message, file=None, line=None, layer=None, key=None):
         self.message, self.file, self.line, self.layer, self.key = message, file, line, layer, key
+        self.block, self.used_at = getattr(line, "block", None), getattr(line, "used_at", None)
         super().__init__(self._text())
 
     def _text(self):

@@ -6,6 +6,9 @@ CUDA). Everything else is here: joining a layer's inputs, the cost, handing each
 gradient back to its producer, and summing what a producer's readers sent back in one
 fixed order (reverse graph order of the readers), whichever lane finished first.
 
+A net may have several cost layers (auxiliary heads, engine.graph.cost_heads): the loss is
+the sum of their costs times their weights, and each sends its weighted gradient back.
+
 A backend may split a batch into halves, each through its own copy of the layers on its
 own lane ("batch" threading on the CPU); the halves' gradients are summed into the first
 copy's arrays and the loss is the batch mean.
@@ -16,8 +19,15 @@ Hooks, instead of copies of this loop:
   timer {(layer, phase): [seconds]}   each layer's forward/backward (and "cost") timed
                               on its own by the backend's clock
 Either runs the layers one at a time in graph order on one lane (no batch split).
+
+Layer state (Layer.state_shapes: batchnorm's running statistics) is updated by the backend
+right after a layer's forward, on its lane, in the training step only (`step` with train
+and backward); a batch is never split over copies where a layer needs the whole batch
+(Layer.whole_batch).
 """
+from engine import columns
 from engine.config import INPUT_NAME
+from engine.graph import cost_heads
 
 
 class Executor:
@@ -28,9 +38,12 @@ class Executor:
         self.backend = backend
         self.make_copy = make_copy
         self.rank = {node.name: i for i, node in enumerate(nodes)}
+        self.stateful = {node.name for node in nodes if node.layer.state_shapes()}
+        self.whole_batch = any(columns.needs_whole_batch(node.layer) for node in nodes)
         produced = set(self.rank)
         self.readers = {node.name: [] for node in nodes}
         self.graph_inputs = []
+        self.heads = cost_heads(nodes)      # [(index, weight)], the output last
         for node in nodes:
             for name in dict.fromkeys(node.inputs):
                 if name in produced:
@@ -46,7 +59,7 @@ class Executor:
     def halves(self, n, serial=False):
         """[(copy, start, stop)]: one part, or two halves where the backend splits a batch of n."""
         split_from = self.backend.split_from
-        if serial or split_from is None or n < split_from or self.make_copy is None:
+        if serial or split_from is None or n < split_from or self.make_copy is None or self.whole_batch:
             return [(0, 0, n)]
         if len(self.copies) == 1:
             self.copies.append(self.make_copy())
@@ -54,11 +67,13 @@ class Executor:
         return [(0, 0, h), (1, h, n)]
 
     # ---- forward ----------------------------------------------------------------
-    def forward(self, inputs, train, seeds=None, watch=None, timer=None, copy=0, acts=None, only=None):
+    def forward(self, inputs, train, seeds=None, watch=None, timer=None, copy=0, acts=None, only=None,
+                update_state=False):
         """Run the layers on {input name: array}; returns {name: activation} (inputs too).
 
         seeds: {layer: int} for the random layers of a training pass. `acts` and `only`
-        rerun just the layers named in `only` over the activations `acts` of an earlier pass."""
+        rerun just the layers named in `only` over the activations `acts` of an earlier pass.
+        `update_state`: each layer with state updates it after its forward (a training step)."""
         backend, seeds = self.backend, seeds or {}
         acts = dict(inputs) if acts is None else acts
         serial = watch is not None or timer is not None or copy > 0
@@ -67,6 +82,8 @@ class Executor:
             xin = backend.join(node, [acts[i] for i in node.inputs], copy)
             acts[node.name] = self._timed(timer, node, "forward", backend.forward, node, xin, train,
                                           seeds.get(node.name))
+            if update_state and node.name in self.stateful:
+                backend.update_state(node)
             if watch is not None:
                 watch("output", node.name, acts[node.name])
 
@@ -87,14 +104,20 @@ class Executor:
         grads, to_inputs = {}, {}
         loss = None
         if dy is None:
-            loss, dy = self._timed(timer, out, "cost", backend.cost, out, labels)
-            if weight != 1.0:
-                dy = backend.scale(out, dy, weight)
-            if watch is not None:
-                watch("cost", out.name, backend.loss_array(loss))
-                watch("input gradient", out.name, dy)
-            self._send_back(out, dy, parts)
-            todo = nodes[:-1]
+            losses = []
+            for i, head_weight in reversed(self.heads):
+                head = nodes[i]
+                head_loss, dy = self._timed(timer, head, "cost", backend.cost, head, labels)
+                if weight * head_weight != 1.0:
+                    dy = backend.scale(head, dy, weight * head_weight)
+                if watch is not None:
+                    watch("cost", head.name, backend.loss_array(head_loss))
+                    watch("input gradient", head.name, dy)
+                self._send_back(head, dy, parts)
+                losses.append((head_loss, head_weight))
+            loss = self._weighted(losses)
+            heads = {nodes[i].name for i, _ in self.heads}
+            todo = [node for node in nodes if node.name not in heads]
         else:
             parts[out.name] = [(None, dy)]
             todo = nodes
@@ -121,11 +144,25 @@ class Executor:
         grads = {k: grads[k] for k in order}
         return (loss, grads, to_inputs) if input_grads else (loss, grads)
 
+    def cost(self, labels, copy=0):
+        """The net's loss (a host float) over the activations of the latest forward of `copy`."""
+        nodes = self.copies[copy]
+        return float(sum(w * self.backend.value(self.backend.cost(nodes[i], labels)[0])
+                         for i, w in self.heads))
+
+    def _weighted(self, losses):
+        """The loss from [(head's cost, weight)]: one head of weight 1 keeps the backend's scalar
+        (no read back); several are summed on the host, as a float."""
+        if len(losses) == 1 and losses[0][1] == 1.0:
+            return losses[0][0]
+        return float(sum(w * self.backend.value(loss) for loss, w in losses))
+
     # ---- a whole step -----------------------------------------------------------
     def step(self, x, labels, train, seeds_for, backward=True, watch=None, timer=None):
         """Forward (and with `backward` the cost and backward) of a batch x on the backend.
 
-        seeds_for(nodes) -> {layer: seed}, drawn once per copy of the layers. Returns
+        seeds_for(nodes) -> {layer: seed}, drawn once per copy of the layers. A training
+        step (train and backward) updates the layers' state after their forward. Returns
         [(copy, start, stop, acts)] and, with `backward`, (loss, grads) as well; the loss is
         a backend scalar (backend.value reads it)."""
         backend = self.backend
@@ -134,7 +171,8 @@ class Executor:
         parts = self.halves(n, serial)
         seeds = [seeds_for(self.copies[c]) if train else {} for c, _, _ in parts]
         if len(parts) == 1:
-            acts = self.forward({INPUT_NAME: x}, train, seeds[0], watch, timer)
+            acts = self.forward({INPUT_NAME: x}, train, seeds[0], watch, timer,
+                                update_state=train and backward)
             if not backward:
                 return [(0, 0, n, acts)], None
             return [(0, 0, n, acts)], self.backward(labels, watch=watch, timer=timer)

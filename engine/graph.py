@@ -27,6 +27,18 @@ class Node:
     def has_params(self):
         return bool(self.layer.param_shapes())
 
+    @property
+    def block_use(self):
+        """(use name, block name) for a layer expanded from a block (engine.blocks), else None."""
+        used = getattr(self.spec.mapping, "used", None)
+        return None if used is None else (used.name, used.block)
+
+    @property
+    def cost_weight(self):
+        """A cost layer's weight in the net's loss, as the engine applies it (its `coeff`;
+        1 where the layer type applies its own coeff inside its cost)."""
+        return self.spec.coeff
+
 
 def build(spec: NetSpec):
     """Return the nodes in execution order, or raise ConfigError naming the problem."""
@@ -47,17 +59,25 @@ def build(spec: NetSpec):
         for inp in s.inputs:
             if inp != INPUT_NAME:
                 consumers[inp].append(s.name)
+    # the net's output is the last layer nobody reads; other such layers must be cost layers
+    # (auxiliary heads, as GoogLeNet's), whose weighted costs add to the loss
     sinks = [s for s in spec.layers if not consumers[s.name]]
     output = sinks[-1]
-    for s in sinks[:-1]:
-        fail(f"layer is unused: no layer reads its output, and only one layer ('{output.name}', "
-             "the last) can be the net's output", s)
     for s in spec.layers:
         cls = layer_types.get(s.type)
-        if cls.is_cost and s is not output:
-            fail(f"a {s.type} layer is a cost layer and must be the net's output, but "
-                 f"{', '.join(consumers[s.name])} read(s) it", s)
+        if cls.is_cost and consumers[s.name]:
+            fail(f"a {s.type} layer is a cost layer and must be the net's output or an auxiliary head: "
+                 f"nothing can read it, but {', '.join(consumers[s.name])} read(s) it", s)
+    for s in sinks[:-1]:
+        if not layer_types.get(s.type).is_cost:
+            fail(f"layer is unused: no layer reads its output, and only one layer ('{output.name}', "
+                 "the last) can be the net's output (other unread layers must be cost layers)", s)
+        if not layer_types.get(output.type).is_cost:
+            fail(f"layer is unused: no layer reads it, and a cost layer is an auxiliary head only when the "
+                 f"net's output ('{output.name}', the last unread layer) is a cost layer too, not a "
+                 f"{output.type} layer", s)
 
+    order = [s for s in order if s is not output] + [output]    # the output runs last
     shapes = {INPUT_NAME: spec.input_shape}
     nodes = []
     for s in order:
@@ -72,6 +92,16 @@ def build(spec: NetSpec):
         shapes[s.name] = layer.output_shape
         nodes.append(Node(name=s.name, type=s.type, gpu=s.gpu, inputs=list(s.inputs), layer=layer, spec=s))
     return nodes
+
+
+def cost_heads(nodes):
+    """[(index, weight)] of the cost layers nobody reads, in graph order (the output last):
+    the net's loss is the sum of their weighted costs. Nodes without a spec (a layer run
+    alone) weigh 1; a graph without a cost layer has its output as its one head, as before."""
+    readers = {i for n in nodes for i in n.inputs}
+    heads = [(i, getattr(getattr(n, "spec", None), "coeff", 1.0)) for i, n in enumerate(nodes)
+             if n.layer.is_cost and n.name not in readers]
+    return heads or [(len(nodes) - 1, 1.0)]
 
 
 def listed(items, most=8, sep=", "):

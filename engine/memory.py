@@ -53,7 +53,7 @@ def estimate(nodes, input_shape, n, train=False, split_from=None):
         if train and readers.get(node.name, 0) > 1:    # the sum of its readers' gradients
             out["activation_gradients"] += FLOAT * n * math.prod(layer.output_shape)
         p = param_bytes(layer)
-        out["parameters"] += p
+        out["parameters"] += p + FLOAT * sum(math.prod(s) for s in layer.state_shapes().values())  # + state
         if train:
             out["parameter_gradients"] += p * len(halves)
             out["momentum"] += p

@@ -13,7 +13,8 @@ from engine.executor import Executor
 class Net:
     """A network built from a net file.
 
-    Parameters live in `state_dict()` order, keyed "<layer>.weight" / "<layer>.bias".
+    Parameters live in `state_dict()` order, keyed "<layer>.weight" / "<layer>.bias", each
+    layer's state (Layer.state_shapes: batchnorm's "<layer>.running_mean", ...) after them.
     Activations and scratch buffers are kept inside the layers between calls and reused
     while the batch size stays the same.
     """
@@ -32,11 +33,14 @@ class Net:
         init_rng = np.random.default_rng(seed)
         self._params = {}          # "<layer>.<param>" -> float32 array
         self._layer_params = {}    # layer -> {param: the same arrays}
+        self._state = {}           # "<layer>.<name>" -> float32 array: state, no parameter
         for node in self._nodes:
             lp = node.layer.init_params(init_rng)
             self._layer_params[node.name] = lp
             for pname, arr in lp.items():
                 self._params[f"{node.name}.{pname}"] = arr
+            for sname, arr in node.layer.init_state().items():
+                self._state[f"{node.name}.{sname}"] = arr
         # dropout and other training-time randomness; the trainer saves and restores its state
         self.rng = np.random.default_rng([seed, 1])
         self.threading = "auto"
@@ -91,7 +95,7 @@ class Net:
         device = devices.resolve(device)
         if device == self.device and streams is None:
             return self
-        self.backend.pull(self._params)
+        self.backend.pull(self._arrays())
         self._use(devices.backend_for(device, self, streams=streams))
         return self
 
@@ -103,7 +107,14 @@ class Net:
 
     @property
     def output_layer(self):
+        """The net's output: its last layer nobody reads (forward's default, predict, top-k)."""
         return self._nodes[-1]
+
+    @property
+    def cost_heads(self):
+        """[(layer, weight)]: the cost layers whose weighted costs sum to the loss, the output
+        last (one for most nets; GoogLeNet's auxiliary heads add theirs)."""
+        return [(self._nodes[i], w) for i, w in self._executor.heads]
 
     @property
     def classifies(self):
@@ -147,6 +158,10 @@ class Net:
                  f"{total_macs / 1e6:,.1f} M multiply-adds per image", rule, fmt(rows[0]), rule]
         lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1]),
                                                   f"CPU threading: {self._lane_mode} ({self.threading_reason})", ""]
+        heads = self.cost_heads
+        if len(heads) > 1 or heads[0][1] != 1.0:     # auxiliary heads, a weighted cost
+            terms = [n.name if w == 1.0 else f"{w:g} x {n.name}" for n, w in heads[-1:] + heads[:-1]]
+            lines[-1:-1] = [f"loss: {' + '.join(terms)} (output: {self.output_layer.name})"]
         lines += memory.table(self._nodes, self.input_shape, batch)
         return "\n".join(lines)
 
@@ -155,18 +170,40 @@ class Net:
 
     # ---- parameters ---------------------------------------------------------
     def state_dict(self):
-        """{"<layer>.weight": array, "<layer>.bias": array} (host copies, on any device)."""
-        self.backend.pull(self._params)
-        return {k: v.copy() for k, v in self._params.items()}
+        """{"<layer>.weight": array, "<layer>.bias": array, and each layer's state such as
+        "<layer>.running_mean"} (host copies, on any device)."""
+        arrays = self._arrays()
+        self.backend.pull(arrays)
+        return {k: v.copy() for k, v in arrays.items()}
 
     def parameters(self):
         """The host parameter arrays: on the CPU the live ones (the optimizer updates them in
         place); on CUDA copies, refreshed by state_dict() (`backend.params` are the live ones)."""
         return self._params
 
+    def layer_state(self):
+        """The host arrays of the layers' state ("<layer>.running_mean", ...: no parameters,
+        updated by training steps, never by the optimizer): on the CPU the live ones; on CUDA
+        copies, refreshed by state_dict() (`backend.state` are the live ones)."""
+        return self._state
+
+    def _arrays(self):
+        """Parameters and state in state_dict order: each layer's parameters, then its state."""
+        if not self._state:
+            return self._params
+        out = {}
+        for node in self._nodes:
+            for group in (node.layer.param_shapes(), node.layer.state_shapes()):
+                for name in group:
+                    key = f"{node.name}.{name}"
+                    out[key] = self._params.get(key, self._state.get(key))
+        return out
+
     def load_state_dict(self, state):
-        missing = [k for k in self._params if k not in state]
-        unexpected = [k for k in state if k not in self._params]
+        """Copy a state_dict's arrays (parameters and layer state, all of them) into the net."""
+        mine = self._arrays()
+        missing = [k for k in mine if k not in state]
+        unexpected = [k for k in state if k not in mine]
         if missing or unexpected:
             parts = []
             if missing:
@@ -174,13 +211,14 @@ class Net:
             if unexpected:
                 parts.append("unexpected " + ", ".join(unexpected))
             raise KeyError(f"state dict does not fit net '{self.name}': " + "; ".join(parts))
-        for k, arr in self._params.items():
+        for k, arr in mine.items():
             new = np.asarray(state[k])
             if new.shape != arr.shape:
                 raise ValueError(f"state dict key '{k}': shape {list(new.shape)} does not fit the "
                                  f"net's {list(arr.shape)}")
-            arr[...] = new.astype(np.float32, copy=False)
-        self.backend.push(self._params)
+        for k, arr in mine.items():      # checked first: a misfit leaves the net as it was
+            arr[...] = np.asarray(state[k]).astype(np.float32, copy=False)
+        self.backend.push(mine)
 
     # ---- compute ------------------------------------------------------------
     def check_input(self, x):
@@ -215,7 +253,7 @@ class Net:
         n = x.shape[0]
         self.check_memory(n, train or backward)
         if backward:
-            labels = self._cost_layer().check_labels(labels, n=n)   # the device cannot say why
+            labels = self._check_labels(labels, n)   # the device cannot say why
         xd, ld = self.backend.input(x, labels if backward else None)
         out = self._executor.step(xd, ld, train, self.draw_layer_seeds, backward, watch, timer)
         self.backend.end_step()
@@ -236,6 +274,8 @@ class Net:
         through `predict`, `features` or `prepare` (which returns exactly this input).
         Returns the last layer's output (probabilities for a softmax net), or with
         `outputs=[names]` a dict name -> activation (host copies; "data" is allowed).
+        `train=True` runs the training-time forward (dropout, batch statistics) without
+        updating any layer state (only a training step, loss_and_grads, does).
         `timer` (a dict) collects each layer's time (the time verb; engine.executor).
         Anything else (a wrong shape or dtype; uint8, channels-last or raw-pixel-valued
         input) is a one-line ValueError saying what was expected and what was given.
@@ -255,24 +295,35 @@ class Net:
     def gradients(self, x, labels, train=False):
         """(mean cross-entropy, {"<layer>.<param>": gradient}) for a batch.
 
-        Gradient arrays are host copies; `train=True` applies dropout (drawing from `self.rng`).
+        Gradient arrays are host copies; `train=True` applies dropout (drawing from `self.rng`),
+        normalises by batch statistics and updates the layers' state, as a training step does.
         """
         loss, grads = self.loss_and_grads(x, labels, train)
         return loss, {k: self.backend.to_host(g) for k, g in grads.items()}
 
     def loss(self, x, labels):
-        """The cost of a batch at test time (no dropout, no backward)."""
+        """The cost of a batch at test time (no dropout, no backward): with several cost heads,
+        the sum of their weighted costs."""
+        return self.loss_and_output(x, labels)[0]
+
+    def loss_and_output(self, x, labels):
+        """(loss, the output layer's activations) of a batch at test time, from one pass."""
         parts, _ = self._run(x, None, False, backward=False)
         n = parts[-1][2]
-        labels = self._cost_layer().check_labels(labels, n=n)
-        backend, copies = self.backend, self._executor.copies
+        labels = self._check_labels(labels, n)
+        backend, out = self.backend, self._nodes[-1].name
         total = 0.0
         for c, a, b, _ in parts:
-            out = copies[c][-1]
             part = None if labels is None else labels[a:b]
-            loss, _ = backend.cost(out, backend.labels(part))
-            total += backend.value(loss) * (b - a)
-        return total / n
+            total += self._executor.cost(backend.labels(part), copy=c) * (b - a)
+        output = np.concatenate([backend.to_host(acts[out]) for _, _, _, acts in parts])
+        return total / n, output
+
+    def _check_labels(self, labels, n):
+        """The labels as every cost head takes them (checked by each), or None where none needs any."""
+        self._cost_layer()
+        checked = [node.layer.check_labels(labels, n=n) for node, _ in self.cost_heads]
+        return next((c for c in reversed(checked) if c is not None), None)
 
     def _cost_layer(self):
         out = self._nodes[-1]
@@ -284,13 +335,15 @@ class Net:
     def loss_and_grads(self, x, labels, train=True, watch=None, timer=None):
         """(mean loss, {"<layer>.<param>": gradient}) with the gradients on the net's backend
         (they may be the layers' reused buffers: the optimizer reads them in place).
+        With `train` it is a training step: dropout, batch statistics, and the layers' state
+        (batchnorm's running statistics) updated after their forward.
 
         `watch(kind, layer, array)`, when given, sees every layer's "output" in forward
         order, then "cost", then each layer's "input gradient" and "<param> gradient" in
         backward order (engine.finite uses it to find where a NaN was born); `timer` (a
         dict) collects each layer's times (the time verb). See engine.executor."""
         _, (loss, grads) = self._run(x, labels, train, backward=True, watch=watch, timer=timer)
-        return self.backend.value(loss), grads
+        return (loss if isinstance(loss, float) else self.backend.value(loss)), grads   # several heads: a float
 
     # ---- raw images -----------------------------------------------------------
     _RAW_HINT = ("; raw images go through net.predict(images), net.features(images, layer) or "
@@ -465,7 +518,7 @@ def load(source=None, seed=0, checkpoint=None, device="cpu", threading="auto", p
     net.threading = threading
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     # what does not fit, said once and in one line (not load_state_dict's KeyError repr inside)
-    mine = net.parameters()
+    mine = net._arrays()
     missing = [k for k in mine if k not in params]
     unexpected = [k for k in params if k not in mine]
     misfits = (([f"missing {', '.join(missing)}"] if missing else [])

@@ -1,15 +1,29 @@
-"""The optimizer (one module for every backend) and learning-rate schedules.
+"""The optimizers (one module for every backend) and learning-rate schedules.
 
-cuda-convnet's SGD with momentum and weight decay (the paper's rule):
+Every optimizer takes the per-layer multipliers of lr and wd (cuda-convnet's epsW / epsB /
+wc: lr_eff = lr * lr_mult, wd_eff = weight_decay * wd_mult); biases get no weight decay,
+as in cuda-convnet; a layer with lr_mult 0 is frozen (not updated, not in the clip norm).
+Its state lives once, on the net's backend.
 
-    v <- momentum * v - wd * lr * w - lr * dL/dw
-    w <- w + v
+  sgd       cuda-convnet's rule (the paper's):   v <- m v - wd_eff lr_eff w - lr_eff g;  w <- w + v
+  nesterov  the same velocity, then a look-ahead step:
+                                       v <- m v - lr_eff (g + wd_eff w);  w <- w + m v - lr_eff (g + wd_eff w)
+            (w is the weight before the step). With a constant lr this is PyTorch's
+            SGD(nesterov=True, dampening=0) exactly, whose buffer b = -v / lr; like our sgd,
+            the velocity holds lr-scaled steps, so a change of lr acts on new gradients only.
+  adam      PyTorch's Adam, weight decay added to the gradient (g <- g + wd_eff w):
+                m <- b1 m + (1 - b1) g;  s <- b2 s + (1 - b2) g^2
+                w <- w - (lr_eff / (1 - b1^t)) m / (sqrt(s) / sqrt(1 - b2^t) + eps)
+  adamw     PyTorch's AdamW: the same with decoupled decay w <- w (1 - lr_eff wd_eff) first
+            and g left alone.
 
-with per-layer multipliers of lr and wd (cuda-convnet's epsW / epsB / wc); biases get no
-weight decay, as in cuda-convnet. The state (momentum) lives once, on the net's backend.
-A new optimizer is a subclass of `Optimizer` here with a CPU update kernel and a CUDA
-twin (in engine/solver_cuda.py, imported only on CUDA): `state` names its per-parameter
-arrays, `scalars` its per-parameter constants.
+`clip_norm`: before any update the gradients of every parameter the optimizer moves are
+scaled by min(1, clip_norm / (norm + 1e-6)), norm the global L2 norm over all of them (as
+torch.nn.utils.clip_grad_norm_). The norms (before clipping) are tallied for the epoch line.
+
+A new optimizer is a subclass of `Optimizer` here with a CPU update kernel and a CUDA twin
+(in engine/solver_cuda.py, imported only on CUDA): `state` names its per-parameter arrays,
+`scalars` its per-parameter constants; both backends run it through `backend.update`.
 """
 import math
 
@@ -17,6 +31,8 @@ import numba
 import numpy as np
 
 from layers import threads
+
+CHUNK = 16384      # elements per parallel chunk, and per partial sum of the clip norm
 
 
 @threads.kernel
@@ -29,6 +45,74 @@ def sgd_update(w, v, g, lr, momentum, decay):
             vi = momentum * v[i] - decay * lr * w[i] - lr * g[i]
             v[i] = vi
             w[i] += vi
+
+
+@threads.kernel
+def nesterov_update(w, v, g, lr, momentum, decay):
+    """step = lr (g + decay w); v = m v - step; w += m v - step."""
+    n = w.size
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            step = lr * (g[i] + decay * w[i])
+            vi = momentum * v[i] - step
+            v[i] = vi
+            w[i] += momentum * vi - step
+
+
+@threads.kernel
+def adam_update(w, m, s, g, step_size, beta1, beta2, one_minus_beta1, one_minus_beta2, bc2_sqrt, eps,
+                l2, shrink):
+    """Adam (l2 = wd, shrink = 1) or AdamW (l2 = 0, shrink = 1 - lr wd) on flat arrays:
+    w *= shrink; g' = g + l2 w; m, s moving averages of g', g'^2;
+    w -= step_size m / (sqrt(s) / bc2_sqrt + eps)."""
+    n = w.size
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            wi = w[i] * shrink
+            gi = g[i] + l2 * wi
+            mi = beta1 * m[i] + one_minus_beta1 * gi
+            si = beta2 * s[i] + one_minus_beta2 * gi * gi
+            m[i] = mi
+            s[i] = si
+            w[i] = wi - step_size * mi / (np.sqrt(si) / bc2_sqrt + eps)
+
+
+@threads.kernel
+def sum_squares(g, partials):
+    """partials[j] = sum of g^2 over the j-th of partials.size equal chunks of g (float64 inside)."""
+    n, p = g.size, partials.size
+    chunk = (n + p - 1) // p
+    for j in numba.prange(p):
+        acc = 0.0
+        for i in range(j * chunk, min(n, (j + 1) * chunk)):
+            acc += np.float64(g[i]) * g[i]
+        partials[j] = acc
+
+
+@threads.kernel
+def scale_grad(g, factor):
+    n = g.size
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            g[i] *= factor
+
+
+class _Pass:
+    """A kernel over gradients run by `backend.update` like an optimizer's (which caches the
+    CUDA kernel by the type of what it is given: one class per kernel)."""
+
+
+class _SumSquares(_Pass):
+    cpu_kernel = sum_squares
+    cuda_kernel = "engine.solver_cuda:sum_squares"
+
+
+class _ScaleGrad(_Pass):
+    cpu_kernel = scale_grad
+    cuda_kernel = "engine.solver_cuda:scale_grad"
+
+
+SUM_SQUARES, SCALE_GRAD = _SumSquares(), _ScaleGrad()
 
 
 def multipliers_of(net):
@@ -51,13 +135,17 @@ class Optimizer:
     state = ()            # names of the per-parameter state arrays, saved as "<name>/<key>"
     cpu_kernel = None     # kernel(w, *state, g, *scalars) on flat float32 arrays
     cuda_kernel = None    # "module:name" of its CUDA twin
+    NORM_TALLY = "clip/grad_norm"     # [sum of the pre-clip norms, steps] since take_grad_norm()
 
-    def __init__(self, params, multipliers=None, backend=None):
+    def __init__(self, params, multipliers=None, backend=None, clip_norm=None):
         from engine.cpu_backend import CpuBackend
         self.params = params
         self.multipliers = multipliers or {}
         self.backend = backend if backend is not None else CpuBackend()
         self.arrays = {name: {k: self.backend.zeros(p.shape) for k, p in params.items()} for name in self.state}
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.norm_tally = np.zeros(2, np.float64)
+        self._partials = None
 
     @classmethod
     def for_net(cls, net, *args, **kwargs):
@@ -66,21 +154,76 @@ class Optimizer:
     def scalars(self, lr, lr_mult, wd_mult):
         raise NotImplementedError
 
+    def moving(self):
+        """The keys this step updates (a layer with lr multiplier 0 is frozen)."""
+        return [k for k in self.params if self.multipliers.get(k, (1.0, 1.0))[0] != 0.0]
+
     def step(self, grads, lr):
-        for key, w in self.params.items():
+        keys = self.moving()
+        if self.clip_norm is not None:
+            self.clip(grads, keys)
+        self.begin_step()
+        for key in keys:
             lr_mult, wd_mult = self.multipliers.get(key, (1.0, 1.0))
-            if lr_mult == 0.0:
-                continue   # a frozen layer (cuda-convnet: epsW = 0)
-            arrays = [w] + [self.arrays[name][key] for name in self.state] + [grads[key]]
+            arrays = [self.params[key]] + [self.arrays[name][key] for name in self.state] + [grads[key]]
             self.backend.update(self, key, arrays, self.scalars(lr, lr_mult, wd_mult))
 
+    def begin_step(self):
+        """Called once per step before the updates (Adam counts its steps here)."""
+
+    # ---- gradient-norm clipping ---------------------------------------------------
+    def grad_norm(self, grads, keys):
+        """The global L2 norm of grads[keys]: per-chunk sums of squares on the backend (a
+        fixed split, so the same on every run), one read back, summed in float64."""
+        if self._partials is None:
+            counts = [max(1, -(-grads[k].size // CHUNK)) for k in keys]
+            total = self.backend.zeros((sum(counts),))
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            self._partials = (total, {k: total[offsets[i]:offsets[i + 1]] for i, k in enumerate(keys)})
+        total, views = self._partials
+        for k in keys:
+            self.backend.update(SUM_SQUARES, k, [grads[k], views[k]], ())
+        return math.sqrt(float(np.sum(self.backend.to_host(total), dtype=np.float64)))
+
+    def clip(self, grads, keys):
+        norm = self.grad_norm(grads, keys)
+        self.norm_tally += (norm, 1.0)
+        coef = self.clip_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for k in keys:
+                self.backend.update(SCALE_GRAD, k, [grads[k]], (coef,))
+        return norm
+
+    def take_grad_norm(self):
+        """The mean pre-clip gradient norm over the steps since the last call (None without
+        clip_norm, or with no step); starts a new tally."""
+        total, steps = self.norm_tally
+        self.norm_tally = np.zeros(2, np.float64)
+        return None if self.clip_norm is None or not steps else float(total / steps)
+
+    # ---- checkpoints ----------------------------------------------------------------
     def state_arrays(self):
-        """Host copies, keyed "<state>/<key>" (as checkpoints store them)."""
-        return {f"{name}/{k}": self.backend.to_host(v) for name in self.state for k, v in self.arrays[name].items()}
+        """Host copies, keyed "<state>/<key>" (as checkpoints store them), and the counters."""
+        out = {f"{name}/{k}": self.backend.to_host(v) for name in self.state for k, v in self.arrays[name].items()}
+        out[self.NORM_TALLY] = self.norm_tally.copy()
+        out.update(self.counters())
+        return out
+
+    def counters(self):
+        """{name: float64 array} of scalar state besides the arrays (Adam's step count)."""
+        return {}
+
+    def load_counters(self, arrays):
+        pass
 
     def load_state_arrays(self, arrays):
         for name in self.state:
             for k, v in self.arrays[name].items():
+                if f"{name}/{k}" not in arrays:
+                    held = sorted({a.split("/")[0] for a in arrays if "/" in a} - {"param", "clip"})
+                    raise ValueError(f"holds no '{name}/{k}' ({type(self).__name__.lower()} state); it has "
+                                     f"{', '.join(held) or 'no optimizer state'}: trained with another "
+                                     "optimizer? (train.optimizer)")
                 new = np.ascontiguousarray(arrays[f"{name}/{k}"], np.float32)
                 if new.shape != tuple(v.shape):
                     raise ValueError(f"'{name}/{k}': shape {list(new.shape)} does not fit {list(v.shape)}")
@@ -88,6 +231,9 @@ class Optimizer:
                     v[...] = new
                 else:
                     v.copy_to_device(new)
+        # a checkpoint saved without clipping has no tally: it starts at zero
+        self.norm_tally = np.array(arrays.get(self.NORM_TALLY, np.zeros(2)), np.float64).reshape(2)
+        self.load_counters(arrays)
 
 
 class SGD(Optimizer):
@@ -95,8 +241,9 @@ class SGD(Optimizer):
     cpu_kernel = sgd_update
     cuda_kernel = "engine.solver_cuda:sgd_update"
 
-    def __init__(self, params, momentum=0.9, weight_decay=0.0005, multipliers=None, backend=None):
-        super().__init__(params, multipliers, backend)
+    def __init__(self, params, momentum=0.9, weight_decay=0.0005, multipliers=None, backend=None,
+                 clip_norm=None):
+        super().__init__(params, multipliers, backend, clip_norm)
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
 
@@ -106,6 +253,57 @@ class SGD(Optimizer):
 
     def scalars(self, lr, lr_mult, wd_mult):
         return lr * lr_mult, self.momentum, self.weight_decay * wd_mult
+
+
+class Nesterov(SGD):
+    cpu_kernel = nesterov_update
+    cuda_kernel = "engine.solver_cuda:nesterov_update"
+
+
+class Adam(Optimizer):
+    state = ("exp_avg", "exp_avg_sq")
+    cpu_kernel = adam_update
+    cuda_kernel = "engine.solver_cuda:adam_update"
+    STEP = "adam/step"
+    decoupled = False       # AdamW: decay the weights by lr wd, not through the gradient
+
+    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, multipliers=None,
+                 backend=None, clip_norm=None):
+        super().__init__(params, multipliers, backend, clip_norm)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.t = 0
+
+    def begin_step(self):
+        self.t += 1
+
+    def scalars(self, lr, lr_mult, wd_mult):
+        lr_eff, wd_eff = lr * lr_mult, self.weight_decay * wd_mult
+        step_size = lr_eff / (1.0 - self.beta1 ** self.t)
+        bc2_sqrt = math.sqrt(1.0 - self.beta2 ** self.t)
+        l2, shrink = (0.0, 1.0 - lr_eff * wd_eff) if self.decoupled else (wd_eff, 1.0)
+        # 1 - beta in float64, as torch passes it: 1 - 0.999 in float32 is off by 5e-5
+        return step_size, self.beta1, self.beta2, 1.0 - self.beta1, 1.0 - self.beta2, bc2_sqrt, self.eps, l2, shrink
+
+    def counters(self):
+        return {self.STEP: np.array([self.t], np.float64)}
+
+    def load_counters(self, arrays):
+        if self.STEP not in arrays:
+            raise ValueError(f"holds no '{self.STEP}' (the Adam step count): trained with another optimizer?")
+        self.t = int(arrays[self.STEP].reshape(-1)[0])
+
+
+class AdamW(Adam):
+    decoupled = True
+
+    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, multipliers=None,
+                 backend=None, clip_norm=None):
+        super().__init__(params, betas, eps, weight_decay, multipliers, backend, clip_norm)
+
+
+OPTIMIZERS = {"sgd": SGD, "nesterov": Nesterov, "adam": Adam, "adamw": AdamW}
 
 
 class Schedule:
@@ -119,12 +317,17 @@ class Schedule:
       dexp     factor: t, steps: n  n constant levels lr * t^(-i/(n-1)), switching at progress i/n
       plateau  patience: p          lr * factor each time validation error has not improved
                                     by `threshold` for p epochs                (factor 0.1)
+      cosine   warmup_epochs: W, warmup_start: s, min_lr: m   (0, 0, 0; W may be fractional)
+               t = epoch + fraction, T = total epochs:
+               t < W    lr * (s + (1 - s) t / W)              linear warm-up from lr * s
+               t >= W   m + (lr - m) (1 + cos(pi (t - W) / (T - W))) / 2   down to m at T
     """
 
-    KINDS = ("constant", "step", "exp", "linear", "dexp", "plateau")
+    KINDS = ("constant", "step", "exp", "linear", "dexp", "plateau", "cosine")
 
     def __init__(self, base_lr, kind="constant", epochs=None, factor=None, steps=4,
-                 patience=2, threshold=1e-3, total_epochs=1):
+                 patience=2, threshold=1e-3, total_epochs=1, warmup_epochs=0.0, warmup_start=0.0,
+                 min_lr=0.0):
         self.base_lr = float(base_lr)
         self.kind = kind
         self.milestones = sorted(epochs or [])
@@ -134,6 +337,9 @@ class Schedule:
         self.patience = int(patience)
         self.threshold = float(threshold)
         self.total_epochs = int(total_epochs)
+        self.warmup_epochs = float(warmup_epochs)
+        self.warmup_start = float(warmup_start)
+        self.min_lr = float(min_lr)
         # plateau state
         self.scale = 1.0
         self.best = math.inf
@@ -153,7 +359,16 @@ class Schedule:
             return self.base_lr * self.factor ** (-level / max(self.steps - 1, 1))
         if self.kind == "plateau":
             return self.base_lr * self.scale
+        if self.kind == "cosine":
+            return self._cosine(epoch + fraction)
         return self.base_lr
+
+    def _cosine(self, t):
+        w, total = self.warmup_epochs, max(self.total_epochs, 1)
+        if t < w:
+            return self.base_lr * (self.warmup_start + (1.0 - self.warmup_start) * t / w)
+        p = min((t - w) / max(total - w, 1e-12), 1.0)
+        return self.min_lr + (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * p)) / 2.0
 
     def observe(self, val_error):
         """Tell the schedule an epoch's validation error (only `plateau` uses it)."""

@@ -19,7 +19,6 @@ from engine.datasets import DataError, open_source
 from engine.datasets.augment import Preprocess, multiview_problem
 from engine.errors import ConfigError
 from engine.net import Net
-from engine.solver import SGD
 
 FORMAT = 1
 
@@ -153,6 +152,9 @@ def evaluate(net, source, pre, batch=128, split="val", multiview=False):
     if problem:
         raise DataError(problem)
     total_loss, e1, e5, n = 0.0, 0, 0, 0
+    heads = [(node.name, w) for node, w in net.cost_heads]
+    if net.classifies and heads != [(net.output_layer.name, 1.0)]:
+        return _evaluate_heads(net, source, pre, batch, split, multiview)
     if not net.classifies:
         for raw, labels in source.batches(split, batch):
             total_loss += net.loss(pre.test(raw), labels) * len(labels)
@@ -169,6 +171,22 @@ def evaluate(net, source, pre, batch=128, split="val", multiview=False):
         loss = float(-np.mean(np.log(p)))
         a, b = topk_errors(probs, labels)
         total_loss += loss * len(labels)
+        e1, e5, n = e1 + a, e5 + b, n + len(labels)
+    if n == 0:
+        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
+    return {"loss": total_loss / n, "top1": e1 / n, "top5": e5 / n, "n": n}
+
+
+def _evaluate_heads(net, source, pre, batch, split, multiview):
+    """evaluate() for a net whose loss is more than its output's cross-entropy (auxiliary
+    heads, a coeff): the loss is the net's, top-k errors are the output's."""
+    total_loss, e1, e5, n = 0.0, 0, 0, 0
+    for raw, labels in source.batches(split, batch):
+        views = pre.views(raw) if multiview else [pre.test(raw)]
+        results = [net.loss_and_output(v, labels) for v in views]
+        probs = np.mean([p for _, p in results], axis=0)
+        a, b = topk_errors(probs, labels)
+        total_loss += float(np.mean([loss for loss, _ in results])) * len(labels)
         e1, e5, n = e1 + a, e5 + b, n + len(labels)
     if n == 0:
         return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
@@ -245,7 +263,7 @@ class Trainer:
 
     def __init__(self, net_source=None, data=None, epochs=None, batch=None, lr=None, seed=None,
                  out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu", plugins=False,
-                 keep=None, overrides=None):
+                 keep=None, overrides=None, optimizer=None):
         self.log = log
         self.device_asked = device
         self.resume_meta, arrays, from_checkpoint = None, None, False
@@ -269,7 +287,7 @@ class Trainer:
         self.spec = (parse_checkpoint_net(self.resume_meta, plugins, overrides=overrides) if from_checkpoint
                      else parse_net(net_source, plugins=plugins, overrides=overrides))
         overrides = {"data": data, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
-                     "test_freq": test_freq, "keep": keep}
+                     "test_freq": test_freq, "keep": keep, "optimizer": optimizer}
         base_train = self.spec.train
         if self.resume_meta is not None:      # its settings, with this command's `--set train.KEY=...`
             base_train = dict(self.resume_meta["settings"], **self.spec.train_overrides)
@@ -280,6 +298,7 @@ class Trainer:
                 f"no training data: `{self.spec.name}` has no `train.data` and no --data was given.\n"
                 "Give --data ROOT for an ImageNet-layout folder (ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg),"
                 " a cuda-convnet batch folder, `digits`, or `--data synthetic` for a smoke run.")
+        settings_mod.apply_cost_settings(self.spec, s, file=self.spec.file)   # e.g. label_smoothing
         self.net = Net(self.spec, seed=s["seed"])
         # synthetic data takes the net's class count; real data must match it
         self.source = open_source(s["data"], self.net.input_shape, seed=s["seed"],
@@ -309,7 +328,7 @@ class Trainer:
         self.partial_loss = None     # [loss sum, images] of a stopped epoch's finished batches
         self.net.to(device)
         self.net.check_memory(s["batch"], train=True)     # refused before the first step
-        self.solver = SGD.for_net(self.net, s["momentum"], s["weight_decay"])
+        self.solver = settings_mod.make_optimizer(s, self.net)
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
@@ -433,6 +452,9 @@ class Trainer:
                 record = {"epoch": epoch + 1, "train_loss": tally.mean,
                           "lr": self.schedule.lr(epoch, 0.999999), "time": round(elapsed, 3),
                           "images_per_s": round((tally.seen - slow_n) / max(elapsed - slow_s, 1e-9), 1)}
+                grad_norm = self.solver.take_grad_norm()       # with clip_norm: the mean pre-clip norm
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
                 if (epoch + 1) % s["test_freq"] == 0 or epoch + 1 == s["epochs"]:
                     val = evaluate(self.net, self.source, self.pre, batch=s["batch"])
                     record["val_loss"] = val["loss"]
@@ -524,5 +546,6 @@ class Trainer:
 
     def _line(self, r):
         val = self._val_text(r)
+        val += f"  grad norm {r['grad_norm']:.3g}" if "grad_norm" in r else ""
         return (f"epoch {r['epoch']:3d}  train loss {r['train_loss']:.4f}{val}  lr {r['lr']:.3g}  "
                 f"{r['time']:.1f}s  ({r['images_per_s']:.0f} img/s)")

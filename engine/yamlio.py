@@ -8,8 +8,10 @@ from engine.errors import ConfigError
 
 
 class Mapping(dict):
-    """A dict that remembers the line of itself (`line`) and of each key (`lines[key]`)."""
+    """A dict that remembers the line of itself (`line`) and of each key (`lines[key]`).
+    A layer expanded from a block template (engine.blocks) also has `used`: its `Use`."""
     line = None
+    used = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -67,9 +69,43 @@ def parse(text, file=None):
 
 
 def line_of(mapping, key=None):
-    """Best line for `key` in `mapping` (or the mapping itself)."""
+    """Best line for `key` in `mapping` (or the mapping itself); for a layer expanded from a
+    block, the template's line that also names the use (a `BlockLine`)."""
     if isinstance(mapping, Mapping):
-        if key is not None and key in mapping.lines:
-            return mapping.lines[key]
-        return mapping.line
+        line = mapping.lines[key] if key is not None and key in mapping.lines else mapping.line
+        return line if mapping.used is None else mapping.used.line(line, key)
     return None
+
+
+class Use:
+    """Where a block was used: its name, the use's line, and the use's line of each key whose
+    value came from a parameter written at the use."""
+
+    def __init__(self, block, line, key_lines=None, name=None):
+        self.block, self.at, self.key_lines, self.name = block, line, dict(key_lines or {}), name
+
+    def line(self, line, key=None):
+        used_at = self.key_lines.get(key, self.at)
+        if line is None and used_at is None:
+            return None
+        return BlockLine(line or 0, self.block, used_at)
+
+
+class BlockLine(int):
+    """A line of a block's template that also names the use, so an error reads
+    `net.yaml:5 (in block 'basic' used at line 12): layer 'res2a.a', ...`; still the int."""
+
+    def __new__(cls, line, block, used_at):
+        self = super().__new__(cls, line)
+        self.block, self.used_at = block, used_at
+        return self
+
+    def __bool__(self):
+        return True
+
+    def __str__(self):
+        where = f"in block '{self.block}'" + (f" used at line {self.used_at}" if self.used_at else "")
+        return f"{int(self)} ({where})" if int(self) else f"({where})"
+
+    def __format__(self, spec):
+        return format(str(self), spec)

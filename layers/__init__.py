@@ -6,8 +6,12 @@ and a test file; nothing in `engine/` changes.
 import importlib
 import pkgutil
 
-from layers.base import REQUIRED, Key, Layer, LayerError, join_inputs, split_grad
-from layers.registry import REGISTRY, get, register
+from layers import kernel_cache
+
+kernel_cache.configure()     # before anything imports numba, which reads NUMBA_CACHE_DIR once
+
+from layers.base import REQUIRED, Key, Layer, LayerError, join_inputs, split_grad  # noqa: E402
+from layers.registry import REGISTRY, get, register  # noqa: E402
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.ispkg:

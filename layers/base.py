@@ -100,6 +100,15 @@ class Key:
 # Keys shared by layer types; a layer lists the ones it accepts (neuron: layers/neuron/spec.py).
 INIT_W_KEY = Key(float, 0.01, low=0.0, doc="std of the zero-mean Gaussian for weights")
 INIT_B_KEY = Key(float, 0.0, doc="constant for biases")
+INIT_KEY = Key(str, "gaussian", choices=("gaussian", "kaiming", "xavier"),
+               doc="weight std: gaussian init_w; kaiming gain/sqrt(fan); xavier gain*sqrt(2/(fan_in+fan_out)) "
+                   "(gain: torch's calculate_gain of `nonlinearity`, default the layer's neuron)")
+FAN_KEY = Key(str, "in", choices=("in", "out"), doc="kaiming's fan (torch's mode): fan_in or fan_out")
+# The solver's per-layer multipliers, as engine.config.PARAM_KEYS (which a layer with an init_w
+# key gets without listing them): a layer with parameters but no init_w lists the ones it takes.
+LR_W_KEY = Key(float, 1.0, low=0.0, doc="learning-rate multiplier for the weights")
+LR_B_KEY = Key(float, 1.0, low=0.0, doc="learning-rate multiplier for the biases")
+WD_KEY = Key(float, 1.0, low=0.0, doc="weight-decay multiplier for the weights")
 
 
 class Layer:
@@ -118,6 +127,8 @@ class Layer:
     is_cost = False       # True: the net's output layer, providing `cost`
     classifies = False    # True: a cost layer whose output is class probabilities (top-k errors)
     uses_rng = False      # True: training-time forward draws from the `rng` it is given
+    whole_batch = False   # True: a training forward uses statistics of the whole batch (batchnorm),
+                          # so the engine never splits a batch over copies of the layers
     examples = ()         # configs (dicts of keys) valid on a [6, 9, 9] input, one per variant worth
                           # testing: every type must set its own (the all-types test nets are built from them)
     doc = ""
@@ -130,6 +141,8 @@ class Layer:
         if self.spatial and len(self.input_shape) != 3:
             raise LayerError("inputs", f"needs a spatial [C, H, W] input, got {list(self.input_shape)}")
         self.output_shape = tuple(int(v) for v in self.setup(self.input_shape))
+        if self.cfg.get("init", "gaussian") != "gaussian":
+            self.weight_std()         # an activation without a gain fails here, naming its key
         if any(v <= 0 for v in self.output_shape):
             raise LayerError("inputs", f"output shape {list(self.output_shape)} is empty")
         self._buffers = {}
@@ -184,20 +197,68 @@ class Layer:
         return {}
 
     def init_params(self, rng):
-        """Fresh parameters: Gaussian(0, init_w) weights, constant init_b biases."""
+        """Fresh parameters: zero-mean Gaussian weights of std `weight_std()`, constant init_b biases."""
         params = {}
         for pname, shape in self.param_shapes().items():
             if pname == "bias":
                 params[pname] = np.full(shape, self.cfg.get("init_b", 0.0), np.float32)
             else:
                 w = rng.standard_normal(shape)
-                w *= self.cfg.get("init_w", 0.01)     # in place: the float64 draw is the peak
+                w *= self.weight_std()     # in place: the float64 draw is the peak
                 params[pname] = w.astype(np.float32)
         return params
+
+    def weight_std(self):
+        """The std of the weights' Gaussian, as the `init` key says (torch.nn.init's
+        kaiming_normal_ and xavier_normal_ formulas); init_w for gaussian."""
+        init = self.cfg.get("init", "gaussian")
+        if init == "gaussian":
+            return self.cfg.get("init_w", 0.01)
+        fan_in, fan_out = self.weight_fans()
+        gain = self.init_gain()
+        if init == "kaiming":
+            return gain / math.sqrt(fan_in if self.cfg.get("fan", "in") == "in" else fan_out)
+        return gain * math.sqrt(2.0 / (fan_in + fan_out))
+
+    def weight_fans(self):
+        """(fan_in, fan_out) of the weight, as torch computes them for [out, in, *kernel]:
+        in * prod(kernel), out * prod(kernel) (fc [out, in]: in, out)."""
+        shape = self.param_shapes()["weight"]
+        receptive = math.prod(shape[2:])
+        return shape[1] * receptive, shape[0] * receptive
+
+    def init_gain(self):
+        """torch.nn.init.calculate_gain of `nonlinearity`, or of the fused `neuron` without it."""
+        from layers.neuron.spec import gain, parse     # here: that module imports this one
+        key = "nonlinearity" if self.cfg.get("nonlinearity") is not None else "neuron"
+        try:
+            return gain(parse(self.cfg.get(key)))
+        except ValueError as e:
+            raise LayerError(key, f"{e} (init: {self.cfg.get('init')})") from None
 
     def macs(self):
         """Multiply-adds per image of the forward pass (for the summary)."""
         return 0
+
+    # ---- state --------------------------------------------------------------
+    def state_shapes(self):
+        """{name: shape} of the layer's state: arrays that training passes update but that are
+        no parameters (batchnorm's running statistics). The engine keeps them beside the
+        parameters: `Net.state_dict()` holds them as "<layer>.<name>", checkpoints save them,
+        and `forward`/`backward` find them in `params` under their names; the optimizer never
+        sees them and they get no gradient. Default: none."""
+        return {}
+
+    def init_state(self):
+        """Fresh state arrays {name: float32 array} (default zeros of `state_shapes`)."""
+        return {k: np.zeros(shape, np.float32) for k, shape in self.state_shapes().items()}
+
+    def update_state(self, state):
+        """Update the state arrays in place from what the latest (training) forward kept.
+        The engine calls it after the forward of a training step only (Net.loss_and_grads
+        with train=True: the trainer), never after evaluation or a gradient check's passes."""
+        if self.state_shapes():
+            raise NotImplementedError(f"layer type {self.type} declares state but no update_state")
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
         """{tag: (kind, shape)}: THE declaration of the scratch arrays a batch of n uses, as
@@ -223,7 +284,8 @@ class Layer:
     # ---- compute ------------------------------------------------------------
     def forward(self, x, params, train=False, rng=None):
         """x: joined input [N, *input_shape] float32 (join "separate": a list, one array
-        per input). Returns [N, *output_shape]."""
+        per input); params: {name: array}, the parameters and the state arrays (read only
+        here: `update_state` changes them). Returns [N, *output_shape]."""
         raise NotImplementedError(f"layer type {self.type} has no forward")
 
     def backward(self, dy, params, need_dx=True):

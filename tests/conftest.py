@@ -1,13 +1,14 @@
 import os
 import tempfile
 
-import helpers
-import pytest
-from cudamode import cuda_mode
-
 # A fresh Numba cache per test session: a stale cache can hide a change in a callee
-# (numba#1833), and an installed package may not be writable.
+# (numba#1833), and an installed package may not be writable. Set before anything
+# imports numba (helpers does), which reads it once.
 os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="numba-cache-"))
+
+import helpers  # noqa: E402
+import pytest  # noqa: E402
+from cudamode import cuda_mode  # noqa: E402
 
 
 # tests/cuda runs in this process only with a GPU or under the simulator; otherwise
@@ -48,6 +49,13 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
         config.hook.pytest_deselected(items=slow)
         config.stash[SLOW_LEFT_OUT] = len(slow)
+
+
+def pytest_collection_finish(session):
+    # the CUDA simulator's children start in the background at once (test_cuda_simulator.start)
+    sims = [item for item in session.items if getattr(item, "originalname", "") == "test_cuda_suite_under_the_simulator"]
+    if sims and not session.config.option.collectonly:
+        sims[0].module.start([item.callspec.params["name"] for item in sims])
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -517,7 +517,7 @@ def test_tiny_net_converts_and_keeps_names(tmp_path):
 @pytest.mark.parametrize("old, new, key, words", [
     ("partialSum=1\n", "initWFunc=mymod.init(2)\n", "initWFunc", "initialisation functions"),
     ("partialSum=1\n", "filterSizes=3\n", "filterSizes", "not a key"),
-    ("partialSum=1\n", "sharedBiases=0\n", "sharedBiases", "unshared biases"),
+    ("partialSum=1\n", "sharedBiases=2\n", "sharedBiases", "true or false"),
     ("partialSum=1\n", "weightSource=conv0\n", "weightSource", "shared weight"),
     ("channels=3\n", "channels=4\n", "channels", "has 3 channels"),
     ("neuron=relu\n", "neuron=nrelu\n", "neuron", "our conv layer's `neuron`"),

@@ -8,8 +8,8 @@ and conv5 256 with group 2; LRN local_size 5 alpha 1e-4 beta 0.75; max pooling 3
 Every expected shape and parameter count is worked out by hand from Caffe's rules:
 
     conv output side   floor((in + 2*pad - kernel) / stride) + 1
-    pool output side   ceil((in + 2*pad - kernel) / stride) + 1 (one less if the last window
-                       would start in the padding; we have no padded pooling)
+    pool output side   ceil((in + 2*pad - kernel) / stride) + 1, one less if the last window
+                       would start in the padding: (out - 1)*stride >= in + pad
     conv weights       in_channels/group * kernel^2 * num_output, + num_output biases
     fc weights         inputs * num_output, + num_output biases
 """
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import engine
+import layers
 from engine import cli, settings
 from engine.config import parse_net
 from engine.convert import ConvertError, convert_caffe
@@ -366,15 +367,141 @@ def test_inception_fragment_concat_in_place_relus_test_only_layer(tmp_path):
     assert parse_net(result.text).train == {"batch": 8}
 
 
-def test_googlenet_padded_pooling_is_refused_with_the_layer(tmp_path):
-    text = INCEPTION.replace(
-        'layer { name: "probe"',
-        'layer { name: "3b/pool" type: "Pooling" bottom: "3a/output" top: "3b/pool"\n'
-        '  pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 } }\n'
-        'layer { name: "probe"')
-    e = error(tmp_path, text)
-    assert (e.layer, e.key, e.line) == ("3b/pool", "pooling_param.pad", line_of(text, "pad: 1 }"))
-    assert "no padding" in e.message and "28x28 from 28x28" in e.message
+def pool(name, bottom, mode, k, s, pad=0):
+    padding = f" pad: {pad}" if pad else ""
+    return (f'layer {{ name: "{name}" type: "Pooling" bottom: "{bottom}" top: "{name}"\n'
+            f'  pooling_param {{ pool: {mode} kernel_size: {k} stride: {s}{padding} }} }}\n')
+
+
+# GoogLeNet's pooling geometries (bvlc_googlenet: conv1/7x7_s2 pad 3 on 224, pool1..pool4 3x3/2,
+# the inception branches' 3x3/1 pad 1, loss1/ave_pool 5x5/3, pool5/7x7_s1), fewer channels,
+# and two padded pools that are not GoogLeNet's: AVE 3x3/2 pad 1, MAX 2x2/2 pad 1 (dropped window)
+GOOGLENET_POOLS = (
+    'name: "googlenet_pools"\n'
+    'layer { name: "input" type: "Input" top: "data" top: "label"\n'
+    '  input_param { shape: { dim: 2 dim: 3 dim: 224 dim: 224 } shape: { dim: 2 } } }\n'
+    'layer { name: "conv1/7x7_s2" type: "Convolution" bottom: "data" top: "conv1/7x7_s2"\n'
+    '  convolution_param { num_output: 8 kernel_size: 7 stride: 2 pad: 3\n'
+    '    weight_filler { type: "xavier" std: 0.1 } bias_filler { type: "constant" value: 0.2 } } }\n'
+    'layer { name: "conv1/relu_7x7" type: "ReLU" bottom: "conv1/7x7_s2" top: "conv1/7x7_s2" }\n'
+    + pool("pool1/3x3_s2", "conv1/7x7_s2", "MAX", 3, 2)
+    + pool("pool2/3x3_s2", "pool1/3x3_s2", "MAX", 3, 2)
+    + pool("inception_3a/pool", "pool2/3x3_s2", "MAX", 3, 1, pad=1)
+    + 'layer { name: "inception_3a/output" type: "Concat" bottom: "pool2/3x3_s2" bottom: "inception_3a/pool"\n'
+      '  top: "inception_3a/output" }\n'
+    + pool("pool3/3x3_s2", "inception_3a/output", "MAX", 3, 2)
+    + pool("pool4/3x3_s2", "pool3/3x3_s2", "MAX", 3, 2)
+    + pool("loss1/ave_pool", "pool3/3x3_s2", "AVE", 5, 3)
+    + pool("pool5/7x7_s1", "pool4/3x3_s2", "AVE", 7, 1)
+    + pool("ave_pad", "pool4/3x3_s2", "AVE", 3, 2, pad=1)
+    + pool("max_pad", "pool4/3x3_s2", "MAX", 2, 2, pad=1)
+    + 'layer { name: "join" type: "Concat" bottom: "loss1/ave_pool" bottom: "ave_pad" bottom: "max_pad"\n'
+      '  top: "join" }\n'
+      'layer { name: "loss1/classifier" type: "InnerProduct" bottom: "join" top: "loss1/classifier"\n'
+      '  inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.01 } } }\n'
+      'layer { name: "loss3/classifier" type: "InnerProduct" bottom: "pool5/7x7_s1" top: "loss3/classifier"\n'
+      '  inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.01 } } }\n'
+      'layer { name: "sum" type: "Eltwise" bottom: "loss1/classifier" bottom: "loss3/classifier" top: "sum" }\n'
+      'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "sum" bottom: "label" top: "loss" }\n')
+
+EXPECT_GOOGLENET_POOLS = {
+    "conv1/7x7_s2": ((8, 112, 112), 1_184),   # floor((224 + 6 - 7)/2) + 1 = 111 + 1; 3*49*8 + 8
+    "pool1/3x3_s2": ((8, 56, 56), 0),          # ceil((112 - 3)/2) + 1 = 55 + 1
+    "pool2/3x3_s2": ((8, 28, 28), 0),          # ceil((56 - 3)/2) + 1 = 27 + 1
+    "inception_3a/pool": ((8, 28, 28), 0),     # ceil((28 + 2 - 3)/1) + 1 = 28; 27*1 >= 28 + 1? no
+    "inception_3a/output": ((16, 28, 28), 0),
+    "pool3/3x3_s2": ((16, 14, 14), 0),         # ceil((28 - 3)/2) + 1 = 13 + 1
+    "pool4/3x3_s2": ((16, 7, 7), 0),           # ceil((14 - 3)/2) + 1 = 6 + 1
+    "loss1/ave_pool": ((16, 4, 4), 0),         # ceil((14 - 5)/3) + 1 = 3 + 1
+    "pool5/7x7_s1": ((16, 1, 1), 0),           # (7 - 7)/1 + 1
+    "ave_pad": ((16, 4, 4), 0),                # ceil((7 + 2 - 3)/2) + 1 = 4; 3*2 = 6 >= 7 + 1? no
+    "max_pad": ((16, 4, 4), 0),                # ceil((7 + 2 - 2)/2) + 1 = 5; 4*2 = 8 >= 7 + 1: 4
+    "join": ((48, 4, 4), 0),
+    "loss1/classifier": ((10,), 7_690),        # 48*4*4 = 768 inputs: 768*10 + 10
+    "loss3/classifier": ((10,), 170),          # 16*10 + 10
+    "sum": ((10,), 0),
+    "loss": ((10,), 0),
+}
+
+
+def test_googlenet_padded_pools_convert(tmp_path):
+    result = convert_caffe(write(tmp_path, GOOGLENET_POOLS))
+    got, net = shapes_and_params(result)
+    assert got == EXPECT_GOOGLENET_POOLS
+    assert net.num_params == 9_044 == sum(p for _, p in EXPECT_GOOGLENET_POOLS.values())
+    out = yaml_layers(result)
+    assert (out["inception_3a/pool"]["padding"], out["inception_3a/pool"]["size"],
+            out["inception_3a/pool"]["stride"]) == (1, 3, 1)
+    assert out["ave_pad"]["mode"] == "avg" and out["ave_pad"]["padding"] == 1
+    assert out["pool1/3x3_s2"]["padding"] == 0 and all(out[n]["ceil"] for n in out if out[n]["type"] == "pool")
+    # the new keys only where needed: unpadded pools are written as before
+    assert "padding" not in result.text.split("pool1/3x3_s2")[1].split("- name")[0]
+    assert "ceil" not in result.text and "global" not in result.text
+
+
+def caffe_pool(x, mode, k, s, pad, out):
+    """Caffe's PoolingLayer::Forward_cpu (MAX, AVE) for one square plane per (n, c)."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, out, out), np.float64)
+    for ph in range(out):
+        for pw in range(out):
+            hstart, wstart = ph * s - pad, pw * s - pad
+            hend, wend = min(hstart + k, h + pad), min(wstart + k, w + pad)
+            pool_size = (hend - hstart) * (wend - wstart)          # before clipping to the image
+            hs, ws, he, we = max(hstart, 0), max(wstart, 0), min(hend, h), min(wend, w)
+            window = x[:, :, hs:he, ws:we]
+            y[:, :, ph, pw] = window.max(axis=(2, 3)) if mode == "MAX" else window.sum(axis=(2, 3)) / pool_size
+    return y
+
+
+@pytest.mark.parametrize("mode", ["MAX", "AVE"])
+@pytest.mark.parametrize("side, k, s, pad, out", [
+    (6, 3, 2, 1, 4),     # ceil((6 + 2 - 3)/2) + 1 = 4; 3*2 = 6 >= 7? no: the last window [5, 8) runs past
+                         # the padding: Caffe's AVE divides by its 2 rows in it (5 and the pad row 6), not 3
+    (5, 2, 2, 1, 3),     # ceil((5 + 2 - 2)/2) + 1 = 4; 3*2 = 6 >= 5 + 1: dropped, 3
+    (7, 3, 2, 1, 4),     # ResNet-style 3x3/2 pad 1: ceil(6/2) + 1 = 4
+    (6, 3, 1, 1, 6),     # GoogLeNet's inception pool: the same size
+    (7, 3, 2, 0, 3),     # no padding: ceil(4/2) + 1 = 3
+])
+def test_padded_pool_computes_what_caffe_computes(tmp_path, mode, side, k, s, pad, out):
+    text = ('input: "data" input_shape { dim: 2 dim: 3 dim: %d dim: %d }\n' % (side, side)
+            + pool("pool", "data", mode, k, s, pad)
+            + 'layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 2 } }\n'
+              'layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }\n')
+    result = convert_caffe(write(tmp_path, text))
+    spec = next(sp for sp in parse_net(result.text).layers if sp.name == "pool")
+    layer = layers.get("pool")("pool", spec.cfg, [(3, side, side)])
+    assert layer.output_shape == (3, out, out)
+    x = np.random.default_rng(side + pad).standard_normal((2, 3, side, side)).astype(np.float32)
+    np.testing.assert_allclose(layer.forward(x, {}), caffe_pool(x, mode, k, s, pad, out), rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_refusals_and_global_pooling(tmp_path):
+    base = ('input: "data" input_shape { dim: 2 dim: 3 dim: 6 dim: 8 }\n%s'
+            'layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 2 } }\n'
+            'layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }\n')
+    # AVE over a 6x8 plane: our `global: true` (square planes keep size/stride, as before)
+    result = convert_caffe(write(tmp_path, base % 'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
+                                                  '  pooling_param { pool: AVE global_pooling: true } }\n'))
+    out = yaml_layers(result)
+    assert out["pool"]["global"] is True and out["pool"]["size"] is None and out["fc"]["inputs"] == ["pool"]
+    assert shapes_and_params(result)[0]["pool"] == ((3, 1, 1), 0)
+    cases = [('pool: MAX global_pooling: true', "pooling_param.global_pooling", "our `global: true` averages"),
+             ('pool: MAX kernel_size: 3 stride: 1 pad: 2', "pooling_param.pad", "at most half the window (1"),
+             ('pool: MAX kernel_size: 2 stride: 3', "pooling_param.stride", "skip input")]
+    for params, key, message in cases:
+        text = base % ('layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
+                       f'  pooling_param {{ {params} }} }}\n')
+        e = error(tmp_path, text)
+        assert (e.layer, e.key, e.line) == ("pool", key, 3) and message in e.message, str(e)
+        assert len(str(e).splitlines()) == 1
+    # FLOOR (newer Caffe's round_mode): our `ceil: false` where the rules differ: floor((6 - 3)/2) + 1 = 2,
+    # ceil's 3; floor((8 - 3)/2) + 1 = 3
+    text = base % ('layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
+                   '  pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }\n')
+    result = convert_caffe(write(tmp_path, text))
+    assert yaml_layers(result)["pool"]["ceil"] is False
+    assert shapes_and_params(result)[0]["pool"] == ((3, 2, 3), 0)
 
 
 # ---- a tiny net trains -------------------------------------------------------------------------
@@ -457,14 +584,128 @@ layer { name: "prob\"""").replace('bottom: "fc1" top: "prob"', 'bottom: "act" to
     assert "762 parameters (757 in Caffe)" in result.text and result.num_params == 762
 
 
+# ---- ResNet's BatchNorm + Scale, PReLU, ELU, leaky ReLU, msra ------------------------------------
+RESNET = """\
+name: "resnet_block"
+input: "data"
+input_shape { dim: 4 dim: 3 dim: 8 dim: 8 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: "msra" } } }
+layer { name: "bn_conv1" type: "BatchNorm" bottom: "conv1" top: "conv1"
+  param { lr_mult: 0 } param { lr_mult: 0 } param { lr_mult: 0 }
+  batch_norm_param { use_global_stats: false } }
+layer { name: "scale_conv1" type: "Scale" bottom: "conv1" top: "conv1"
+  param { lr_mult: 1 decay_mult: 0 } param { lr_mult: 2 decay_mult: 0 }
+  scale_param { bias_term: true } }
+layer { name: "conv1_relu" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "res2a_branch2a" type: "Convolution" bottom: "pool1" top: "res2a_branch2a"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 2 bias_term: false
+    weight_filler { type: "msra" variance_norm: AVERAGE } } }
+layer { name: "bn2a_branch2a" type: "BatchNorm" bottom: "res2a_branch2a" top: "bn2a_branch2a"
+  batch_norm_param { eps: 0.001 moving_average_fraction: 0.9 } }
+layer { name: "res2a" type: "Eltwise" bottom: "pool1" bottom: "bn2a_branch2a" top: "res2a" }
+layer { name: "res2a_relu" type: "ReLU" bottom: "res2a" top: "res2a" relu_param { negative_slope: 0.1 } }
+layer { name: "fc" type: "InnerProduct" bottom: "res2a" top: "fc"
+  inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "fc_elu" type: "ELU" bottom: "fc" top: "fc" elu_param { alpha: 0.5 } }
+layer { name: "fc2" type: "InnerProduct" bottom: "fc" top: "fc2"
+  inner_product_param { num_output: 5 weight_filler { type: "msra" variance_norm: FAN_OUT } } }
+layer { name: "prelu" type: "PReLU" bottom: "fc2" top: "fc2" param { lr_mult: 1 decay_mult: 0 } }
+layer { name: "prob" type: "Softmax" bottom: "fc2" top: "prob" }
+"""
+
+EXPECT_RESNET = {   # ours; Caffe's learned parameters in the comments
+    "conv1": ((4, 8, 8), 112),             # 3*9*4 = 108 weights + our 4 frozen zero biases
+    "bn_conv1": ((4, 8, 8), 8),            # Scale's 4 factors and 4 biases (BatchNorm's blobs: state)
+    "pool1": ((4, 4, 4), 0),               # ceil((8 - 3)/2) + 1 = 4
+    "res2a_branch2a": ((4, 4, 4), 76),     # 4/2*9*4 = 72 weights + 4 frozen biases
+    "bn2a_branch2a": ((4, 4, 4), 8),       # no Scale: Caffe learns none; ours 4 + 4 frozen at 1 and 0
+    "res2a": ((4, 4, 4), 0),
+    "res2a_relu": ((4, 4, 4), 0),
+    "fc": ((5,), 325),                     # 64*5 + 5
+    "fc2": ((5,), 30),                     # 5*5 + 5
+    "prelu": ((5,), 5),                    # one slope per channel
+    "prob": ((5,), 0),
+}   # ours 564; Caffe 108 + 8 + 72 + 0 + 325 + 30 + 5 = 548
+
+
+def test_resnet_batchnorm_scale_prelu_elu_leaky_msra_convert_and_train(tmp_path):
+    result = convert_caffe(write(tmp_path, RESNET))
+    got, net = shapes_and_params(result)
+    assert got == EXPECT_RESNET and net.num_params == 564 == sum(p for _, p in EXPECT_RESNET.values())
+    assert "564 parameters (548 in Caffe)" in result.text
+    out = yaml_layers(result)
+    bn = out["bn_conv1"]
+    # moving_average_fraction 0.999 -> momentum 0.001; eps Caffe's default 1e-5 = ours; the Scale's
+    # params give lr_w, lr_b, wd; the in-place ReLU after the Scale is the batchnorm's neuron
+    assert (bn["type"], bn["momentum"], bn["eps"], bn["neuron"]) == ("batchnorm", 0.001, 1e-5, "relu")
+    assert (bn["lr_w"], bn["lr_b"], bn["wd"]) == (1.0, 2.0, 0.0) and bn["inputs"] == ["conv1"]
+    bn2 = out["bn2a_branch2a"]
+    assert (bn2["momentum"], bn2["eps"], bn2["lr_w"], bn2["lr_b"]) == (0.1, 0.001, 0.0, 0.0)
+    assert "scale_conv1" not in out and out["pool1"]["inputs"] == ["bn_conv1"]
+    assert out["res2a"]["inputs"] == ["pool1", "bn2a_branch2a"]
+    assert out["res2a_relu"]["fn"] == "leaky[0.1]" and out["fc"]["inputs"] == ["res2a_relu"]
+    assert out["fc"]["neuron"] == "elu[0.5]"
+    assert out["prelu"]["type"] == "prelu" and out["prelu"]["init_slope"] == 0.25 and out["prelu"]["wd"] == 0.0
+    assert out["prelu"]["shared"] is False and out["prob"]["inputs"] == ["prelu"]
+    # msra: N(0, 2/n). conv1 FAN_IN n = 3*9 = 27; res2a_branch2a AVERAGE n = (fan_in 2*9 + fan_out 4*9)/2 = 27
+    # (Caffe's fan_out = count / shape(1) = 4*9); fc2 FAN_OUT n = 5. xavier: uniform of variance 1/n: n = 64
+    assert (out["conv1"]["init"], out["conv1"]["fan"], out["conv1"]["nonlinearity"]) == ("kaiming", "in", "relu")
+    assert (out["res2a_branch2a"]["init"], out["fc2"]["init"], out["fc2"]["fan"]) == ("xavier", "kaiming", "out")
+    stds = {n.name: n.layer.weight_std() for n in net.layers if n.name in ("conv1", "res2a_branch2a", "fc2", "fc")}
+    assert stds == pytest.approx({"conv1": (2 / 27) ** 0.5, "res2a_branch2a": (2 / 27) ** 0.5,
+                                  "fc2": (2 / 5) ** 0.5, "fc": 64 ** -0.5}, rel=1e-12)
+    notes = " ".join(result.notices)
+    assert "Scale layers folded" in notes and "scale_conv1 -> bn_conv1" in notes
+    assert "BatchNorm without a Scale (or a Scale without bias_term) on bn2a_branch2a" in notes
+    assert "xavier (uniform): a Gaussian of the same variance" in notes
+    # a training step: the frozen batchnorm stays 1 and 0, the others learn; the running statistics move
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    before = {k: v.copy() for k, v in net.parameters().items()}
+    loss, grads = net.loss_and_grads(x, np.array([0, 1, 2, 3]), train=True)
+    SGD.for_net(net, 0.9, 0.0005).step({k: g.copy() for k, g in grads.items()}, 0.1)
+    after = net.parameters()
+    assert np.isfinite(loss)
+    frozen = {"bn2a_branch2a.weight", "bn2a_branch2a.bias", "conv1.bias", "res2a_branch2a.bias"}
+    assert all(np.array_equal(before[k], after[k]) == (k in frozen) for k in before), \
+        [k for k in before if np.array_equal(before[k], after[k]) != (k in frozen)]
+    state = net.state_dict()
+    assert np.any(state["bn_conv1.running_mean"] != 0) and np.any(state["bn2a_branch2a.running_var"] != 1)
+
+
+@pytest.mark.parametrize("old, new, layer, key, message", [
+    ('type: "BatchNorm" bottom: "conv1" top: "conv1"\n  param { lr_mult: 0 } param { lr_mult: 0 } param { '
+     'lr_mult: 0 }\n  batch_norm_param { use_global_stats: false } }', 'type: "TanH" bottom: "conv1" top: "conv1" }',
+     "scale_conv1", "type", "only right after a BatchNorm"),
+    ("negative_slope: 0.1", "negative_slope: -0.1", "res2a_relu", "relu_param.negative_slope", "slope >= 0"),
+    ("alpha: 0.5", "alpha: -1", "fc_elu", "elu_param.alpha", "a > 0"),
+    ("moving_average_fraction: 0.9", "moving_average_fraction: 1", "bn2a_branch2a",
+     "batch_norm_param.moving_average_fraction", "exponential average"),
+    ("scale_param { bias_term: true }", "scale_param { bias_term: true axis: 2 }", "scale_conv1",
+     "scale_param.axis", "one factor per channel"),
+    ('layer { name: "res2a" ', 'layer { name: "sc" type: "Scale" bottom: "bn2a_branch2a" top: "sc" }\n'
+     'layer { name: "res2a" ', "res2a", "bottom", "which our batchnorm 'bn2a_branch2a' includes"),   # not in place
+])
+def test_batchnorm_scale_and_neuron_refusals(tmp_path, old, new, layer, key, message):
+    text = RESNET.replace(old, new, 1)
+    assert text != RESNET
+    e = error(tmp_path, text)
+    assert (e.layer, e.key) == (layer, key) and message in e.message, str(e)
+    assert e.line == line_of(text, f'name: "{layer}"' if key in ("type", "bottom") else new.split("{")[-1].strip()
+                             if "{" in new else new)
+    assert len(str(e).splitlines()) == 1
+
+
 # ---- errors -------------------------------------------------------------------------------------
 def test_unsupported_type_names_file_line_layer_and_type(tmp_path):
-    text = TINY.replace('layer { name: "fc1"', 'layer { name: "bn1" type: "BatchNorm" bottom: "norm1" '
+    text = TINY.replace('layer { name: "fc1"', 'layer { name: "mvn1" type: "MVN" bottom: "norm1" '
                                                'top: "norm1" }\nlayer { name: "fc1"')
     e = error(tmp_path, text)
-    assert (e.layer, e.key, e.line) == ("bn1", "type", line_of(text, '"BatchNorm"'))
-    assert str(e).startswith(f"{tmp_path / 'net.prototxt'}:{e.line}: layer 'bn1', key 'type': ")
-    assert "'BatchNorm' (batch normalisation) layer has no equivalent" in e.message
+    assert (e.layer, e.key, e.line) == ("mvn1", "type", line_of(text, '"MVN"'))
+    assert str(e).startswith(f"{tmp_path / 'net.prototxt'}:{e.line}: layer 'mvn1', key 'type': ")
+    assert "'MVN' (mean-variance normalisation) layer has no equivalent" in e.message
     e = error(tmp_path, TINY.replace('"Softmax"', '"Sofmax"'))
     assert e.layer == "prob" and "unknown Caffe layer type 'Sofmax'" in e.message
 
@@ -551,7 +792,7 @@ def test_cli_converts_a_prototxt_and_exits_2_on_errors(tmp_path):
     assert cli.main(["convert", str(net), "-o", str(out)]) == 2                    # exists
     assert cli.main(["convert", str(net), "-o", str(out), "--force", "--input", "3,16,16"]) == 0
     assert engine.load(str(out)).input_shape == (3, 16, 16)
-    bad = write(tmp_path, TINY.replace('"ReLU"', '"PReLU"'), "bad.prototxt")
+    bad = write(tmp_path, TINY.replace('"ReLU"', '"BNLL"'), "bad.prototxt")
     p = subprocess.run([sys.executable, "-m", "engine", "convert", str(bad), "-o", str(tmp_path / "x.yaml")],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 2 and p.stdout == "" and "Traceback" not in p.stderr

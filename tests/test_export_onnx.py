@@ -69,7 +69,9 @@ def images(net, n, seed=0):
 
 
 # ---- every shipped net -------------------------------------------------------------------
-@pytest.mark.parametrize("path", NETS, ids=[os.path.basename(p) for p in NETS])
+SLOW_NETS = {f"{n}.yaml" for n in ("resnet18", "resnet34", "vgg16", "vgg19", "googlenet")}   # 224x224, deep
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW_NETS else p
+                                  for p in NETS], ids=[os.path.basename(p) for p in NETS])
 def test_every_shipped_net_runs_in_onnxruntime_as_ours(ort, path):
     net = engine.load(path, seed=0)
     big = net.input_shape[1] > 100              # the 224x224 AlexNets: one image

@@ -279,3 +279,13 @@ def test_cuda_simulator_suite_is_one_test_per_file():
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     ids = [ln for ln in proc.stdout.splitlines() if "::" in ln]
     assert ids == [f"tests/test_cuda_simulator.py::test_cuda_suite_under_the_simulator[{f}]" for f in files]
+
+
+def test_skip_reasons_show_without_flags(tmp_path):
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n\ndef test_a():\n    pytest.skip('needs a thing we lack')\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--rootdir", ROOT, "-c", os.path.join(ROOT, "pyproject.toml"),
+                           str(tmp_path / "test_skips.py")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "SKIPPED" in proc.stdout and "needs a thing we lack" in proc.stdout, proc.stdout

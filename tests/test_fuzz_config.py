@@ -516,7 +516,7 @@ def run(net, expected=None, sane=True):
         except MemoryLimitError:
             assert not sane, "a small valid net was refused"
             return
-        assert set(grads) == set(net.state_dict())
+        assert set(grads) == set(net.parameters())     # state (running stats) has no gradient
         if sane:
             assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values())
 
@@ -656,11 +656,23 @@ def test_pool_macs_closed_form(side, size, stride):
 def test_long_chains_load_fast_and_long_cycles_stay_short():
     """A 3,000-layer chain written backwards (the order pass was quadratic), and a cycle
     through all of it (its message listed every layer: 26,000 characters)."""
-    layers = [{"name": f"n{i}", "type": "neuron", "fn": "relu", "inputs": f"n{i + 1}"} for i in range(3000)]
-    layers[-1]["inputs"] = "data"
-    start = time.perf_counter()
-    net = engine.load({"input": {"shape": [1, 2, 2]}, "layers": layers})
-    assert time.perf_counter() - start < 3.0
+    def chain(n):
+        layers = [{"name": f"n{i}", "type": "neuron", "fn": "relu", "inputs": f"n{i + 1}"} for i in range(n)]
+        layers[-1]["inputs"] = "data"
+        return layers
+
+    def load_time(layers):      # the best of three: a busy machine slows single runs
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            net = engine.load({"input": {"shape": [1, 2, 2]}, "layers": layers})
+            times.append(time.perf_counter() - start)
+        return net, min(times)
+
+    _, short = load_time(chain(300))
+    net, long = load_time(layers := chain(3000))
+    # 10x the layers: about 10x the time if linear, 100x if quadratic (a ratio, not a wall time)
+    assert long < 40 * short, (long, short)
     assert [n.name for n in net.layers[:2]] == ["n2999", "n2998"]
     layers[-1]["inputs"] = "n0"
     with pytest.raises(ConfigError, match=r"cycle: .* more \.\.\. ") as info:

@@ -12,8 +12,9 @@ from layers import registry, threads
 COSTS = sorted(t for t, cls in registry.REGISTRY.items() if cls.is_cost)
 
 
-def run(net, x, labels, serial):
+def run(net, x, labels, serial, start):
     net.rng = np.random.default_rng(4)
+    net.load_state_dict(start)      # the training step updates layer state (batchnorm's statistics)
     with (columns.single_core() if serial else threads.serial(False)):
         assert threads.is_serial() == serial
         loss, grads = net.loss_and_grads(x, labels, train=True)
@@ -27,8 +28,9 @@ def test_serial_kernels_compute_what_parallel_kernels_compute(cost):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5,) + net.input_shape).astype(np.float32)
     labels = rng.integers(0, 5, 5) if net.classifies else rng.standard_normal((5,) + net.layers[-1].output_shape)
-    loss_p, grads_p, out_p = run(net, x, labels, serial=False)
-    loss_s, grads_s, out_s = run(net, x, labels, serial=True)
+    start = net.state_dict()
+    loss_p, grads_p, out_p = run(net, x, labels, serial=False, start=start)
+    loss_s, grads_s, out_s = run(net, x, labels, serial=True, start=start)
     assert loss_s == pytest.approx(loss_p, rel=1e-6)
     for name in out_p:
         np.testing.assert_allclose(out_s[name], out_p[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -93,7 +93,7 @@ def test_settings_defaults_file_and_flags():
     ({"epoch": 3}, "epoch"),
     ({"lr": -1.0}, "lr"),
     ({"batch": "big"}, "batch"),
-    ({"schedule": {"type": "cosine"}}, "type"),
+    ({"schedule": {"type": "cosin"}}, "type"),
     ({"schedule": {"type": "step"}}, "schedule.epochs"),
     ({"augment": {"flip": "yes"}}, "flip"),
 ])

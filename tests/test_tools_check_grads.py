@@ -24,6 +24,7 @@ def test_every_shipped_net_is_found():
 
 
 SLOW_NETS = {"alexnet.yaml", "caffenet.yaml", "alexnet-torchvision.yaml"}    # 1-3 minutes each
+SLOW_NETS |= {f"{n}.yaml" for n in ("resnet18", "resnet34", "vgg16", "vgg19", "googlenet")}   # 224x224, deep
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=[pytest.mark.slow] if os.path.basename(p) in SLOW_NETS

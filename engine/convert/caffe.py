@@ -12,8 +12,9 @@ same name, except:
     or the transform's `crop_size` (Data and ImageData read their images from a database or
     a file list, so the prototxt does not say the channels: 3, Caffe's colour default;
     ImageData `is_color: false` or `force_gray` give 1; --input overrides);
-  - ReLU / Sigmoid / TanH / AbsVal working in place on the output of a layer with a `neuron`
-    key (conv, fc, pool) that nothing has read yet become that layer's `neuron:`;
+  - ReLU / ELU / Sigmoid / TanH / AbsVal working in place on the output of a layer with a
+    `neuron` key (conv, fc, pool, batchnorm) that nothing has read yet become its `neuron:`;
+  - a Scale right after a BatchNorm is folded into our batchnorm (its weight and bias);
   - SoftmaxWithLoss becomes our softmax (the net's output, whose cost is the mean
     cross-entropy: Caffe's VALID normalisation); Accuracy and Silence are dropped.
 
@@ -28,22 +29,23 @@ import os
 from dataclasses import dataclass
 
 import layers as layer_types
+from layers.pool import out_side as pool_side
 from engine.config import INPUT_NAME, MAX_NAME
 from engine.convert import prototxt
 from engine.convert.checks import check_against_engine, check_key, check_layer
 from engine.convert.common import Conversion, Converted, ConvertError, parse_chw
-from engine.convert.writer import emit
+from engine.convert.writer import emit, number
 from engine.errors import ConfigError
 
 DATA_TYPES = {"Data", "ImageData", "Input", "DummyData", "MemoryData", "HDF5Data"}
-NEURONS = {"ReLU": "relu", "Sigmoid": "logistic", "TanH": "tanh", "AbsVal": "abs"}
+NEURONS = {"ReLU": "relu", "Sigmoid": "logistic", "TanH": "tanh", "AbsVal": "abs", "ELU": "elu"}
 HANDLERS = {"Convolution": "_conv", "InnerProduct": "_fc", "Pooling": "_pool", "LRN": "_lrn",
             "Dropout": "_dropout", "Concat": "_concat", "Eltwise": "_eltwise", "Softmax": "_softmax",
             "SoftmaxWithLoss": "_softmax", "Flatten": "_flatten", "Accuracy": "_dropped",
-            "Silence": "_dropped", **{t: "_neuron" for t in NEURONS}, **{t: "_data" for t in DATA_TYPES}}
+            "Silence": "_dropped", "BatchNorm": "_batchnorm", "Scale": "_scale", "PReLU": "_prelu",
+            **{t: "_neuron" for t in NEURONS}, **{t: "_data" for t in DATA_TYPES}}
 UNSUPPORTED = {
-    "BatchNorm": "batch normalisation", "Scale": "per-channel scale", "Bias": "per-channel bias",
-    "PReLU": "parametric ReLU", "ELU": "ELU", "BNLL": "BNLL", "Power": "power", "Exp": "exp", "Log": "log",
+    "Bias": "per-channel bias", "BNLL": "BNLL", "Power": "power", "Exp": "exp", "Log": "log",
     "Threshold": "threshold", "Deconvolution": "transposed convolution", "Crop": "crop",
     "Reshape": "reshape", "Slice": "slice", "Split": "split", "Tile": "tile", "Reduction": "reduction",
     "ArgMax": "argmax", "MVN": "mean-variance normalisation", "SPP": "spatial pyramid pooling",
@@ -116,6 +118,10 @@ class _Caffe:
         self.notices = []
         self.fused, self.dropped, self.test_only, self.renamed = [], [], [], []
         self.inits, self.bias_decay, self.no_bias = [], [], []
+        self.batchnorms, self.scaled = [], []
+        self.frozen_bn = {}       # our batchnorm -> its parameters Caffe does not learn (no Scale / bias)
+        self.consumed = {}        # blob -> why it is gone (a BatchNorm output that a Scale replaced)
+        self.stds = {}            # our layer -> the std of Caffe's weight filler, checked against ours
 
     # ---- driver ---------------------------------------------------------------------------
     def run(self, name, epochs, train_images):
@@ -146,14 +152,19 @@ class _Caffe:
                   + (f" and solver {self.solver_path}" if self.solver_path else ""),
                   f"input {'x'.join(map(str, self.input_shape))} (--input {','.join(map(str, self.input_shape))}); "
                   f"{num_params:,} parameters" + (f" ({self._caffe_params():,} in Caffe)"
-                                                  if self.no_bias else ", as in Caffe")]
+                                                  if self.no_bias or self.frozen_bn else ", as in Caffe")]
         text = emit(net_name, self.input_shape, self.out, train, header + self.notices)
-        check_against_engine(self.out, text, "Caffe")
+        for node in check_against_engine(self.out, text, "Caffe"):
+            std = self.stds.get(node.name)
+            if std is not None and not math.isclose(node.layer.weight_std(), std, rel_tol=1e-9):
+                self.by_name[node.name].fail("init", f"our weights would have std {node.layer.weight_std():.6g} "
+                                                     f"where Caffe's filler has {std:.6g}")
         return Conversion(text=text, notices=self.notices, layers=self.out, num_params=num_params)
 
     def _caffe_params(self):
         return sum(c.params for c in self.out) - sum(c.cfg["filters" if c.type == "conv" else "outputs"]
-                                                     for c in self.out if c.name in self.no_bias)
+                                                     for c in self.out if c.name in self.no_bias) \
+            - sum(self.frozen_bn.values())
 
     def _summarise(self):
         n = self.notices
@@ -174,6 +185,17 @@ class _Caffe:
                      "these start at 0 and never learn (lr_b: 0): the same function, "
                      f"{sum(self.by_name[x].cfg.get('filters', self.by_name[x].cfg.get('outputs')) for x in self.no_bias):,} "
                      "more parameters counted")
+        if self.batchnorms:
+            n.append(f"BatchNorm -> batchnorm: {', '.join(self.batchnorms)}; Caffe's mean and variance blobs "
+                     "(and its count of them) are our running_mean and running_var state, not parameters; "
+                     "momentum = 1 - moving_average_fraction: the same exponential average, but Caffe's "
+                     "starts at the first batch's statistics and ours at mean 0, variance 1")
+        if self.scaled:
+            n.append(f"Scale layers folded into the batchnorm before them (weight, bias): {', '.join(self.scaled)}")
+        if self.frozen_bn:
+            n.append(f"BatchNorm without a Scale (or a Scale without bias_term) on {', '.join(self.frozen_bn)}: "
+                     "our batchnorm always has a weight and a bias, so these stay 1 and 0 (lr_w, lr_b 0): the "
+                     f"same function, {sum(self.frozen_bn.values()):,} more parameters counted")
 
     def _phase_ok(self, lm):
         """Whether the layer is in the TRAIN-phase net (Caffe's NetStateRule, phase only)."""
@@ -238,6 +260,8 @@ class _Caffe:
             lm.fail("bottom" if names else None, f"needs at least {least} bottom blobs, got {len(names)}")
         blobs = []
         for n in names:
+            if n in self.consumed:
+                lm.fail("bottom", f"bottom blob {self.consumed[n]}")
             if n not in self.blobs:
                 lm.fail("bottom", f"bottom blob '{n}' is not the top of any TRAIN-phase layer above "
                                   "(Caffe needs layers in order)")
@@ -409,8 +433,9 @@ class _Caffe:
                          "directions (square), a non-square one cannot be converted")
         return h
 
-    def _weight_params(self, lm, layer, has_bias):
-        """`param { lr_mult decay_mult }` (weights, then biases) as lr_w, lr_b, wd."""
+    def _weight_params(self, lm, layer, has_bias, our_bias=True):
+        """`param { lr_mult decay_mult }` (weights, then biases) as lr_w, lr_b, wd; a Caffe layer
+        without biases gets lr_b 0 (our bias frozen at 0), unless ours has none (our_bias)."""
         specs = lm.messages("param")
         if len(specs) > 1 + has_bias:
             lm.fail("param", f"{len(specs)} param blocks for {1 + has_bias} parameter blob(s)")
@@ -424,9 +449,10 @@ class _Caffe:
         for v, key in ((lr_w, "lr_mult"), (wd, "decay_mult"), (lr_b, "lr_mult")):
             if v < 0:
                 lm.fail("param", f"{key} must be >= 0, got {v}")
-        if not has_bias:
+        if not our_bias:
+            lr_b = 1.0
+        elif not has_bias:
             lr_b = 0.0
-            self.no_bias.append(layer.name)
         elif decay_b != 0:
             self.bias_decay.append(f"{layer.name} ({decay_b:g})")
         layer.solver = {"lr_w": lr_w, "lr_b": lr_b, "wd": wd}
@@ -451,9 +477,16 @@ class _Caffe:
                 std = wf.get("std", "float", 1.0)
                 if wf.get("mean", "float", 0.0) != 0.0:
                     notes.append("Gaussian mean other than 0: 0")
-            elif kind == "msra":
+            elif kind == "msra":         # Caffe: N(0, 2/n); torch's kaiming_normal_ with relu's gain sqrt(2)
                 std = math.sqrt(2.0 / n)
-            elif kind == "xavier":
+                init = {"FAN_IN": ("kaiming", "in"), "FAN_OUT": ("kaiming", "out")}.get(norm, ("xavier", None))
+                layer.set("init", init[0], "weight_filler", msg)   # xavier: sqrt(2) sqrt(2/(in+out)), AVERAGE's
+                if init[1] == "out":
+                    layer.set("fan", "out", "weight_filler", msg)
+                layer.set("nonlinearity", "relu", "weight_filler", msg)
+                self.stds[layer.name] = std
+                std = None
+            elif kind == "xavier":      # Caffe: uniform +-sqrt(3/n), variance 1/n; ours draw Gaussians
                 std = math.sqrt(1.0 / n)
                 notes.append(f"xavier (uniform): a Gaussian of the same variance (std {std:.4g})")
             elif kind == "uniform":
@@ -467,6 +500,7 @@ class _Caffe:
                 std = None
         if std is not None:
             layer.set("init_w", float(std), "weight_filler", msg)
+            self.stds[layer.name] = float(std)
         bf = msg.message("bias_filler", None) if has_bias else None
         if bf is not None:
             kind = bf.get("type", "str", "constant")
@@ -517,8 +551,10 @@ class _Caffe:
             layer.set("padding", pad, "pad", p)
         if g != 1:
             layer.set("groups", g, "group", p)
-        self._fillers(p, layer, c // g * k * k, filters // g * k * k, bias)
+        self._fillers(p, layer, c // g * k * k, filters * k * k, bias)     # Caffe: count/shape(0), /shape(1)
         self._weight_params(lm, layer, bias)
+        if not bias:
+            self.no_bias.append(layer.name)
         self._add(layer, blobs)
 
     def _fc(self, lm, t):
@@ -537,6 +573,8 @@ class _Caffe:
         layer.set("outputs", outputs, "num_output", p)
         self._fillers(p, layer, d, outputs, bias)
         self._weight_params(lm, layer, bias)
+        if not bias:
+            self.no_bias.append(layer.name)
         self._add(layer, blobs)
 
     # ---- other layers --------------------------------------------------------------------------
@@ -551,12 +589,14 @@ class _Caffe:
         mode = p.get("pool", "enum", "MAX")
         if mode not in ("MAX", "AVE"):
             p.fail("pool", f"{mode} pooling is not supported (MAX and AVE are)")
-        if p.get("global_pooling", "bool", False):
+        whole = p.get("global_pooling", "bool", False)
+        if whole:
             for key in ("kernel_size", "kernel_h", "kernel_w", "pad", "pad_h", "pad_w"):
                 if p.has(key):
                     p.fail(key, "not with global_pooling")
-            if h != w:
-                p.fail("global_pooling", f"over a {h}x{w} input: our pooling windows are square")
+            if h != w and mode == "MAX":
+                p.fail("global_pooling", f"MAX over a {h}x{w} input: our pooling windows are square and "
+                                         "our `global: true` averages")
             k, pad, s = h, 0, 1
         else:
             k = self._square(p, "kernel_size", None, "pooling windows")
@@ -564,9 +604,11 @@ class _Caffe:
             s = self._square(p, "stride", 1, "pooling strides")
         p.all("round_mode")
         rounding = p.get("round_mode", "enum", "CEIL")
+        if rounding not in ("CEIL", "FLOOR"):
+            p.fail("round_mode", f"must be CEIL or FLOOR, got {rounding}")
         if min(k, s) < 1 or pad < 0:
             p.fail(None, "kernel_size and stride must be >= 1 and pad >= 0")
-        if k > min(h, w) + 2 * pad:
+        if not whole and k > min(h, w) + 2 * pad:
             p.fail("kernel_size", f"window {k} is larger than the input {h}x{w} plus 2 x pad {pad}")
 
         def caffe_side(n):          # pooling_layer.cpp
@@ -575,22 +617,38 @@ class _Caffe:
             if pad and (out - 1) * s >= n + pad:
                 out -= 1
             return out
-        out = (caffe_side(h), caffe_side(w))
-        if pad:
-            p.fail("pad", f"pad {pad}: our pool layer has no padding, so Caffe's padded windows (output "
-                          f"{out[0]}x{out[1]} from {h}x{w}) cannot be expressed exactly")
+        out = (1, 1) if whole else (caffe_side(h), caffe_side(w))
+        if pad > k // 2:
+            p.fail(self._pad_key(p), f"pad {pad} with window {k}: our pool pads at most half the window "
+                                     f"({k // 2}; PyTorch's limit), Caffe up to {k - 1}")
         if s > k:
             p.fail("stride", f"stride {s} larger than the window {k}: our pool layer forbids windows that "
                              "skip input")
-        ours = tuple(-(-(n - k) // s) + 1 for n in (h, w))               # ceil((in - k) / s) + 1
+        # Our ceil rule is Caffe's CEIL rule (PyTorch's ceil_mode, the padded last window dropped);
+        # FLOOR is our `ceil: false` (Caffe's drop never fires there: pad < kernel). MAX never picks
+        # a padded cell in either; AVE divides by the window clipped to the padded input (Caffe's
+        # pool_size, taken before clipping to the image; our count_include_pad divisor).
+        ceil = rounding == "CEIL" or all(pool_side(n, k, s, pad, True) == o for n, o in zip((h, w), out))
+        ours = (1, 1) if whole else tuple(pool_side(n, k, s, pad, ceil) for n in (h, w))
         if ours != out:
-            p.fail("round_mode", f"{rounding} gives {out[0]}x{out[1]} where our pool's ceil rule gives "
+            p.fail("round_mode", f"{rounding} gives {out[0]}x{out[1]} where our pool's rule gives "
                                  f"{ours[0]}x{ours[1]}")
         layer = self._new(lm, "pool", inputs, (c,) + out)
         layer.set("mode", "max" if mode == "MAX" else "avg", "pool", p)
-        layer.set("size", k, "kernel_size", p)
-        layer.set("stride", s, "stride", p)
+        if whole and h != w:            # square planes keep the window form (the same arithmetic)
+            layer.set("global", True, "global_pooling", p)
+        else:
+            layer.set("size", k, "kernel_size", p)
+            layer.set("stride", s, "stride", p)
+        if pad:
+            layer.set("padding", pad, self._pad_key(p), p)
+        if not ceil:
+            layer.set("ceil", False, "round_mode", p)
         self._add(layer, blobs)
+
+    @staticmethod
+    def _pad_key(p):
+        return "pad_h" if p.has("pad_h") else "pad"
 
     def _lrn(self, lm, t):
         names, blobs = self._bottoms(lm, count=1)
@@ -643,22 +701,127 @@ class _Caffe:
         names, blobs = self._bottoms(lm, count=1)
         inputs = self._image_bottoms(lm, blobs, names)
         tops = self._tops(lm)
-        fn = NEURONS[t]
-        p = lm.message(f"{t.lower()}_param", None) if t != "AbsVal" else None    # relu_param, ...
-        if t == "ReLU" and p is not None and p.get("negative_slope", "float", 0.0) != 0.0:
-            p.fail("negative_slope", "leaky ReLU is not supported")
+        fn = self._neuron_name(lm, t)
         producer = self.by_name.get(blobs[0].carrier)
         if (tops[0] == names[0] and producer is not None and blobs[0].readers == 0
                 and "neuron" in layer_types.get(producer.type).keys and "neuron" not in producer.cfg):
             producer.set("neuron", fn, "type", lm)
             check_key(producer, layer_types.get(producer.type), "neuron")
-            init = {k: producer.cfg.pop(k) for k in ("init_w", "init_b") if k in producer.cfg}
+            init = {k: producer.cfg.pop(k) for k in ("init", "fan", "nonlinearity", "init_w", "init_b")
+                    if k in producer.cfg}
             producer.cfg.update(init)              # shown beside the geometry, before the init keys
             self.fused.append(f"{lm.layer} ({t})")
             return
         layer = self._new(lm, "neuron", inputs, blobs[0].shape)
         layer.set("fn", fn, "type")
         self._add(layer, blobs, tops)
+
+    @staticmethod
+    def _neuron_name(lm, t):
+        """Our neuron for Caffe's ReLU (negative_slope: leaky[a]), ELU (alpha: elu[a]), ..."""
+        p = lm.message(f"{t.lower()}_param", None) if t != "AbsVal" else None    # relu_param, ...
+        if t == "ReLU" and p is not None and p.get("negative_slope", "float", 0.0) != 0.0:
+            a = p.get("negative_slope", "float")
+            if a < 0:
+                p.fail("negative_slope", f"{a:g}: our leaky[a] takes a slope >= 0")
+            return f"leaky[{number(a)}]"
+        if t == "ELU" and p is not None and p.get("alpha", "float", 1.0) != 1.0:
+            a = p.get("alpha", "float")
+            if a <= 0:
+                p.fail("alpha", f"{a:g}: our elu[a] takes a > 0")
+            return f"elu[{number(a)}]"
+        return NEURONS[t]
+
+    def _prelu(self, lm, t):
+        names, blobs = self._bottoms(lm, count=1)
+        inputs = self._image_bottoms(lm, blobs, names)
+        shape = blobs[0].shape
+        p = lm.message("prelu_param", None) or prototxt.Message(lm.file, lm.line, "prelu_param", lm)
+        shared = p.get("channel_shared", "bool", False)
+        layer = self._new(lm, "prelu", inputs, shape, 1 if shared else shape[0])    # Caffe: one per channel
+        if shared:
+            layer.set("shared", True, "channel_shared", p)
+        f = p.message("filler", None)
+        kind = "constant" if f is None else f.get("type", "str", "constant")
+        if f is not None:
+            for key in ("value", "std", "mean", "min", "max", "variance_norm", "sparse"):
+                f.all(key)
+        slope = 0.25 if f is None else f.get("value", "float", 0.0)     # Caffe's default filler: 0.25
+        if kind != "constant":
+            self.inits.append(f"{layer.name}: {kind} slope filler: every slope 0.25")
+            slope = 0.25
+        if slope != 0.25:
+            layer.set("init_slope", slope, "filler", p)
+        self._weight_params(lm, layer, False, our_bias=False)
+        self._add(layer, blobs)
+
+    # ---- batch normalisation: Caffe's BatchNorm (statistics) + Scale (learned scale, shift) ------
+    def _batchnorm(self, lm, t):
+        names, blobs = self._bottoms(lm, count=1)
+        inputs = self._image_bottoms(lm, blobs, names)
+        shape = blobs[0].shape
+        p = lm.message("batch_norm_param", None) or prototxt.Message(lm.file, lm.line, "batch_norm_param", lm)
+        if len(lm.messages("param")) > 3:
+            lm.fail("param", "a BatchNorm layer has 3 blobs (mean, variance, their count)")
+        for spec in lm.messages("param"):              # Caffe never learns these (it forces lr_mult 0)
+            spec.used.update(k for k, _, _ in spec.fields)
+        eps = p.get("eps", "float", 1e-5)
+        fraction = p.get("moving_average_fraction", "float", 0.999)
+        if eps <= 0:
+            p.fail("eps", f"must be > 0, got {eps:g}")
+        if not 0 <= fraction < 1:
+            p.fail("moving_average_fraction", f"{fraction:g}: our running statistics are an exponential "
+                                              "average, momentum = 1 - fraction in (0, 1]")
+        channels = shape[0]
+        layer = self._new(lm, "batchnorm", inputs, shape, 2 * channels)
+        if eps != 1e-5:
+            layer.set("eps", eps, "eps", p)
+        # Caffe: stat = fraction * stat + batch (and divides by the summed weights); ours: running =
+        # (1 - momentum) running + momentum batch: the same weights, but ours starts from 0 and 1
+        layer.set("momentum", float(f"{1.0 - fraction:.12g}"), "moving_average_fraction", p)
+        layer.solver = {"lr_w": 0.0, "lr_b": 0.0, "wd": 1.0}        # no Scale after it: 1 and 0, frozen
+        self.frozen_bn[layer.name] = 2 * channels
+        if p.get("use_global_stats", "bool", False):
+            self.notices.append(f"{layer.name}: use_global_stats: true makes Caffe normalise by the stored "
+                                "statistics in training too; ours trains on the batch's statistics (and uses "
+                                "the running ones at test, Caffe's default)")
+        self.batchnorms.append(layer.name)
+        self._add(layer, blobs)
+
+    def _scale(self, lm, t):
+        names, blobs = self._bottoms(lm, count=1)
+        self._image_bottoms(lm, blobs, names)
+        bn = self.by_name.get(blobs[0].carrier)
+        if bn is None or bn.type != "batchnorm" or bn.name not in self.frozen_bn:
+            lm.fail("type", "a Scale layer is converted only right after a BatchNorm (as our batchnorm's "
+                            "weight and bias); a Scale of its own has no equivalent here")
+        if blobs[0].readers or "neuron" in bn.cfg:
+            lm.fail("bottom", f"the BatchNorm output '{names[0]}' is used before this Scale: our batchnorm "
+                              "scales and shifts before anything reads it")
+        p = lm.message("scale_param", None) or prototxt.Message(lm.file, lm.line, "scale_param", lm)
+        if p.get("axis", "int", 1) != 1 or p.get("num_axes", "int", 1) != 1:
+            p.fail("axis" if p.get("axis", "int", 1) != 1 else "num_axes",
+                   "only one factor per channel (axis 1, num_axes 1) is supported")
+        bias = p.get("bias_term", "bool", False)              # Caffe's default: no bias
+        for key, default in (("filler", 1.0), ("bias_filler", 0.0)):
+            f = p.message(key, None)
+            if f is None or (key == "bias_filler" and not bias):
+                continue
+            for k in ("value", "std", "mean", "min", "max", "variance_norm", "sparse"):
+                f.all(k)
+            if f.get("type", "str", "constant") != "constant" or f.get("value", "float", 0.0) != default:
+                self.inits.append(f"{bn.name}: Scale {key} {f.get('type', 'str', 'constant')}: "
+                                  f"{'weights 1' if default else 'biases 0'}")
+        self._weight_params(lm, bn, bias)
+        del self.frozen_bn[bn.name]
+        if not bias:
+            self.frozen_bn[bn.name] = bn.shape[0]               # the shift stays 0
+        self.scaled.append(f"{lm.layer} -> {bn.name}")
+        tops = self._tops(lm)
+        if tops[0] != names[0]:
+            self.consumed[names[0]] = f"'{names[0]}' is the BatchNorm output before Scale '{lm.layer}', " \
+                                      f"which our batchnorm '{bn.name}' includes"
+        self.blobs[tops[0]] = Blob(bn.name, bn.shape)
 
     def _concat(self, lm, t):
         names, blobs = self._bottoms(lm, least=1)

@@ -225,6 +225,9 @@ class Schedule:
     def shape(self):
         return (self.kind, self.factor, self.steps)
 
+    def __str__(self):          # as the file spelled it, for messages
+        return self.text
+
 
 def parse_schedule(text):
     """`0.001`, `const[base=b]`, `exp[base=b;tgtFactor=t]` or `dexp[base=b;tgtFactor=t;numSteps=n]`
@@ -563,18 +566,18 @@ class _Converter:
             self._drop(sec, "modulesx")
         modules = modules_x * modules_x
         weights = sum(c // g * k * k for c in channels) * total_filters
+        shared = not local and sec.bool("sharedbiases", True)
         if local:
             weights *= modules
-            biases = modules * total_filters
         else:
-            if not sec.bool("sharedbiases", True):
-                sec.fail("sharedbiases", "unshared biases (one per output position) are not supported")
             for key in ("sharedbiases", "partialsum", "sumwidth"):
-                if sec.has(key):
+                if sec.has(key) and (key != "sharedbiases" or shared):     # sharedBiases=1: our default
                     if key != "sharedbiases":
                         sec.int(key)
                     self._drop(sec, key)
-            biases = total_filters
+        # sharedBiases=0 and local: one bias per filter and output position (modules*filters x 1
+        # in cuda-convnet, filter-major: our [filters, OH, OW])
+        biases = total_filters if shared else modules * total_filters
         layer = self._new(sec, "local" if local else "conv", our_names, gpu,
                           (total_filters, modules_x, modules_x), weights + biases)
         layer.set("filters", total_filters, "filters")
@@ -588,6 +591,8 @@ class _Converter:
             layer.set("padding_end", end, "padding")
         if g != 1:
             layer.set("groups", g, "groups")
+        if not local and not shared:
+            layer.set("shared_biases", False, "sharedbiases")
         self._set_init(layer, init_w, init_b)
         layer.solver = self._weight_params(sec, n, conv=not local)
         return layer

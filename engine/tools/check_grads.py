@@ -83,7 +83,7 @@ class PerturbedForward:
         self.reach = self._reach()
 
     def _cost(self):
-        return self.executor.backend.cost(self.nodes[-1], self.labels)[0]
+        return self.executor.cost(self.labels)      # every cost head, weighted
 
     def _reach(self):
         """layer -> the names of the layers whose output depends on it."""
@@ -97,7 +97,9 @@ class PerturbedForward:
         return reach
 
     def cost(self, layer):
-        self.executor.forward(None, True, self.seeds, acts=dict(self.acts), only=self.reach[layer])
+        # every cost head reruns too: one the entry does not reach still holds a replay's state
+        heads = {self.nodes[i].name for i, _ in self.executor.heads}
+        self.executor.forward(None, True, self.seeds, acts=dict(self.acts), only=self.reach[layer] | heads)
         return self._cost()
 
 

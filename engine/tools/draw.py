@@ -37,6 +37,7 @@ class Layout:
     title: str
     boxes: dict
     edges: list = field(default_factory=list)     # (points, crosses columns)
+    groups: list = field(default_factory=list)    # (label, x, y, w, h): a block use's layers
     columns: list = field(default_factory=list)   # (label, x centre)
     width: float = 0.0
     height: float = 0.0
@@ -62,14 +63,18 @@ def structure(source, plugins=False, overrides=None):
     return Structure(spec.name, tuple(spec.input_shape), nodes, count)
 
 
-def _keys_text(layer):
-    """The keys a layer sets away from their defaults, shortest form (init keys left out)."""
-    parts = []
+def _keys_text(node):
+    """The keys a layer sets away from their defaults, shortest form (init keys left out);
+    a cost head's weight in the loss too (coeff)."""
+    layer, parts = node.layer, []
     for k, spec in type(layer).keys.items():
         v = layer.cfg.get(k)
         if k.startswith("init") or v is None or v == spec.default:
             continue
         parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    weight = getattr(node, "cost_weight", 1.0)
+    if layer.is_cost and weight != 1.0:
+        parts.append(f"coeff={weight:g}")
     return " ".join(parts)
 
 
@@ -80,7 +85,7 @@ def _shape(shape):
 def box_lines(node):
     n_params = sum(int(np.prod(s)) for s in node.layer.param_shapes().values())
     lines = [f"{node.name} ({node.type})"]
-    keys = _keys_text(node.layer)
+    keys = _keys_text(node)
     if keys:
         lines.append(keys)
     lines.append(f"out {_shape(node.output_shape)}" + (f"  {n_params:,} params" if n_params else ""))
@@ -112,7 +117,8 @@ def layout(net):
     for c in columns:
         col_x[c] = x
         x += per_col[c] * (width + BOX_GAP) - BOX_GAP + COL_GAP
-    total_w = x - COL_GAP + MARGIN
+    content_w = x - COL_GAP + MARGIN
+    total_w = content_w + COL_GAP / 3      # room on the right for the lines that round boxes
     n_ranks = max(b.rank for b in boxes.values()) + 1
     row_h = [max([b.h for b in boxes.values() if b.rank == r] or [0]) for r in range(n_ranks)]
     row_y, y = [], MARGIN + HEADER
@@ -123,12 +129,13 @@ def layout(net):
         for i, b in enumerate(members):
             b.x, b.y = col_x[c] + i * (width + BOX_GAP), row_y[r]
     data = boxes[INPUT_NAME]
-    data.x, data.y = (total_w - width) / 2, row_y[0]
+    data.x, data.y = (content_w - width) / 2, row_y[0]
     lay = Layout(title=f"{net.name}: {len(nodes)} layers, {net.num_params:,} parameters",
                  boxes=boxes, width=total_w, height=y - ROW_GAP + MARGIN)
     if len(columns) > 1:
         lay.columns = [(f"column {c} (gpu: {c})", col_x[c] + (per_col[c] * (width + BOX_GAP) - BOX_GAP) / 2)
                        for c in columns]
+    lay.groups = _groups(nodes, boxes)
     right_edge = {c: col_x[c] + per_col[c] * (width + BOX_GAP) - BOX_GAP for c in columns}
     for n in nodes:
         dst = boxes[n.name]
@@ -146,6 +153,27 @@ def layout(net):
     return lay
 
 
+def _uses(nodes):
+    """{(use name, block name): [node names]} of the layers expanded from blocks, in order."""
+    uses = {}
+    for n in nodes:
+        use = getattr(n, "block_use", None)
+        if use is not None:
+            uses.setdefault(use, []).append(n.name)
+    return uses
+
+
+def _groups(nodes, boxes):
+    """A dashed frame around each block use's boxes, labelled "res2a (basic)"."""
+    out = []
+    for (use, block), names in _uses(nodes).items():
+        members = [boxes[name] for name in names]
+        x0, y0 = min(b.x for b in members) - 5, min(b.y for b in members) - 5
+        x1, y1 = max(b.x + b.w for b in members) + 5, max(b.y + b.h for b in members) + 5
+        out.append((f"{use} ({block})", x0, y0, x1 - x0, y1 - y0))
+    return out
+
+
 # ---- writers ----------------------------------------------------------------------------
 def to_svg(lay):
     esc = html.escape
@@ -161,6 +189,10 @@ def to_svg(lay):
     out.append(f'<text x="{MARGIN}" y="{MARGIN + 14}" font-size="15" font-weight="bold">{esc(lay.title)}</text>')
     for label, cx in lay.columns:
         out.append(f'<text x="{cx:.1f}" y="{MARGIN + 42}" text-anchor="middle" fill="#444">{esc(label)}</text>')
+    for label, x, y, w, h in lay.groups:
+        out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="6" fill="none" '
+                   f'stroke="#888" stroke-dasharray="5,4"/><text x="{x + w:.1f}" y="{y - 3:.1f}" '
+                   f'text-anchor="end" fill="#666" font-size="11">{esc(label)}</text>')
     for pts, crosses in lay.edges:
         colour, marker = (CROSS, "cross") if crosses else (SAME, "same")
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
@@ -192,6 +224,10 @@ def to_png(lay, scale=1.5):
     for label, cx in lay.columns:
         w, _ = canvas.text_size(d, label, fnt)
         d.text((s(cx) - w / 2, s(MARGIN + 30)), label, fill=(68, 68, 68), font=fnt)
+    for label, x, y, w, h in lay.groups:
+        d.rounded_rectangle([s(x), s(y), s(x + w), s(y + h)], radius=round(6 * scale), outline=(136, 136, 136))
+        tw, th = canvas.text_size(d, label, fnt)
+        d.text((s(x + w) - tw, s(y) - th - 3), label, fill=(102, 102, 102), font=fnt)
     for pts, crosses in lay.edges:
         colour = CROSS if crosses else SAME
         line = [(s(x), s(y)) for x, y in pts]
@@ -227,8 +263,19 @@ def to_dot(net):
     for c, members in sorted(by_col.items()):
         out.append(f"  subgraph cluster_gpu{c} {{")
         out.append(f'    label="column {c} (gpu: {c})"; color="#999999";')
+        uses = _uses(members)
+        in_use = {name for names in uses.values() for name in names}
+        for (use, block), names in uses.items():      # a block use: a cluster of its own
+            out.append(f"    subgraph {q(f'cluster_{use}_gpu{c}')} {{")
+            out.append(f'      label={q(f"{use} ({block})")}; style=dashed; color="#888888";')
+            for n in members:
+                if n.name in names:
+                    out.append(f"      {q(n.name)} [label={q(*box_lines(n))}, "
+                               f"fillcolor={q(FILL.get(c, FILL[None]))}];")
+            out.append("    }")
         for n in members:
-            out.append(f"    {q(n.name)} [label={q(*box_lines(n))}, fillcolor={q(FILL.get(c, FILL[None]))}];")
+            if n.name not in in_use:
+                out.append(f"    {q(n.name)} [label={q(*box_lines(n))}, fillcolor={q(FILL.get(c, FILL[None]))}];")
         out.append("  }")
     gpu = {n.name: n.gpu for n in net.layers}
     for n in net.layers:

@@ -12,11 +12,15 @@ How each type is written (all exact up to float32 rounding order):
 | type     | ONNX                                                                            |
 |----------|---------------------------------------------------------------------------------|
 | conv     | Conv with pads [p, p, p + padding_end, p + padding_end] and `group`              |
+|          | (`shared_biases: false`: Conv without bias, then Add of the bias [F, OH, OW])    |
 | local    | decomposed: a one-hot depthwise Conv gathers each location's patch (im2col),     |
 |          | then a batched MatMul with the per-location weights, + bias [F, OH, OW]          |
 | fc       | Flatten (C, H, W order) + Gemm(transB=1)                                         |
 | pool     | MaxPool / AveragePool(count_include_pad=0) with explicit end pads that make the  |
-|          | floor rule give cuda-convnet's ceil((in - size)/stride) + 1 (clipped windows)    |
+|          | floor rule give our ceil count (clipped windows); avg `padding`:                 |
+|          | count_include_pad=1, corrected by a Mul where a ceil window overruns the padding;|
+|          | global: GlobalAveragePool; adaptive: AveragePool when                            |
+|          | the bins divide the input, refused otherwise (naming the layer)                  |
 | cmrnorm  | LRN (odd size; a Reshape to [N*groups, C/groups, H, W] around it for groups);    |
 |          | even size (ONNX's window is then shifted by one map): x * (k + alpha/size *      |
 |          | Conv(x^2, banded 0/1 1x1 filter))^-beta                                          |
@@ -24,7 +28,8 @@ How each type is written (all exact up to float32 rounding order):
 | cnorm    | decomposed: u = x - AveragePool(x, count_include_pad=0), then rnorm's formula on |
 |          | u for the denominator, applied to x                                              |
 | neuron   | Relu, Clip (brelu), Sigmoid, Abs, Sqrt, Tanh with Mul for a, b; linear = Mul+Add;|
-|          | square = Mul(x, x); softrelu = Relu(x) + Log(1 + Exp(-Abs(x)))                   |
+|          | square = Mul(x, x); softrelu = Relu(x) + Log(1 + Exp(-Abs(x))); LeakyRelu, Elu,  |
+|          | Selu (our float32 constants)                                                     |
 | dropout  | removed (identity at test)                                                       |
 | dropout2 | Mul by keep (its test-time scaling)                                              |
 | concat   | the join itself                                                                  |
@@ -32,6 +37,8 @@ How each type is written (all exact up to float32 rounding order):
 | eltmax   | Max                                                                              |
 | softmax  | Softmax(axis=1) on the flattened input                                           |
 | sum2     | identity (forward returns what its cost is taken of)                             |
+| batchnorm| BatchNormalization (inference: the running statistics), then the fused neuron    |
+| prelu    | PRelu, the slopes shaped [C, 1, 1] (or [D] after an fc) to broadcast per channel |
 
 A layer type without an entry here (a plugin's type) is refused: ConfigError naming the
 layer and its type. The model carries metadata_props: the net's name, the class names
@@ -147,6 +154,12 @@ def _neuron(g, x, act, hint):
         return g.op("Mul", [x, x], f"{hint}/square")
     if code == s.SQRT:
         return g.op("Sqrt", [x], f"{hint}/sqrt")
+    if code == s.LEAKY:
+        return g.op("LeakyRelu", [x], f"{hint}/leaky", alpha=a)
+    if code == s.ELU:
+        return g.op("Elu", [x], f"{hint}/elu", alpha=a)
+    if code == s.SELU:
+        return g.op("Selu", [x], f"{hint}/selu", alpha=s.SELU_ALPHA, gamma=s.SELU_SCALE)
     raise ConfigError(f"neuron {act.name!r} has no ONNX export")   # a new neuron code: add it above
 
 
@@ -154,10 +167,13 @@ def _neuron(g, x, act, hint):
 def _conv(g, node, x, params):
     layer = node.layer
     p, e, k, s = layer.padding, layer.padding_end, layer.size, layer.stride
-    y = g.op("Conv", [x, g.const(f"{node.name}.weight", params["weight"]),
-                      g.const(f"{node.name}.bias", params["bias"])], f"{node.name}/conv",
+    bias = g.const(f"{node.name}.bias", params["bias"]) if layer.bias else None   # bias: false: no B
+    y = g.op("Conv", [x, g.const(f"{node.name}.weight", params["weight"])]
+             + ([bias] if layer.shared_biases and layer.bias else []), f"{node.name}/conv",
              kernel_shape=[k, k], strides=[s, s], pads=[p, p, p + e, p + e], group=layer.groups,
              dilations=[1, 1])
+    if not layer.shared_biases:      # one bias per filter and position: Conv's B is [F] only
+        y = g.op("Add", [y, bias], f"{node.name}/bias")
     return _neuron(g, y, layer.act, node.name)
 
 
@@ -199,21 +215,56 @@ def _fc(g, node, x, params):
 
 
 def _pool(g, node, x, params):
-    """cuda-convnet's ceil rule: windows start at o*stride < in and are clipped at the edge.
-    End pads (o - 1)*stride + size - in (< size) make the floor rule give the same count;
-    MaxPool never picks a pad, AveragePool(count_include_pad=0) divides by the in-bounds count."""
+    """Windows start at o*stride - padding and are clipped at the edges. Begin pads `padding`
+    and end pads (o - 1)*stride + size - in - padding (0 where the floor rule already gives
+    o) make ONNX's floor rule give our count; MaxPool never picks a pad. avg without padding:
+    AveragePool(count_include_pad=0), the in-bounds count; with padding count_include_pad=1
+    (ONNX Runtime's PadFusion breaks a Pad before it), times size^2 / our divisor where a ceil
+    window runs past the padding. Adaptive bins: GlobalAveragePool, or AveragePool
+    where every bin has one size (the bins divide the input); others are refused."""
     layer = node.layer
     _, h, w = layer.input_shape
     oh, ow = layer.out_hw
-    k, s = layer.size, layer.stride
-    pads = [0, 0, (oh - 1) * s + k - h, (ow - 1) * s + k - w]
+    if layer.bins is not None:
+        return _neuron(g, _adaptive_pool(g, node, x, h, w), layer.act, node.name)
+    k, s, p = layer.size, layer.stride, layer.pad
+    ends = [max(0, (o - 1) * s + k - side - p) for o, side in ((oh, h), (ow, w))]
     if layer.mode == "max":
-        y = g.op("MaxPool", [x], f"{node.name}/maxpool", kernel_shape=[k, k], strides=[s, s], pads=pads,
-                 ceil_mode=0)
+        y = g.op("MaxPool", [x], f"{node.name}/maxpool", kernel_shape=[k, k], strides=[s, s],
+                 pads=[p, p] + ends, ceil_mode=0)
+    elif not p:
+        y = g.op("AveragePool", [x], f"{node.name}/avgpool", kernel_shape=[k, k], strides=[s, s],
+                 pads=[0, 0] + ends, ceil_mode=0, count_include_pad=0)
     else:
         y = g.op("AveragePool", [x], f"{node.name}/avgpool", kernel_shape=[k, k], strides=[s, s],
-                 pads=pads, ceil_mode=0, count_include_pad=0)
+                 pads=[p, p] + ends, ceil_mode=0, count_include_pad=1)
+        if max(ends) > p:        # a ceil window past the padding: ONNX counts the end pad, we do not
+            y = g.op("Mul", [y, g.const(f"{node.name}/divisor", _pad_count_fix(layer, h, w))],
+                     f"{node.name}/divisor")
     return _neuron(g, y, layer.act, node.name)
+
+
+def _pad_count_fix(layer, h, w):
+    """[1, 1, OH, OW] size^2 / our divisor (the window's cells inside the padded input)."""
+    k, s, p = layer.size, layer.stride, layer.pad
+
+    def counts(side, outs):
+        return np.array([min(o * s - p + k, side + p) - (o * s - p) for o in range(outs)], np.float64)
+    oh, ow = layer.out_hw
+    return (k * k / np.outer(counts(h, oh), counts(w, ow))).astype(np.float32)[None, None]
+
+
+def _adaptive_pool(g, node, x, h, w):
+    oh, ow = node.layer.out_hw
+    if (oh, ow) == (1, 1):
+        return g.op("GlobalAveragePool", [x], f"{node.name}/globalavgpool")
+    if h % oh or w % ow:
+        raise ConfigError(f"adaptive bins {oh}x{ow} on a {h}x{w} input have different sizes: ONNX has no "
+                          "adaptive average pool (make the input a multiple of the bins)",
+                          layer=node.name, key="adaptive",
+                          line=node.spec.line("adaptive") if hasattr(node.spec, "line") else None)
+    k = [h // oh, w // ow]
+    return g.op("AveragePool", [x], f"{node.name}/avgpool", kernel_shape=k, strides=k, pads=[0, 0, 0, 0])
 
 
 def _scale_by_denominator(g, name, x, total, scale, k, beta):
@@ -301,11 +352,28 @@ def _softmax(g, node, x, params):
     return g.op("Softmax", [x], f"{node.name}/softmax", axis=1)
 
 
+def _batchnorm(g, node, x, params):
+    """Net.forward's batchnorm normalises by the running statistics: ONNX's inference mode."""
+    y = g.op("BatchNormalization", [x] + [g.const(f"{node.name}.{k}", params[k]) for k in
+                                          ("weight", "bias", "running_mean", "running_var")],
+             f"{node.name}/batchnorm", epsilon=float(node.layer.eps))
+    return _neuron(g, y, node.layer.act, node.name)
+
+
+def _prelu(g, node, x, params):
+    layer = node.layer
+    slope = params["weight"]
+    if not layer.shared and len(layer.input_shape) == 3:
+        slope = slope.reshape(-1, 1, 1)          # broadcast over H, W (ONNX aligns trailing axes)
+    return g.op("PRelu", [x, g.const(f"{node.name}.weight", slope)], f"{node.name}/prelu")
+
+
 EXPORTERS = {
     "conv": _conv, "local": _local, "fc": _fc, "pool": _pool,
     "cmrnorm": _cmrnorm, "rnorm": _rnorm, "cnorm": _cnorm,
     "neuron": _neuron_layer, "dropout": _identity, "dropout2": _dropout2, "concat": _identity,
     "eltsum": _eltsum, "eltmax": _eltmax, "softmax": _softmax, "sum2": _identity,
+    "batchnorm": _batchnorm, "prelu": _prelu,
 }
 DECOMPOSED = ("local", "rnorm", "cnorm")     # no ONNX op of their own: written with standard ops
 

@@ -6,12 +6,17 @@ Two ways, chosen per shape (ConvLayer.use_direct):
 - direct (stride 1, few filters): Numba kernels that convolve a zero-padded copy of each
   image without im2col (cpu.direct_*); backward data is a full convolution of the padded
   gradient with the flipped filters, backward weights are dot products per tap.
+Biases: one per filter, or with `shared_biases: false` (cuda-convnet's sharedBiases=0) one
+per filter and output position, bias [filters, OH, OW]; the kernels see it as
+[filters, 1] or [filters, OH*OW] (`_bias2d`). With `bias: false` there is no bias parameter
+(torchvision's convs before a batchnorm): the kernels read a zero [filters, 1] bias, one add
+per output of zero, and the bias sum backward computes goes to a scratch nobody reads.
 """
 import numpy as np
 
-from layers.base import INIT_B_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor
+from layers.base import FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor
 from layers.conv import cpu
-from layers.neuron.spec import NEURON_KEY, parse as parse_neuron
+from layers.neuron.spec import NEURON_KEY, NONLINEARITY_KEY, parse as parse_neuron
 from layers.registry import register
 
 
@@ -19,7 +24,9 @@ from layers.registry import register
 class ConvLayer(Layer):
     type = "conv"
     examples = ({"filters": 6, "size": 3, "padding": 1, "groups": 2, "neuron": "relu"},
-                {"filters": 6, "size": 4, "stride": 3, "padding": 2, "padding_end": 1, "neuron": "tanh[1.7,0.6]"})
+                {"filters": 6, "size": 4, "stride": 3, "padding": 2, "padding_end": 1, "neuron": "tanh[1.7,0.6]"},
+                {"filters": 4, "size": 3, "stride": 2, "groups": 2, "shared_biases": False, "neuron": "abs"},
+                {"filters": 5, "size": 3, "padding": 1, "bias": False})
     doc = "2-D convolution (cross-correlation), weight [filters, channels/groups, size, size]"
     spatial = True
     keys = {
@@ -32,9 +39,16 @@ class ConvLayer(Layer):
                            "1 + ceil((in + 2 padding - size) / stride) is "
                            "padding_end = (size - in - 2 padding) mod stride"),
         "groups": Key(int, 1, low=1, doc="split channels and filters into this many independent groups"),
+        "shared_biases": Key(bool, True, doc="one bias per filter; false: one per filter and output "
+                             "position, bias [filters, out_h, out_w] (cuda-convnet's sharedBiases=0)"),
+        "bias": Key(bool, True, doc="false: no bias parameter (a batchnorm follows, as in torchvision's "
+                    "ResNet and GoogLeNet)"),
         "neuron": NEURON_KEY,
         "init_w": INIT_W_KEY,
         "init_b": INIT_B_KEY,
+        "init": INIT_KEY,
+        "fan": FAN_KEY,
+        "nonlinearity": NONLINEARITY_KEY,
     }
 
     def setup(self, input_shape):
@@ -48,7 +62,10 @@ class ConvLayer(Layer):
             raise LayerError("size", f"kernel size {k} is larger than the padded input "
                                      f"{h + 2 * p + e}x{w + 2 * p + e} ({h}x{w} with padding {p}"
                                      + (f" and padding_end {e})" if e else ")"))
+        if not self.bias and not self.shared_biases:
+            raise LayerError("shared_biases", "shared_biases: false needs biases; it cannot go with bias: false")
         self.channels = c
+        self._zero_bias = None if self.bias else np.zeros((f, 1), np.float32)
         self.act = parse_neuron(self.neuron)
         self.out_hw = (out_size_floor(h + e, k, s, p), out_size_floor(w + e, k, s, p))
         # the direct kernels' geometry (meaningful where stride 1 and padding < size)
@@ -74,8 +91,30 @@ class ConvLayer(Layer):
         return stride == 1 and padding < k and f // groups <= cls.DIRECT_MAX_FILTERS
 
     def param_shapes(self):
-        return {"weight": (self.filters, self.channels // self.groups, self.size, self.size),
-                "bias": (self.filters,)}
+        shapes = {"weight": (self.filters, self.channels // self.groups, self.size, self.size)}
+        if self.bias:
+            shapes["bias"] = (self.filters,) if self.shared_biases else (self.filters,) + self.out_hw
+        return shapes
+
+    def _bias2d(self, params):
+        """The bias as the kernels read it: [filters, 1] shared, [filters, OH*OW] per position,
+        zeros [filters, 1] without biases."""
+        if not self.bias:
+            return self._zero_bias
+        return np.ascontiguousarray(params["bias"], np.float32).reshape(self.filters, -1)
+
+    def _dbias_buffer(self):
+        """backward's dbias declaration: the bias gradient, or a scratch for the kernels'
+        bias sum where there is no bias."""
+        if self.bias:
+            return ("param_grad", self.param_shapes()["bias"])
+        return ("workspace", (self.filters,))
+
+    def _grads(self, dweight, dbias):
+        grads = {"weight": dweight.reshape(self.param_shapes()["weight"])}
+        if self.bias:
+            grads["bias"] = dbias
+        return grads
 
     def macs(self):
         oh, ow = self.out_hw
@@ -95,7 +134,7 @@ class ConvLayer(Layer):
         if backward:
             out["dtmp"] = ("gradient", (f * span,))     # cols is reused as dcols
             out["dweight"] = ("param_grad", (f, rows // self.groups))
-            out["dbias"] = ("param_grad", (f,))
+            out["dbias"] = self._dbias_buffer()
             if n > self._chunk(n):
                 out["dw_part"] = ("gradient", (f // self.groups, rows // self.groups))
             if need_dx:
@@ -112,7 +151,7 @@ class ConvLayer(Layer):
         if backward:
             out["dzp"] = ("gradient", (n, f, geo["hd"] * geo["wc"]))
             out["dweight"] = ("param_grad", (f, c // self.groups * self.size * self.size))
-            out["dbias"] = ("param_grad", (f,))
+            out["dbias"] = self._dbias_buffer()
             if need_dx:
                 out["dx"] = ("gradient", (n,) + self.input_shape)
         return out
@@ -139,7 +178,7 @@ class ConvLayer(Layer):
         xpad = b["xpad"]
         cpu.pad_images(x, self.padding, geo["hp"], geo["wc"], xpad)
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
-        bias = np.ascontiguousarray(params["bias"], np.float32)
+        bias = self._bias2d(params)
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = b["pre"] if keep else y3                   # declared only then
@@ -156,10 +195,10 @@ class ConvLayer(Layer):
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
         b = self.buffers(n, "backward", need_dx=need_dx)
         dzp, dw2, db = b["dzp"], b["dweight"], b["dbias"]
-        db64 = np.zeros(f, np.float64)
+        db64 = np.zeros((f, db.size // f), np.float64)
         cpu.direct_grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), a, oh, ow, wc,
                                dzp, db64)
-        db[:] = db64
+        db.reshape(f, -1)[:] = db64
         cpu.direct_dweight(self._xpad, dzp, self._tap_offsets()[0], self.groups, a * (wc + 1),
                            (oh - 1) * wc + ow, dw2)
         dx = None
@@ -168,7 +207,7 @@ class ConvLayer(Layer):
             h, w = self.input_shape[1:]
             w4 = np.ascontiguousarray(params["weight"], np.float32)
             cpu.direct_dx(dzp, self._tap_offsets()[1], w4, self.groups, h, w, wc, dx)
-        return dx, {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db}
+        return dx, self._grads(dw2, db)
 
     # ---- compute ------------------------------------------------------------
     # The batch goes through in chunks of images whose im2col matrix is about CHUNK_BYTES:
@@ -216,7 +255,7 @@ class ConvLayer(Layer):
         oh, ow = self.out_hw
         b = self.buffers(n, "forward", train)            # cols and tmp: read through _views
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
-        bias = np.ascontiguousarray(params["bias"], np.float32)
+        bias = self._bias2d(params)
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input                      # abs, square: the gradient needs x
         pre = b["pre"] if keep else y3                   # declared only then
@@ -239,8 +278,8 @@ class ConvLayer(Layer):
         b = self.buffers(n, "backward", need_dx=need_dx)  # dtmp: read through _views
         w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
         dw2 = b["dweight"]
-        db = np.zeros(f, np.float64)
-        db_part = b["dbias"]
+        db_part = b["dbias"].reshape(f, -1)
+        db = np.zeros(db_part.shape, np.float64)
         dx = b["dx"] if need_dx else None
         blocks = self._blocks()
         # last chunk first: forward left its columns in the workspace
@@ -264,5 +303,4 @@ class ConvLayer(Layer):
                     np.matmul(w2[fs].T, dtmp[fs], out=cols[ks])
                 cpu.col2im(cols, self.size, self.stride, self.padding, oh, ow, dx[n0:n1])
         db_part[:] = db
-        grads = {"weight": dw2.reshape(self.param_shapes()["weight"]), "bias": db_part}
-        return dx, grads
+        return dx, self._grads(dw2, b["dbias"])

@@ -58,19 +58,27 @@ def _bias_act_plane(code, args):
     tmp, bias, pa, pb, keep, y, pre, i = args
     f_out, p_out = y.shape[1], y.shape[2]
     n, f = i // f_out, i % f_out
-    b = bias[f]
     src = n * p_out
-    for j in range(p_out):
-        a = tmp[f, src + j] + b
-        if keep:
-            pre[n, f, j] = a
-        y[n, f, j] = activate(code, pa, pb, a)
+    if bias.shape[1] == 1:          # shared: one bias per filter, kept in a register
+        b = bias[f, 0]
+        for j in range(p_out):
+            a = tmp[f, src + j] + b
+            if keep:
+                pre[n, f, j] = a
+            y[n, f, j] = activate(code, pa, pb, a)
+    else:
+        for j in range(p_out):
+            a = tmp[f, src + j] + bias[f, j]
+            if keep:
+                pre[n, f, j] = a
+            y[n, f, j] = activate(code, pa, pb, a)
 
 
 @threads.kernel
 def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
-    """y[n, f, j] = f(tmp[f, n*P + j] + bias[f]) for the activation (code, pa, pb);
-    with `keep`, pre keeps the sum too. One task per (image, filter) plane."""
+    """y[n, f, j] = f(tmp[f, n*P + j] + bias[f, j or 0]) for the activation (code, pa, pb);
+    bias [F, 1] (shared) or [F, P] (one per position). With `keep`, pre keeps the sum too.
+    One task per (image, filter) plane."""
     for i in numba.prange(y.shape[0] * y.shape[1]):
         specialised(code, _bias_act_plane, (tmp, bias, pa, pb, keep, y, pre, i))
 
@@ -91,9 +99,19 @@ def _grad_filter(code, args):
 
 @threads.kernel
 def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
-    """dtmp[f, n*P + j] = dL/d(pre-activation); db[f] = its sum, accumulated in float64."""
+    """dtmp[f, n*P + j] = dL/d(pre-activation); db [F, 1]: db[f, 0] = its sum, db [F, P]
+    (one bias per position): db[f, j] = its sum over the images, accumulated in float64."""
+    n_img, p_out = dy.shape[0], dy.shape[2]
     for f in numba.prange(dy.shape[1]):
-        db[f] = specialised(code, _grad_filter, (dy, y, pre, pa, pb, dtmp, f))
+        total = specialised(code, _grad_filter, (dy, y, pre, pa, pb, dtmp, f))
+        if db.shape[1] == 1:
+            db[f, 0] = total
+        else:
+            for j in range(p_out):
+                acc = 0.0
+                for n in range(n_img):
+                    acc += dtmp[f, n * p_out + j]
+                db[f, j] = acc
 
 
 @threads.kernel
@@ -215,9 +233,10 @@ def pad_images(x, padding, hp, wc, xpad):
 def _bias_act_direct(code, args):
     acc, bias, pa, pb, keep, y, pre, n, ow, wc = args
     f_out, p_out = y.shape[1], y.shape[2]
+    step = 0 if bias.shape[1] == 1 else 1           # bias [F, 1] shared, [F, P] per position
     for f in range(f_out):
         for j in range(p_out):
-            a = acc[f, (j // ow) * wc + j % ow] + bias[f]
+            a = acc[f, (j // ow) * wc + j % ow] + bias[f, j * step]
             if keep:
                 pre[n, f, j] = a
             y[n, f, j] = activate(code, pa, pb, a)
@@ -263,9 +282,20 @@ def _grad_pad_filter(code, args):
 @threads.kernel
 def direct_grad_gather(dy, y, pre, code, pa, pb, a, oh, ow, wc, dzp, db):
     """dzp[n, f, (oy + a)*wc + ox + a] = dL/d(pre-activation), zeros around (a = size-1-padding:
-    the padding a full convolution needs); db[f] = its sum, accumulated in float64."""
+    the padding a full convolution needs); db [F, 1]: db[f, 0] = its sum, db [F, P] (one bias
+    per position): db[f, oy*ow + ox] = its sum over the images, accumulated in float64."""
+    n_img = dy.shape[0]
     for f in numba.prange(dy.shape[1]):
-        db[f] = specialised(code, _grad_pad_filter, (dy, y, pre, pa, pb, a, oh, ow, wc, dzp, f))
+        total = specialised(code, _grad_pad_filter, (dy, y, pre, pa, pb, a, oh, ow, wc, dzp, f))
+        if db.shape[1] == 1:
+            db[f, 0] = total
+        else:
+            for oy in range(oh):
+                for ox in range(ow):
+                    acc = 0.0
+                    for n in range(n_img):
+                        acc += dzp[n, f, (oy + a) * wc + ox + a]
+                    db[f, oy * ow + ox] = acc
 
 
 @numba.njit(inline="always")

@@ -4,8 +4,11 @@ Layouts, as in layers/conv/cpu.py:
     cols [C*k*k, N*P]  row c*k*k + ky*k + kx, column n*P + oy*OW + ox  (P = OH*OW)
     tmp  [F, N*P]      the GEMM result W_g @ cols_g for every group g (grid z = groups)
     y    [N, F, OH, OW]
+Biases: [F] read as [F, 1], or [F, OH, OW] (`shared_biases: false`) read as [F, P]; without
+biases (`bias: false`) a zero [F, 1] on the device, and backward skips the bias reduction.
 Backward: dtmp [F, N*P] = dL/d(pre-activation) gathered from dy, with per-(filter,
-chunk) partial bias sums reduced by a shared-memory tree; dW_g = dtmp_g @ cols_g^T
+chunk) partial bias sums reduced by a shared-memory tree (per-position biases: one thread
+per (filter, position) sums its images instead); dW_g = dtmp_g @ cols_g^T
 (split-K over the long N*P dimension, summed deterministically); dcols_g = W_g^T @ dtmp_g
 written over the cols buffer (its contents were last needed by dW); col2im gives each
 input element to one thread that sums every column entry that read it (no atomics).
@@ -14,6 +17,7 @@ Buffers (reused while shapes hold): cols, tmp, y, pre (abs, square only), dtmp, 
 dbias, dx, and the split-K scratch. The returned y, dx and gradients are these buffers:
 the next forward/backward of this layer overwrites them.
 """
+import numpy as np
 from numba import cuda, float32
 
 from layers.cudabase import CudaLayer, block_sum, covering_outputs
@@ -56,8 +60,8 @@ def im2col_kernel(x, cols, k, stride, padding, oh, ow):
 
 @cuda.jit
 def bias_act_kernel(tmp, bias, code, pa, pb, keep, y, pre):
-    """y[n, f, p] = f(tmp[f, n*P + p] + bias[f]) for the activation (code, pa, pb);
-    keep != 0: pre[n, f, p] = the sum."""
+    """y[n, f, p] = f(tmp[f, n*P + p] + bias[f, p or 0]) for the activation (code, pa, pb),
+    bias [F, 1] or [F, P]; keep != 0: pre[n, f, p] = the sum."""
     t = cuda.grid(1)
     n_img = y.shape[0]
     f_out = y.shape[1]
@@ -67,7 +71,7 @@ def bias_act_kernel(tmp, bias, code, pa, pb, keep, y, pre):
         r = t - n * (f_out * p_out)
         f = r // p_out
         p = r - f * p_out
-        a = tmp[f, n * p_out + p] + bias[f]
+        a = tmp[f, n * p_out + p] + bias[f, p if bias.shape[1] > 1 else 0]
         if keep != 0:
             pre[n, f, p] = a
         y[n, f, p] = activate(code, pa, pb, a)
@@ -99,6 +103,21 @@ def grad_gather_kernel(dy, y, pre, code, pa, pb, dtmp, partial):
     block_total = block_sum(buf, tid, RBLOCK)
     if tid == 0:
         partial[f, chunk] = block_total
+
+
+@cuda.jit
+def position_bias_grad_kernel(dtmp, db):
+    """One thread per (filter, position) of db [F, P]: db[f, p] = sum over images of dtmp[f, n*P + p]."""
+    t = cuda.grid(1)
+    f_out = db.shape[0]
+    p_out = db.shape[1]
+    if t < f_out * p_out:
+        f = t // p_out
+        p = t - f * p_out
+        acc = float32(0.0)
+        for n in range(dtmp.shape[1] // p_out):
+            acc += dtmp[f, n * p_out + p]
+        db[f, p] = acc
 
 
 @cuda.jit
@@ -135,8 +154,9 @@ def col2im_kernel(dcols, k, stride, padding, oh, ow, dx):
 KERNELS = [
     (im2col_kernel, "void(float32[:, :, :, ::1], float32[:, ::1], "
                     "int64, int64, int64, int64, int64)"),
-    (bias_act_kernel, "void(float32[:, ::1], float32[::1], int64, float32, float32, int64, "
+    (bias_act_kernel, "void(float32[:, ::1], float32[:, ::1], int64, float32, float32, int64, "
                       "float32[:, :, ::1], float32[:, :, ::1])"),
+    (position_bias_grad_kernel, "void(float32[:, ::1], float32[:, ::1])"),
     (grad_gather_kernel, "void(float32[:, :, ::1], float32[:, :, ::1], float32[:, :, ::1], "
                          "int64, float32, float32, "
                          "float32[:, ::1], float32[:, ::1])"),
@@ -150,6 +170,16 @@ class ConvCuda(CudaLayer):
         super().__init__(layer)
         self._x = None
         self._cols_valid = False
+        self._zero_bias = None
+
+    def _bias(self, params, p_out):
+        """The bias as bias_act_kernel reads it: [F, 1] or [F, P]; zeros [F, 1] without biases."""
+        lay = self.layer
+        if lay.bias:
+            return params["bias"].reshape(lay.filters, 1 if lay.shared_biases else p_out)
+        if self._zero_bias is None:       # made once, on the first forward
+            self._zero_bias = cuda.to_device(np.zeros((lay.filters, 1), np.float32))
+        return self._zero_bias
 
     def _dims(self, n):
         lay = self.layer
@@ -189,8 +219,9 @@ class ConvCuda(CudaLayer):
         y3 = y.reshape(n, lay.filters, p_out)
         keep = lay.act.needs_input
         pre = self.buffer("pre", y3.shape) if keep else y3
+        bias = self._bias(params, p_out)
         bias_act_kernel[blocks_for(y3.size), EBLOCK, stream](
-            tmp, params["bias"], *lay.act.kernel_args(), 1 if keep else 0, y3, pre)
+            tmp, bias, *lay.act.kernel_args(), 1 if keep else 0, y3, pre)
         self._x, self._y3, self._pre = x, y3, pre
         return y
 
@@ -207,8 +238,13 @@ class ConvCuda(CudaLayer):
         partial = self.buffer("dbpart", (f, chunks))
         grad_gather_kernel[(chunks, f), RBLOCK, stream](
             dy3, self._y3, self._pre, *lay.act.kernel_args(), dtmp, partial)
-        db = self.buffer("dbias", (f,))
-        sum_rows(partial, db, stream)
+        grads = {}
+        if lay.bias:
+            db = grads["bias"] = self.buffer("dbias", lay.param_shapes()["bias"])
+            if lay.shared_biases:
+                sum_rows(partial, db, stream)
+            else:
+                position_bias_grad_kernel[blocks_for(f * p_out), EBLOCK, stream](dtmp, db.reshape(f, p_out))
         # cols doubles as dcols below: redo it if an earlier backward overwrote it
         cols = self._buffers["cols"] if self._cols_valid else self._im2col(x, stream)
         dw = self.buffer("dweight", lay.param_shapes()["weight"])
@@ -216,7 +252,7 @@ class ConvCuda(CudaLayer):
         gemm(stream, fg, kg, npix, dtmp, cols, dw, trans_b=True, ldb=npix,
              batch=groups, stride_a=fg * npix, stride_b=kg * npix, stride_c=fg * kg,
              scratch=lambda shape: self.buffer("splitk", shape))
-        grads = {"weight": dw, "bias": db}
+        grads["weight"] = dw
         if not need_dx:
             return None, grads
         dcols = cols          # its contents were last needed for dW: reuse the memory

@@ -1,6 +1,8 @@
 """Plain NumPy convolution: the readable definition the kernels are checked against.
 
 One einsum per group and kernel offset (ky, kx): slow, but each line is the formula.
+b is [filters] (shared biases), [filters, OH, OW] (one per filter and output position) or
+None (no bias: `bias: false`; backward's db is None then).
 Works in the dtype of its inputs (float64 for the reference's own gradient check).
 """
 import numpy as np
@@ -18,7 +20,8 @@ def _window(xp, ky, kx, stride, oh, ow):
 
 
 def preactivation(x, w, b, stride=1, padding=0, groups=1):
-    """y[n, f] = b[f] + sum over the filter's group channels and offsets of w * x (cross-correlation)."""
+    """y[n, f] = b[f] (or b[f, oy, ox]) + sum over the filter's group channels and offsets of
+    w * x (cross-correlation)."""
     n, c, h, wd = x.shape
     f, cg, k, _ = w.shape
     fg = f // groups
@@ -32,7 +35,9 @@ def preactivation(x, w, b, stride=1, padding=0, groups=1):
             for kx in range(k):
                 y[:, g * fg:(g + 1) * fg] += np.einsum(
                     "ncij,fc->nfij", _window(xg, ky, kx, stride, oh, ow), wg[:, :, ky, kx])
-    return y + b.reshape(1, f, 1, 1)
+    if b is None:
+        return y
+    return y + (b.reshape(1, f, 1, 1) if b.ndim == 1 else b[None])
 
 
 def forward(x, w, b, stride=1, padding=0, groups=1, neuron=None):
@@ -60,4 +65,5 @@ def backward(dy, x, w, b, stride=1, padding=0, groups=1, neuron=None):
                 _window(dxg, ky, kx, stride, oh, ow)[...] += np.einsum(
                     "nfij,fc->ncij", dag, wg[:, :, ky, kx])
     dx = dxp[:, :, padding:padding + h, padding:padding + wd]
-    return np.ascontiguousarray(dx), dw, da.sum(axis=(0, 2, 3))
+    db = None if b is None else da.sum(axis=(0, 2, 3) if b.ndim == 1 else 0)
+    return np.ascontiguousarray(dx), dw, db

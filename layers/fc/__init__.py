@@ -8,8 +8,8 @@ bias gradient.
 """
 import numpy as np
 
-from layers.base import INIT_B_KEY, INIT_W_KEY, Key, Layer
-from layers.neuron.spec import NEURON_KEY, parse as parse_neuron
+from layers.base import FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer
+from layers.neuron.spec import NEURON_KEY, NONLINEARITY_KEY, parse as parse_neuron
 from layers.registry import register
 from layers.fc import cpu
 
@@ -25,6 +25,9 @@ class FCLayer(Layer):
         "neuron": NEURON_KEY,
         "init_w": INIT_W_KEY,
         "init_b": INIT_B_KEY,
+        "init": INIT_KEY,
+        "fan": FAN_KEY,
+        "nonlinearity": NONLINEARITY_KEY,
     }
 
     def setup(self, input_shape):

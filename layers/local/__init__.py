@@ -25,8 +25,16 @@ from layers.registry import register
 class LocalLayer(ConvLayer):
     type = "local"
     examples = ({"filters": 6, "size": 3, "padding": 1, "neuron": "softrelu"},)
+    # conv's keys but shared_biases: a local layer always has one bias per filter and position
+    keys = {k: v for k, v in ConvLayer.keys.items() if k != "shared_biases"}
     doc = ("locally connected (unshared) convolution, "
            "weight [out_h*out_w, filters, channels/groups, size, size], bias [filters, out_h, out_w]")
+
+    def weight_fans(self):
+        """Each location's weights are a conv weight [filters, channels/groups, size, size]:
+        its fans (`init: kaiming | xavier`) are that conv's."""
+        taps = self.size * self.size
+        return self.channels // self.groups * taps, self.filters * taps
 
     def param_shapes(self):
         oh, ow = self.out_hw

@@ -16,10 +16,11 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.neuron.spec import (ABS, BRELU, IDENT, LINEAR, LOGISTIC, RELU, SOFTRELU, SQRT,
-                                SQUARE, TANH)
+from layers.neuron.spec import (ABS, BRELU, ELU, IDENT, LEAKY, LINEAR, LOGISTIC, RELU, SELU,
+                                SELU_ALPHA, SELU_SCALE, SOFTRELU, SQRT, SQUARE, TANH)
 
 ZERO, HALF, ONE, TWO = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
+SCALE, SCALE_ALPHA = np.float32(SELU_SCALE), np.float32(SELU_SCALE * SELU_ALPHA)
 
 
 @numba.njit(inline="always")
@@ -49,6 +50,12 @@ def activate(code, pa, pb, x):
         return x * x
     if code == SQRT:
         return np.sqrt(x)
+    if code == LEAKY:
+        return x if x > ZERO else pa * x
+    if code == ELU:
+        return x if x > ZERO else pa * np.expm1(x)
+    if code == SELU:
+        return SCALE * x if x > ZERO else SCALE_ALPHA * np.expm1(x)
     return x
 
 
@@ -73,6 +80,12 @@ def activate_grad(code, pa, pb, g, y, x):
         return TWO * x * g
     if code == SQRT:
         return np.divide(HALF * g, y)
+    if code == LEAKY:
+        return g if y > ZERO else g * pa
+    if code == ELU:               # a e^x = y + a where x <= 0
+        return g if y > ZERO else g * (y + pa)
+    if code == SELU:              # s a e^x = y + s a where x <= 0
+        return g * SCALE if y > ZERO else g * (y + SCALE_ALPHA)
     return g
 
 
@@ -80,7 +93,7 @@ def activate_grad(code, pa, pb, g, y, x):
 def specialised(code, body, args):
     """body(code, args), with `code` a compile-time constant for relu and the identity.
 
-    With a runtime code, the element loop branches over all ten functions, which LLVM then
+    With a runtime code, the element loop branches over all the functions, which LLVM then
     neither unswitches nor vectorises (relu's bias and gradient kernels ran 3-25x slower).
     Kernels run each parallel task's loop, `body` (an inline function), through this, so
     the common cases get loops of their own; the others share one."""

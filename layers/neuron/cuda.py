@@ -17,8 +17,10 @@ import math
 from numba import cuda, float32
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
-from layers.neuron.spec import (ABS, BRELU, LINEAR, LOGISTIC, RELU, SOFTRELU, SQRT, SQUARE,
-                                TANH)
+from layers.neuron.spec import (ABS, BRELU, ELU, LEAKY, LINEAR, LOGISTIC, RELU, SELU, SELU_ALPHA,
+                                SELU_SCALE, SOFTRELU, SQRT, SQUARE, TANH)
+
+SCALE, SCALE_ALPHA = SELU_SCALE, SELU_SCALE * SELU_ALPHA    # float32(...) at each use
 
 INLINE = {"device": True, "inline": "always"}
 
@@ -52,6 +54,12 @@ def activate(code, pa, pb, x):
         if x < float32(0.0):
             return float32(math.nan)
         return math.sqrt(x)
+    if code == LEAKY:
+        return x if x > float32(0.0) else pa * x
+    if code == ELU:
+        return x if x > float32(0.0) else pa * math.expm1(x)
+    if code == SELU:
+        return float32(SCALE) * x if x > float32(0.0) else float32(SCALE_ALPHA) * math.expm1(x)
     return x
 
 
@@ -80,6 +88,12 @@ def activate_grad(code, pa, pb, g, y, x):
         return float32(2.0) * x * g
     if code == SQRT:              # g / 0 at y = 0: +-inf (NaN for g = 0), as cuda-convnet
         return float32(0.5) * g / y
+    if code == LEAKY:
+        return g if y > float32(0.0) else g * pa
+    if code == ELU:               # a e^x = y + a where x <= 0
+        return g if y > float32(0.0) else g * (y + pa)
+    if code == SELU:              # s a e^x = y + s a where x <= 0
+        return g * float32(SCALE) if y > float32(0.0) else g * (y + float32(SCALE_ALPHA))
     return g
 
 

@@ -22,6 +22,10 @@ def forward(fn, x):
             spec.ABS: lambda: np.abs(x),
             spec.SQUARE: lambda: x * x,
             spec.SQRT: lambda: np.sqrt(x),
+            spec.LEAKY: lambda: np.where(x > 0, x, a * x),
+            spec.ELU: lambda: np.where(x > 0, x, a * (np.exp(np.minimum(x, 0)) - 1)),
+            spec.SELU: lambda: spec.SELU_SCALE * np.where(
+                x > 0, x, spec.SELU_ALPHA * (np.exp(np.minimum(x, 0)) - 1)),
         }[n.code]()
 
 
@@ -41,5 +45,9 @@ def backward(fn, g, x):
             spec.ABS: lambda: np.sign(x),
             spec.SQUARE: lambda: 2 * x,
             spec.SQRT: lambda: 0.5 / np.sqrt(x),
+            spec.LEAKY: lambda: np.where(x > 0, 1.0, a).astype(x.dtype),
+            spec.ELU: lambda: np.where(x > 0, 1.0, a * np.exp(np.minimum(x, 0))).astype(x.dtype),
+            spec.SELU: lambda: spec.SELU_SCALE * np.where(
+                x > 0, 1.0, spec.SELU_ALPHA * np.exp(np.minimum(x, 0))).astype(x.dtype),
         }[n.code]()
         return g * slope

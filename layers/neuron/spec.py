@@ -17,9 +17,16 @@ and the activation fused on conv, fc and local outputs). `NEURON_KEY` is the YAM
 | abs         | abs(x)               |                                                         |
 | square      | x^2                  |                                                         |
 | sqrt        | sqrt(x)              | NaN for x < 0 and slope g/0 at 0, as cuda-convnet's     |
+| leaky[a]    | x if x > 0 else a x  | a=0.01 (PyTorch's LeakyReLU); a >= 0                    |
+| elu[a]      | x if x > 0 else      | a=1 (PyTorch's ELU); a > 0                              |
+|             |   a (e^x - 1)        |                                                         |
+| selu        | s x if x > 0 else    | PyTorch's SELU constants: s = SELU_SCALE, a = SELU_ALPHA|
+|             |   s a (e^x - 1)      |                                                         |
 
 cuda-convnet requires the brackets on tanh and linear; the bare names, which this engine
-had before, keep meaning tanh[1,1] and the identity.
+had before, keep meaning tanh[1,1] and the identity. leaky, elu and selu are not
+cuda-convnet's; their gradients, like the others', are taken from the output y, which is why
+leaky's slope may not be negative and elu's a must be positive (y <= 0 exactly where x <= 0).
 """
 import difflib
 import math
@@ -30,7 +37,7 @@ import numpy as np
 from layers.base import FLOAT32_MAX, Key, LayerError, shown
 
 # Kernel codes (numba freezes these module constants into the kernels that import them).
-IDENT, RELU, TANH, LOGISTIC, ABS, LINEAR, BRELU, SOFTRELU, SQUARE, SQRT = range(10)
+IDENT, RELU, TANH, LOGISTIC, ABS, LINEAR, BRELU, SOFTRELU, SQUARE, SQRT, LEAKY, ELU, SELU = range(13)
 NEEDS_INPUT = frozenset({ABS, SQUARE})   # their gradient needs x itself; the others use f(x)
 
 # name -> (code, parameter names, the parameters when none are given (None: required))
@@ -45,7 +52,13 @@ FUNCTIONS = {
     "abs": (ABS, (), ()),
     "square": (SQUARE, (), ()),
     "sqrt": (SQRT, (), ()),
+    "leaky": (LEAKY, ("a",), (0.01,)),
+    "elu": (ELU, ("a",), (1.0,)),
+    "selu": (SELU, (), ()),
 }
+# torch.nn.SELU's constants, as float32 (the kernels' precision)
+SELU_SCALE = float(np.float32(1.0507009873554804934193349852946))
+SELU_ALPHA = float(np.float32(1.6732632423543772848170429916717))
 
 
 def syntax(name):
@@ -147,6 +160,12 @@ def _check_range(text, name, params):
                          "constant zero)")
     if name == "brelu" and params[0] <= 0.0:
         raise ValueError(f"{shown(text)}: the bound a must be > 0 in float32")
+    if name == "leaky" and params[0] < 0.0:
+        raise ValueError(f"{shown(text)}: the negative slope a must be >= 0 (the gradient is "
+                         "taken from the output's sign)")
+    if name == "elu" and params[0] <= 0.0:
+        raise ValueError(f"{shown(text)}: a must be > 0 in float32 (the gradient is taken from "
+                         "the output's sign)")
 
 
 class NeuronKey(Key):
@@ -169,3 +188,25 @@ class NeuronKey(Key):
 
 
 NEURON_KEY = NeuronKey(doc=f"activation fused on the output: {SYNTAX}")
+NONLINEARITY_KEY = NeuronKey(None, doc="the activation whose gain `init: kaiming | xavier` uses "
+                                       "(default: this layer's neuron; name it when it is a layer of its own)")
+
+GAINS = "relu, leaky[a], tanh, selu, logistic, linear, ident"
+
+
+def gain(neuron):
+    """torch.nn.init.calculate_gain for a parsed neuron (by function, as torch: tanh[a,b] is
+    tanh's 5/3, linear[a,b] linear's 1); ValueError for a function torch gives no gain."""
+    code = neuron.code
+    if code in (IDENT, LINEAR, LOGISTIC):
+        return 1.0
+    if code == RELU:
+        return math.sqrt(2.0)
+    if code == LEAKY:
+        return math.sqrt(2.0 / (1.0 + neuron.a ** 2))
+    if code == TANH:
+        return 5.0 / 3.0
+    if code == SELU:
+        return 0.75
+    raise ValueError(f"neuron {neuron.name} has no gain (torch.nn.init.calculate_gain knows {GAINS}): "
+                     "set `nonlinearity:` to the one to initialise for")

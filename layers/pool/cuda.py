@@ -1,7 +1,8 @@
 """CUDA kernels for max / average pooling with a fused activation (the twin of cpu.py).
 
-Same rules as the CPU: cuda-convnet's ceil output size (the last window is clipped at the
-bottom/right edge), avg divides by the in-bounds count, max records the plane-local
+Same rules as the CPU (layers/pool/__init__.py): windows start at o*stride - padding and are
+clipped at the edges, or are adaptive bins; avg divides by the cells inside the padded
+input (count_include_pad) or the bin's count, max records the plane-local
 row-major index of the FIRST maximum (int32) and its gradient goes there only; the
 activation (code, pa, pb: layers/neuron/spec.py) is applied after pooling (abs and square
 keep the pooled value for their gradient).
@@ -19,22 +20,33 @@ from layers.neuron.cuda import activate, activate_grad, uses_input
 
 
 @cuda.jit(device=True, inline="always")
-def _out_window(i, h, w, oh, ow, size, stride):
+def _window(o, size, stride, pad, adaptive, side, outs):
+    """[lo, hi) of window o along one axis, and its average divisor (cpu._window's twin)."""
+    if adaptive:
+        lo = o * side // outs
+        hi = ((o + 1) * side + outs - 1) // outs
+        return lo, hi, hi - lo
+    start = o * stride - pad
+    return max(start, 0), min(start + size, side), min(start + size, side + pad) - start
+
+
+@cuda.jit(device=True, inline="always")
+def _out_window(i, h, w, oh, ow, size, stride, pad, adaptive):
     """Output element i of flat [planes, oh, ow] -> (plane, rows y0:y1, columns x0:x1 of its
-    window, clipped at the edges by cuda-convnet's rule)."""
+    window, clipped at the edges, and the average's divisor)."""
     ox = i % ow
     t = i // ow
     oy = t % oh
-    y0 = oy * stride
-    x0 = ox * stride
-    return t // oh, y0, min(y0 + size, h), x0, min(x0 + size, w)
+    y0, y1, ny = _window(oy, size, stride, pad, adaptive, h, oh)
+    x0, x1, nx = _window(ox, size, stride, pad, adaptive, w, ow)
+    return t // oh, y0, y1, x0, x1, ny * nx
 
 
 @cuda.jit
-def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, code, pa, pb):
+def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, pad, adaptive, code, pa, pb):
     i = cuda.grid(1)
     if i < planes * oh * ow:
-        p, y0, y1, x0, x1 = _out_window(i, h, w, oh, ow, size, stride)
+        p, y0, y1, x0, x1, _ = _out_window(i, h, w, oh, ow, size, stride, pad, adaptive)
         base = p * h * w
         where = y0 * w + x0
         best = x[base + where]
@@ -51,45 +63,49 @@ def max_forward(x, y, arg, pre, planes, h, w, oh, ow, size, stride, code, pa, pb
 
 
 @cuda.jit
-def avg_forward(x, y, pre, planes, h, w, oh, ow, size, stride, code, pa, pb):
+def avg_forward(x, y, pre, planes, h, w, oh, ow, size, stride, pad, adaptive, code, pa, pb):
     i = cuda.grid(1)
     if i < planes * oh * ow:
-        p, y0, y1, x0, x1 = _out_window(i, h, w, oh, ow, size, stride)
+        p, y0, y1, x0, x1, count = _out_window(i, h, w, oh, ow, size, stride, pad, adaptive)
         base = p * h * w
         s = float32(0.0)
         for yy in range(y0, y1):
             for xx in range(x0, x1):
                 s += x[base + yy * w + xx]
-        v = s / float32((y1 - y0) * (x1 - x0))
+        v = s / float32(count)
         if uses_input(code):
             pre[i] = v
         y[i] = activate(code, pa, pb, v)
 
 
 @cuda.jit(device=True, inline="always")
-def _first_window(pos, size, stride):
-    """The first output index whose window (o*stride .. o*stride + size - 1) holds pos."""
-    lo = pos - size + stride
-    return lo // stride if lo > 0 else 0
+def _holding(pos, size, stride, pad, adaptive, side, outs):
+    """The inclusive range of windows along one axis that hold input cell pos."""
+    if adaptive:      # floor(o*side/outs) <= pos < ceil((o+1)*side/outs)
+        return pos * outs // side, min(((pos + 1) * outs + side - 1) // side - 1, outs - 1)
+    q = pos + pad     # in padded coordinates, window o holds o*stride .. o*stride + size - 1
+    lo = q - size + stride
+    return (lo // stride if lo > 0 else 0), min(q // stride, outs - 1)
 
 
 @cuda.jit(device=True, inline="always")
-def _covering(i, h, w, oh, ow, size, stride):
+def _covering(i, h, w, oh, ow, size, stride, pad, adaptive):
     """Input element i of flat [planes, h, w] -> (plane, iy, ix, and the inclusive ranges
     oy0..oy1, ox0..ox1 of the output windows that hold it)."""
     ix = i % w
     t = i // w
     iy = t % h
-    return (t // h, iy, ix, _first_window(iy, size, stride), min(iy // stride, oh - 1),
-            _first_window(ix, size, stride), min(ix // stride, ow - 1))
+    oy0, oy1 = _holding(iy, size, stride, pad, adaptive, h, oh)
+    ox0, ox1 = _holding(ix, size, stride, pad, adaptive, w, ow)
+    return t // h, iy, ix, oy0, oy1, ox0, ox1
 
 
 @cuda.jit
-def max_backward(g, y, pre, arg, dx, planes, h, w, oh, ow, size, stride, code, pa, pb):
+def max_backward(g, y, pre, arg, dx, planes, h, w, oh, ow, size, stride, pad, adaptive, code, pa, pb):
     """dx[p, iy, ix] = sum of f'(g) over the windows whose recorded maximum is (iy, ix)."""
     i = cuda.grid(1)
     if i < planes * h * w:
-        p, iy, ix, oy0, oy1, ox0, ox1 = _covering(i, h, w, oh, ow, size, stride)
+        p, iy, ix, oy0, oy1, ox0, ox1 = _covering(i, h, w, oh, ow, size, stride, pad, adaptive)
         here = iy * w + ix
         base = p * oh * ow
         s = float32(0.0)
@@ -103,17 +119,17 @@ def max_backward(g, y, pre, arg, dx, planes, h, w, oh, ow, size, stride, code, p
 
 
 @cuda.jit
-def avg_backward(g, y, pre, dx, planes, h, w, oh, ow, size, stride, code, pa, pb):
-    """dx[p, iy, ix] = sum over the windows holding (iy, ix) of f'(g) / window count."""
+def avg_backward(g, y, pre, dx, planes, h, w, oh, ow, size, stride, pad, adaptive, code, pa, pb):
+    """dx[p, iy, ix] = sum over the windows holding (iy, ix) of f'(g) / window divisor."""
     i = cuda.grid(1)
     if i < planes * h * w:
-        p, iy, ix, oy0, oy1, ox0, ox1 = _covering(i, h, w, oh, ow, size, stride)
+        p, iy, ix, oy0, oy1, ox0, ox1 = _covering(i, h, w, oh, ow, size, stride, pad, adaptive)
         base = p * oh * ow
         s = float32(0.0)
         for oy in range(oy0, oy1 + 1):
-            rows = min(oy * stride + size, h) - oy * stride
+            rows = _window(oy, size, stride, pad, adaptive, h, oh)[2]
             for ox in range(ox0, ox1 + 1):
-                cols = min(ox * stride + size, w) - ox * stride
+                cols = _window(ox, size, stride, pad, adaptive, w, ow)[2]
                 o = base + oy * ow + ox
                 a = pre[o] if uses_input(code) else float32(0.0)
                 s += activate_grad(code, pa, pb, g[o], y[o], a) / float32(rows * cols)
@@ -121,7 +137,7 @@ def avg_backward(g, y, pre, dx, planes, h, w, oh, ow, size, stride, code, pa, pb
 
 
 _F = "float32[::1]"
-_DIMS = "int64, " * 8 + "float32, float32"   # sizes, then code, pa, pb
+_DIMS = "int64, " * 10 + "float32, float32"   # sizes, then code, pa, pb
 KERNELS = [
     (max_forward, f"void({_F}, {_F}, int32[::1], {_F}, {_DIMS})"),
     (avg_forward, f"void({_F}, {_F}, {_F}, {_DIMS})"),
@@ -134,7 +150,7 @@ class PoolCuda(CudaLayer):
     def __init__(self, layer):
         super().__init__(layer)
         self.act = tuple(layer.act.kernel_args())
-        self.size, self.stride = int(layer.size), int(layer.stride)
+        self.geometry = tuple(int(v) for v in layer.kernel_geometry())   # size, stride, pad, adaptive
         self.oh, self.ow = (int(v) for v in layer.out_hw)
         self._y = self._pre = self._arg = None
 
@@ -146,7 +162,7 @@ class PoolCuda(CudaLayer):
         # pre (the pooled value before the activation) is kept only for abs and square;
         # otherwise the kernels never touch it, and y stands in for it
         pre = self.buffer("pre", y.shape).reshape(-1) if self.layer.act.needs_input else yf
-        dims = (n * c, h, w, oh, ow, self.size, self.stride) + self.act
+        dims = (n * c, h, w, oh, ow) + self.geometry + self.act
         grid = blocks_for(yf.size)
         if self.layer.mode == "max":
             arg = self.buffer("arg", y.shape, np.int32).reshape(-1)
@@ -163,7 +179,7 @@ class PoolCuda(CudaLayer):
         n, c, h, w = self._in
         dx = self.buffer("dx", (n, c, h, w))
         dxf = dx.reshape(-1)
-        dims = (n * c, h, w, self.oh, self.ow, self.size, self.stride) + self.act
+        dims = (n * c, h, w, self.oh, self.ow) + self.geometry + self.act
         g, yf = dy.reshape(-1), self._y.reshape(-1)
         grid = blocks_for(dxf.size)
         if self.layer.mode == "max":

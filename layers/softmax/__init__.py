@@ -3,12 +3,15 @@
 forward gives row probabilities [N, D] (numerically stable: the row max is
 subtracted). `cost(labels)` is the mean cross-entropy, computed in float64 from the
 log-softmax of the kept logits, with its gradient (p - onehot) / N w.r.t. the layer's
-input. `backward(dy)` is the plain softmax Jacobian-vector product, for use as a
+input. With `label_smoothing` e > 0 the target is (1 - e) onehot + e / D (PyTorch's
+CrossEntropyLoss(label_smoothing=e)): cost (1 - e)(lse - x_label) + e (lse - mean(x)),
+gradient (p - target) / N; train.label_smoothing sets it for training.
+`backward(dy)` is the plain softmax Jacobian-vector product, for use as a
 non-final layer. Several inputs are flattened and concatenated (join "flat").
 """
 import numpy as np
 
-from layers.base import Layer
+from layers.base import Key, Layer
 from layers.registry import register
 from layers.softmax import cpu
 
@@ -21,7 +24,8 @@ class SoftmaxLayer(Layer):
     join = "flat"
     is_cost = True
     classifies = True
-    keys = {}
+    keys = {"label_smoothing": Key(float, 0.0, low=0.0, high=1.0,
+                                   doc="cost target (1 - e) onehot + e / classes (train.label_smoothing sets it)")}
 
     def setup(self, input_shape):
         self._p = None
@@ -71,7 +75,10 @@ class SoftmaxLayer(Layer):
             raise RuntimeError(f"softmax '{self.name}': cost() before forward()")
         labels = self.check_labels(labels)
         dx = self.buffers(self._p.shape[0], "cost")["dx"]
-        loss = cpu.xent(self._x, self._lse, labels, self._p, dx)
+        if self.label_smoothing:
+            loss = cpu.xent_smoothed(self._x, self._lse, labels, self._p, dx, self.label_smoothing)
+        else:
+            loss = cpu.xent(self._x, self._lse, labels, self._p, dx)
         return float(loss), dx
 
     def backward(self, dy, params, need_dx=True):

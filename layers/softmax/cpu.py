@@ -40,6 +40,27 @@ def xent(x, lse, labels, p, dx):
     return losses.sum() / n
 
 
+@threads.kernel(fastmath=False)
+def xent_smoothed(x, lse, labels, p, dx, smoothing):
+    """Cross-entropy against (1 - e) onehot + e / D, e = smoothing (float64), and
+    dx = (p - target) / N."""
+    n, d = p.shape
+    inv = 1.0 / n
+    off = np.float32(smoothing / d * inv)
+    hit = np.float32((1.0 - smoothing) * inv)
+    inv32 = np.float32(inv)
+    losses = np.empty(n, np.float64)
+    for r in numba.prange(n):
+        total = 0.0
+        for c in range(d):
+            dx[r, c] = p[r, c] * inv32 - off
+            total += np.float64(x[r, c])
+        k = labels[r]
+        dx[r, k] -= hit
+        losses[r] = lse[r] - (1.0 - smoothing) * np.float64(x[r, k]) - smoothing * total / d
+    return losses.sum() / n
+
+
 @threads.kernel
 def backward(p, dy, dx):
     """dx = p * (dy - sum(dy * p)) row-wise."""

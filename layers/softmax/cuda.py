@@ -5,6 +5,8 @@ exp(x - max) (also kept as lse = max + log(sum) for the loss), then the scaling.
 cost(labels): the per-row losses lse[r] - x[r, label] summed by one block and divided by
 N into a (1,) float32 device array (a label outside [0, D) makes the loss NaN: labels are
 not copied back to be checked), and dx = (p - onehot) / N, one thread per element.
+With label_smoothing e: the _smoothed twins, loss (1 - e)(lse - x_label) + e (lse - mean(x))
+and dx = (p - (1 - e) onehot - e / D) / N.
 backward(dy): the plain softmax JVP dx = p * (dy - sum(dy * p)), one block per row.
 """
 import math
@@ -92,6 +94,42 @@ def softmax_xent_grad(p, labels, dx, inv):
 
 
 @cuda.jit
+def softmax_xent_loss_smoothed(x, lse, labels, loss, smoothing):
+    """softmax_xent_loss against the smoothed target: row loss lse - (1-e) x[label] - e mean(x)."""
+    tid = cuda.threadIdx.x
+    n, d = x.shape
+    sh = cuda.shared.array(ROW_THREADS, float32)
+    s = float32(0.0)
+    for r in range(tid, n, ROW_THREADS):
+        k = labels[r]
+        if k >= 0 and k < d:
+            row = float32(0.0)
+            for c in range(d):
+                row += x[r, c]
+            s += lse[r] - (float32(1.0) - smoothing) * x[r, k] - smoothing * row / float32(d)
+        else:
+            s += float32(math.nan)
+    sh[tid] = s
+    block_sum(sh, tid, ROW_THREADS)
+    if tid == 0:
+        loss[0] = sh[0] / float32(n)
+
+
+@cuda.jit
+def softmax_xent_grad_smoothed(p, labels, dx, inv, off, hit):
+    """dx = p * inv - off - (hit at the label): inv = 1/N, off = e/(D N), hit = (1-e)/N."""
+    i = cuda.grid(1)
+    n, d = p.shape
+    if i < n * d:
+        r = i // d
+        c = i - r * d
+        v = p[r, c] * inv - off
+        if c == labels[r]:
+            v -= hit
+        dx[r, c] = v
+
+
+@cuda.jit
 def softmax_backward(p, dy, dx):
     """Grid: one block per row. dx = p * (dy - sum(dy * p))."""
     r = cuda.blockIdx.x
@@ -113,6 +151,8 @@ KERNELS = [
     (softmax_forward, f"void({_F2}, {_F2}, float32[::1])"),
     (softmax_xent_loss, f"void({_F2}, float32[::1], int32[::1], float32[::1])"),
     (softmax_xent_grad, f"void({_F2}, int32[::1], {_F2}, float32)"),
+    (softmax_xent_loss_smoothed, f"void({_F2}, float32[::1], int32[::1], float32[::1], float32)"),
+    (softmax_xent_grad_smoothed, f"void({_F2}, int32[::1], {_F2}, float32, float32, float32)"),
     (softmax_backward, f"void({_F2}, {_F2}, {_F2})"),
 ]
 
@@ -140,8 +180,14 @@ class SoftmaxCuda(CudaLayer):
             raise ValueError(f"softmax '{self.name}': got labels of shape {labels.shape} for a batch of {n}")
         loss = self.buffer("loss", (1,))
         dx = self.buffer("dx", (n, d))
-        softmax_xent_loss[1, ROW_THREADS, stream](self._x, self._lse, labels, loss)
-        softmax_xent_grad[blocks_for(n * d), BLOCK, stream](self._p, labels, dx, np.float32(1.0 / n))
+        e = self.layer.label_smoothing
+        if e:
+            softmax_xent_loss_smoothed[1, ROW_THREADS, stream](self._x, self._lse, labels, loss, np.float32(e))
+            softmax_xent_grad_smoothed[blocks_for(n * d), BLOCK, stream](
+                self._p, labels, dx, np.float32(1.0 / n), np.float32(e / d / n), np.float32((1.0 - e) / n))
+        else:
+            softmax_xent_loss[1, ROW_THREADS, stream](self._x, self._lse, labels, loss)
+            softmax_xent_grad[blocks_for(n * d), BLOCK, stream](self._p, labels, dx, np.float32(1.0 / n))
         return loss, dx
 
     def backward(self, dy, params, need_dx, stream):

@@ -14,14 +14,20 @@ def forward(x):
     return np.exp(log_softmax(x))
 
 
-def cost(x, labels):
-    """(mean cross-entropy, d cost / d x) for logits x [N, D] and integer labels [N]."""
-    n = x.shape[0]
+def cost(x, labels, smoothing=0.0):
+    """(mean cross-entropy, d cost / d x) for logits x [N, D] and integer labels [N], against
+    the target (1 - smoothing) onehot + smoothing / D."""
+    n, d = x.shape
     logp = log_softmax(x.astype(np.float64))
-    loss = -logp[np.arange(n), labels].mean()
-    dx = np.exp(logp)
-    dx[np.arange(n), labels] -= 1.0
-    return float(loss), dx / n
+    if not smoothing:
+        loss = -logp[np.arange(n), labels].mean()
+        dx = np.exp(logp)
+        dx[np.arange(n), labels] -= 1.0
+        return float(loss), dx / n
+    target = np.full((n, d), smoothing / d)
+    target[np.arange(n), labels] += 1.0 - smoothing
+    loss = -(target * logp).sum(axis=1).mean()
+    return float(loss), (np.exp(logp) - target) / n
 
 
 def backward(p, dy):
