@@ -64,6 +64,7 @@ def describe(nodes):
         cfg = {k: v for k, v in layer.cfg.items() if k not in ("neuron", "fn")}
         d = {"name": node.name, "type": node.type, "inputs": list(node.inputs), "cfg": cfg,
              "join": layer.join, "is_cost": bool(layer.is_cost),
+             "loss_weight": float(getattr(node, "cost_weight", 1.0)) if layer.is_cost else 0.0,
              "params": {p: list(shape) for p, shape in layer.param_shapes().items()},
              "state": {s: a.tolist() for s, a in layer.init_state().items()}}
         if "neuron" in layer.cfg:
@@ -242,6 +243,8 @@ class Mirror(nn.Module):
         self.names = [d["name"] for d in description]
         self.inputs = [list(d["inputs"]) for d in description]
         self.parts = nn.ModuleList(Part(d) for d in description)
+        self.costs = [d["is_cost"] for d in description]
+        self.loss_weights = [d.get("loss_weight", 1.0) for d in description]
         self.cost_type = description[-1]["type"] if description[-1]["is_cost"] else None
         self.parts[-1].final = self.cost_type == "softmax"
         if state is not None:
@@ -286,12 +289,20 @@ class Mirror(nn.Module):
         return torch.softmax(y, dim=1) if self.cost_type == "softmax" else y
 
     def loss(self, x, labels=None):
-        y = self.logits(x)
-        if self.cost_type == "softmax":
-            return F.cross_entropy(y, labels)
-        if self.cost_type == "sum2":
-            return self.parts[-1].cfg["coeff"] * (y * y).sum() / y.shape[0]
-        raise ValueError("the net ends in no cost layer: nothing to train")
+        """The net's loss: the sum of every cost layer's cost times its `coeff` (auxiliary
+        heads); sum2 applies its own coeff inside its cost."""
+        if self.cost_type is None:
+            raise ValueError("the net ends in no cost layer: nothing to train")
+        acts, total = {INPUT_NAME: x}, 0.0
+        for name, inputs, part, is_cost, weight in zip(self.names, self.inputs, self.parts, self.costs,
+                                                       self.loss_weights):
+            joined = self._join(part, [acts[i] for i in inputs])
+            if is_cost and part.type == "softmax":
+                total = total + weight * F.cross_entropy(joined, labels)
+            elif is_cost and part.type == "sum2":
+                total = total + part.cfg["coeff"] * (joined * joined).sum() / joined.shape[0]
+            acts[name] = part(joined)
+        return total
 
 
 def mirror(net):
