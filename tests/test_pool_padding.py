@@ -252,16 +252,23 @@ def test_onnx_export_matches():
         np.testing.assert_allclose(theirs[name], ours[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_onnx_export_refuses_uneven_adaptive_bins_naming_the_layer():
+def test_onnx_export_of_uneven_adaptive_bins_is_exact():
+    """Bins of different sizes (3 on 7: rows 0-2, 2-4, 4-6) export as a MatMul of bin averages."""
     pytest.importorskip("onnx", reason="exporting needs onnx")
+    ort = pytest.importorskip("onnxruntime", reason="running the exported model needs onnxruntime")
+    torch = pytest.importorskip("torch", reason="PyTorch is the oracle for adaptive bins")
     from engine.tools import export_onnx
     net = engine.load({"input": {"shape": [2, 7, 6]}, "layers": [
-        {"name": "bins", "type": "pool", "mode": "avg", "adaptive": [3, 3]},
+        {"name": "bins", "type": "pool", "mode": "avg", "adaptive": [3, 4]},
         {"name": "prob", "type": "softmax"}]})
-    with pytest.raises(engine.ConfigError) as e:
-        export_onnx.to_onnx(net)
-    assert (e.value.layer, e.value.key) == ("bins", "adaptive")
-    assert "3x3 on a 7x6 input" in str(e.value)
+    model = export_onnx.to_onnx(net, outputs=["bins"])
+    export_onnx.check(model)
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((3, 2, 7, 6)).astype(np.float32)
+    theirs = dict(zip([o.name for o in s.get_outputs()], s.run(None, {"data": x})))
+    want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), (3, 4)).numpy()
+    np.testing.assert_allclose(theirs["bins"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(theirs["bins"], net.forward(x, outputs=["bins"])["bins"], rtol=1e-5, atol=1e-6)
 
 
 def test_torch_mirror_matches():

@@ -259,12 +259,26 @@ def _adaptive_pool(g, node, x, h, w):
     if (oh, ow) == (1, 1):
         return g.op("GlobalAveragePool", [x], f"{node.name}/globalavgpool")
     if h % oh or w % ow:
-        raise ConfigError(f"adaptive bins {oh}x{ow} on a {h}x{w} input have different sizes: ONNX has no "
-                          "adaptive average pool (make the input a multiple of the bins)",
-                          layer=node.name, key="adaptive",
-                          line=node.spec.line("adaptive") if hasattr(node.spec, "line") else None)
+        # bins of different sizes (PyTorch's floor/ceil bounds): the pool is linear, so it is a
+        # MatMul of each [H*W] plane by the [H*W, OH*OW] matrix of bin averages
+        c = node.layer.input_shape[0]
+        flat = g.op("Reshape", [x, g.shape(f"{node.name}/shape_in", [-1, c, h * w])], f"{node.name}/planes")
+        y = g.op("MatMul", [flat, g.const(f"{node.name}/bins", _adaptive_matrix(h, w, oh, ow))],
+                 f"{node.name}/adaptive")
+        return g.op("Reshape", [y, g.shape(f"{node.name}/shape_out", [-1, c, oh, ow])], f"{node.name}/avgpool")
     k = [h // oh, w // ow]
     return g.op("AveragePool", [x], f"{node.name}/avgpool", kernel_shape=k, strides=k, pads=[0, 0, 0, 0])
+
+
+def _adaptive_matrix(h, w, oh, ow):
+    """[H*W, OH*OW]: column (i, j) averages bin i x j, rows floor(i*H/OH) .. ceil((i+1)*H/OH)."""
+    def bins(side, outs):
+        return [(i * side // outs, -(-(i + 1) * side // outs)) for i in range(outs)]
+    m = np.zeros((h, w, oh, ow), np.float64)
+    for i, (y0, y1) in enumerate(bins(h, oh)):
+        for j, (x0, x1) in enumerate(bins(w, ow)):
+            m[y0:y1, x0:x1, i, j] = 1.0 / ((y1 - y0) * (x1 - x0))
+    return m.reshape(h * w, oh * ow).astype(np.float32)
 
 
 def _scale_by_denominator(g, name, x, total, scale, k, beta):
@@ -431,7 +445,8 @@ def to_onnx(net, outputs=(), props=None):
     for node in net.layers:
         g._used.add(node.name)          # the bare layer names are kept for graph outputs
     for node in net.layers:
-        params = {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == node.name}
+        # "<layer>.<param>": the param is after the last dot (block layers' names hold dots)
+        params = {k.rpartition(".")[2]: v for k, v in state.items() if k.rpartition(".")[0] == node.name}
         x = _join(g, node, [values[i] for i in node.inputs])
         values[node.name] = EXPORTERS[node.type](g, node, x, params)
     wanted = [net.output_layer.name] + [n for n in outputs if n != net.output_layer.name]
