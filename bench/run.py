@@ -1,11 +1,11 @@
 """The CPU benchmark: our engine beside a PyTorch mirror of the same nets, training and inference.
 
-    python bench/run.py                       # all nets, 3 rounds (~10-15 min on 2 cores)
+    python bench/run.py                       # all nets, 3 rounds (~25 min on 2 cores)
     python bench/run.py --quick --nets lenet5 # one round, short measurements
     python bench/run.py --threads 1 --rounds 5 --json results.json
 
 For each (net, batch) — alexnet b32 and b128, caffenet, lenet5 and cifar10-18pct at b128,
-all on synthetic random data — and each mode:
+resnet18 at b32, vgg16 at b16, all on synthetic random data — and each mode:
 
 - train: images/s of a training step: for the engine exactly the trainer's step,
   `net.loss_and_grads(x, labels, train=True)` then `SGD.for_net(net).step(grads, lr)`; for
@@ -40,7 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-RUNS = [("alexnet", 32), ("alexnet", 128), ("caffenet", 128), ("lenet5", 128), ("cifar10-18pct", 128)]
+RUNS = [("alexnet", 32), ("alexnet", 128), ("caffenet", 128), ("lenet5", 128), ("cifar10-18pct", 128),
+        ("resnet18", 32), ("vgg16", 16)]
 MODES = ("train", "infer")
 LR, MOMENTUM, WEIGHT_DECAY = 1e-3, 0.9, 5e-4
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")

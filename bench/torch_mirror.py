@@ -14,6 +14,7 @@ our semantics (layers/*/reference.py):
   ("separate": eltsum, eltmax);
 - conv: `padding_end` extra zeros past the bottom and right edges (F.pad), groups, the
   fused `neuron`; `shared_biases: false` adds the bias [F, OH, OW] after F.conv2d;
+  `channel_sets`: index_select of the groups' channels (in order) before the grouped conv2d;
 - pool: ceil_mode = `ceil` (cuda-convnet's rule is ceil_mode=True without padding), `padding`
   (avg: count_include_pad=True, torch's default), global / adaptive as adaptive_avg_pool2d;
   the fused `neuron` after pooling;
@@ -149,6 +150,8 @@ def _conv(part, x):
     p, e = c["padding"], c["padding_end"]
     if e:
         x, p = F.pad(x, (p, p + e, p, p + e)), 0
+    if c.get("channel_sets") is not None:
+        x = x.index_select(1, torch.tensor([ch for one in c["channel_sets"] for ch in one]))
     shared = c.get("shared_biases", True)
     bias = getattr(part, "bias", None)          # none with `bias: false`
     y = F.conv2d(x, part.weight, bias if shared else None, stride=c["stride"], padding=p,

@@ -44,15 +44,31 @@ def _check(args):
 
 
 def _train(args):
+    from engine import distributed
     from engine.train import Trainer
     if args.net is None and args.resume is None:
         raise ConfigError("give a net file (python -m engine train NET.yaml) or --resume RUN_FOLDER")
-    trainer = Trainer(args.net, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                      seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq,
-                      device=args.device, plugins=args.plugins, keep=args.keep, overrides=args.overrides,
-                      optimizer=args.optimizer)
-    result = trainer.run()
-    return result["exit_code"] if result["stopped"] else 0
+    world = distributed.from_environment(args.bucket_mb)     # None without mpirun: mpi4py stays unimported
+
+    def train():
+        trainer = Trainer(args.net, data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr,
+                          seed=args.seed, out=args.out, resume=args.resume, test_freq=args.test_freq,
+                          device=args.device, plugins=args.plugins, keep=args.keep, overrides=args.overrides,
+                          optimizer=args.optimizer, world=world)
+        result = trainer.run()
+        return result["exit_code"] if result["stopped"] else 0
+    if world is None:
+        return train()
+    # an error on one rank ends the job with its message, instead of leaving the others in a collective
+    return distributed.guarded(world, train, _error_codes())
+
+
+def _error_codes():
+    """[(exception types, exit status)] of the errors main() reports in a line, first match wins."""
+    from engine.checkpoint import CheckpointError, CheckpointWriteError
+    from engine.datasets import DataError
+    return [((CheckpointWriteError, FloatingPointError), 1),
+            ((ConfigError, DataError, CheckpointError, MemoryLimitError, DeviceError), 2)]
 
 
 def _test(args):
@@ -237,6 +253,9 @@ def build_parser():
     t.add_argument("--optimizer", metavar="NAME", help="sgd (cuda-convnet's, the default) | nesterov | adam | adamw")
     t.add_argument("--keep", type=int, metavar="N", help="keep only the last N epoch checkpoints and the best "
                    "one by validation error, deleting older ones once a new one is saved (default: all)")
+    t.add_argument("--bucket-mb", type=float, default=25.0, metavar="MB", dest="bucket_mb",
+                   help="under mpirun (data-parallel over the ranks): the size of the gradient buckets "
+                   "each summed by one non-blocking allreduce (default 25, as PyTorch DDP)")
     _plugins_flag(t)
     _set_flag(t)
     t.set_defaults(func=_train)
@@ -290,8 +309,9 @@ def build_parser():
                        "(cuda-convnet's --check-grads); exit 1 on any failure",
                        description="Gradient check of a whole net: a batch of 2 random images, each "
                        "parameter tensor's analytic gradient against central differences of the cost, "
-                       "cuda-convnet's relative error and threshold (0.02). A line per tensor; exit "
-                       "status 0 if all pass, 1 if any fails, 2 for a bad net file.")
+                       "each with its measured uncertainty (the cost at w + k h, k = -2..2); an entry "
+                       "fails beyond it by cuda-convnet's threshold (0.02 of the gradient). A line per "
+                       "tensor; exit status 0 if all pass, 1 if any fails, 2 for a bad net file.")
     g.add_argument("net", metavar="NET.yaml", help="the net file")
     g.add_argument("--samples", type=int, default=16, metavar="N",
                    help="entries checked per tensor: half the largest gradients, half at random; "
@@ -412,6 +432,7 @@ def cli_device_words(message):
 def main(argv=None):
     from engine.checkpoint import CheckpointError, CheckpointWriteError
     from engine.datasets import DataError
+    from engine.distributed import LaunchError
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -425,7 +446,7 @@ def main(argv=None):
     except DeviceError as e:
         print(f"error: {cli_device_words(str(e))}", file=sys.stderr)
         return 2
-    except (ConfigError, DataError, CheckpointError, MemoryLimitError) as e:
+    except (ConfigError, DataError, CheckpointError, MemoryLimitError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

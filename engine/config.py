@@ -32,12 +32,32 @@ COMMON_KEYS = {
     "inputs": Key(list, None, doc="names of input layers; default: the previous layer"),
     "gpu": Key(int, 0, low=0, high=7, doc="column (lane: a CPU thread, a CUDA stream or device) 0..7"),
 }
+
+
+class PerInputKey(Key):
+    """A number, or a list of numbers with one per input of the layer (parse checks the count)."""
+
+    def check(self, key, value):
+        if isinstance(value, list):
+            if not value:
+                raise LayerError(key, "an empty list: give a number, or a list with one per input")
+            return [super(PerInputKey, self).check(key, v) for v in value]
+        return super().check(key, value)
+
+    def describe(self):
+        return super().describe() + "; or a list, one per input"
+
+
 # Keys of layers with parameters: per-layer multipliers of the solver's rates (cuda-convnet's
-# epsW/epsB/wc relative to the net-wide values).
+# epsW/epsB/wc/momW relative to the net-wide values; engine/solver.py applies them).
 PARAM_KEYS = {
-    "lr_w": Key(float, 1.0, low=0.0, doc="learning-rate multiplier for the weights"),
+    "lr_w": PerInputKey(float, 1.0, low=0.0, doc="learning-rate multiplier for the weights; a list: one "
+                        "per input, for that input's part of the weight (cuda-convnet's per-input epsW)"),
     "lr_b": Key(float, 1.0, low=0.0, doc="learning-rate multiplier for the biases"),
     "wd": Key(float, 1.0, low=0.0, doc="weight-decay multiplier for the weights"),
+    "mom_w": PerInputKey(float, None, low=0.0, high=0.999999, doc="the weights' momentum in place of "
+                         "train.momentum (sgd, nesterov; adam ignores it); a list: one per input "
+                         "(cuda-convnet's per-input momW)"),
 }
 # Keys of cost layers: the cost's weight in the net's loss (cuda-convnet's coeff), unless the
 # type declares its own `coeff` (sum2 applies it inside its cost).
@@ -601,6 +621,9 @@ def _parse_layer(raw, index, previous, defaults, fail, seen, types):
         if k == "gpu":
             gpu = value
         elif k in PARAM_KEYS:
+            if isinstance(value, list) and len(value) != len(inputs):
+                key_err(f"a list needs one value per input ({len(inputs)}: {', '.join(inputs)}), "
+                        f"got {len(value)}", k)
             solver[k] = value
         elif k in COST_KEYS and k not in cls.keys:
             coeff = value

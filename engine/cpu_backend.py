@@ -141,8 +141,8 @@ class CpuBackend:
         return total
 
     def forward(self, node, x, train, seed):
-        rng = None if seed is None else np.random.default_rng(seed)
-        return node.layer.forward(x, self.layer_params(node), train=train, rng=rng)
+        # seed: the pass's draw key (layers.draw_key), a random layer's `rng`
+        return node.layer.forward(x, self.layer_params(node), train=train, rng=seed)
 
     def backward(self, node, dy, need_dx):
         return node.layer.backward(dy, self.layer_params(node), need_dx=need_dx)

@@ -88,7 +88,7 @@ class HostLayer(cudabase.CudaLayer):
         keys = list(params)
         host = self._host(list(xs) + [params[k] for k in keys], stream)
         xh, ph = host[:len(xs)], dict(zip(keys, host[len(xs):]))
-        rng = np.random.default_rng(seed) if self.layer.uses_rng and train else None
+        rng = seed if self.layer.uses_rng and train else None     # the draw key, as on the CPU
         y = self.layer.forward(xh if isinstance(x, list) else xh[0], ph, train=train, rng=rng)
         out = self._to_device("y", y, stream)
         stream.synchronize()       # the layer may reuse its host buffers at the next call
@@ -318,7 +318,7 @@ class CudaBackend:
         return acc
 
     def forward(self, node, x, train, seed):
-        seed = 0 if seed is None else seed & 0x7FFFFFFF
+        seed = 0 if seed is None else seed       # the pass's draw key (layers.draw_key)
         return self.impl(node).forward(x, self.layer_params(node), train, seed, self.stream_of(node))
 
     def backward(self, node, dy, need_dx):

@@ -28,6 +28,7 @@ and backward); a batch is never split over copies where a layer needs the whole 
 from engine import columns
 from engine.config import INPUT_NAME
 from engine.graph import cost_heads
+from layers.draw_key import as_key
 
 
 class Executor:
@@ -71,7 +72,8 @@ class Executor:
                 update_state=False):
         """Run the layers on {input name: array}; returns {name: activation} (inputs too).
 
-        seeds: {layer: int} for the random layers of a training pass. `acts` and `only`
+        seeds: {layer: draw key} for the random layers of a training pass (a
+        layers.draw_key.DrawKey, or an int seed: DrawKey(seed)). `acts` and `only`
         rerun just the layers named in `only` over the activations `acts` of an earlier pass.
         `update_state`: each layer with state updates it after its forward (a training step)."""
         backend, seeds = self.backend, seeds or {}
@@ -161,15 +163,18 @@ class Executor:
     def step(self, x, labels, train, seeds_for, backward=True, watch=None, timer=None):
         """Forward (and with `backward` the cost and backward) of a batch x on the backend.
 
-        seeds_for(nodes) -> {layer: seed}, drawn once per copy of the layers. A training
-        step (train and backward) updates the layers' state after their forward. Returns
-        [(copy, start, stop, acts)] and, with `backward`, (loss, grads) as well; the loss is
-        a backend scalar (backend.value reads it)."""
+        seeds_for(nodes) -> {layer: draw key}, called once per pass: a split batch's second
+        half gets the keys shifted to its first row (DrawKey.rows_from), so each sample draws
+        the same dropout mask however the batch is split. A training step (train and
+        backward) updates the layers' state after their forward. Returns [(copy, start,
+        stop, acts)] and, with `backward`, (loss, grads) as well; the loss is a backend
+        scalar (backend.value reads it)."""
         backend = self.backend
         n = x.shape[0]
         serial = watch is not None or timer is not None
         parts = self.halves(n, serial)
-        seeds = [seeds_for(self.copies[c]) if train else {} for c, _, _ in parts]
+        keys = seeds_for(self.nodes) if train else {}
+        seeds = [{name: as_key(k).rows_from(a) for name, k in keys.items()} for _, a, _ in parts]
         if len(parts) == 1:
             acts = self.forward({INPUT_NAME: x}, train, seeds[0], watch, timer,
                                 update_state=train and backward)

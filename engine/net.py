@@ -1,5 +1,6 @@
 """`Net`: a built graph with its parameters, run forward and backward by the executor on a backend."""
 import os
+import textwrap
 
 import numpy as np
 
@@ -8,6 +9,25 @@ from engine.config import INPUT_NAME, parse_checkpoint_net, parse_net
 from engine.cpu_backend import CpuBackend
 from engine.errors import ConfigError
 from engine.executor import Executor
+from layers.draw_key import DrawKey
+
+
+SUMMARY_INPUTS_WIDTH = 40      # a concat of four inception branches would make the table 180 wide
+
+
+def _wrap_inputs(row):
+    """A summary row whose inputs cell is long, as that row and continuation rows holding
+    the rest of its inputs (the other cells blank)."""
+    names = row[3].split(",")
+    cells, cell = [], ""
+    for name in names:
+        piece = name if not cell else f"{cell},{name}"
+        if cell and len(piece) > SUMMARY_INPUTS_WIDTH:
+            cells.append(cell + ",")
+            piece = name
+        cell = piece
+    cells.append(cell)
+    return [row[:3] + (cells[0],) + row[4:]] + [("", "", "", c, "", "", "") for c in cells[1:]]
 
 
 class Net:
@@ -43,6 +63,9 @@ class Net:
                 self._state[f"{node.name}.{sname}"] = arr
         # dropout and other training-time randomness; the trainer saves and restores its state
         self.rng = np.random.default_rng([seed, 1])
+        # or an explicit layers.draw_key.DrawKey(seed, epoch, step, sample_offset) for every
+        # training pass until changed (a data-parallel rank: its slice's first global sample)
+        self.draw_key = None
         self.threading = "auto"
         self._use(CpuBackend(self))
 
@@ -148,16 +171,19 @@ class Net:
             rows.append((node.name, node.type, str(node.gpu), ",".join(node.inputs),
                          "x".join(map(str, node.output_shape)), f"{n_par:,}", f"{macs:,}"))
         rows.append(("total", "", "", "", "", f"{self.num_params:,}", f"{total_macs:,}"))
+        rows = [r for row in rows for r in _wrap_inputs(row)]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         right = {5, 6}
 
         def fmt(r):
-            return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        rule = "-" * len(fmt(rows[0]))
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        rule = "-" * len(fmt(rows[0]).ljust(sum(widths) + 2 * (len(widths) - 1)))
         lines = [f"net '{self.name}': {len(self._nodes)} layers, {self.num_params:,} parameters, "
                  f"{total_macs / 1e6:,.1f} M multiply-adds per image", rule, fmt(rows[0]), rule]
         lines += [fmt(r) for r in rows[1:-1]] + [rule, fmt(rows[-1]),
-                                                  f"CPU threading: {self._lane_mode} ({self.threading_reason})", ""]
+                                                  *textwrap.wrap(f"CPU threading: {self._lane_mode} ({self.threading_reason})",
+                                                                width=max(len(rule), 90), subsequent_indent="  "), ""]
         heads = self.cost_heads
         if len(heads) > 1 or heads[0][1] != 1.0:     # auxiliary heads, a weighted cost
             terms = [n.name if w == 1.0 else f"{w:g} x {n.name}" for n, w in heads[-1:] + heads[:-1]]
@@ -260,11 +286,16 @@ class Net:
         return out
 
     def draw_layer_seeds(self, nodes=None):
-        """{layer: seed} for one training pass of the random layers (dropout), drawn from
-        `rng` in graph order: each such layer draws from its own generator seeded so, on
-        every backend, so its draws do not depend on which lane runs first."""
-        return {node.name: int(self.rng.integers(2**63))
-                for node in (nodes or self._nodes) if node.layer.uses_rng}
+        """{layer: draw key} for one training pass of the random layers (dropout): the pass's
+        one layers.draw_key.DrawKey for each (a layer's draws also hash its name, and each
+        sample's its global index, so they depend on no lane, device or batch split).
+        The key is `draw_key` where set, else DrawKey(seed) with the seed drawn from `rng`
+        (one draw per pass: restoring rng's state replays a pass's masks)."""
+        names = [node.name for node in (nodes or self._nodes) if node.layer.uses_rng]
+        if not names:
+            return {}
+        key = self.draw_key if self.draw_key is not None else DrawKey(int(self.rng.integers(2**63)))
+        return dict.fromkeys(names, key)
 
     def forward(self, x, train=False, outputs=None, timer=None):
         """Run the net on prepared input: x float32 [N, C, H, W] (C, H, W = `input_shape`).

@@ -17,6 +17,13 @@ Its state lives once, on the net's backend.
   adamw     PyTorch's AdamW: the same with decoupled decay w <- w (1 - lr_eff wd_eff) first
             and g left alone.
 
+Per input (cuda-convnet's per-input epsW / momW): `lr_w` and `mom_w` (the weights' momentum
+in place of train.momentum; sgd and nesterov) may be lists, one value per input of a layer
+whose weight reads its joined input along axis 1 (fc: [outputs, features], conv without
+groups: [filters, channels, k, k]); each input's part of the weight (its columns) is then
+updated with its own values, row by row (one kernel call per weight row and input). Nets
+without lists run the same calls as before, bit for bit.
+
 `clip_norm`: before any update the gradients of every parameter the optimizer moves are
 scaled by min(1, clip_norm / (norm + 1e-6)), norm the global L2 norm over all of them (as
 torch.nn.utils.clip_grad_norm_). The norms (before clipping) are tallied for the epoch line.
@@ -115,17 +122,56 @@ class _ScaleGrad(_Pass):
 SUM_SQUARES, SCALE_GRAD = _SumSquares(), _ScaleGrad()
 
 
+class PerInput:
+    """The multipliers of a weight with a value per input: its axis 1 split into the inputs'
+    widths, one lr multiplier and one momentum (None: the optimizer's) per input."""
+
+    def __init__(self, widths, lr_mults, wd_mult, momenta):
+        self.widths, self.lr_mults, self.momenta = list(widths), list(lr_mults), list(momenta)
+        self.wd_mult = wd_mult
+
+    def __eq__(self, other):
+        return isinstance(other, PerInput) and vars(self) == vars(other)
+
+    def __getitem__(self, i):        # m[0] != 0: moving unless every input is frozen
+        if i != 0:
+            raise IndexError(i)
+        return max(self.lr_mults)
+
+
+def _per_input(net, node, lr, wd, mom, weight_shape):
+    """PerInput for a weight whose lr_w or mom_w is a list, or ConfigError naming the key."""
+    from engine.errors import ConfigError
+    layer, n = node.layer, len(node.layer.input_shapes)
+    key = "lr_w" if isinstance(lr, list) else "mom_w"
+    widths = [math.prod(s) if layer.join == "flat" else s[0] for s in layer.input_shapes]
+    if layer.join not in ("flat", "concat") or len(weight_shape) < 2 or weight_shape[1] != sum(widths):
+        raise ConfigError(f"a list (one value per input) needs a weight that reads the joined inputs along "
+                          f"its axis 1 (fc, conv without groups or channel_sets); this {node.type} weight is "
+                          f"{list(weight_shape)} for inputs of widths {widths}: give one number",
+                          file=getattr(net.spec, "file", None), line=node.spec.line(key), layer=node.name,
+                          key=key)
+    lrs = lr if isinstance(lr, list) else [lr] * n
+    moms = mom if isinstance(mom, list) else [mom] * n
+    return PerInput(widths, lrs, wd, moms)
+
+
 def multipliers_of(net):
     """{"<layer>.<param>": (lr multiplier, weight-decay multiplier)} from the layers'
-    lr_w / lr_b / wd keys; biases get no weight decay."""
+    lr_w / lr_b / wd keys; biases get no weight decay. A weight with mom_w gets a third
+    entry, its momentum; one with a list lr_w or mom_w a PerInput."""
     mult = {}
     for node in net.layers:
         s = node.spec.solver
-        for pname in node.layer.param_shapes():
+        for pname, shape in node.layer.param_shapes().items():
             if pname == "bias":
                 mult[f"{node.name}.{pname}"] = (s.get("lr_b", 1.0), 0.0)
+                continue
+            lr, wd, mom = s.get("lr_w", 1.0), s.get("wd", 1.0), s.get("mom_w")
+            if isinstance(lr, list) or isinstance(mom, list):
+                mult[f"{node.name}.{pname}"] = _per_input(net, node, lr, wd, mom, shape)
             else:
-                mult[f"{node.name}.{pname}"] = (s.get("lr_w", 1.0), s.get("wd", 1.0))
+                mult[f"{node.name}.{pname}"] = (lr, wd) if mom is None else (lr, wd, mom)
     return mult
 
 
@@ -151,7 +197,8 @@ class Optimizer:
     def for_net(cls, net, *args, **kwargs):
         return cls(net.backend.params, *args, multipliers=multipliers_of(net), backend=net.backend, **kwargs)
 
-    def scalars(self, lr, lr_mult, wd_mult):
+    def scalars(self, lr, lr_mult, wd_mult, momentum=None):
+        """The kernel's scalars; momentum: a layer's own (mom_w), else the optimizer's."""
         raise NotImplementedError
 
     def moving(self):
@@ -164,9 +211,27 @@ class Optimizer:
             self.clip(grads, keys)
         self.begin_step()
         for key in keys:
-            lr_mult, wd_mult = self.multipliers.get(key, (1.0, 1.0))
+            mult = self.multipliers.get(key, (1.0, 1.0))
             arrays = [self.params[key]] + [self.arrays[name][key] for name in self.state] + [grads[key]]
-            self.backend.update(self, key, arrays, self.scalars(lr, lr_mult, wd_mult))
+            if isinstance(mult, PerInput):
+                self._step_per_input(key, mult, arrays, lr)
+            else:
+                self.backend.update(self, key, arrays, self.scalars(lr, *mult))
+
+    def _step_per_input(self, key, mult, arrays, lr):
+        """Each input's columns of each row (contiguous) with that input's scalars."""
+        rows = arrays[0].shape[0]
+        inner = math.prod(arrays[0].shape[2:])
+        mats = [a.reshape(rows, a.size // rows) for a in arrays]
+        start = 0
+        for width, lr_mult, momentum in zip(mult.widths, mult.lr_mults, mult.momenta):
+            c0, c1 = start * inner, (start + width) * inner
+            start += width
+            if lr_mult == 0.0:
+                continue           # this input's part is frozen
+            scalars = self.scalars(lr, lr_mult, mult.wd_mult, momentum)
+            for r in range(rows):
+                self.backend.update(self, key, [m[r, c0:c1] for m in mats], scalars)
 
     def begin_step(self):
         """Called once per step before the updates (Adam counts its steps here)."""
@@ -251,8 +316,8 @@ class SGD(Optimizer):
     def velocity(self):
         return self.arrays["velocity"]
 
-    def scalars(self, lr, lr_mult, wd_mult):
-        return lr * lr_mult, self.momentum, self.weight_decay * wd_mult
+    def scalars(self, lr, lr_mult, wd_mult, momentum=None):
+        return lr * lr_mult, self.momentum if momentum is None else momentum, self.weight_decay * wd_mult
 
 
 class Nesterov(SGD):
@@ -278,7 +343,7 @@ class Adam(Optimizer):
     def begin_step(self):
         self.t += 1
 
-    def scalars(self, lr, lr_mult, wd_mult):
+    def scalars(self, lr, lr_mult, wd_mult, momentum=None):       # no momentum: mom_w does not apply
         lr_eff, wd_eff = lr * lr_mult, self.weight_decay * wd_mult
         step_size = lr_eff / (1.0 - self.beta1 ** self.t)
         bc2_sqrt = math.sqrt(1.0 - self.beta2 ** self.t)

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from engine import checkpoint, finite, settings as settings_mod
+from engine import checkpoint, columns, devices, distributed, finite, settings as settings_mod
 from engine.config import class_count_message, parse_checkpoint_net, parse_net
 from engine.datasets import DataError, open_source
 from engine.datasets.augment import Preprocess, multiview_problem
@@ -143,25 +143,45 @@ def topk_errors(probs, labels, k=5):
     return int(np.sum(top1 != labels)), int(np.sum(~np.any(topk == labels[:, None], axis=1)))
 
 
-def evaluate(net, source, pre, batch=128, split="val", multiview=False):
+def evaluate(net, source, pre, batch=128, split="val", multiview=False, world=None):
     """{"loss", "top1", "top5", "n"} over a split; multiview averages the ten views.
 
     A net whose cost does not classify (sum2) gets its own cost as the loss, and NaN top-k.
-    Multiview on data that should not be mirrored (digits) is a DataError saying why."""
+    Multiview on data that should not be mirrored (digits) is a DataError saying why.
+    With a `world` (engine.distributed) each rank reads its share of every batch and the
+    counts are summed over the ranks: the figures are the single process's."""
     problem = multiview_problem(source, pre) if multiview else None
     if problem:
         raise DataError(problem)
-    total_loss, e1, e5, n = 0.0, 0, 0, 0
+    part = None if world is None else world.part
+    batches = (b for b in source.batches(split, batch, part=part) if len(b[1]))   # a share may be empty
     heads = [(node.name, w) for node, w in net.cost_heads]
-    if net.classifies and heads != [(net.output_layer.name, 1.0)]:
-        return _evaluate_heads(net, source, pre, batch, split, multiview)
     if not net.classifies:
-        for raw, labels in source.batches(split, batch):
-            total_loss += net.loss(pre.test(raw), labels) * len(labels)
-            n += len(labels)
-        return {"loss": total_loss / n if n else float("nan"), "top1": float("nan"),
-                "top5": float("nan"), "n": n}
-    for raw, labels in source.batches(split, batch):
+        tallies = _loss_tallies(net, batches, pre)
+    elif heads != [(net.output_layer.name, 1.0)]:
+        tallies = _head_tallies(net, batches, pre, multiview)
+    else:
+        tallies = _output_tallies(net, batches, pre, multiview)
+    total_loss, e1, e5, n = tallies if world is None else world.sum(tallies)
+    if n == 0:
+        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
+    top1, top5 = (e1 / n, e5 / n) if net.classifies else (float("nan"), float("nan"))
+    return {"loss": total_loss / n, "top1": top1, "top5": top5, "n": int(n)}
+
+
+def _loss_tallies(net, batches, pre):
+    """[loss sum, 0, 0, n] of a net that does not classify: its own cost."""
+    total_loss, n = 0.0, 0
+    for raw, labels in batches:
+        total_loss += net.loss(pre.test(raw), labels) * len(labels)
+        n += len(labels)
+    return [total_loss, 0, 0, n]
+
+
+def _output_tallies(net, batches, pre, multiview):
+    """[loss sum, top-1 errors, top-5 errors, n] of the output's cross-entropy."""
+    total_loss, e1, e5, n = 0.0, 0, 0, 0
+    for raw, labels in batches:
         if multiview:
             probs = np.mean([net.forward(v) for v in pre.views(raw)], axis=0)
         else:
@@ -172,25 +192,21 @@ def evaluate(net, source, pre, batch=128, split="val", multiview=False):
         a, b = topk_errors(probs, labels)
         total_loss += loss * len(labels)
         e1, e5, n = e1 + a, e5 + b, n + len(labels)
-    if n == 0:
-        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
-    return {"loss": total_loss / n, "top1": e1 / n, "top5": e5 / n, "n": n}
+    return [total_loss, e1, e5, n]
 
 
-def _evaluate_heads(net, source, pre, batch, split, multiview):
-    """evaluate() for a net whose loss is more than its output's cross-entropy (auxiliary
+def _head_tallies(net, batches, pre, multiview):
+    """_output_tallies for a net whose loss is more than its output's cross-entropy (auxiliary
     heads, a coeff): the loss is the net's, top-k errors are the output's."""
     total_loss, e1, e5, n = 0.0, 0, 0, 0
-    for raw, labels in source.batches(split, batch):
+    for raw, labels in batches:
         views = pre.views(raw) if multiview else [pre.test(raw)]
         results = [net.loss_and_output(v, labels) for v in views]
         probs = np.mean([p for _, p in results], axis=0)
         a, b = topk_errors(probs, labels)
         total_loss += float(np.mean([loss for loss, _ in results])) * len(labels)
         e1, e5, n = e1 + a, e5 + b, n + len(labels)
-    if n == 0:
-        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
-    return {"loss": total_loss / n, "top1": e1 / n, "top5": e5 / n, "n": n}
+    return [total_loss, e1, e5, n]
 
 
 def _net_text(spec):
@@ -198,6 +214,20 @@ def _net_text(spec):
         return spec.text
     import yaml
     return yaml.safe_dump(json.loads(json.dumps(spec.data)), sort_keys=False)
+
+
+def _quiet(*args, **kwargs):
+    """The log of an MPI rank other than 0."""
+
+
+class _NullStream:
+    """Progress of an MPI rank other than 0: nowhere."""
+
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
 
 
 class LossTally:
@@ -263,14 +293,23 @@ class Trainer:
 
     def __init__(self, net_source=None, data=None, epochs=None, batch=None, lr=None, seed=None,
                  out=None, resume=None, test_freq=None, log=print, stop_after=None, device="cpu", plugins=False,
-                 keep=None, overrides=None, optimizer=None):
-        self.log = log
+                 keep=None, overrides=None, optimizer=None, world=None):
+        # world (engine.distributed.World): data-parallel over MPI ranks; rank 0 alone speaks and writes
+        self.world = world
+        self.log = log if world is None or world.is_root else _quiet
+        log = self.log
         self.device_asked = device
         self.resume_meta, arrays, from_checkpoint = None, None, False
         self.last_checkpoint = None
+        if world is not None:
+            world.share_threads()       # before the net picks its threading
         if resume is not None:
             skipped = []
-            arrays, self.resume_meta = checkpoint.load(resume, skipped)
+            if world is None:
+                arrays, self.resume_meta = checkpoint.load(resume, skipped)
+            else:        # rank 0 reads it: the other ranks need no copy of the run folder
+                arrays, self.resume_meta, skipped = world.bcast(
+                    tuple(checkpoint.load(resume, skipped)) + (skipped,) if world.is_root else None)
             for path, why in skipped:
                 log(f"passing over a damaged checkpoint: {why}")
             self.last_checkpoint = self.resume_meta["path"]
@@ -300,6 +339,8 @@ class Trainer:
                 " a cuda-convnet batch folder, `digits`, or `--data synthetic` for a smoke run.")
         settings_mod.apply_cost_settings(self.spec, s, file=self.spec.file)   # e.g. label_smoothing
         self.net = Net(self.spec, seed=s["seed"])
+        if world is not None:
+            self._check_distributable()
         # synthetic data takes the net's class count; real data must match it
         self.source = open_source(s["data"], self.net.input_shape, seed=s["seed"],
                                   num_classes=self.net.num_classes)
@@ -317,8 +358,8 @@ class Trainer:
                                                  "not a training checkpoint of this engine")
             mean = arrays["mean"]
         else:
-            mean = self.source.mean_image()
-        pca = self.source.pca() if aug.get("pca", 0.0) > 0 and self.source.is_color else None
+            mean = self._on_root(self.source.mean_image)
+        pca = self._on_root(self.source.pca) if aug.get("pca", 0.0) > 0 and self.source.is_color else None
         self.pre = Preprocess(self.net.input_shape, mean, scale=aug["scale"], crop=aug["crop"],
                               flip=aug["flip"], pca=aug["pca"] if pca is not None else 0.0, pca_basis=pca,
                               shift=aug.get("shift", 0))
@@ -326,14 +367,36 @@ class Trainer:
         self.epoch, self.batch_in_epoch = 0, 0
         self.rng_states = None
         self.partial_loss = None     # [loss sum, images] of a stopped epoch's finished batches
+        if world is not None and devices.resolve(device) == "cuda":
+            world.select_gpu()
         self.net.to(device)
-        self.net.check_memory(s["batch"], train=True)     # refused before the first step
+        share = s["batch"] if world is None else -(-s["batch"] // world.size)
+        self.net.check_memory(share, train=True)     # refused before the first step
         self.solver = settings_mod.make_optimizer(s, self.net)
+        self.exchange = None if world is None else distributed.GradientExchange(
+            world, {k: v.shape for k, v in self.net.parameters().items()}, self.net.backend)
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
                                os.path.join("runs", f"{self.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
         self.stop_after = stop_after   # for tests: stop as if Ctrl-C after this many batches
+
+    def _on_root(self, compute):
+        """compute() in one process; over MPI on rank 0, its result sent to every rank (the
+        mean image, the colour basis: statistics one pass over the data gives)."""
+        if self.world is None:
+            return compute()
+        return self.world.bcast(compute() if self.world.is_root else None)
+
+    def _check_distributable(self):
+        """Over MPI: refuse a layer that needs the whole batch (batch statistics, state): its
+        statistics would have to be summed over the ranks inside its forward."""
+        for node in self.net.layers:
+            if columns.needs_whole_batch(node.layer):
+                raise ConfigError(f"needs the whole batch (batch statistics or layer state), which data-parallel "
+                                  f"training over {self.world.size} ranks would have to allreduce inside its "
+                                  "forward; that is not supported: train this net in one process",
+                                  file=self.spec.file, layer=node.name)
 
     # ---- state ----------------------------------------------------------------
     def _restore(self, arrays, meta):
@@ -351,6 +414,8 @@ class Trainer:
         self.partial_loss = meta.get("partial_loss")
 
     def save(self, rng_states=None):
+        if self.world is not None and not self.world.is_root:
+            return None          # every rank holds the same weights: rank 0 writes them
         arrays = {f"param/{k}": v for k, v in self.net.state_dict().items()}
         arrays.update(self.solver.state_arrays())
         arrays["mean"] = self.pre.mean
@@ -382,7 +447,14 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------
     def run(self):
         """Train to the last epoch, or until a stop signal; returns {"stopped", "checkpoint",
-        "metrics", "signal"}. Holds the run folder's lock throughout."""
+        "metrics", "signal"}. Holds the run folder's lock throughout (over MPI, rank 0 alone
+        touches the run folder)."""
+        if self.world is not None:
+            with self.world.kernels():
+                return self._run() if not self.world.is_root else self._run_locked()
+        return self._run_locked()
+
+    def _run_locked(self):
         with checkpoint.RunLock(self.run_dir):
             checkpoint.remove_temporaries(self.run_dir)     # left by a save that was killed
             existing = checkpoint.list_checkpoints(self.run_dir)
@@ -405,7 +477,8 @@ class Trainer:
                  f"run folder {self.run_dir}")
         if self.device_asked != "cpu":
             self.log(device_line(self.net))
-        progress = self.progress or Progress()
+        speaks = self.world is None or self.world.is_root
+        progress = self.progress or Progress(stream=None if speaks else _NullStream())
         started, first_epoch = time.time(), self.epoch
         seed = s["seed"]
         steps_taken = 0
@@ -426,11 +499,14 @@ class Trainer:
                     tally.total, tally.seen = self.partial_loss
                 progress.epoch(epoch + 1, s["epochs"], min(skip * s["batch"], self.source.num_train),
                                self.source.num_train)
-                for b, (raw, labels) in enumerate(self.source.batches("train", s["batch"], rng=order_rng)):
+                for b, raw, labels, rows in self._train_batches(order_rng):
                     if b < skip:
                         continue
-                    x = self.pre.train(raw, aug_rng)
-                    tally.add(self._step(x, labels, self.schedule.lr(epoch, b / n_batches), epoch, b), len(labels))
+                    lr = self.schedule.lr(epoch, b / n_batches)
+                    if self.world is None:
+                        tally.add(self._step(self.pre.train(raw, aug_rng), labels, lr, epoch, b), len(labels))
+                    else:
+                        tally.add(self._shared_step(raw, labels, rows, aug_rng, lr, epoch, b, flag), rows[1])
                     steps_taken += 1
                     self.batch_in_epoch = b + 1
                     progress.step(min((b + 1) * s["batch"], self.source.num_train), tally.mean)
@@ -456,7 +532,7 @@ class Trainer:
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 if (epoch + 1) % s["test_freq"] == 0 or epoch + 1 == s["epochs"]:
-                    val = evaluate(self.net, self.source, self.pre, batch=s["batch"])
+                    val = evaluate(self.net, self.source, self.pre, batch=s["batch"], world=self.world)
                     record["val_loss"] = val["loss"]
                     if self.net.classifies:
                         record.update({"val_top1": val["top1"], "val_top5": val["top5"]})
@@ -465,13 +541,15 @@ class Trainer:
                 self.log(self._line(record))
                 path = self.save()
                 self._prune(path)
+                self._agree_stop(flag)
                 if flag.stop and self.epoch < s["epochs"]:     # asked during validation or saving
                     self.log(f"stopped by {flag.name} after epoch {self.epoch}; saved {path}; resume "
                              f"with: python -m engine train --resume {self.run_dir}")
                     return {"stopped": True, "checkpoint": path, "signal": flag.signum,
                             "exit_code": flag.exit_code}
-        if self.source.skipped:
-            self.log(f"skipped {plural(self.source.skipped, 'unreadable image')}; see the log above for which")
+        skipped = self.source.skipped if self.world is None else int(self.world.sum([self.source.skipped])[0])
+        if skipped:
+            self.log(f"skipped {plural(skipped, 'unreadable image')}; see the log above for which")
         for line in self._summary(time.time() - started, first_epoch):
             self.log(line)
         return {"stopped": False, "checkpoint": path if self.metrics else None, "metrics": self.metrics}
@@ -480,7 +558,7 @@ class Trainer:
     def _prune(self, newest):
         """--keep N: delete checkpoints older than `newest` but the last N and the best."""
         keep = self.settings.get("keep")
-        if keep is None:
+        if keep is None or newest is None:
             return
         best = best_record(self.metrics)
         checkpoint.prune(self.run_dir, newest, keep, best["epoch"] if best else None)
@@ -517,9 +595,66 @@ class Trainer:
                   f"  python -m engine show {run} --cost"]
         return lines
 
+    def _train_batches(self, order_rng):
+        """(b, images, labels, rows) for each training batch of the epoch, in the order `order_rng`
+        draws. Over MPI the images are this rank's share, rows = (offset, total) where they sit
+        in the global batch; a global batch with no image on any rank (every one unreadable) is
+        left out, as one process leaves it out. In one process rows is None."""
+        batches = self.source.batches("train", self.settings["batch"], rng=order_rng,
+                                      part=None if self.world is None else self.world.part)
+        if self.world is None:
+            for b, (raw, labels) in enumerate(batches):
+                yield b, raw, labels, None
+            return
+        b = 0
+        for raw, labels in batches:
+            rows = self.world.counts(len(labels))
+            if rows[1]:
+                yield b, raw, labels, rows
+                b += 1
+
+    def _shared_step(self, raw, labels, rows, aug_rng, lr, epoch, batch, flag):
+        """One data-parallel step: forward and backward of this rank's share, the gradients
+        summed over the ranks each scaled by its share of the batch (so the single-process
+        update of the whole batch), the update. Returns the global batch's mean loss; a stop
+        asked on any rank is agreed here, so every rank stops after the same step."""
+        offset, total = rows
+        x = self.pre.train(raw, aug_rng, rows=rows)
+        self._key_draws(offset)
+        loss, grads = 0.0, None
+        if len(labels):
+            loss, grads = self._grads(x, labels, lr, epoch, batch)
+        summed = self.exchange.reduce(grads, len(labels) / total)
+        tallies = self.world.gather([loss * len(labels), flag.signum or 0])
+        self._agree_stop(flag, int(tallies[:, 1].max()))
+        self.solver.step(summed, lr)
+        return float(tallies[:, 0].sum()) / total
+
+    def _key_draws(self, offset):
+        """The step's draw key (dropout) as one process draws it, shifted to this rank's first
+        global sample, so each sample gets its single-process mask; drawn on every rank, even
+        one with an empty share, so their generators stay in step."""
+        self.net.draw_key = None
+        keys = self.net.draw_layer_seeds()
+        self.net.draw_key = next(iter(keys.values())).rows_from(offset) if keys else None
+
+    def _agree_stop(self, flag, signum=None):
+        """Over MPI: a stop asked on any rank (SIGTERM may reach them one by one) stops them all."""
+        if self.world is None:
+            return
+        signum = self.world.agree_stop(flag.signum) if signum is None else signum
+        if signum and not flag.stop:
+            flag.stop, flag.signum = True, signum
+
     def _step(self, x, labels, lr, epoch, batch):
-        """One SGD step on the net's backend; returns the batch's mean loss. A non-finite
-        loss or gradient stops training before the update, naming the layer where it began."""
+        """One SGD step on the net's backend; returns the batch's mean loss."""
+        loss, grads = self._grads(x, labels, lr, epoch, batch)
+        self.solver.step(grads, lr)
+        return loss
+
+    def _grads(self, x, labels, lr, epoch, batch):
+        """(mean loss, gradients) of a batch. A non-finite loss or gradient stops training
+        before the update, naming the layer where it began."""
         rng_state = self.net.rng.bit_generator.state
         with np.errstate(all="ignore"):      # overflow is caught below, with the layer named
             loss, grads = self.net.loss_and_grads(x, labels, train=True)
@@ -532,8 +667,7 @@ class Trainer:
             what += f" (first non-finite: {where})" if where else ""
             raise finite.NonFiniteError(finite.message(what, f"epoch {epoch + 1}, batch {batch + 1}",
                                                        lr, self.last_checkpoint))
-        self.solver.step(grads, lr)
-        return loss
+        return loss, grads
 
     @staticmethod
     def _val_text(r, width="6"):

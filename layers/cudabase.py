@@ -9,7 +9,7 @@ Protocol (all arrays are numba device arrays, float32, C-contiguous, NCHW or [N,
     impl.forward(x, params, train, seed, stream) -> y
         x: the joined input [N, *layer.input_shape] (join "separate": a list, one array
         per input, and backward returns a list of dx); params: {"weight": dev, "bias": dev}
-        (or {}); seed: an int for counter-based randomness (dropout); stream: a CUDA stream.
+        (or {}); seed: the pass's draw key (layers.draw_key: dropout's masks); stream: a CUDA stream.
     impl.backward(dy, params, need_dx, stream) -> (dx or None, {param: dev grad})
         gradients of the SUM over the batch (the cost divides by N), as on the CPU.
     impl.cost(labels, stream) -> (loss, dx)        cost layers only

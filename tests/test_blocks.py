@@ -1,5 +1,6 @@
 """`blocks:`: named layer templates with parameters, expanded at load time (engine.blocks)."""
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,17 @@ def test_summary_and_draw_group_by_block(tmp_path):
     assert 'subgraph "cluster_res2a_gpu0"' in dot and 'label="res2a (basic)"' in dot
     assert "res2a (basic)" in draw.to_svg(lay)
 
+
+def test_the_summary_of_googlenet_stays_legible():
+    """A concat of four inception branches would make the inputs column 100 characters wide:
+    long input lists continue on lines of their own, every name whole and in order."""
+    net = engine.load(Path(__file__).parent.parent / "nets" / "googlenet.yaml")
+    lines = net.summary().splitlines()
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
+    start = next(i for i, line in enumerate(lines) if line.startswith("inception3a.out "))
+    cells = [lines[start].split()[3]] + [line.strip() for line in lines[start + 1:start + 4]]
+    assert "".join(cells).split(",") == net.layer("inception3a.out").inputs
+    assert lines[start + 4].startswith("inception3b.")
 
 # ---- errors: one line, the template's line and the use's -------------------------------------
 def edit(old, new, text=RES):

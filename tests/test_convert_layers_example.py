@@ -1,9 +1,8 @@
 """cuda-convnet's own example-layers/layers-example.cfg and layer-params-example.cfg (verbatim
-copies: tests/data/cuda-convnet/example-ORIGIN.md) through `convert`.
-
-As shipped the pair stops at two things we do not have (conv32-3's randSparse, fc10's
-per-input epsW and momW); with those two changed it converts — conv32-2's sharedBiases=false
-becomes `shared_biases: false` — with cuda-convnet's parameter count, loads and trains a step.
+copies: tests/data/cuda-convnet/example-ORIGIN.md) through `convert`, as shipped: conv32-2's
+sharedBiases=false becomes `shared_biases: false`, conv32-3's randSparse with filterChannels=64
+becomes `channel_sets` drawn by cuda-convnet's rule, fc10's per-input epsW and momW become
+`lr_w` and `mom_w` lists; cuda-convnet's parameter count; it loads and trains a step.
 """
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import engine
 from engine import graph
 from engine.config import parse_net
 from engine.convert import ConvertError, convert
-from engine.solver import SGD
+from engine.settings import make_optimizer, resolve
 
 DATA = Path(__file__).parent / "data" / "cuda-convnet"
 LAYERS, PARAMS = DATA / "layers-example.cfg", DATA / "layer-params-example.cfg"
@@ -30,61 +29,26 @@ EXPECT = {
     "conv32-2": ((128, 15, 15), 54_400),   # groups 4 x 32 filters = 128; 1 + ceil((4 + 15 - 5)/1) = 15;
                                            #   weights 32/4 * 5*5 * 128 = 25,600; sharedBiases=false:
                                            #   one bias per filter and position, 128 * 15*15 = 28,800
-    "conv32-3": ((128, 8, 8), 102_528),    # 1 + ceil((4 + 15 - 5)/2) = 8; without randSparse every
-                                           #   group reads its 128/4 = 32 channels: 32*25*128 + 128
-                                           #   = 102,400 + 128 (cuda-convnet's filterChannels=64: 204,928)
+    "conv32-3": ((128, 8, 8), 204_928),    # 1 + ceil((4 + 15 - 5)/2) = 8; randSparse: every group reads
+                                           #   filterChannels=64 channels: 64*25*128 + 128 = 204,800 + 128
     "fc10": ((10,), 92_170),               # two inputs: 128*8*8 + 1,024 = 9,216; 9,216*10 + 10
     "probs": ((10,), 0),
 }
-TOTAL = 3_403_658     # 7,808 + 3,146,752 + 54,400 + 102,528 + 92,170
+TOTAL = 3_506_058     # 7,808 + 3,146,752 + 54,400 + 204,928 + 92,170
 
 
-def changed(tmp_path, randsparse=True, rates=True):
-    """The shipped pair with randSparse (and filterChannels) and/or fc10's per-input rates changed."""
-    layers_text, params_text = LAYERS.read_text(), PARAMS.read_text()
-    if randsparse:
-        old = "randSparse=true\nfilterChannels=64\n"
-        assert layers_text.count(old) == 1
-        layers_text = layers_text.replace(old, "randSparse=false\n")
-    if rates:
-        for old, new in (("epsW=0.0001,0.001\n", "epsW=0.001\n"), ("momW=0.5,0.9\n", "momW=0.9\n")):
-            assert params_text.count(old) == 1
-            params_text = params_text.replace(old, new)
-    lp, pp = tmp_path / "layers-example.cfg", tmp_path / "layer-params-example.cfg"
-    lp.write_text(layers_text)
-    pp.write_text(params_text)
-    return str(lp), str(pp)
-
-
-def line_of(path, needle, after=None):
-    lines = Path(path).read_text().splitlines()
-    start = 0 if after is None else lines.index(after)
-    return next(i for i, line in enumerate(lines[start:], start + 1) if line.startswith(needle))
-
-
-def test_shipped_pair_stops_at_randsparse_past_the_unshared_biases():
-    """conv32-2 (sharedBiases=false, above conv32-3) no longer stops it."""
-    with pytest.raises(ConvertError) as e:
-        convert(str(LAYERS), str(PARAMS), CIFAR)
-    err = e.value
-    assert (err.file, err.layer, err.key) == (str(LAYERS), "conv32-3", "randSparse")
-    assert err.line == line_of(LAYERS, "randSparse=true") and "randSparse" in err.message
-
-
-def test_next_it_stops_at_fc10s_per_input_rates(tmp_path):
-    lp, pp = changed(tmp_path, rates=False)
-    with pytest.raises(ConvertError) as e:
-        convert(lp, pp, CIFAR)
-    err = e.value
-    assert (err.file, err.layer, err.key) == (pp, "fc10", "epsW")
-    assert err.line == line_of(pp, "epsW=0.0001,0.001")
-    assert "differs between inputs (0.0001, 0.001)" in err.message
+def line_of(path, needle):
+    return next(i for i, line in enumerate(Path(path).read_text().splitlines(), 1) if line.startswith(needle))
 
 
 @pytest.fixture(scope="module")
-def conversion(tmp_path_factory):
-    lp, pp = changed(tmp_path_factory.mktemp("example"))
-    return convert(lp, pp, CIFAR)
+def conversion():
+    return convert(str(LAYERS), str(PARAMS), CIFAR)
+
+
+@pytest.fixture(scope="module")
+def layers_of(conversion):
+    return {d["name"]: d for d in parse_net(conversion.text).data["layers"]}
 
 
 def test_converts_with_cuda_convnets_shapes_and_parameter_count(conversion):
@@ -96,30 +60,92 @@ def test_converts_with_cuda_convnets_shapes_and_parameter_count(conversion):
     assert conversion.num_params == TOTAL and f"{TOTAL:,} parameters" in conversion.text
 
 
-def test_mapping_of_the_unshared_biases_and_the_old_style_norms(conversion):
-    layers = {d["name"]: d for d in parse_net(conversion.text).data["layers"]}
-    assert layers["conv32-2"]["shared_biases"] is False and layers["conv32-2"]["groups"] == 4
-    assert "shared_biases" not in layers["conv32"] and "shared_biases" not in layers["conv32-3"]
-    assert layers["conv32"]["neuron"] == "logistic" and layers["conv32"]["padding"] == 4
+def test_randsparse_channel_sets_are_cuda_convnets_draw(conversion, layers_of):
+    """cuda-convnet's gen_rand_conns: groups*filterChannels/channels = 4*64/128 = 2 permutations
+    of the 128 channels, concatenated, group g taking the g-th run of 64 (here numpy's
+    RandomState(0), as the converter documents)."""
+    sets = layers_of["conv32-3"]["channel_sets"]
+    rng = np.random.RandomState(0)
+    conns = np.concatenate([rng.permutation(128), rng.permutation(128)])
+    assert sets == [conns[g * 64:(g + 1) * 64].tolist() for g in range(4)]
+    for pair in (sets[0] + sets[1], sets[2] + sets[3]):      # each permutation covers every channel once
+        assert sorted(pair) == list(range(128))
+    assert layers_of["conv32-3"]["groups"] == 4 and layers_of["conv32-3"]["filters"] == 128
+    assert any("randSparse" in n and "RandomState(0)" in n for n in conversion.notices)
+    # the YAML holds the sets: converting again gives the same text
+    assert convert(str(LAYERS), str(PARAMS), CIFAR).text == conversion.text
+
+
+def test_per_input_rates_and_momenta(conversion, layers_of):
+    """fc10: epsW=0.0001,0.001 and momW=0.5,0.9 against lr 0.001 (the most common epsW) and
+    momentum 0.9 (the most common momW): lr_w [0.1, 1], mom_w [0.5, 0.9]; epsB 0.002: lr_b 2."""
+    fc10 = layers_of["fc10"]
+    assert fc10["lr_w"] == [pytest.approx(0.1), 1] and fc10["mom_w"] == [0.5, 0.9] and fc10["lr_b"] == 2
+    assert fc10["inputs"] == ["conv32-3", "fc1024"]
+    assert all("mom_w" not in d for name, d in layers_of.items() if name != "fc10")
+    assert layers_of["fc1024"]["lr_w"] == pytest.approx(0.01)        # 0.00001 / 0.001
+    train = parse_net(conversion.text).train
+    assert (train["lr"], train["momentum"], train["weight_decay"]) == (0.001, 0.9, 0)
+
+
+def test_mapping_of_the_unshared_biases_and_the_old_style_norms(conversion, layers_of):
+    assert layers_of["conv32-2"]["shared_biases"] is False and layers_of["conv32-2"]["groups"] == 4
+    assert "shared_biases" not in layers_of["conv32"] and "shared_biases" not in layers_of["conv32-3"]
+    assert layers_of["conv32"]["neuron"] == "logistic" and layers_of["conv32"]["padding"] == 4
     # cc1 before June 2012: sizeX, scale and pow in the definition file
-    assert (layers["cnorm1"]["size"], layers["cnorm1"]["alpha"], layers["cnorm1"]["beta"]) == (7, 0.001, 0.5)
-    assert layers["fc10"]["inputs"] == ["conv32-3", "fc1024"]
+    cnorm = layers_of["cnorm1"]
+    assert (cnorm["size"], cnorm["alpha"], cnorm["beta"]) == (7, 0.001, 0.5)
     dropped = next(n for n in conversion.notices if n.startswith("accepted and dropped"))
     assert "sharedBiases (conv32)" in dropped        # =true is our default; =false is mapped
+    assert "randSparse" not in dropped and "filterChannels" not in dropped
 
 
-def test_loads_and_trains_a_step(conversion):
+def test_loads_and_trains_a_step_with_the_per_input_rates(conversion):
     net = engine.load(conversion.text, seed=0)
     assert net.num_params == TOTAL
-    assert net.state_dict()["conv32-2.bias"].shape == (128, 15, 15)
-    s = parse_net(conversion.text).train
+    state = net.state_dict()
+    assert state["conv32-2.bias"].shape == (128, 15, 15) and state["conv32-3.weight"].shape == (128, 64, 5, 5)
+    opt = make_optimizer(resolve(parse_net(conversion.text).train), net)
     x = np.random.default_rng(0).standard_normal((2,) + CIFAR).astype(np.float32)
     labels = np.array([3, 7])
-    before = {k: v.copy() for k, v in net.parameters().items()}
+    w0 = net.parameters()["fc10.weight"].astype(np.float64)
     loss, grads = net.loss_and_grads(x, labels, train=True)
-    assert np.isfinite(loss)
-    assert np.abs(grads["conv32-2.bias"]).max() > 0
-    SGD.for_net(net, s["momentum"], s["weight_decay"]).step({k: g.copy() for k, g in grads.items()}, s["lr"])
-    after = net.parameters()
-    assert all(np.isfinite(v).all() for v in after.values())
-    assert not np.array_equal(before["conv32-2.bias"], after["conv32-2.bias"])
+    assert np.isfinite(loss) and np.abs(grads["conv32-3.weight"]).max() > 0
+    g = grads["fc10.weight"].astype(np.float64)
+    for _ in range(2):                         # the same gradients twice: the momentum shows
+        opt.step({k: v.copy() for k, v in grads.items()}, 0.001)
+    # v1 = -a g; v2 = m v1 - a g: w2 = w0 - a g (2 + m), with (a, m) per input (wc=0)
+    split = 128 * 8 * 8
+    want = w0.copy()
+    want[:, :split] -= 0.001 * 0.1 * g[:, :split] * (2 + 0.5)
+    want[:, split:] -= 0.001 * 1.0 * g[:, split:] * (2 + 0.9)
+    np.testing.assert_allclose(net.parameters()["fc10.weight"], want, rtol=1e-5, atol=1e-9)
+    assert all(np.isfinite(v).all() for v in net.parameters().values())
+
+
+def test_randsparse_false_reads_consecutive_channels(tmp_path):
+    """randSparse=false: filterChannels is not read (cuda-convnet reads it only with randSparse);
+    each group reads its 128/4 = 32 channels: 32*25*128 + 128 = 102,528."""
+    lp = tmp_path / "layers.cfg"
+    lp.write_text(LAYERS.read_text().replace("randSparse=true\n", "randSparse=false\n"))
+    result = convert(str(lp), str(PARAMS), CIFAR)
+    conv = {d["name"]: d for d in parse_net(result.text).data["layers"]}["conv32-3"]
+    assert "channel_sets" not in conv
+    assert result.num_params == TOTAL - 204_928 + 102_528
+    assert "filterChannels (conv32-3)" in next(n for n in result.notices if n.startswith("accepted and dropped"))
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("filterChannels=64\n", "filterChannels=48\n", "filterChannels"),     # does not divide 128
+    ("filterChannels=64\n", "filterChannels=30\n", "filterChannels"),     # not divisible by 4
+    ("groups=4\nchannels=128\n", "groups=1\nchannels=128\n", "randSparse"),
+])
+def test_randsparse_rules_name_the_line(tmp_path, old, new, key):
+    text = LAYERS.read_text()
+    assert text.count(old) == 1
+    lp = tmp_path / "layers.cfg"
+    lp.write_text(text.replace(old, new))
+    with pytest.raises(ConvertError) as e:
+        convert(str(lp), str(PARAMS), CIFAR)
+    assert (e.value.layer, e.value.key) == ("conv32-3", key)
+    assert e.value.line == line_of(lp, "randSparse=true" if key == "randSparse" else new.strip())

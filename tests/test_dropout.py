@@ -3,6 +3,7 @@ import pytest
 
 import layers
 from engine import gradcheck
+from layers.draw_key import DrawKey
 from layers.dropout import reference
 
 
@@ -16,9 +17,9 @@ def make(shape, rate=0.5):
 def test_forward_backward_match_reference(rate, shape):
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     layer = make(shape[1:], rate)
-    y = layer.forward(x, {}, train=True, rng=np.random.default_rng(42))
-    u = np.random.default_rng(42).random(shape, dtype=np.float32)
-    y_ref, m_ref = reference.forward(x, u, rate)
+    y = layer.forward(x, {}, train=True, rng=DrawKey(42, epoch=1, step=3))
+    keep = reference.kept("drop", shape, rate, 42, epoch=1, step=3)      # the NumPy generator
+    y_ref, m_ref = reference.forward(x, keep, rate)
     np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=0)
     g = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
     dx, grads = layer.backward(g, {})
@@ -32,7 +33,7 @@ def test_statistics_on_a_big_tensor():
     rate, n = 0.3, 1 << 20
     x = np.full((16, 4, 128, 128), 2.0, np.float32)
     layer = make(x.shape[1:], rate)
-    y = layer.forward(x, {}, train=True, rng=np.random.default_rng(0))
+    y = layer.forward(x, {}, train=True, rng=DrawKey(0))
     kept = y != 0
     std_frac = np.sqrt(rate * (1 - rate) / n)
     assert abs(kept.mean() - (1 - rate)) < 5 * std_frac
@@ -50,10 +51,9 @@ def test_expectation_per_element():
     rate, draws = 0.5, 400
     x = np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)
     layer = make(x.shape[1:], rate)
-    rng = np.random.default_rng(4)
     acc = np.zeros(x.shape)
-    for _ in range(draws):
-        acc += layer.forward(x, {}, train=True, rng=rng)
+    for step in range(draws):
+        acc += layer.forward(x, {}, train=True, rng=DrawKey(4, step=step))
     # per element std of the mean: |x| * sqrt(rate / (1 - rate) / draws) = |x| / 20
     assert np.all(np.abs(acc / draws - x) < 5 * np.abs(x) / 20 + 1e-6)
 
@@ -62,49 +62,48 @@ def test_identity_at_test_time():
     x = np.random.default_rng(5).standard_normal((4, 6)).astype(np.float32)
     layer = make((6,), 0.5)
     np.testing.assert_array_equal(layer.forward(x, {}), x)
-    np.testing.assert_array_equal(layer.forward(x, {}, train=False, rng=np.random.default_rng(0)), x)
+    np.testing.assert_array_equal(layer.forward(x, {}, train=False, rng=DrawKey(0)), x)
     g = np.ones_like(x)
     np.testing.assert_array_equal(layer.backward(g, {})[0], g)
     # a training pass, then a test pass: the backward follows the latest forward
-    layer.forward(x, {}, train=True, rng=np.random.default_rng(0))
+    layer.forward(x, {}, train=True, rng=DrawKey(0))
     assert np.any(layer.backward(g, {})[0] == 0)
     layer.forward(x, {}, train=False)
     np.testing.assert_array_equal(layer.backward(g, {})[0], g)
     assert layer.backward(g, {}, need_dx=False) == (None, {})
 
 
-def test_same_seed_same_mask_and_rng_required():
+def test_same_key_same_mask_and_key_required():
     x = np.ones((8, 3, 5, 5), np.float32)
     layer = make(x.shape[1:], 0.5)
-    a = layer.forward(x, {}, train=True, rng=np.random.default_rng(9)).copy()
-    b = layer.forward(x, {}, train=True, rng=np.random.default_rng(9)).copy()
-    c = layer.forward(x, {}, train=True, rng=np.random.default_rng(10)).copy()
+    a = layer.forward(x, {}, train=True, rng=DrawKey(9, 1, 2)).copy()
+    b = layer.forward(x, {}, train=True, rng=DrawKey(9, 1, 2)).copy()
+    c = layer.forward(x, {}, train=True, rng=DrawKey(9, 1, 3)).copy()
     np.testing.assert_array_equal(a, b)
     assert np.any(a != c)
-    # one generator, two calls: two different masks
-    rng = np.random.default_rng(9)
-    d = layer.forward(x, {}, train=True, rng=rng).copy()
-    e = layer.forward(x, {}, train=True, rng=rng).copy()
-    np.testing.assert_array_equal(a, d)
-    assert np.any(d != e)
-    with pytest.raises(ValueError, match="rng"):
+    # an int seed is DrawKey(seed)
+    seeded = layer.forward(x, {}, train=True, rng=9).copy()
+    np.testing.assert_array_equal(seeded, layer.forward(x, {}, train=True, rng=DrawKey(9)))
+    with pytest.raises(ValueError, match="draw key"):
         layer.forward(x, {}, train=True)
+    with pytest.raises(TypeError, match="DrawKey or an integer seed, got Generator"):
+        layer.forward(x, {}, train=True, rng=np.random.default_rng(9))
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 5), (9,)])
 def test_gradient_finite_differences_in_training(shape):
-    # gradcheck reseeds the rng for every forward, so the mask stays put
+    # gradcheck passes the same seed to every forward, so the mask stays put
     x = np.random.default_rng(6).standard_normal((3,) + shape).astype(np.float32)
     gradcheck.check(make(shape, 0.4), [x], train=True)
 
 
 def test_reference_gradient_float64():
     rng = np.random.default_rng(7)
-    x, u, g = rng.standard_normal(30), rng.random(30), rng.standard_normal(30)
-    _, m = reference.forward(x, u, 0.3)
+    x, keep, g = rng.standard_normal(30), rng.random(30) >= 0.3, rng.standard_normal(30)
+    _, m = reference.forward(x, keep, 0.3)
     h = 1e-6
-    num = np.array([(np.sum(g * reference.forward(x + h * e, u, 0.3)[0])
-                     - np.sum(g * reference.forward(x - h * e, u, 0.3)[0])) / (2 * h)
+    num = np.array([(np.sum(g * reference.forward(x + h * e, keep, 0.3)[0])
+                     - np.sum(g * reference.forward(x - h * e, keep, 0.3)[0])) / (2 * h)
                     for e in np.eye(30)])
     np.testing.assert_allclose(reference.backward(g, m), num, rtol=1e-6, atol=1e-7)
 

@@ -1,4 +1,4 @@
-"""dropout2 (classic dropout): a 0/1 mask from the net's generator in training, x keep at
+"""dropout2 (classic dropout): a 0/1 mask from the pass's draw key in training, x keep at
 test; kernels = NumPy reference, finite differences, statistics, keys, and in a net."""
 import numpy as np
 import pytest
@@ -6,6 +6,8 @@ import pytest
 import engine
 import layers
 from engine import gradcheck
+from layers.draw_key import DrawKey
+from layers.dropout import reference as dropout_ref
 from layers.dropout2 import reference
 
 
@@ -18,9 +20,9 @@ def make(shape=(3, 4, 5), **cfg):
 def test_forward_backward_match_reference(keep, shape):
     layer = make(shape, keep=keep)
     x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
-    y = layer.forward(x, {}, train=True, rng=np.random.default_rng(5))
-    u = np.random.default_rng(5).random(x.shape, dtype=np.float32)     # the same draws
-    want, mask = reference.forward_train(x, u, keep)
+    y = layer.forward(x, {}, train=True, rng=DrawKey(5, 2, 7, sample_offset=3))
+    kept = dropout_ref.kept("drop", x.shape, 1.0 - keep, 5, 2, 7, sample_offset=3)  # the same draws
+    want, mask = reference.forward_train(x, kept)
     np.testing.assert_array_equal(y, want)
     dy = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     np.testing.assert_array_equal(layer.backward(dy, {})[0], reference.backward(dy, mask))
@@ -34,21 +36,21 @@ def test_forward_backward_match_reference(keep, shape):
 def test_statistics_and_no_scaling():
     layer = make((100, 100), keep=0.3)
     x = np.ones((10, 100, 100), np.float32)
-    y = layer.forward(x, {}, train=True, rng=np.random.default_rng(2))
+    y = layer.forward(x, {}, train=True, rng=DrawKey(2))
     assert set(np.unique(y)) == {0.0, 1.0}               # classic: kept units are not scaled
     assert abs(y.mean() - 0.3) < 0.005                   # 1e5 Bernoulli(0.3): std 0.0015
     assert abs(layer.forward(x, {}).mean() - 0.3) < 1e-6  # test time: the expectation
 
 
-def test_same_seed_same_mask_and_rng_required():
+def test_same_key_same_mask_and_key_required():
     layer = make()
     x = np.random.default_rng(0).standard_normal((4, 3, 4, 5)).astype(np.float32)
-    a = layer.forward(x, {}, train=True, rng=np.random.default_rng(9)).copy()
-    b = layer.forward(x, {}, train=True, rng=np.random.default_rng(9)).copy()
-    c = layer.forward(x, {}, train=True, rng=np.random.default_rng(10))
+    a = layer.forward(x, {}, train=True, rng=DrawKey(9)).copy()
+    b = layer.forward(x, {}, train=True, rng=DrawKey(9)).copy()
+    c = layer.forward(x, {}, train=True, rng=DrawKey(10))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    with pytest.raises(ValueError, match="needs an rng"):
+    with pytest.raises(ValueError, match="needs a draw key"):
         layer.forward(x, {}, train=True)
 
 
@@ -77,4 +79,4 @@ def test_keys_buffers_and_net():
     a = net.gradients(x, np.array([0, 1, 2]), train=True)[1]["f1.weight"]
     net.rng.bit_generator.state = state
     b = net.gradients(x, np.array([0, 1, 2]), train=True)[1]["f1.weight"]
-    np.testing.assert_array_equal(a, b)             # the mask comes from the net's generator only
+    np.testing.assert_array_equal(a, b)             # the pass's key comes from the net's generator only

@@ -186,3 +186,78 @@ def test_alexnet_torchvision_shapes():
     assert net.num_params == 61_100_840                      # torchvision's count
     assert [n.name for n in net.layers if n.layer.param_shapes()] == \
         ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+
+
+SMALL_BN = """
+name: small-bn
+input: {shape: [3, 8, 8]}
+layers:
+  - {name: conv, type: conv, filters: 4, size: 3, padding: 1, bias: false}
+  - {name: bn, type: batchnorm, neuron: relu}
+  - {name: pool, type: pool, mode: max, size: 2, stride: 2}
+  - {name: fc, type: fc, outputs: 5}
+  - {name: prob, type: softmax}
+"""
+
+
+def small_bn_modules(torch):
+    """The modules of SMALL_BN, batchnorm's affine parameters and statistics random."""
+    nn = torch.nn
+    torch.manual_seed(4)
+    conv, bn, fc = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.Linear(64, 5)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.normal_(0, 0.5)
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    return conv, bn, fc
+
+
+def small_bn_logits(torch, conv, bn, fc, x):
+    nn = torch.nn
+    with torch.no_grad():
+        bn.eval()
+        return fc(nn.functional.max_pool2d(nn.functional.relu(bn(conv(torch.from_numpy(x)))), 2).flatten(1)).numpy()
+
+
+def named_bn_model(torch, conv, bn, fc):
+    """The modules under our layer names, fc registered first: only matching by name fits."""
+    model = torch.nn.Module()
+    for name, m in (("fc", fc), ("conv", conv), ("bn", bn)):
+        model.add_module(name, m)
+    return model
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["in-order", "by-name"])
+def test_batchnorm_running_statistics_are_imported(torch, tmp_path, named):
+    """nn.Sequential's 0/1/5 in order; our names by name; BatchNorm's running statistics with
+    its weight and bias, num_batches_tracked skipped; the eval outputs are PyTorch's."""
+    conv, bn, fc = small_bn_modules(torch)
+    model = (named_bn_model(torch, conv, bn, fc) if named else
+             torch.nn.Sequential(conv, bn, torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(), fc))
+    pth = save(torch, model, tmp_path / "bn.pth")
+    net_file = tmp_path / "small-bn.yaml"
+    net_file.write_text(SMALL_BN)
+    out = tmp_path / "run"
+    assert main(["import-torch", pth, str(net_file), "-o", str(out)]) == 0
+    net = engine.load(str(net_file), checkpoint=str(out))
+    np.testing.assert_array_equal(net.state_dict()["bn.running_var"], bn.running_var.numpy())
+    x = np.random.default_rng(3).standard_normal((3, 3, 8, 8), dtype=np.float32)
+    theirs = small_bn_logits(torch, conv, bn, fc, x)
+    np.testing.assert_allclose(net.forward(x, outputs=["fc"])["fc"], theirs, atol=1e-5 * np.abs(theirs).max(), rtol=0)
+
+
+def test_weights_lacking_a_key_by_name_are_told_which(torch, tmp_path, capsys):
+    conv, bn, fc = small_bn_modules(torch)
+    state = named_bn_model(torch, conv, bn, fc).state_dict()
+    del state["bn.running_var"]
+    pth = tmp_path / "partial.pth"
+    torch.save(state, pth)
+    net_file = tmp_path / "small-bn.yaml"
+    net_file.write_text(SMALL_BN)
+    assert main(["import-torch", str(pth), str(net_file), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) <= 2, err
+    assert "'conv.weight' <- 'fc.weight': shape [5, 64]" in err                  # in order: fc first
+    assert "by name, 6 of the net's 7 tensors are in the weights, missing bn.running_var" in err
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 import layers as layer_types
 from layers.neuron import spec as neuron_spec
 
@@ -36,6 +38,13 @@ CC_NEURONS = {"ident": 0, "logistic": 0, "abs": 0, "relu": 0, "nrelu": 0, "softr
 # in order; a plain number is const[base=number].
 CC_SCHEDULES = {"const": ("base",), "linear": ("base", "tgtFactor"), "exp": ("base", "tgtFactor"),
                 "dexp": ("base", "tgtFactor", "numSteps")}
+
+# randSparse's channel sets: cuda-convnet drew them with numpy.random when it created the net
+# (LocalLayerParser.gen_rand_conns: groups*filterChannels/channels permutations of the channels,
+# concatenated, group g taking the g-th run of filterChannels). We draw them the same way from
+# numpy.random.RandomState(RAND_SPARSE_SEED), one generator for the file, layers in file order,
+# and write them out (`channel_sets`), so the YAML holds the net whatever numpy does later.
+RAND_SPARSE_SEED = 0
 
 # Keys that only tuned cuda-convnet's CUDA kernels or its multi-GPU scheduling, or that it
 # parsed without using: accepted (with the values that change nothing) and dropped.
@@ -304,6 +313,7 @@ class _Converter:
         self.labels = set()       # data layers that hold the labels
         self.dropped = {}         # spelled key -> [section names]
         self.notices = []
+        self.conn_rng = None      # randSparse's generator, made at the first randSparse layer
 
     # ---- driver -------------------------------------------------------------------------
     def run(self, name, epochs):
@@ -546,11 +556,11 @@ class _Converter:
             sec.fail("groups", "groups on a layer with several inputs: cuda-convnet groups each input's "
                                "channels on its own, our joined input would group across them")
         g = groups[0]
-        if any(c % g for c in channels):
+        sets = self._sparse_keys(sec, n, channels[0], g)
+        if sets is None and any(c % g for c in channels):
             sec.fail("channels", f"{channels[0]} channels are not divisible by groups={g}")
         total_filters = sec.same("filters", [f * g for f in filters], "cuda-convnet requires the same "
                                  "output from every input")
-        self._sparse_keys(sec, n)
         sides = {sh[1] for sh in shapes}
         if len(sides) > 1:
             sec.fail("inputs", f"inputs of different sizes ({', '.join(str(sh[1]) for sh in shapes)}): "
@@ -565,7 +575,7 @@ class _Converter:
         if sec.has("modulesx"):
             self._drop(sec, "modulesx")
         modules = modules_x * modules_x
-        weights = sum(c // g * k * k for c in channels) * total_filters
+        weights = (len(sets[0]) * k * k if sets else sum(c // g * k * k for c in channels)) * total_filters
         shared = not local and sec.bool("sharedbiases", True)
         if local:
             weights *= modules
@@ -591,6 +601,11 @@ class _Converter:
             layer.set("padding_end", end, "padding")
         if g != 1:
             layer.set("groups", g, "groups")
+        if sets:
+            if local:
+                sec.fail("randsparse", "random sparse connectivity on a local layer is not supported "
+                                       "(our local layer has no channel_sets)")
+            layer.set("channel_sets", sets, "randsparse")
         if not local and not shared:
             layer.set("shared_biases", False, "sharedbiases")
         self._set_init(layer, init_w, init_b)
@@ -600,12 +615,27 @@ class _Converter:
     def _local(self, sec, names, gpu):
         return self._conv(sec, names, gpu, local=True)
 
-    def _sparse_keys(self, sec, n):
-        if any(sec.list("randsparse", n, _ini_bool, "true or false", default=False)):
-            sec.fail("randsparse", "random sparse connectivity (randSparse) is not supported")
-        for key in ("randsparse", "filterchannels"):      # filterChannels only matters with randSparse
-            if sec.has(key):
-                self._drop(sec, key)
+    def _sparse_keys(self, sec, n, channels, groups):
+        """randSparse's channel sets (one list of filterChannels channels per group), drawn by
+        cuda-convnet's rule and checked by its checks; None without randSparse."""
+        if not any(sec.list("randsparse", n, _ini_bool, "true or false", default=False)):
+            for key in ("randsparse", "filterchannels"):      # filterChannels only matters with randSparse
+                if sec.has(key):
+                    self._drop(sec, key)
+            return None
+        if groups == 1:
+            sec.fail("randsparse", "random sparse connectivity needs groups > 1 (cuda-convnet's rule)")
+        fc = sec.list("filterchannels", n, int, "an integer", default=channels // groups)[0]
+        if fc < 1 or channels % fc or fc % 4 or (groups * fc) % channels:
+            sec.fail("filterchannels", f"filterChannels={fc} must divide channels ({channels}), be divisible "
+                                       f"by 4, and groups * filterChannels ({groups * fc}) must be a multiple "
+                                       "of channels (cuda-convnet's rules)")
+        if self.conn_rng is None:
+            self.conn_rng = np.random.RandomState(RAND_SPARSE_SEED)
+        conns = [int(c) for _ in range(groups * fc // channels) for c in self.conn_rng.permutation(channels)]
+        self.notices.append(f"{sec.name}: randSparse's channel sets (filterChannels={fc}) drawn by cuda-convnet's "
+                            f"rule with numpy.random.RandomState({RAND_SPARSE_SEED}) and written as channel_sets")
+        return [conns[i * fc:(i + 1) * fc] for i in range(groups)]
 
     def _set_init(self, layer, init_w, init_b):
         layer.set("init_w", init_w, "initw")
@@ -811,9 +841,12 @@ class _Converter:
             except ValueError as e:
                 p.fail(key, str(e))
 
-        eps_w = p.same("epsw", [schedule(t, "epsw") for t in p.list("epsw", n, str, "a rate")], same)
+        # per input: a rate and a momentum per input's part of the weight (lr_w, mom_w lists)
+        eps_w = [schedule(t, "epsw") for t in p.list("epsw", n, str, "a rate")]
+        p.same("epsw", [e.shape for e in eps_w if e.base > 0] or [None], "the inputs' schedules differ in "
+               "kind: we run one schedule, scaled per input")
         eps_b = schedule(p.raw("epsb"), "epsb")
-        mom_w = p.same("momw", p.list("momw", n, float, "a number"), same)
+        mom_w = p.list("momw", n, float, "a number")
         mom_b = p.float("momb")
         wc = p.same("wc", p.list("wc", n, float, "a number", default=0.0), same)
         for key in ("wball",) + (("wcnormmin", "wcnormmax") if conv else ()):
@@ -837,28 +870,34 @@ class _Converter:
             train["epochs"] = epochs
         if not weighted:
             return train
-        moving = [c for c in weighted if c.solver["epsw"].base > 0] or weighted
-        shape = Counter(c.solver["epsw"].shape for c in moving).most_common(1)[0][0]
-        lr = Counter(c.solver["epsw"].base for c in moving if c.solver["epsw"].shape == shape
-                     ).most_common(1)[0][0]
+        # every layer's epsW, a layer with per-input rates counting each of its distinct ones once
+        rates = [e for c in weighted for e in {(e.base, e.shape): e for e in c.solver["epsw"]}.values()]
+        moving = [e for e in rates if e.base > 0] or rates
+        shape = Counter(e.shape for e in moving).most_common(1)[0][0]
+        lr = Counter(e.base for e in moving if e.shape == shape).most_common(1)[0][0]
         if lr <= 0:
             raise ConvertError("every layer is frozen (epsW=0): nothing to train", file=self.params_path)
-        momentum = weighted[0].solver["momw"]
+        # the net's momentum: the most common momW; a layer whose momW differs gets mom_w
+        momentum = Counter(m for c in weighted for m in dict.fromkeys(c.solver["momw"])).most_common(1)[0][0]
         for c in weighted:
-            for key in ("momw", "momb"):
-                if c.solver[key] != momentum:
-                    c.solver["section"].fail(key, f"{c.solver[key]} differs from the momentum {momentum} "
-                                                  "of the other layers: we have one momentum for all")
+            if c.solver["momb"] != momentum:
+                c.solver["section"].fail("momb", f"{c.solver['momb']} differs from the momentum {momentum} "
+                                                 "of the weights: we have one momentum for all biases")
+            moms = c.solver["momw"]
+            if any(m != momentum for m in moms):
+                c.solver["mom_w"] = moms[0] if len(set(moms)) == 1 else moms
         decays = Counter(c.solver["wc"] for c in weighted if c.solver["wc"] > 0)
         weight_decay = decays.most_common(1)[0][0] if decays else 0.0
         approximated = {}
         for c in weighted:
             for key, ours in (("epsw", "lr_w"), ("epsb", "lr_b")):
-                sched = c.solver[key]
-                if sched.base > 0 and sched.shape != shape:
-                    spelled = c.solver["section"].spelled(key)
-                    approximated.setdefault(f"{spelled}={sched.text}", []).append(c.name)
-                c.solver[ours] = sched.base / lr
+                scheds = c.solver[key] if key == "epsw" else [c.solver[key]]
+                for sched in scheds:
+                    if sched.base > 0 and sched.shape != shape:
+                        spelled = c.solver["section"].spelled(key)
+                        approximated.setdefault(f"{spelled}={sched.text}", []).append(c.name)
+                mults = [sched.base / lr for sched in scheds]
+                c.solver[ours] = mults[0] if len(set(mults)) == 1 else mults
             c.solver["wd"] = c.solver["wc"] / weight_decay if weight_decay else 1.0
         train.update(lr=lr, momentum=momentum, weight_decay=weight_decay)
         kind, factor, steps = shape

@@ -54,6 +54,8 @@ def emit(name, input_shape, converted, train, header):
         keys += list(c.cfg.items())
         if c.solver:
             keys += [(k, c.solver[k]) for k in ("lr_w", "lr_b", "wd") if c.solver[k] != 1.0]
+            if c.solver.get("mom_w") is not None:         # a momentum of its own (cuda-convnet's momW)
+                keys.append(("mom_w", c.solver["mom_w"]))
         for i, (k, v) in enumerate(keys):
             line = f"{'  - ' if i == 0 else '    '}{k}: {value(v)}"
             if i == 0 and c.shape is not None:

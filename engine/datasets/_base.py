@@ -12,6 +12,11 @@ class DataError(ValueError):
     """A problem with training data: says what is wrong, in which file, and what to do."""
 
 
+def part_slice(n, rank, size):
+    """(start, stop) of rank's contiguous share of n items split over size ranks."""
+    return n * rank // size, n * (rank + 1) // size
+
+
 def shape_text(shape):
     return "x".join(str(int(s)) for s in shape)
 
@@ -53,17 +58,23 @@ class DataSource:
         return 0
 
     # -- iteration -----------------------------------------------------------------
-    def batches(self, split, batch_size, rng=None, drop_last=False):
+    def batches(self, split, batch_size, rng=None, drop_last=False, part=None):
         """Iterate over `split` ("train" or "val") in batches of `batch_size`.
 
         Yields (images [N,C,H,W], labels int64 [N]). Images are uint8 in raw pixel units
         (float32 for the synthetic source). With a numpy Generator `rng` the order is a
         permutation drawn from it, otherwise file order. Memory stays bounded: batches are
         produced one (or a few, when prefetching) at a time.
+
+        part=(rank, size): only rank's contiguous slice (part_slice) of every batch is read
+        and yielded, possibly empty, so every rank takes as many steps as one process.
         """
         n = self._check_split(split, batch_size)
         order = rng.permutation(n) if rng is not None else np.arange(n)
-        return self._generate(split, self._chunks(order, batch_size, drop_last))
+        chunks = self._chunks(order, batch_size, drop_last)
+        if part is None:
+            return self._generate(split, chunks)
+        return self._generate(split, [c[slice(*part_slice(len(c), *part))] for c in chunks], keep_empty=True)
 
     def _check_split(self, split, batch_size):
         if split not in SPLITS:
@@ -78,9 +89,9 @@ class DataSource:
         stop = n - n % batch_size if drop_last else n
         return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
 
-    def _generate(self, split, chunks):
+    def _generate(self, split, chunks, keep_empty=False):
         for idx in chunks:
-            yield self._load(split, idx)
+            yield self._load(split, np.asarray(idx, dtype=np.int64))
 
     def _load(self, split, idx):  # pragma: no cover - every source overrides it
         raise NotImplementedError

@@ -121,35 +121,42 @@ class Preprocess:
         return (hs - h) // 2, (ws - w) // 2
 
     # -- public --------------------------------------------------------------------
-    def train(self, raw, rng):
-        """float32 [N,C,H,W] contiguous, randomly augmented with numpy Generator `rng`."""
+    def train(self, raw, rng, rows=None):
+        """float32 [N,C,H,W] contiguous, randomly augmented with numpy Generator `rng`.
+
+        rows=(offset, total): raw holds rows offset..offset+N of a batch of `total` (a rank's
+        share of it): the draws are made for the whole batch and this share's rows used, so
+        its images and the generator's state are those of one process taking the batch."""
         raw = self._check(raw)
         n = raw.shape[0]
+        offset, total = rows or (0, n)
+        mine = slice(offset, offset + n)
         hs, ws = raw.shape[2:]
         h, w = self.input_shape[1:]
         if self.crop:
-            ys = rng.integers(0, hs - h + 1, n)
-            xs = rng.integers(0, ws - w + 1, n)
+            ys = rng.integers(0, hs - h + 1, total)[mine]
+            xs = rng.integers(0, ws - w + 1, total)[mine]
         else:
             y0, x0 = self._centre(raw)
             ys, xs = np.full(n, y0), np.full(n, x0)
         out = self._crop(raw, ys, xs)
         if self.shift:
-            self._translate(out, rng)
+            self._translate(out, rng, total, mine)
         if self.flip:
-            m = rng.random(n) < 0.5
+            m = (rng.random(total) < 0.5)[mine]
             out[m] = out[m][..., ::-1]
         if self.pca > 0:
-            out += self.pca_offsets(rng, n)[:, :, None, None]
+            out += self.pca_offsets(rng, total)[mine][:, :, None, None]
         if self.scale != 1.0:
             out *= np.float32(self.scale)
         return out
 
-    def _translate(self, out, rng):
+    def _translate(self, out, rng, total=None, mine=slice(None)):
         """Shift each image by up to `shift` pixels each way, in place; the uncovered border
-        becomes 0, i.e. the mean (for sources like digits, whose images fill the input)."""
+        becomes 0, i.e. the mean (for sources like digits, whose images fill the input).
+        Draws for `total` images (default: out's), of which `mine` are out's."""
         n, _, h, w = out.shape
-        d = rng.integers(-self.shift, self.shift + 1, size=(n, 2))
+        d = rng.integers(-self.shift, self.shift + 1, size=(n if total is None else total, 2))[mine]
         for i in range(n):
             dy, dx = int(d[i, 0]), int(d[i, 1])
             if dy == 0 and dx == 0:

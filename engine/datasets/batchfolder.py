@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 
-from ._base import DataError, DataSource, log
+from ._base import DataError, DataSource, log, part_slice
 
 META = "batches.meta"
 _BATCH_RE = re.compile(r"^data_batch_(\d+)(?:\.(\d+))?$")
@@ -381,11 +381,15 @@ class BatchFolderSource(DataSource):
         x, y = self._arrays[split]
         return x[idx], y[idx]
 
-    def batches(self, split, batch_size, rng=None, drop_last=False):
+    def batches(self, split, batch_size, rng=None, drop_last=False, part=None):
         n = self._check_split(split, batch_size)
         if split in self._arrays:
-            return super().batches(split, batch_size, rng, drop_last)
-        return self._stream(split, batch_size, rng, drop_last, n)
+            return super().batches(split, batch_size, rng, drop_last, part)
+        stream = self._stream(split, batch_size, rng, drop_last, n)
+        if part is None:
+            return stream
+        # streamed (larger than memory): the order crosses files, so each rank reads them all
+        return ((x[slice(*part_slice(len(y), *part))], y[slice(*part_slice(len(y), *part))]) for x, y in stream)
 
     def _stream(self, split, batch_size, rng, drop_last, n):
         files = list(self._files[split])

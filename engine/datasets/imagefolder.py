@@ -210,7 +210,7 @@ class ImageFolderSource(DataSource):
                             f"{self.max_bad_fraction:.0%}, so the dataset looks damaged; fix or remove the bad "
                             f"files (each is logged; the last: {why})")
 
-    def _generate(self, split, chunks):
+    def _generate(self, split, chunks, keep_empty=False):
         paths, labels = self._items[split]
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine-datasets")
         pending = collections.deque()
@@ -233,7 +233,10 @@ class ImageFolderSource(DataSource):
                         self._reject(split, i, why)
                     else:
                         got.append((a, labels[i]))
-                if not got:  # every image bad: the batch is left out (the same one on every pass)
+                if not got and not keep_empty:  # every image bad: the batch is left out (the same one on every pass)
+                    continue
+                if not got:     # a rank's share: its place in the step is kept, empty
+                    yield np.zeros((0,) + self.image_shape, np.uint8), np.zeros(0, np.int64)
                     continue
                 yield np.stack([a for a, _ in got]), np.asarray([y for _, y in got], dtype=np.int64)
         finally:

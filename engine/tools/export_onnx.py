@@ -13,6 +13,7 @@ How each type is written (all exact up to float32 rounding order):
 |----------|---------------------------------------------------------------------------------|
 | conv     | Conv with pads [p, p, p + padding_end, p + padding_end] and `group`              |
 |          | (`shared_biases: false`: Conv without bias, then Add of the bias [F, OH, OW])    |
+|          | (`channel_sets`: a Gather of the groups' channels along axis 1 before the Conv)  |
 | local    | decomposed: a one-hot depthwise Conv gathers each location's patch (im2col),     |
 |          | then a batched MatMul with the per-location weights, + bias [F, OH, OW]          |
 | fc       | Flatten (C, H, W order) + Gemm(transB=1)                                         |
@@ -168,6 +169,9 @@ def _conv(g, node, x, params):
     layer = node.layer
     p, e, k, s = layer.padding, layer.padding_end, layer.size, layer.stride
     bias = g.const(f"{node.name}.bias", params["bias"]) if layer.bias else None   # bias: false: no B
+    if layer.channel_sets is not None:     # each group's chosen channels, gathered in order
+        x = g.op("Gather", [x, g.const(f"{node.name}/channel_sets", layer._index)], f"{node.name}/gather",
+                 axis=1)
     y = g.op("Conv", [x, g.const(f"{node.name}.weight", params["weight"])]
              + ([bias] if layer.shared_biases and layer.bias else []), f"{node.name}/conv",
              kernel_shape=[k, k], strides=[s, s], pads=[p, p, p + e, p + e], group=layer.groups,

@@ -6,13 +6,18 @@ tensors and plain containers (no arbitrary unpickling); a dict holding a "state_
 are the same as ours (conv [F, C/groups, k, k], fc [out, in], flattening C, H, W), so
 the arrays are copied as they are.
 
-Which tensor goes where: by default by position, the k-th module with parameters in the
-state_dict (its "<module>.weight" and "<module>.bias") to the k-th layer with parameters
-of the net in execution order, as torchvision's AlexNet (features.0, ..., classifier.6)
-lines up with nets/alexnet-torchvision.yaml. A --map file (YAML or JSON) names the pairs
-instead: `{conv1: features.0, fc8.weight: classifier.6.weight, ...}`, a layer name to a
-module prefix or one parameter to one tensor. Every mismatch (a count, a missing or left
-over tensor, a shape) is collected and reported in one error.
+Which tensor goes where, without a --map: by name when the state_dict holds every key of
+the net's state_dict (parameters and layer state such as batchnorm's "<layer>.running_mean"),
+as for nets/resnet18|34.yaml and googlenet.yaml, whose layer names are torchvision's module
+names; otherwise by position, the k-th module with parameters in the state_dict (its
+"<module>.weight" and "<module>.bias", and a BatchNorm's running statistics) to the k-th
+layer with parameters of the net in execution order, as torchvision's AlexNet and VGG
+(features.0, ..., classifier.6) line up with nets/alexnet-torchvision.yaml and vgg16|19.yaml.
+BatchNorm's `num_batches_tracked` has no counterpart (a fixed momentum here) and is skipped.
+A --map file (YAML or JSON) names the pairs instead: `{conv1: features.0, fc8.weight:
+classifier.6.weight, ...}`, a layer name to a module prefix or one parameter (or state
+array) to one tensor. Every mismatch (a count, a missing or left over tensor, a shape) is
+collected and reported in one error.
 
 The checkpoint written (`0.json` + `0.npz`) is complete: parameters, zero momentum, the
 mean image and preprocessing, class names, and the net file's training settings, so that
@@ -30,6 +35,7 @@ from engine.errors import ConfigError
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 PARAM_NAMES = ("weight", "bias")
+SKIPPED = "num_batches_tracked"        # BatchNorm's step count: our momentum is fixed, no counterpart
 
 
 def read_state_dict(path):
@@ -65,14 +71,43 @@ def read_state_dict(path):
     return state
 
 
+def layer_keys(node):
+    """The keys a layer fills: "<param>" names, then "<state>" names (batchnorm's running_mean...)."""
+    return list(node.layer.param_shapes()) + list(node.layer.state_shapes())
+
+
+def state_names(net):
+    """Suffixes of the net's layer state ("running_mean", "running_var"; none for most nets)."""
+    return {s for node in net.layers for s in node.layer.state_shapes()}
+
+
+def net_keys(net):
+    """Every key import-torch fills, in state_dict order."""
+    return [f"{node.name}.{k}" for node in net.layers for k in layer_keys(node)]
+
+
+def name_map(net, state):
+    """{our key: the same key} when the weights hold every key of the net, else None."""
+    ours = net_keys(net)
+    return {k: k for k in ours} if all(k in state for k in ours) else None
+
+
 def positional_map(net, state):
     """({our key: their key}, problems): the k-th parameterised module to the k-th layer."""
     problems = []
     modules = []                       # module prefixes in file order
+    stateful = state_names(net)
+    # without layer state in the net, running statistics are reported as they always were
+    with_module = stateful | {SKIPPED} if stateful else set()
     for key in state:
         prefix, _, pname = key.rpartition(".")
+        if pname in with_module:
+            continue                   # goes with its module's weight and bias
         if pname not in PARAM_NAMES:
-            problems.append(f"'{key}' is not a weight or bias (layers like BatchNorm have no counterpart here)")
+            if stateful:
+                problems.append(f"'{key}' is not a weight, bias or {' or '.join(sorted(stateful))}")
+            else:
+                problems.append(f"'{key}' is not a weight or bias (layers like BatchNorm have no counterpart here)")
         elif prefix not in modules:
             modules.append(prefix)
     ours = [n for n in net.layers if n.layer.param_shapes()]
@@ -81,9 +116,21 @@ def positional_map(net, state):
                         f"the weights {len(modules)} modules ({', '.join(modules)}); give a --map file")
     mapping = {}
     for node, prefix in zip(ours, modules):
-        for pname in node.layer.param_shapes():
+        for pname in layer_keys(node):
             mapping[f"{node.name}.{pname}"] = f"{prefix}.{pname}" if prefix else pname
     return mapping, problems
+
+
+def by_name_hint(net, state):
+    """A problem saying which of the net's keys the weights lack by name, when they hold some
+    of them (a torchvision model of another depth, or without GoogLeNet's heads), else None."""
+    ours = net_keys(net)
+    lacking = [k for k in ours if k not in state]
+    if len(lacking) == len(ours):
+        return None
+    more = f" and {len(lacking) - 8} more" if len(lacking) > 8 else ""
+    return (f"by name, {len(ours) - len(lacking)} of the net's {len(ours)} tensors are in the weights, "
+            f"missing {', '.join(lacking[:8])}{more}")
 
 
 def read_map(path):
@@ -110,7 +157,7 @@ def named_map(net, pairs):
         if layer not in layer_names:
             problems.append(f"--map names '{ours}', which is no layer (or <layer>.weight/.bias) of the net")
     for node in net.layers:
-        for pname in node.layer.param_shapes():
+        for pname in layer_keys(node):
             key = f"{node.name}.{pname}"
             if key in pairs:
                 mapping[key] = pairs[key]
@@ -122,10 +169,16 @@ def named_map(net, pairs):
 
 
 def convert(net, state, pairs=None):
-    """The net's state dict filled from `state`; ConfigError listing every mismatch."""
-    mapping, problems = named_map(net, pairs) if pairs is not None else positional_map(net, state)
+    """The net's state dict (parameters and layer state) filled from `state`; ConfigError
+    listing every mismatch."""
+    if pairs is not None:
+        mapping, problems = named_map(net, pairs)
+    else:
+        mapping, problems = name_map(net, state), []
+        if mapping is None:
+            mapping, problems = positional_map(net, state)
     params, used = {}, set()
-    expected = {k: v.shape for k, v in net.parameters().items()}
+    expected = {k: v.shape for k, v in net.state_dict().items()}
     for ours, theirs in mapping.items():
         if theirs not in state:
             problems.append(f"'{ours}' <- '{theirs}': no such tensor in the weights")
@@ -136,9 +189,14 @@ def convert(net, state, pairs=None):
                             f"{list(expected[ours])}")
             continue
         params[ours] = state[theirs]
-    left = [k for k in state if k not in used and k.rpartition(".")[2] in PARAM_NAMES]
+    fillable = set(PARAM_NAMES) | state_names(net)
+    left = [k for k in state if k not in used and k.rpartition(".")[2] in fillable]
     if left:
         problems.append(f"tensors not used: {', '.join(left)}")
+    if problems and pairs is None:
+        hint = by_name_hint(net, state)
+        if hint:
+            problems.append(hint)
     if problems:
         raise ConfigError(f"the weights do not fit net '{net.name}': " + "; ".join(problems))
     return params
@@ -201,8 +259,9 @@ def write_checkpoint(out, net, params, mean, scale, class_names, source):
     if class_names is not None and len(class_names) != net.num_classes:
         raise ConfigError(f"{len(class_names)} class names for a net with {net.num_classes} outputs")
     s = settings.resolve(net.spec.train, file=net.spec.file)
-    arrays = {f"param/{k}": v for k, v in params.items()}
-    arrays.update({f"velocity/{k}": np.zeros_like(v) for k, v in params.items()})
+    arrays = {f"param/{k}": v for k, v in params.items()}       # layer state too, as Trainer.save
+    learned = net.parameters()
+    arrays.update({f"velocity/{k}": np.zeros_like(v) for k, v in params.items() if k in learned})
     arrays["mean"] = pre.mean
     meta = {"format": FORMAT, "net_text": net.spec.text, "net_name": net.name,
             "net_file": net.spec.file, "plugin_dir": net.spec.plugin_dir, "epoch": 0, "batch": 0,
@@ -234,7 +293,8 @@ def run(weights, net_path, out, map_path=None, torchvision_input=False, mean=Non
         scale_v = scale
     path = write_checkpoint(out, net, params, mean_arr, scale_v,
                             read_classes(classes) if classes else None, weights)
-    log(f"wrote {path}: {len(params)} tensors, {sum(p.size for p in params.values()):,} parameters "
+    learned = net.parameters()
+    log(f"wrote {path}: {len(params)} tensors, {sum(p.size for k, p in params.items() if k in learned):,} parameters "
         f"from {weights}; input (pixels - mean) x {scale_v:g}" + (" with torchvision's std folded into "
                                                                   "the first layer" if torchvision_input else ""))
     return path

@@ -11,10 +11,15 @@ per filter and output position, bias [filters, OH, OW]; the kernels see it as
 [filters, 1] or [filters, OH*OW] (`_bias2d`). With `bias: false` there is no bias parameter
 (torchvision's convs before a batchnorm): the kernels read a zero [filters, 1] bias, one add
 per output of zero, and the bias sum backward computes goes to a scratch nobody reads.
+`channel_sets` (cuda-convnet's randSparse filterConns): group g reads the input channels
+channel_sets[g], in that order. Forward gathers them into a scratch xg [N, groups*len(set),
+H, W] and runs the grouped convolution above on it (self.channels is then xg's channel
+count); backward's dx of xg is scatter-added back to the input's channels.
 """
 import numpy as np
 
-from layers.base import FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor
+from layers.base import (FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor,
+                         shown)
 from layers.conv import cpu
 from layers.neuron.spec import NEURON_KEY, NONLINEARITY_KEY, parse as parse_neuron
 from layers.registry import register
@@ -26,7 +31,11 @@ class ConvLayer(Layer):
     examples = ({"filters": 6, "size": 3, "padding": 1, "groups": 2, "neuron": "relu"},
                 {"filters": 6, "size": 4, "stride": 3, "padding": 2, "padding_end": 1, "neuron": "tanh[1.7,0.6]"},
                 {"filters": 4, "size": 3, "stride": 2, "groups": 2, "shared_biases": False, "neuron": "abs"},
-                {"filters": 5, "size": 3, "padding": 1, "bias": False})
+                {"filters": 5, "size": 3, "padding": 1, "bias": False},
+                {"filters": 4, "size": 3, "groups": 2, "channel_sets": [[5, 0, 3, 1], [2, 4, 0, 5]],
+                 "neuron": "relu"},
+                {"filters": 6, "size": 2, "stride": 2, "groups": 3, "channel_sets": [[4, 1], [0, 5], [3, 3]],
+                 "shared_biases": False})
     doc = "2-D convolution (cross-correlation), weight [filters, channels/groups, size, size]"
     spatial = True
     keys = {
@@ -43,6 +52,11 @@ class ConvLayer(Layer):
                              "position, bias [filters, out_h, out_w] (cuda-convnet's sharedBiases=0)"),
         "bias": Key(bool, True, doc="false: no bias parameter (a batchnorm follows, as in torchvision's "
                     "ResNet and GoogLeNet)"),
+        "channel_sets": Key(list, None, doc="one list of input channels per group, all of one length: "
+                            "group g reads channels channel_sets[g] in that order, weight [filters, "
+                            "len(set), size, size] (cuda-convnet's randSparse with filterChannels; "
+                            "`convert` writes the sets it draws); default: group g reads its "
+                            "channels/groups consecutive channels"),
         "neuron": NEURON_KEY,
         "init_w": INIT_W_KEY,
         "init_b": INIT_B_KEY,
@@ -54,6 +68,10 @@ class ConvLayer(Layer):
     def setup(self, input_shape):
         c, h, w = input_shape
         f, k, s, p, g = self.filters, self.size, self.stride, self.padding, self.groups
+        sets = self.cfg.get("channel_sets")          # local (a subclass) has no such key
+        self._index = None if sets is None else self._check_channel_sets(c)
+        if self._index is not None:
+            c = self._index.size       # the gathered channels xg, which the convolution reads
         if c % g or f % g:
             raise LayerError("groups", f"groups={g} must divide both the input channels ({c}) "
                                        f"and filters ({f})")
@@ -76,6 +94,23 @@ class ConvLayer(Layer):
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
         self._taps = None          # the direct kernels' tap offsets, made on first use
         return (f,) + self.out_hw
+
+    def _check_channel_sets(self, c):
+        """channel_sets flattened to one int64 index of the channels xg gathers, or LayerError."""
+        sets, g = self.channel_sets, self.groups
+        if (not isinstance(sets, list) or len(sets) != g
+                or not all(isinstance(one, list) and one for one in sets)):
+            raise LayerError("channel_sets", f"needs one non-empty list of input channels per group "
+                                             f"(groups={g}), got {shown(sets)}")
+        if len({len(one) for one in sets}) != 1:
+            raise LayerError("channel_sets", "every group reads the same number of channels; got lists "
+                                             f"of lengths {[len(one) for one in sets]}")
+        for i, one in enumerate(sets):
+            bad = [v for v in one if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < c]
+            if bad:
+                raise LayerError("channel_sets", f"group {i}: {shown(bad[0])} is not an input channel "
+                                                 f"(0..{c - 1})")
+        return np.array([v for one in sets for v in one], np.int64)
 
     # Selection (bench/bench_conv.py, one core, batch 128): the direct kernels win where the
     # GEMM path's im2col/col2im traffic is comparable to its GEMM, i.e. few filters per group
@@ -121,9 +156,21 @@ class ConvLayer(Layer):
         return self.filters * (self.channels // self.groups) * self.size * self.size * oh * ow
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
+        out = (self._direct_buffer_shapes(n, backward, need_dx) if self.direct
+               else self._gemm_buffer_shapes(n, backward, need_dx))
+        if self._index is not None:      # the gathered input, and the convolution's dx of it
+            xg_shape = (n, self._index.size) + tuple(self.input_shape[1:])
+            out["xg"] = ("workspace", xg_shape)
+            if backward and need_dx:
+                out["dxg"] = ("gradient", xg_shape)
+        return out
+
+    def _dx_tag(self):
+        """The buffer the convolution writes its dx into: dxg, scattered to dx, with channel_sets."""
+        return "dx" if self._index is None else "dxg"
+
+    def _gemm_buffer_shapes(self, n, backward, need_dx):
         oh, ow = self.out_hw
-        if self.direct:
-            return self._direct_buffer_shapes(n, backward, need_dx)
         f, rows = self.filters, self.channels * self.size * self.size
         span = self._chunk(n) * oh * ow                 # columns of one chunk of images
         out = {"cols": ("workspace", (rows * span,)),
@@ -203,7 +250,7 @@ class ConvLayer(Layer):
                            (oh - 1) * wc + ow, dw2)
         dx = None
         if need_dx:
-            dx = b["dx"]
+            dx = b[self._dx_tag()]
             h, w = self.input_shape[1:]
             w4 = np.ascontiguousarray(params["weight"], np.float32)
             cpu.direct_dx(dzp, self._tap_offsets()[1], w4, self.groups, h, w, wc, dx)
@@ -248,8 +295,26 @@ class ConvLayer(Layer):
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)
+        if self._index is not None:
+            xg = self.buffers(x.shape[0], "forward", train)["xg"]
+            cpu.gather_channels(x, self._index, xg)
+            x = xg
         if self.direct:
             return self._direct_forward(x, params, train)
+        return self._gemm_forward(x, params, train)
+
+    def backward(self, dy, params, need_dx=True):
+        if self.direct:
+            dx, grads = self._direct_backward(dy, params, need_dx)
+        else:
+            dx, grads = self._gemm_backward(dy, params, need_dx)
+        if need_dx and self._index is not None:
+            out = self.buffers(dx.shape[0], "backward", need_dx=True)["dx"]
+            cpu.scatter_add_channels(dx, self._index, out)
+            dx = out
+        return dx, grads
+
+    def _gemm_forward(self, x, params, train):
         n = x.shape[0]
         f = self.filters
         oh, ow = self.out_hw
@@ -268,9 +333,7 @@ class ConvLayer(Layer):
         self._x, self._y3, self._pre = x, y3, pre
         return b["y"]
 
-    def backward(self, dy, params, need_dx=True):
-        if self.direct:
-            return self._direct_backward(dy, params, need_dx)
+    def _gemm_backward(self, dy, params, need_dx):
         n = self._x.shape[0]
         f = self.filters
         oh, ow = self.out_hw
@@ -280,7 +343,7 @@ class ConvLayer(Layer):
         dw2 = b["dweight"]
         db_part = b["dbias"].reshape(f, -1)
         db = np.zeros(db_part.shape, np.float64)
-        dx = b["dx"] if need_dx else None
+        dx = b[self._dx_tag()] if need_dx else None
         blocks = self._blocks()
         # last chunk first: forward left its columns in the workspace
         for i, (n0, n1) in enumerate(reversed(self._chunks(n))):

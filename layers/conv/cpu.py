@@ -410,3 +410,28 @@ def direct_dx(dzp, offq, w4, groups, h, w, wc, dx):
         for c in range(c_in):
             for iy in range(h):
                 dx[n, c, iy] = acc[c, iy * wc:iy * wc + w]
+
+
+# ---- channel_sets: the gather of each group's channels and its adjoint --------------------
+@threads.kernel
+def gather_channels(x, index, xg):
+    """xg[n, j] = x[n, index[j]] (planes [H, W])."""
+    n_img, count = xg.shape[0], xg.shape[1]
+    for i in numba.prange(n_img * count):
+        n, j = i // count, i % count
+        xg[n, j] = x[n, index[j]]
+
+
+@threads.kernel
+def scatter_add_channels(dxg, index, dx):
+    """dx[n, c] = sum of dxg[n, j] over the j with index[j] == c (zero if none): the adjoint of
+    gather_channels. One task per image, summing in j order, so the same on every run."""
+    n_img, count = dxg.shape[0], dxg.shape[1]
+    zero = np.float32(0.0)
+    for n in numba.prange(n_img):
+        dx[n] = zero
+        for j in range(count):
+            plane, src = dx[n, index[j]], dxg[n, j]
+            for iy in range(plane.shape[0]):
+                for ix in range(plane.shape[1]):
+                    plane[iy, ix] += src[iy, ix]

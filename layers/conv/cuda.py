@@ -13,6 +13,10 @@ per (filter, position) sums its images instead); dW_g = dtmp_g @ cols_g^T
 written over the cols buffer (its contents were last needed by dW); col2im gives each
 input element to one thread that sums every column entry that read it (no atomics).
 
+channel_sets: the input's chosen channels are gathered into xg [N, groups*len(set), H, W]
+first and the convolution reads xg; backward's dx of xg (dxg) goes back to the input's
+channels, one thread per dx element summing the xg channels that copied it (no atomics).
+
 Buffers (reused while shapes hold): cols, tmp, y, pre (abs, square only), dtmp, dbpart, dweight,
 dbias, dx, and the split-K scratch. The returned y, dx and gradients are these buffers:
 the next forward/backward of this layer overwrites them.
@@ -151,6 +155,44 @@ def col2im_kernel(dcols, k, stride, padding, oh, ow, dx):
         dx[n, c, iy, ix] = acc
 
 
+@cuda.jit
+def gather_channels_kernel(x, index, xg):
+    """One thread per xg[n, j, iy, ix] = x[n, index[j], iy, ix]."""
+    t = cuda.grid(1)
+    count = xg.shape[1]
+    h = xg.shape[2]
+    w = xg.shape[3]
+    if t < xg.shape[0] * count * h * w:
+        ix = t % w
+        r = t // w
+        iy = r % h
+        r = r // h
+        j = r % count
+        n = r // count
+        xg[n, j, iy, ix] = x[n, index[j], iy, ix]
+
+
+@cuda.jit
+def scatter_add_channels_kernel(dxg, index, dx):
+    """One thread per dx[n, c, iy, ix]: the sum of dxg[n, j, iy, ix] over the j with index[j] == c."""
+    t = cuda.grid(1)
+    c_in = dx.shape[1]
+    h = dx.shape[2]
+    w = dx.shape[3]
+    if t < dx.shape[0] * c_in * h * w:
+        ix = t % w
+        r = t // w
+        iy = r % h
+        r = r // h
+        c = r % c_in
+        n = r // c_in
+        acc = float32(0.0)
+        for j in range(index.shape[0]):
+            if index[j] == c:
+                acc += dxg[n, j, iy, ix]
+        dx[n, c, iy, ix] = acc
+
+
 KERNELS = [
     (im2col_kernel, "void(float32[:, :, :, ::1], float32[:, ::1], "
                     "int64, int64, int64, int64, int64)"),
@@ -162,6 +204,8 @@ KERNELS = [
                          "float32[:, ::1], float32[:, ::1])"),
     (col2im_kernel, "void(float32[:, ::1], int64, int64, int64, int64, int64, "
                     "float32[:, :, :, ::1])"),
+    (gather_channels_kernel, "void(float32[:, :, :, ::1], int64[::1], float32[:, :, :, ::1])"),
+    (scatter_add_channels_kernel, "void(float32[:, :, :, ::1], int64[::1], float32[:, :, :, ::1])"),
 ]
 
 
@@ -171,6 +215,18 @@ class ConvCuda(CudaLayer):
         self._x = None
         self._cols_valid = False
         self._zero_bias = None
+        self._index = None        # channel_sets' gather index on the device, made on first use
+
+    def _gather(self, x, stream):
+        """x itself, or with channel_sets its chosen channels gathered into xg."""
+        lay = self.layer
+        if lay._index is None:
+            return x
+        if self._index is None:
+            self._index = cuda.to_device(lay._index)
+        xg = self.buffer("xg", (x.shape[0], lay._index.size) + tuple(lay.input_shape[1:]))
+        gather_channels_kernel[blocks_for(xg.size), EBLOCK, stream](x, self._index, xg)
+        return xg
 
     def _bias(self, params, p_out):
         """The bias as bias_act_kernel reads it: [F, 1] or [F, P]; zeros [F, 1] without biases."""
@@ -208,6 +264,7 @@ class ConvCuda(CudaLayer):
         shape = (n,) + tuple(lay.input_shape)
         if tuple(x.shape) != shape:
             x = x.reshape(shape)
+        x = self._gather(x, stream)
         oh, ow, p_out, groups, fg, kg = self._dims(n)
         npix = n * p_out
         cols = self._im2col(x, stream)
@@ -260,9 +317,13 @@ class ConvCuda(CudaLayer):
         # dcols_g [kg, N*P] = W_g^T (W_g stored [fg, kg]) @ dtmp_g [fg, N*P]
         gemm(stream, kg, npix, fg, params["weight"], dtmp, dcols, trans_a=True, lda=kg,
              batch=groups, stride_a=fg * kg, stride_b=fg * npix, stride_c=kg * npix)
-        dx = self.buffer("dx", (n, lay.channels) + tuple(lay.input_shape[1:]))
+        tag = "dx" if lay._index is None else "dxg"        # dxg: the dx of the gathered xg
+        dx = self.buffer(tag, (n, lay.channels) + tuple(lay.input_shape[1:]))
         col2im_kernel[blocks_for(dx.size), EBLOCK, stream](
             dcols, lay.size, lay.stride, lay.padding, oh, ow, dx)
+        if lay._index is not None:
+            dxg, dx = dx, self.buffer("dx", (n,) + tuple(lay.input_shape))
+            scatter_add_channels_kernel[blocks_for(dx.size), EBLOCK, stream](dxg, self._index, dx)
         return dx, grads
 
 

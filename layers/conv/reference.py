@@ -2,7 +2,9 @@
 
 One einsum per group and kernel offset (ky, kx): slow, but each line is the formula.
 b is [filters] (shared biases), [filters, OH, OW] (one per filter and output position) or
-None (no bias: `bias: false`; backward's db is None then).
+None (no bias: `bias: false`; backward's db is None then). channel_sets (lists of input
+channels, one per group) makes group g read x[:, channel_sets[g]]: the convolution of the
+gathered channels; dx then sums each gathered channel's gradient back into its channel.
 Works in the dtype of its inputs (float64 for the reference's own gradient check).
 """
 import numpy as np
@@ -40,12 +42,22 @@ def preactivation(x, w, b, stride=1, padding=0, groups=1):
     return y + (b.reshape(1, f, 1, 1) if b.ndim == 1 else b[None])
 
 
-def forward(x, w, b, stride=1, padding=0, groups=1, neuron=None):
-    return neuron_ref.forward(neuron, preactivation(x, w, b, stride, padding, groups))
+def gathered(x, channel_sets):
+    """x[:, the channels of group 0, then of group 1, ...] (x itself without channel_sets)."""
+    return x if channel_sets is None else x[:, np.concatenate([np.asarray(s, int) for s in channel_sets])]
 
 
-def backward(dy, x, w, b, stride=1, padding=0, groups=1, neuron=None):
+def forward(x, w, b, stride=1, padding=0, groups=1, neuron=None, channel_sets=None):
+    return neuron_ref.forward(neuron, preactivation(gathered(x, channel_sets), w, b, stride, padding, groups))
+
+
+def backward(dy, x, w, b, stride=1, padding=0, groups=1, neuron=None, channel_sets=None):
     """(dx, dw, db) of L = sum(dy * forward(...)), summed over the batch."""
+    if channel_sets is not None:
+        dxg, dw, db = backward(dy, gathered(x, channel_sets), w, b, stride, padding, groups, neuron)
+        dx = np.zeros_like(x)
+        np.add.at(dx, (slice(None), np.concatenate([np.asarray(s, int) for s in channel_sets])), dxg)
+        return dx, dw, db
     n, c, h, wd = x.shape
     f, cg, k, _ = w.shape
     fg = f // groups

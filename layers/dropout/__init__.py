@@ -1,13 +1,14 @@
 """`dropout`: inverted dropout (Hinton et al. 2012, as in Caffe's dropout layer).
 
 In training each unit is kept with probability 1 - rate and kept units are scaled by
-1 / (1 - rate); at test time the layer is the identity. The randomness comes only
-from the `rng` passed to `forward` (a numpy Generator), so a seed fixes the mask.
-Works on any input rank.
+1 / (1 - rate); at test time the layer is the identity. The mask is a pure function of
+the draw key passed as `rng` to `forward` (layers.draw_key: a DrawKey or an integer seed),
+the layer's name and each unit's global sample and element index: the CUDA kernel draws
+the same one. Works on any input rank.
 """
 import numpy as np
 
-from layers import elementwise_cpu
+from layers import draw_key, elementwise_cpu
 from layers.base import Key, Layer, LayerError
 from layers.registry import register
 
@@ -41,14 +42,14 @@ class DropoutLayer(Layer):
             self._mask = None
             return x
         if rng is None:
-            raise ValueError(f"dropout '{self.name}': training needs an rng (a numpy Generator)")
+            raise ValueError(f"dropout '{self.name}': training needs a draw key (layers.draw_key.DrawKey)")
         x = np.ascontiguousarray(x, dtype=np.float32)
         rate = self.cfg["rate"]
         b = self.buffers(x.shape[0], "forward", train)
         mask, y = b["mask"], b["y"]
-        rng.random(x.shape, dtype=np.float32, out=mask)
-        elementwise_cpu.dropout_forward(x.reshape(-1), mask.reshape(-1), np.float32(rate),
-                    np.float32(1.0 / (1.0 - rate)), y.reshape(-1))
+        args = draw_key.as_key(rng).kernel_args(self.name, x[0].size)
+        elementwise_cpu.dropout_forward(x.reshape(-1), *args, draw_key.threshold(rate),
+                                        np.float32(1.0 / (1.0 - rate)), mask.reshape(-1), y.reshape(-1))
         self._mask = mask
         return y
 

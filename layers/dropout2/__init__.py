@@ -3,12 +3,14 @@
 In training each unit is kept with probability `keep` and the mask is 0/1 (kept units
 are not scaled); at test time every unit is multiplied by `keep`, so a test output is the
 expectation of the training one. (`dropout` is the inverted variant: kept units x1/keep in
-training, the identity at test.) As with `dropout`, the CPU mask comes only from the
-numpy Generator passed to `forward` (the net's rng): a unit is kept where its uniform draw
-u >= 1 - keep, which is dropout's rule with rate = 1 - keep, so the two share a kernel.
+training, the identity at test.) As with `dropout`, the mask comes only from the draw key
+passed as `rng` to `forward` (layers.draw_key), the same on the CPU and CUDA: a unit is kept
+where its 32 bits >= threshold(1 - keep), dropout's rule with rate = 1 - keep, so the two
+share a kernel.
 """
 import numpy as np
 
+from layers import draw_key
 from layers.base import Key, Layer
 from layers.elementwise_cpu import dropout_backward, dropout_forward, scale
 from layers.registry import register
@@ -39,7 +41,7 @@ class Dropout2Layer(Layer):
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
         if train and rng is None:
-            raise ValueError(f"dropout2 '{self.name}': training needs an rng (a numpy Generator)")
+            raise ValueError(f"dropout2 '{self.name}': training needs a draw key (layers.draw_key.DrawKey)")
         b = self.buffers(x.shape[0], "forward", train)      # the mask only in training
         y = b["y"]
         keep = self.cfg["keep"]
@@ -48,9 +50,9 @@ class Dropout2Layer(Layer):
             scale(np.float32(keep), x.reshape(-1), y.reshape(-1))
             return y
         mask = b["mask"]
-        rng.random(x.shape, dtype=np.float32, out=mask)
-        dropout_forward(x.reshape(-1), mask.reshape(-1), np.float32(1.0 - keep), np.float32(1.0),
-                            y.reshape(-1))
+        args = draw_key.as_key(rng).kernel_args(self.name, x[0].size)
+        dropout_forward(x.reshape(-1), *args, draw_key.threshold(1.0 - keep), np.float32(1.0),
+                        mask.reshape(-1), y.reshape(-1))
         self._mask = mask
         return y
 

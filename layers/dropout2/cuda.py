@@ -1,10 +1,13 @@
 """CUDA classic dropout: layers/elementwise_cuda.py's counter-based mask kernels with rate =
-1 - keep and scale 1 (a 0/1 mask recomputed from the seed in backward, no stored mask),
-and its scale kernel for the test-time x keep. Masks differ from the CPU's (numpy Generator) by design."""
+1 - keep and scale 1 (a 0/1 mask recomputed from the draw key in backward, no stored mask:
+the CPU layer's mask, layers.draw_key), and its scale kernel for the test-time x keep."""
+import math
+
 import numpy as np
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
-from layers.elementwise_cuda import dropout_mask, keys, scale, threshold
+from layers.draw_key import as_key, threshold
+from layers.elementwise_cuda import dropout_mask, scale
 
 KERNELS = []      # its kernels are layers/elementwise_cuda.py's (listed there)
 
@@ -28,8 +31,8 @@ class Dropout2Cuda(CudaLayer):
             self._keys = None
             return scale(self.keep, x, self.buffer("y", x.shape), stream)
         if seed is None:
-            raise ValueError(f"dropout2 '{self.name}': training needs an integer seed")
-        self._keys = keys(seed)
+            raise ValueError(f"dropout2 '{self.name}': training needs a draw key (layers.draw_key.DrawKey)")
+        self._keys = as_key(seed).kernel_args(self.name, math.prod(x.shape[1:]))
         return self._masked(dropout_mask, x, "y", stream)
 
     def backward(self, dy, params, need_dx, stream):

@@ -1,16 +1,17 @@
 """Plain NumPy classic dropout (cuda-convnet2's dropout2): the definition the kernels are
-checked against. A unit is kept where its uniform draw u >= 1 - keep (probability keep)."""
+checked against. A unit is kept with probability keep: dropout's keep decision
+(layers/dropout/reference.py's `kept`) with rate = 1 - keep."""
 import numpy as np
 
 
-def mask(u, keep):
-    """The 0/1 keep mask from uniforms u (the threshold rounded to float32, as the kernel)."""
-    return (u >= np.float32(1.0 - keep)).astype(np.float32)
+def mask(keep):
+    """The 0/1 mask from the boolean keep decisions."""
+    return keep.astype(np.float32)
 
 
-def forward_train(x, u, keep):
+def forward_train(x, keep):
     """(y, mask) for the training pass: kept units pass unscaled."""
-    m = mask(u, keep)
+    m = mask(keep)
     return x * m, m
 
 

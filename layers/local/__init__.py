@@ -25,8 +25,9 @@ from layers.registry import register
 class LocalLayer(ConvLayer):
     type = "local"
     examples = ({"filters": 6, "size": 3, "padding": 1, "neuron": "softrelu"},)
-    # conv's keys but shared_biases: a local layer always has one bias per filter and position
-    keys = {k: v for k, v in ConvLayer.keys.items() if k != "shared_biases"}
+    # conv's keys but shared_biases (a local layer always has one bias per filter and position)
+    # and channel_sets (its kernels read each group's consecutive channels)
+    keys = {k: v for k, v in ConvLayer.keys.items() if k not in ("shared_biases", "channel_sets")}
     doc = ("locally connected (unshared) convolution, "
            "weight [out_h*out_w, filters, channels/groups, size, size], bias [filters, out_h, out_w]")
 

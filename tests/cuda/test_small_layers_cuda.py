@@ -2,8 +2,8 @@
 numbers as the CPU layers, forward and backward.
 
 Tiny odd shapes, because the simulator runs every CUDA thread as a Python thread.
-Dropout's CUDA mask comes from a counter-based hash, not the CPU's numpy Generator, so
-it is tested for its own properties (and against a NumPy re-implementation of the hash).
+Dropout's mask comes from a counter-based hash (the CPU's too: test_dropout_keyed_cuda.py),
+tested here for its own properties and against the NumPy definition of the hash.
 """
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from helpers import OnDevice, close_abs as close, cuda_impl, distinct, host, to_
 
 import layers
 from engine import gradcheck
+from layers.dropout import reference as dropout_ref
 
 FNS = ["linear", "relu", "tanh", "logistic", "abs"]
 # every function, with and without its parameters (edge values: test_neuron_sum2_cuda.py)
@@ -189,22 +190,10 @@ def test_softmax_flattens_a_spatial_input(stream):
 
 
 # ---- dropout ------------------------------------------------------------------------------
-def _mix32(v):
-    v = v ^ (v >> np.uint64(16))
-    v = (v * np.uint64(0x7FEB352D)) & np.uint64(0xFFFFFFFF)
-    v = v ^ (v >> np.uint64(15))
-    v = (v * np.uint64(0x846CA68B)) & np.uint64(0xFFFFFFFF)
-    return v ^ (v >> np.uint64(16))
-
-
 def host_mask(size, seed, rate):
-    """The keep mask the kernels draw, re-implemented in NumPy from its definition."""
-    from layers.elementwise_cuda import keys, threshold
-    k0, k1 = keys(seed)
-    i = np.arange(size, dtype=np.uint64)
-    h = _mix32((i & np.uint64(0xFFFFFFFF)) ^ k0)
-    h = _mix32(((h + (i >> np.uint64(32))) & np.uint64(0xFFFFFFFF)) ^ k1)
-    return h >= threshold(rate)
+    """The keep mask the kernels draw for an int seed (DrawKey(seed)) on the layer named
+    "dropout", from the NumPy definition of the generator (layers/dropout/reference.py)."""
+    return dropout_ref.kept("dropout", (1, size), rate, seed).reshape(-1)
 
 
 def dropout(shape, rate):
