@@ -1,6 +1,7 @@
 """`python -m engine check-grads`: passes on every shipped net, fails on a broken backward."""
 import glob
 import os
+import re
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from layers.fc import FCLayer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETS = sorted(glob.glob(os.path.join(ROOT, "nets", "*.yaml")))
 LENET = os.path.join(ROOT, "nets", "lenet5.yaml")
+IS_RESULT = "  error "     # a tensor's line: "conv1  weight  error 0.0e+00  PASS  (...)"
 BIG = 10_000_000      # AlexNet-sized nets: one entry per tensor keeps the check under ~20 s each
 
 
@@ -24,40 +26,42 @@ def test_every_shipped_net_is_found():
 
 
 SLOW_NETS = {"alexnet.yaml", "caffenet.yaml", "alexnet-torchvision.yaml"}    # 1-3 minutes each
-SLOW_NETS |= {f"{n}.yaml" for n in ("resnet18", "resnet34", "vgg16", "vgg19", "googlenet")}   # 224x224, deep
+# issue 14, open: googlenet at 32x32 fails on 1 of 187 tensors, inception4a.branch4.1.bn.bias
+# (2x2 maps): 0.74 off at the step, half and twice it, where the slopes' scatter says 0.49;
+# not yet known whether the analytic gradient or the measurement is at fault there
+OPEN = pytest.mark.xfail(reason="googlenet's inception4a.branch4.1.bn.bias at 32x32: open in issue 14", run=False)
+SLOW_NETS |= {f"{n}.yaml" for n in ("resnet18", "resnet34", "vgg16", "vgg19", "googlenet", "resnet-digits")}
+# the deep nets at their smallest inputs (at 224x224 each takes ~30 min; googlenet's unpadded
+# pools need 32x32); check-grads takes a batch of 8 where a batchnorm's statistics would see
+# fewer than 8 values (check_grads.batch_for)
+SMALL_INPUT = {"resnet18.yaml": [3, 16, 16], "resnet34.yaml": [3, 16, 16], "googlenet.yaml": [3, 32, 32],
+               "vgg16.yaml": [3, 32, 32], "vgg19.yaml": [3, 32, 32]}
 
 
-# issue 14, open: check-grads on these 224x224 nets (batchnorm after bias-free convs, deep ReLU
-# stacks) reports failures not yet explained (resnet18 at 3x32x32: 44 of 62 tensors): shown as
-# xfail in every full run, not hidden, until the cause is found
-POST_ALEXNET = {f"{n}.yaml" for n in ("resnet18", "resnet34", "vgg16", "vgg19", "googlenet")}
-OPEN = pytest.mark.xfail(reason="check-grads on the post-AlexNet nets: open in issue 14 (not run: ~30 min at 224x224)",
-                         run=False)
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=([pytest.mark.slow] if os.path.basename(p) in SLOW_NETS
-                                                         else []) + ([OPEN] if os.path.basename(p) in POST_ALEXNET
-                                                                     else []))
+@pytest.mark.parametrize("path", [pytest.param(p, marks=([pytest.mark.slow] if os.path.basename(p) in SLOW_NETS else [])
+                                                 + ([OPEN] if os.path.basename(p) == "googlenet.yaml" else []))
                                   for p in NETS],
                          ids=[os.path.basename(p) for p in NETS])
 def test_check_grads_passes_on_shipped_net(path, capsys):
     samples = 1 if structure(path).num_params > BIG else 2
+    small = SMALL_INPUT.get(os.path.basename(path))
+    shape = ["--set", f"input.shape={small}"] if small else []
     t0 = time.time()
-    status = main(["check-grads", path, "--samples", str(samples)])
+    status = main(["check-grads", path, "--samples", str(samples)] + shape)
     took = time.time() - t0
     out = capsys.readouterr().out
-    lines = [ln for ln in out.splitlines() if "rel.err" in ln]
+    lines = [ln for ln in out.splitlines() if IS_RESULT in ln]
     assert status == 0, out
     assert all(" PASS " in ln for ln in lines), out
     assert f"ALL {len(lines)} TESTS PASSED" in out
-    errors = [float(ln.split("rel.err")[1].split()[0]) for ln in lines]
+    errors = [float(ln.split(IS_RESULT)[1].split()[0]) for ln in lines]
     print(f"{os.path.basename(path)}: {len(lines)} tensors, worst relative error {max(errors):.2g}, "
           f"{took:.1f}s")
 
 
 def test_one_line_per_parameter_tensor(capsys):
     assert main(["check-grads", LENET, "--samples", "2"]) == 0
-    lines = [ln.split() for ln in capsys.readouterr().out.splitlines() if "rel.err" in ln]
+    lines = [ln.split() for ln in capsys.readouterr().out.splitlines() if IS_RESULT in ln]
     net = engine.load(LENET)
     assert [(ln[0], ln[1]) for ln in lines] == [tuple(k.split(".")) for k in net.state_dict()]
 
@@ -73,10 +77,88 @@ def test_a_wrong_weight_gradient_fails_on_its_layer(monkeypatch, capsys):
     monkeypatch.setattr(FCLayer, "backward", off_by_ten_percent)
     assert main(["check-grads", LENET, "--samples", "4"]) == 1
     out = capsys.readouterr().out
-    verdicts = {tuple(ln.split()[:2]): ln.split()[4] for ln in out.splitlines() if "rel.err" in ln}
+    verdicts = {tuple(ln.split()[:2]): ln.split()[4] for ln in out.splitlines() if IS_RESULT in ln}
     assert verdicts.pop(("fc4", "weight")) == "FAIL", out
     assert set(verdicts.values()) == {"PASS"}, out
     assert "1/10 TESTS FAILED" in out and "fc4.weight" in out
+
+
+TINY_BN = """
+name: tinybn
+input: {shape: [2, 6, 6]}
+layers:
+  - {name: conv, type: conv, filters: 3, size: 3, bias: false}
+  - {name: bn, type: batchnorm, neuron: relu}
+  - {name: fc, type: fc, outputs: 3}
+  - {name: prob, type: softmax}
+"""
+
+
+@pytest.mark.parametrize("wrong, fails", [("weight", "bn.weight"), ("statistics", "conv.weight")])
+def test_a_wrong_batchnorm_backward_fails(wrong, fails, tmp_path, monkeypatch, capsys):
+    from layers.batchnorm import BatchNormLayer
+    real = BatchNormLayer.backward
+
+    def broken(self, dy, params, need_dx=True):
+        if wrong == "statistics":          # dx as if the batch's mean and variance were constants
+            self._train = False
+        dx, grads = real(self, dy, params, need_dx)
+        if wrong == "weight":
+            grads = dict(grads, weight=grads["weight"] * np.float32(1.1))
+        return dx, grads
+    monkeypatch.setattr(BatchNormLayer, "backward", broken)
+    path = tmp_path / "tinybn.yaml"
+    path.write_text(TINY_BN)
+    assert main(["check-grads", str(path), "--samples", "4"]) == 1
+    out = capsys.readouterr().out
+    verdicts = {".".join(ln.split()[:2]): ln.split()[4] for ln in out.splitlines() if IS_RESULT in ln}
+    assert verdicts.pop(fails) == "FAIL", out
+    assert set(verdicts.values()) == {"PASS"}, out
+
+
+RESNET_DIGITS = os.path.join(ROOT, "nets", "resnet-digits.yaml")
+
+
+def test_a_batchnorm_weight_gradient_5_percent_off_fails_deep_in_resnet_digits(monkeypatch):
+    # deep in the BN stack, where ReLU crossings make the cost rough at the step's scale
+    from layers.batchnorm import BatchNormLayer
+    real = BatchNormLayer.backward
+
+    def off_by_five_percent(self, dy, params, need_dx=True):
+        dx, grads = real(self, dy, params, need_dx)
+        if self.name == "layer3.0.bn1":
+            grads = dict(grads, weight=grads["weight"] * np.float32(1.05))
+        return dx, grads
+    monkeypatch.setattr(BatchNormLayer, "backward", off_by_five_percent)
+    net = engine.load(RESNET_DIGITS)
+    check_grads.rescale_weights(net)
+    results = check_grads.check_net(net, samples=2, layers={"layer3.0.bn1", "layer3.0.conv2"})
+    verdicts = {f"{r['layer']}.{r['param']}": r["passed"] for r in results}
+    assert verdicts == {"layer3.0.bn1.weight": False, "layer3.0.bn1.bias": True, "layer3.0.conv2.weight": True}
+    wrong = results[0]
+    # the numeric derivatives are ~5% below the analytic ones, beyond their measured uncertainty
+    ratio = wrong["numeric"][wrong["measurable"]] / wrong["analytic"][wrong["measurable"]]
+    assert len(ratio) == 2 and np.all(np.abs(ratio * 1.05 - 1) < 0.03), wrong
+
+
+def test_a_tensor_without_measurable_entries_fails(tmp_path, capsys):
+    # a conv bias right before a batchnorm: the batch mean removes it, its true gradient is 0 and
+    # every entry's uncertainty (rounding) exceeds both gradients: reported, not passed
+    path = tmp_path / "tinybn.yaml"
+    path.write_text(TINY_BN.replace("bias: false", "bias: true"))
+    assert main(["check-grads", str(path), "--samples", "4"]) == 1
+    out = capsys.readouterr().out
+    verdicts = {".".join(ln.split()[:2]): ln.split()[4] for ln in out.splitlines() if IS_RESULT in ln}
+    assert verdicts.pop("conv.bias") == "FAIL", out
+    assert set(verdicts.values()) == {"PASS"}, out
+    assert "(0 entries of 3 wanted: too few measurable" in out
+
+
+def test_a_batch_large_enough_for_batch_statistics():
+    # resnet18's layer4 is 1x1 at 16x16: a batch of 2 would give each channel 2 values
+    net = engine.load(os.path.join(ROOT, "nets", "resnet18.yaml"), overrides={"input.shape": [3, 16, 16]})
+    assert check_grads.batch_for(net) == 8
+    assert check_grads.batch_for(engine.load(LENET)) == 2
 
 
 def test_dropout_masks_are_the_ones_the_backward_used():
@@ -106,7 +188,9 @@ layers:
     path.write_text(net_text)
     assert main(["check-grads", str(path), "--samples", "0", "--file-init"]) == 0
     out = capsys.readouterr().out
-    entries = {tuple(ln.split()[:2]): int(ln.split("(")[1].split()[0]) for ln in out.splitlines() if "rel.err" in ln}
+    # measurable entries plus those left out (a gradient below the cost's float32 resolution)
+    entries = {tuple(ln.split()[:2]): sum(int(n) for n in re.findall(r"(\d+) (?:entr|unmeasurable)", ln))
+               for ln in out.splitlines() if IS_RESULT in ln}
     assert entries == {("conv", "weight"): 18, ("conv", "bias"): 2, ("fc", "weight"): 96, ("fc", "bias"): 3}
     assert "every entry" in out and "the net file's init" in out
 
