@@ -49,17 +49,51 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
         config.hook.pytest_deselected(items=slow)
         config.stash[SLOW_LEFT_OUT] = len(slow)
+        if hasattr(config, "workeroutput"):          # a pytest-xdist worker: tell the controller
+            config.workeroutput["slow_left_out"] = len(slow)
 
 
 def pytest_collection_finish(session):
-    # the CUDA simulator's children start in the background at once (test_cuda_simulator.start)
+    # the CUDA simulator's children start in the background at once (test_cuda_simulator.start);
+    # under pytest-xdist the controller starts them (pytest_xdist_node_collection_finished)
+    if hasattr(session.config, "workerinput") or session.config.option.collectonly:
+        return
     sims = [item for item in session.items if getattr(item, "originalname", "") == "test_cuda_suite_under_the_simulator"]
-    if sims and not session.config.option.collectonly:
+    if sims:
         sims[0].module.start([item.callspec.params["name"] for item in sims])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist, in the controller: where the workers find the simulator children's results."""
+    import test_cuda_simulator
+    node.workerinput["cudasim_results"] = test_cuda_simulator.results_dir()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """pytest-xdist, in the controller: start the simulator children once, as soon as the
+    first worker has collected (every worker collects the same items)."""
+    import test_cuda_simulator
+    prefix = "tests/test_cuda_simulator.py::test_cuda_suite_under_the_simulator["
+    test_cuda_simulator.start([i[len(prefix):-1] for i in ids if i.startswith(prefix)])
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        import test_cuda_simulator
+        test_cuda_simulator.forget_results()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    left_out = getattr(node, "workeroutput", {}).get("slow_left_out")
+    if left_out:
+        node.config.stash[SLOW_LEFT_OUT] = left_out
 
 
 def pytest_terminal_summary(terminalreporter, config):
     left_out = config.stash.get(SLOW_LEFT_OUT, 0)
-    if left_out:
+    if left_out and not hasattr(config, "workerinput"):
         terminalreporter.write_line(f"{left_out} slow tests left out: run `python -m pytest --full` "
                                     "for the full suite (as CI does)")
