@@ -102,12 +102,20 @@ def choose(nodes, mode="auto", cpus=None):
 
     A net holding a layer that needs the whole batch (`needs_whole_batch`: batchnorm) is
     never split: where batch would be picked, or is asked for, it runs "layers", and the
-    reason says which layer; two halves would each normalise by their own statistics."""
+    reason says which layer; two halves would each normalise by their own statistics.
+
+    A net whose layers sum statistics over the processes of a data-parallel job
+    (Layer.batch_sum) runs "layers" too: columns on threads would reach those collectives
+    in an order that differs between the processes."""
     mode = os.environ.get(ENV, mode) if mode == "auto" else mode
     check_mode(mode)
     work = column_work(nodes)
     if mode == "columns" and len(work) < 2:
         return "layers", "the net has one column"
+    summing = next((node for node in nodes if node.layer.batch_sum is not None), None)
+    if summing is not None and mode != "layers":
+        return "layers", (f"layer '{summing.name}' ({summing.type}) sums batch statistics over the "
+                          "processes: one layer after another, in one order on every process")
     whole = next((node for node in nodes if needs_whole_batch(node.layer)), None)
     unsplit = (f"layer '{whole.name}' ({whole.type}) needs the whole batch in one pass (batch "
                "statistics, state), so the batch is not split: one layer after another"

@@ -8,11 +8,13 @@ of the whole batch. Without an MPI launcher nothing here imports mpi4py.
 
 The exchange: the gradients are copied, in reverse layer order (the order backward makes
 them), into a few flat float32 buckets of about `bucket_mb` MB (PyTorch DDP's 25 MB); each
-bucket's in-place `Iallreduce` starts as soon as it is filled, and the update waits for all.
+bucket's in-place `Iallreduce` starts as soon as its last gradient is in, while backward goes
+on (Executor.on_grads), and the update waits for all.
 """
 import contextlib
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -79,6 +81,10 @@ class World:
             raise ValueError(f"the bucket size must be > 0 MB, got {bucket_mb!r}")
         self.bucket_bytes = int(bucket_mb * (1 << 20))
         self.cores = cores_per_rank(self.local_size)
+        # batch statistics (Layer.batch_sum) on a communicator of their own: their blocking
+        # collectives never queue among the gradient buckets' Iallreduce on `comm`
+        self.stats_comm = comm.Dup()
+        self._every = {}       # k -> float64 [size, k], batch_sum's receive buffer
 
     @property
     def is_root(self):
@@ -130,6 +136,17 @@ class World:
         """The sum over ranks of `values` (float64), in rank order on every rank."""
         return self.gather(values).sum(axis=0)
 
+    def batch_sum(self, values):
+        """Sum the float64 array `values` in place over the ranks (Layer.batch_sum: a whole_batch
+        layer's statistics of the global batch). The ranks' parts are added in rank order, so
+        every rank gets the same bits (an allreduce's order may differ between ranks)."""
+        k = values.size
+        every = self._every.get(k)
+        if every is None:
+            every = self._every[k] = np.empty((self.size, k), np.float64)
+        self.stats_comm.Allgather(np.ascontiguousarray(values, np.float64), every)
+        np.sum(every, axis=0, out=values)
+
     def agree_stop(self, signum):
         """The stop request of any rank (the highest signal number; None if none): every rank
         stops after the same step."""
@@ -175,7 +192,14 @@ class GradientExchange:
 
     Flat float32 buckets hold the gradients in reverse layer order, ~world.bucket_bytes
     each (a tensor larger than that gets a bucket of its own); their views are the summed
-    gradients handed to the optimizer (copied to the device on CUDA)."""
+    gradients handed to the optimizer (copied to the device on CUDA).
+
+    A step: `start(share)`, then `add(layer, grads)` as backward makes each layer's gradients
+    (Executor.on_grads: from the lanes' threads), then `finish(grads)`. A bucket's Iallreduce
+    starts once every gradient in it has come and every earlier bucket has started: the
+    buckets start in one order on every rank, whichever lane finished first. On CUDA the
+    gradients stay on the device until `finish` (a copy to the host mid-backward would stall
+    the stream)."""
 
     def __init__(self, world, shapes, backend):
         """shapes: {"<layer>.<param>": shape} in layer order."""
@@ -190,34 +214,80 @@ class GradientExchange:
             size += n
         if entries:
             self.buckets.append((np.zeros(size, np.float32), entries))
-        views = {key: flat[a:a + n].reshape(shapes[key]) for flat, es in self.buckets for key, a, n in es}
-        self.summed = {key: views[key] for key in shapes}        # layer order, as the optimizer's
+        self.slot = {key: (b, flat[a:a + n]) for b, (flat, es) in enumerate(self.buckets) for key, a, n in es}
+        self.summed = {key: self.slot[key][1].reshape(shapes[key]) for key in shapes}   # layer order
         self.on_host = backend.kind == "cpu"
         self.device = None if self.on_host else {k: backend.zeros(v.shape) for k, v in self.summed.items()}
+        self.any_thread = None      # whether lanes' threads may call MPI (asked at the first step)
+        self.lock = threading.Lock()
+        self.share = None           # None: no step under way, `add` ignores its calls
 
     @property
     def nbytes(self):
         return sum(flat.nbytes for flat, _ in self.buckets)
 
-    def reduce(self, grads, share):
-        """{key: sum over ranks of share_r * grads_r[key]}; grads None (an empty slice of the
-        batch) counts as zeros. Each bucket's allreduce starts once it is filled."""
-        mpi, comm = self.world.MPI, self.world.comm
-        share = np.float32(share)
-        requests = []
-        for flat, entries in self.buckets:
-            for key, a, n in entries:
-                dst = flat[a:a + n]
-                if grads is None:
-                    dst[:] = 0.0
-                else:
-                    g = grads[key]
-                    g = g if isinstance(g, np.ndarray) else self.backend.to_host(g)
-                    np.multiply(g.reshape(-1), share, out=dst)
-            requests.append(comm.Iallreduce(mpi.IN_PLACE, flat, op=mpi.SUM))
-        mpi.Request.Waitall(requests)
+    def start(self, share):
+        """A step begins: this rank's gradients will count `share` (n_r / n) of the sum."""
+        if self.any_thread is None:
+            # posting from a lane's thread needs an MPI that allows calls from any thread (one
+            # at a time: under the lock); else the main thread posts what is ready when it can
+            mpi = self.world.MPI
+            self.any_thread = mpi.Query_thread() >= mpi.THREAD_SERIALIZED
+        self.share = np.float32(share)
+        self.received = set()
+        self.missing = [len(entries) for _, entries in self.buckets]
+        self.posted, self.requests = 0, []
+
+    def add(self, layer, grads):
+        """Executor.on_grads: {param: gradient} of `layer`, final; its buckets start when full."""
+        if self.share is None or not self.on_host:
+            return
+        keys = [(f"{layer}.{p}", g) for p, g in grads.items()]
+        keys = [(k, g) for k, g in keys if k in self.slot and k not in self.received]
+        for key, g in keys:                     # each key its own slot: no lock needed
+            np.multiply(np.asarray(g).reshape(-1), self.share, out=self.slot[key][1])
+        with self.lock:
+            for key, _ in keys:
+                self.received.add(key)
+                self.missing[self.slot[key][0]] -= 1
+            if self.any_thread or threading.current_thread() is threading.main_thread():
+                self._post_ready()
+                if self.requests:                # drive the started ones on (no progress thread)
+                    self.world.MPI.Request.Testall(self.requests)
+
+    def finish(self, grads):
+        """{key: sum over ranks of share_r * grads_r[key]} once every bucket is summed; grads
+        None (an empty share of the batch) counts as zeros. Gradients `add` did not get are
+        copied in first."""
+        for key, (b, dst) in self.slot.items():
+            if key in self.received:
+                continue
+            if grads is None:
+                dst[:] = 0.0
+            else:
+                g = grads[key]
+                g = g if isinstance(g, np.ndarray) else self.backend.to_host(g)
+                np.multiply(g.reshape(-1), self.share, out=dst)
+        with self.lock:
+            self.missing = [0] * len(self.buckets)
+            self._post_ready()
+            self.world.MPI.Request.Waitall(self.requests)
+            self.share = None
         if self.on_host:
             return self.summed
         for key, host in self.summed.items():
             self.device[key].copy_to_device(host)
         return self.device
+
+    def reduce(self, grads, share):
+        """The whole exchange after backward: start(share), then finish(grads)."""
+        self.start(share)
+        return self.finish(grads)
+
+    def _post_ready(self):
+        """Start, in bucket order, each bucket whose gradients are all in (under the lock)."""
+        mpi, comm = self.world.MPI, self.world.comm
+        while self.posted < len(self.buckets) and self.missing[self.posted] == 0:
+            flat = self.buckets[self.posted][0]
+            self.requests.append(comm.Iallreduce(mpi.IN_PLACE, flat, op=mpi.SUM))
+            self.posted += 1

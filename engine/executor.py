@@ -18,7 +18,12 @@ Hooks, instead of copies of this loop:
                               "input gradient" and "<param> gradient" in backward order
   timer {(layer, phase): [seconds]}   each layer's forward/backward (and "cost") timed
                               on its own by the backend's clock
-Either runs the layers one at a time in graph order on one lane (no batch split).
+watch or timer runs the layers one at a time in graph order on one lane (no batch split).
+  on_grads(layer, {param: gradient})  (Executor.on_grads) in a training step, as soon as a
+                              layer's parameter gradients are final: on its lane's thread right
+                              after its backward, or, where halves of a batch are summed, on
+                              the calling thread after the sum, in reverse graph order (the
+                              data-parallel exchange starts sending them while backward runs on)
 
 Layer state (Layer.state_shapes: batchnorm's running statistics) is updated by the backend
 right after a layer's forward, on its lane, in the training step only (`step` with train
@@ -38,6 +43,7 @@ class Executor:
         self.copies = [list(nodes)]
         self.backend = backend
         self.make_copy = make_copy
+        self.on_grads = None        # the hook above; not called in a watched or timed pass
         self.rank = {node.name: i for i, node in enumerate(nodes)}
         self.stateful = {node.name for node in nodes if node.layer.state_shapes()}
         self.whole_batch = any(columns.needs_whole_batch(node.layer) for node in nodes)
@@ -94,11 +100,12 @@ class Executor:
         return acts
 
     # ---- backward ---------------------------------------------------------------
-    def backward(self, labels=None, dy=None, weight=1.0, watch=None, timer=None, copy=0, input_grads=False):
+    def backward(self, labels=None, dy=None, weight=1.0, watch=None, timer=None, copy=0, input_grads=False,
+                 on_grads=None):
         """Cost (or the given gradient `dy` of the output) and backward through every layer,
         after its forward. Returns (loss or None, {"<layer>.<param>": gradient}, {input: gradient}
         when `input_grads`). `weight` scales the cost's gradient: a half of a batch carries its
-        share of the mean."""
+        share of the mean. on_grads(layer, {param: gradient}) after each layer's backward."""
         backend, nodes = self.backend, self.copies[copy]
         out = nodes[-1]
         serial = watch is not None or timer is not None or copy > 0
@@ -132,6 +139,8 @@ class Executor:
                 grads[f"{node.name}.{pname}"] = g
                 if watch is not None:
                     watch(f"{pname} gradient", node.name, g)
+            if on_grads is not None and pgrads:
+                on_grads(node.name, pgrads)
             if need_dx:
                 if watch is not None:
                     for part in (dx if isinstance(dx, list) else [dx]):   # "separate" inputs
@@ -175,12 +184,13 @@ class Executor:
         parts = self.halves(n, serial)
         keys = seeds_for(self.nodes) if train else {}
         seeds = [{name: as_key(k).rows_from(a) for name, k in keys.items()} for _, a, _ in parts]
+        on_grads = self.on_grads if train and not serial else None
         if len(parts) == 1:
             acts = self.forward({INPUT_NAME: x}, train, seeds[0], watch, timer,
                                 update_state=train and backward)
             if not backward:
                 return [(0, 0, n, acts)], None
-            return [(0, 0, n, acts)], self.backward(labels, watch=watch, timer=timer)
+            return [(0, 0, n, acts)], self.backward(labels, watch=watch, timer=timer, on_grads=on_grads)
         results = [None, None]
 
         def half(i):            # forward and backward of one half on one lane, cache-warm
@@ -195,8 +205,33 @@ class Executor:
         (loss0, grads), (loss1, grads1) = results[0][1], results[1][1]
         for key, g in grads.items():         # the first half's arrays hold the sum
             backend.add_into(g, grads1[key])
+        if on_grads is not None:
+            for node in reversed(self.nodes):
+                summed = {p: grads[f"{node.name}.{p}"] for p in node.layer.param_shapes()}
+                if summed:
+                    on_grads(node.name, summed)
         (_, a0, b0), (_, a1, b1) = parts
         return out, (backend.combine_losses([(loss0, b0 - a0), (loss1, b1 - a1)]), grads)
+
+    def empty_step(self):
+        """The training step of a data-parallel process whose share of the global batch is
+        empty: only the layers that sum statistics over the processes (Layer.batch_sum) run,
+        on zero images, forward in graph order (updating their state) and backward in reverse
+        (with the input gradient where a full step computes one), so this process makes the
+        collectives the others make, in their order, and keeps the same state. Zero images
+        give every other layer nothing to do, and the parameter gradients are zeros."""
+        backend = self.backend
+        summing = [node for node in self.nodes if node.layer.batch_sum is not None]
+        for node in summing:
+            layer = node.layer
+            shapes = layer.input_shapes if layer.join == "separate" else [layer.input_shape]
+            x = [backend.zeros((0,) + tuple(s)) for s in shapes]
+            backend.forward(node, x if layer.join == "separate" else x[0], True, None)
+            if node.name in self.stateful:
+                backend.update_state(node)
+        for node in reversed(summing):
+            need_dx = any(i in self.readers for i in node.inputs)
+            backend.backward(node, backend.zeros((0,) + tuple(node.layer.output_shape)), need_dx)
 
     # ---- helpers ----------------------------------------------------------------
     def _lane_of(self, serial):

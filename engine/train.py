@@ -4,6 +4,7 @@ Every epoch's randomness (data order, augmentation, dropout) comes from generato
 by (seed, epoch), and their states are saved with a mid-epoch checkpoint, so a resumed run
 repeats the uninterrupted one bit for bit.
 """
+import contextlib
 import json
 import os
 import shlex
@@ -375,6 +376,8 @@ class Trainer:
         self.solver = settings_mod.make_optimizer(s, self.net)
         self.exchange = None if world is None else distributed.GradientExchange(
             world, {k: v.shape for k, v in self.net.parameters().items()}, self.net.backend)
+        if world is not None:
+            self.net.executor.on_grads = self.exchange.add
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
@@ -389,14 +392,20 @@ class Trainer:
         return self.world.bcast(compute() if self.world.is_root else None)
 
     def _check_distributable(self):
-        """Over MPI: refuse a layer that needs the whole batch (batch statistics, state): its
-        statistics would have to be summed over the ranks inside its forward."""
+        """Over MPI: the layers that use batch statistics (Layer.whole_batch) sum them over the
+        ranks (Layer.batch_sum), so they see the global batch, and the net runs its layers in
+        one order (threading picks no concurrent columns): every rank then makes those
+        collectives in the same sequence. A layer that keeps state without batch statistics
+        would update it from its rank's share alone: refused."""
         for node in self.net.layers:
-            if columns.needs_whole_batch(node.layer):
-                raise ConfigError(f"needs the whole batch (batch statistics or layer state), which data-parallel "
-                                  f"training over {self.world.size} ranks would have to allreduce inside its "
-                                  "forward; that is not supported: train this net in one process",
+            if node.layer.whole_batch:
+                node.layer.batch_sum = self.world.batch_sum
+            elif columns.needs_whole_batch(node.layer):
+                raise ConfigError(f"keeps state updated from each batch, which data-parallel training over "
+                                  f"{self.world.size} ranks would update from each rank's share alone; that "
+                                  "is not supported: train this net in one process",
                                   file=self.spec.file, layer=node.name)
+        self.net.threading = self.net.threading        # chosen again, with the batch sums set
 
     # ---- state ----------------------------------------------------------------
     def _restore(self, arrays, meta):
@@ -622,13 +631,30 @@ class Trainer:
         x = self.pre.train(raw, aug_rng, rows=rows)
         self._key_draws(offset)
         loss, grads = 0.0, None
+        self.exchange.start(len(labels) / total)     # buckets start during backward (on_grads)
         if len(labels):
             loss, grads = self._grads(x, labels, lr, epoch, batch)
-        summed = self.exchange.reduce(grads, len(labels) / total)
+        else:       # the batch statistics' collectives, as the other ranks make them
+            self.net.executor.empty_step()
+        summed = self.exchange.finish(grads)
         tallies = self.world.gather([loss * len(labels), flag.signum or 0])
         self._agree_stop(flag, int(tallies[:, 1].max()))
         self.solver.step(summed, lr)
         return float(tallies[:, 0].sum()) / total
+
+    @contextlib.contextmanager
+    def _own_statistics(self):
+        """Over MPI: the layers normalise by this rank's statistics alone, for a pass that this
+        rank makes alone (locating a non-finite value: the others are not there to sum with)."""
+        summing = [node.layer for node in self.net.layers if node.layer.batch_sum is not None]
+        kept = [layer.batch_sum for layer in summing]
+        for layer in summing:
+            layer.batch_sum = None
+        try:
+            yield
+        finally:
+            for layer, fn in zip(summing, kept):
+                layer.batch_sum = fn
 
     def _key_draws(self, offset):
         """The step's draw key (dropout) as one process draws it, shifted to this rank's first
@@ -662,7 +688,7 @@ class Trainer:
         bad = bad or self.net.backend.first_nonfinite(grads)
         if bad:
             what = f"the loss became {loss}" if bad == "loss" else "a gradient became non-finite"
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), self._own_statistics():
                 where = finite.locate(self.net, x, labels, rng_state)
             what += f" (first non-finite: {where})" if where else ""
             raise finite.NonFiniteError(finite.message(what, f"epoch {epoch + 1}, batch {batch + 1}",

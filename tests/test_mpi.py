@@ -1,7 +1,8 @@
 """Data-parallel training over MPI (engine.distributed): the launch, the shares of a batch, and
 real `mpirun -n 2` jobs on this machine (loopback only) against one-process runs: the same
 weights, losses and validation figures; SIGTERM, SIGKILL of a rank, an error on one rank,
-resuming with another rank count. The mpirun tests need `pip install -e '.[mpi]'`."""
+resuming with another rank count (batchnorm nets: tests/test_mpi_batchnorm.py). The mpirun
+tests need `pip install -e '.[mpi]'`."""
 import importlib.util
 import os
 import shutil
@@ -240,15 +241,6 @@ def test_two_ranks_train_as_one_process(tmp_path, text):
     assert out.count("epoch   1 ") == 1          # rank 0 alone speaks
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
     assert_close_runs(tmp_path / "one", tmp_path / "two")
-
-
-@needs_mpi
-@pytest.mark.slow
-def test_batchnorm_nets_are_refused_in_one_line(tmp_path):
-    net = write(tmp_path, "bn.yaml", SMALL.replace("  - {name: pool1,", "  - {name: bn1, type: batchnorm}\n"
-                                                   "  - {name: pool1,"))
-    rc, out, err = mpirun(2, net, "--out", str(tmp_path / "bn"), timeout=120)
-    assert rc == 2 and "layer 'bn1'" in err and "train this net in one process" in err, err[-2000:]
 
 
 @needs_mpi

@@ -40,6 +40,37 @@ def statistics(x, mean, var):
 
 
 @threads.kernel
+def sums(x, out):
+    """out[c] (float64) = the sum of x[:, c, :]: this part's share of a batch's mean when the
+    batch is cut over processes."""
+    n, c, s = x.shape
+    for ch in numba.prange(c):
+        total = 0.0
+        for i in range(n):
+            part = ZERO
+            for j in range(s):
+                part += x[i, ch, j]
+            total += part
+        out[ch] = total
+
+
+@threads.kernel
+def squared_deviations(x, mean, out):
+    """out[c] (float64) = the sum of (x[:, c, :] - mean[c])^2: this part's share of the variance."""
+    n, c, s = x.shape
+    for ch in numba.prange(c):
+        mu = mean[ch]
+        total = 0.0
+        for i in range(n):
+            part = ZERO
+            for j in range(s):
+                d = x[i, ch, j] - mu
+                part += d * d
+            total += part
+        out[ch] = total
+
+
+@threads.kernel
 def coefficients(weight, mean_in, var_in, eps, mean, var, invstd, scale):
     """mean, var = the statistics used (the batch's or the running ones), invstd =
     1/sqrt(var + eps), scale = weight * invstd."""

@@ -4,6 +4,10 @@ Statistics and the parameter gradients: one block per channel, each thread strid
 the channel's N*S values, then a shared-memory tree (deterministic, no atomics). The output
 and the input gradient: one thread per value. The running statistics are updated by a
 per-channel kernel after a training forward (update_state), on the layer's stream.
+
+A global batch cut over processes (Layer.batch_sum): the per-channel sums of this part come
+to the host (a few floats), are summed over the parts there, and the global mean, variance
+and gradient sums go back to the device; the kernels then run as in one process.
 """
 import math
 
@@ -39,6 +43,42 @@ def statistics(x, mean, var):
     if tid == 0:
         mean[ch] = mu
         var[ch] = total / float32(count)
+
+
+@cuda.jit
+def sums(x, out):
+    """Block c: out[c] = the sum of x[:, c, :] (this part's share of the mean)."""
+    sh = cuda.shared.array(BLOCK, float32)
+    ch = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    s = x.shape[2]
+    acc = float32(0.0)
+    for t in range(tid, x.shape[0] * s, BLOCK):
+        i = t // s
+        acc += x[i, ch, t - i * s]
+    sh[tid] = acc
+    total = block_sum(sh, tid, BLOCK)
+    if tid == 0:
+        out[ch] = total
+
+
+@cuda.jit
+def squared_deviations(x, mean, out):
+    """Block c: out[c] = the sum of (x[:, c, :] - mean[c])^2 (this part's share of the variance)."""
+    sh = cuda.shared.array(BLOCK, float32)
+    ch = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    s = x.shape[2]
+    mu = mean[ch]
+    acc = float32(0.0)
+    for t in range(tid, x.shape[0] * s, BLOCK):
+        i = t // s
+        d = x[i, ch, t - i * s] - mu
+        acc += d * d
+    sh[tid] = acc
+    total = block_sum(sh, tid, BLOCK)
+    if tid == 0:
+        out[ch] = total
 
 
 @cuda.jit
@@ -124,6 +164,8 @@ def update_running(running_mean, running_var, mean, var, momentum, unbias):
 _A1, _A3 = "float32[::1]", "float32[:, :, ::1]"
 KERNELS = [
     (statistics, f"void({_A3}, {_A1}, {_A1})"),
+    (sums, f"void({_A3}, {_A1})"),
+    (squared_deviations, f"void({_A3}, {_A1}, {_A1})"),
     (coefficients, f"void({_A1}, {_A1}, {_A1}, float32, {_A1}, {_A1}, {_A1}, {_A1})"),
     (apply, f"void({_A3}, {_A1}, {_A1}, {_A1}, int64, float32, float32, {_A3})"),
     (grad_sums, f"void({_A3}, {_A3}, {_A3}, {_A1}, {_A1}, {_A1}, {_A1}, int64, float32, float32, "
@@ -142,14 +184,17 @@ class BatchNormCuda(CudaLayer):
     def forward(self, x, params, train, seed, stream):
         lay = self.layer
         n, c = x.shape[0], lay.channels
-        if train and n * lay.pixels < 2:
-            raise ValueError(f"batchnorm '{lay.name}': training needs more than one value per channel "
-                             f"(a batch of {n} x {lay.pixels} pixels); use a larger batch")
+        if train and lay.batch_sum is None:
+            lay.check_count(n * lay.pixels)
         x3 = self._view(x)
         y = self.buffer("y", (n,) + tuple(lay.output_shape))
         mean, var, invstd, scale = (self.buffer(tag, (c,)) for tag in ("mean", "var", "invstd", "scale"))
         eps = np.float32(lay.eps)
-        if train:
+        self._count = n * lay.pixels
+        if train and lay.batch_sum is not None:
+            self._count = self._global_statistics(x3, mean, var, stream)
+            coefficients[blocks_for(c), BLOCK, stream](params["weight"], mean, var, eps, mean, var, invstd, scale)
+        elif train:
             statistics[c, BLOCK, stream](x3, mean, var)
             coefficients[blocks_for(c), BLOCK, stream](params["weight"], mean, var, eps, mean, var, invstd, scale)
         else:
@@ -159,6 +204,47 @@ class BatchNormCuda(CudaLayer):
         apply[blocks_for(y.size), BLOCK, stream](x3, mean, scale, params["bias"], *lay.act.kernel_args(), y3)
         self._x3, self._y3, self._train = x3, y3, bool(train)
         return y
+
+    def _summed(self, kernel, args, values, stream):
+        """values (float64, host) = this part's per-channel `kernel` sums over x, then summed over
+        every part of the global batch (batch_sum)."""
+        lay = self.layer
+        part, host = self.buffer("part", (lay.channels,)), self._host_part()[0]
+        kernel[lay.channels, BLOCK, stream](*args, part)
+        part.copy_to_host(host, stream=stream)
+        stream.synchronize()
+        values[:lay.channels] = host
+        lay.batch_sum(values)
+
+    def _host_part(self):
+        """A host float32 [2, C] staging array, kept between calls."""
+        host = getattr(self, "_host", None)
+        if host is None:
+            host = self._host = np.empty((2, self.layer.channels), np.float32)
+        return host
+
+    def _to_device(self, values, dst, stream):
+        host = self._host_part()[0]
+        np.copyto(host, values, casting="same_kind")
+        dst.copy_to_device(host, stream=stream)
+        stream.synchronize()         # the staging array is reused at once
+
+    def _global_statistics(self, x3, mean, var, stream):
+        """mean and biased var of the global batch; returns its count of values per channel."""
+        lay = self.layer
+        c = lay.channels
+        total = lay.host_sums()[:c + 1]
+        total[c] = x3.shape[0] * lay.pixels
+        self._summed(sums, (x3,), total, stream)
+        count = int(total[c])
+        host = self._host_part()[0]
+        lay.global_mean(total, count, host)
+        mean.copy_to_device(host, stream=stream)
+        deviations = total[:c]
+        self._summed(squared_deviations, (x3, mean), deviations, stream)
+        np.divide(deviations, count, out=deviations)
+        self._to_device(deviations, var, stream)
+        return count
 
     def backward(self, dy, params, need_dx, stream):
         lay = self.layer
@@ -173,16 +259,35 @@ class BatchNormCuda(CudaLayer):
         if not need_dx:
             return None, grads
         dx = self.buffer("dx", (n,) + tuple(lay.input_shape))
+        sum_w, sum_b, local = dw, db, n * lay.pixels
+        if self._train and lay.batch_sum is not None:      # as the CPU layer's backward
+            sum_w, sum_b = self._global_grad_sums(dw, db, local, stream)
         grad_input[blocks_for(dx.size), BLOCK, stream](
-            dy3, y3, x3, mean, invstd, scale, params["bias"], *act, dw, db,
-            np.float32(1.0 / (n * lay.pixels)), 1 if self._train else 0, self._view(dx))
+            dy3, y3, x3, mean, invstd, scale, params["bias"], *act, sum_w, sum_b,
+            np.float32(1.0 / max(local, 1)), 1 if self._train else 0, self._view(dx))
         return dx, grads
+
+    def _global_grad_sums(self, dw, db, local, stream):
+        """Device (dweight, dbias) sums of the global batch, in units of its mean loss (see
+        BatchNormLayer.backward)."""
+        lay = self.layer
+        c = lay.channels
+        host_w, host_b = self._host_part()
+        dw.copy_to_host(host_w, stream=stream)
+        db.copy_to_host(host_b, stream=stream)
+        stream.synchronize()
+        both = lay.shares_of_sums(host_w, host_b, self._count, local)
+        lay.batch_sum(both)
+        sum_w, sum_b = self.buffer("global_dweight", (c,)), self.buffer("global_dbias", (c,))
+        self._to_device(both[:c], sum_b, stream)
+        self._to_device(both[c:], sum_w, stream)
+        return sum_w, sum_b
 
     def update_state(self, state, stream):
         lay = self.layer
         if not self._train:
             raise RuntimeError(f"batchnorm '{lay.name}': update_state needs a training forward first")
-        count = self._x3.shape[0] * lay.pixels
+        count = self._count          # the global batch's, where it is cut over processes
         c = lay.channels
         update_running[blocks_for(c), BLOCK, stream](state["running_mean"], state["running_var"],
                                                      self._buffers["mean"], self._buffers["var"],
