@@ -376,8 +376,9 @@ class Trainer:
         self.solver = settings_mod.make_optimizer(s, self.net)
         self.exchange = None if world is None else distributed.GradientExchange(
             world, {k: v.shape for k, v in self.net.parameters().items()}, self.net.backend)
-        if world is not None:
-            self.net.executor.on_grads = self.exchange.add
+        # Executor.on_grads = self.exchange.add would start each bucket during backward (tested in
+        # tests/test_mpi_exchange.py); off in training until a hang it caused once, ranks SIGTERMed
+        # mid-step under load (tests/test_mpi.py), is understood: the buckets start after backward
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
@@ -631,7 +632,7 @@ class Trainer:
         x = self.pre.train(raw, aug_rng, rows=rows)
         self._key_draws(offset)
         loss, grads = 0.0, None
-        self.exchange.start(len(labels) / total)     # buckets start during backward (on_grads)
+        self.exchange.start(len(labels) / total)
         if len(labels):
             loss, grads = self._grads(x, labels, lr, epoch, batch)
         else:       # the batch statistics' collectives, as the other ranks make them
