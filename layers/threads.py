@@ -4,14 +4,17 @@ The GNU OpenMP layer that the numba wheels default to costs ~5 ms per parallel c
 on small VMs (measured: shared/notes/numba.md) and kills forked children;
 `workqueue` costs ~20 us and is fork-safe. A user's NUMBA_THREADING_LAYER wins.
 
-`kernel` compiles each entry-point kernel twice: with `parallel=True` (intra-op threads,
-the default) and as a serial twin. A thread inside `serial()` gets the twins, so two
-threads can each run one column of a net on one core: workqueue cannot run parallel
-regions from two threads at once, and one core per column avoids the fork/join cost
-of small parallel calls altogether.
+`kernel` compiles each entry-point kernel twice, each when first called: with
+`parallel=True` (intra-op threads, the default) and as a serial twin. A thread inside
+`serial()` gets the twins, so two threads can each run one column of a net on one core:
+workqueue cannot run parallel regions from two threads at once, and one core per column
+avoids the fork/join cost of small parallel calls altogether. A kernel with `Variants` is compiled once per choice
+it is called with (the activation kernels: relu's loops apart from the others'), lazily;
+whatever is compiled is cached on disk, and one process at a time compiles a kernel.
 """
 import contextlib
 import functools
+import inspect
 import os
 import threading
 import types
@@ -40,42 +43,108 @@ def serial(on=True):
         _local.serial = before
 
 
-def _renamed(fn, suffix):
-    """A copy of fn under another qualname, so Numba's on-disk cache keeps the two
-    compilations apart (its index is keyed by module, qualname and line, not by flags)."""
-    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
-                              fn.__defaults__, fn.__closure__)
+def _renamed(fn, suffix, replace=None):
+    """A copy of fn under another qualname, so Numba's on-disk cache keeps the compilations
+    apart (its index is keyed by module, qualname and line, not by flags); `replace` swaps
+    some of the globals it calls (a Variants choice)."""
+    env = fn.__globals__ if not replace else {**fn.__globals__, **replace}
+    twin = types.FunctionType(fn.__code__, env, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + suffix
     twin.__module__ = fn.__module__
     twin.__doc__ = fn.__doc__
     return twin
 
 
-class Kernel:
-    """A Python-callable pair of dispatchers; `.parallel` and `.serial` are the Numba ones."""
+class Variants:
+    """Compile a kernel once per value of one argument that it is called with, lazily.
 
-    def __init__(self, fn, flags):
-        self.parallel = numba.njit(parallel=True, **flags)(fn)
-        # the name carries the error model: a cache written before it was set stays unused
-        self.serial = numba.njit(parallel=False, **flags)(_renamed(fn, "__serial_numpy_errors"))
+    arg: the argument's name; choices: {value: variant name} for the values that get a
+    compilation of their own, `other` the variant of every other value; replace: {variant
+    name: {global name: replacement}}, what each variant's copy of the kernel calls instead.
+    A kernel called only with one value compiles only that one's loops (the activation
+    kernels: relu's, not every function's)."""
+
+    def __init__(self, arg, choices, other, replace):
+        self.arg, self.choices, self.other, self.replace = arg, choices, other, replace
+
+    def pick(self, value):
+        return self.choices.get(value, self.other)
+
+
+SERIAL = "__serial_numpy_errors"    # the name carries the error model: older caches stay unused
+_building = threading.Lock()
+
+
+@contextlib.contextmanager
+def _compiling(dispatcher):
+    """Around a dispatcher's first call in this process: one process at a time compiles it.
+    Processes that start together (test workers, MPI ranks on one machine) would each
+    compile the same kernels; the one that waits then loads the other's from the on-disk
+    cache. An exclusive lock on a file beside that cache; none where there is no flock."""
+    try:
+        import fcntl
+        folder = dispatcher._cache._cache_path
+    except (ImportError, AttributeError):
+        yield
+        return
+    try:
+        handle = open(os.path.join(folder, dispatcher.py_func.__qualname__ + ".lock"), "a")
+    except OSError:            # a read-only cache folder: Numba will not write there either
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Kernel:
+    """A Python-callable family of Numba dispatchers: parallel and serial (`.parallel`,
+    `.serial`), each once per Variants choice when the kernel has variants, built when first
+    called."""
+
+    def __init__(self, fn, flags, variants=None):
+        self.fn, self.flags, self.variants = fn, flags, variants
+        self._at = None if variants is None else list(inspect.signature(fn).parameters).index(variants.arg)
+        self._dispatchers = {}
+        if variants is None:        # the plain pair, built now (tests inspect them)
+            self.parallel, self.serial = self._dispatcher(False, None), self._dispatcher(True, None)
         functools.update_wrapper(self, fn)
 
+    def _dispatcher(self, serial, choice):
+        key = (serial, choice)
+        found = self._dispatchers.get(key)
+        if found is None:
+            with _building:
+                found = self._dispatchers.get(key)
+                if found is None:
+                    suffix = ("" if choice is None else "__" + choice) + (SERIAL if serial else "")
+                    replace = None if choice is None else self.variants.replace[choice]
+                    fn = _renamed(self.fn, suffix, replace) if suffix else self.fn
+                    found = self._dispatchers[key] = numba.njit(parallel=not serial, **self.flags)(fn)
+        return found
+
     def __call__(self, *args):
-        if getattr(_local, "serial", False):
-            return self.serial(*args)
-        return self.parallel(*args)
+        choice = None if self._at is None else self.variants.pick(args[self._at])
+        dispatcher = self._dispatcher(getattr(_local, "serial", False), choice)
+        if dispatcher.overloads:
+            return dispatcher(*args)
+        with _compiling(dispatcher):
+            return dispatcher(*args)
 
 
-def kernel(fn=None, *, fastmath=True):
+def kernel(fn=None, *, fastmath=True, variants=None):
     """Decorator for a top-level CPU kernel (called from Python, loops over numba.prange):
     nogil, cached, fastmath unless told otherwise, NumPy's error model (x / 0 is inf, not
-    an exception); parallel or serial per calling thread."""
+    an exception); parallel or serial per calling thread; compiled per `variants` choice."""
     # error_model="numpy": what parallel=True implies anyway; without it the serial twin's
     # every `/` carries a divide-by-zero branch that stops its loops from vectorising
     flags = dict(nogil=True, cache=True, fastmath=fastmath, error_model="numpy")
     if fn is None:
-        return lambda f: Kernel(f, flags)
-    return Kernel(fn, flags)
+        return lambda f: Kernel(f, flags, variants)
+    return Kernel(fn, flags, variants)
 
 
 # Kernels that need scratch deal their tasks out to WORKERS fixed workers (the parallel

@@ -35,7 +35,8 @@ def distinct(shape, seed=0, gap=0.1):
 
 # every neuron function, with and without parameters where it takes them
 NEURON_FNS = ["ident", "linear", "linear[2.5,-0.5]", "relu", "brelu[1.5]", "tanh", "tanh[1.7159,0.6667]",
-              "logistic", "softrelu", "abs", "square", "sqrt"]
+              "logistic", "softrelu", "abs", "square", "sqrt", "leaky", "leaky[0.2]", "leaky[0]", "elu",
+              "elu[0.5]", "selu"]
 
 
 def neuron_inputs(fn, shape, seed=0):

@@ -49,3 +49,60 @@ def test_a_set_numba_cache_dir_is_kept(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "mine"), XDG_CACHE_HOME=str(tmp_path / "x"))
     assert cache_dir_of_a_fresh_process(env) == [str(tmp_path / "mine")] * 2
     assert not (tmp_path / "x").exists()
+
+
+# ---- what is compiled, and by whom -------------------------------------------------------
+def test_activation_kernels_compile_one_variant_per_case_when_first_called():
+    import numpy as np
+
+    from layers import threads
+    from layers.neuron import cpu as neuron_cpu
+    from layers.neuron.spec import IDENT, LOGISTIC, RELU, TANH
+    kern = threads.Kernel(neuron_cpu.forward.fn, neuron_cpu.forward.flags, neuron_cpu.ACTIVATIONS)
+    x = np.linspace(-3, 3, 41, dtype=np.float32)
+    out = np.empty_like(x)
+    one = np.float32(1.0)
+    kern(RELU, one, one, x, out)
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    assert list(kern._dispatchers) == [(False, neuron_cpu.ACTIVATIONS.pick(RELU))]   # relu's loops alone
+    kern(TANH, one, one, x, out)
+    np.testing.assert_allclose(out, np.tanh(x), rtol=1e-6, atol=1e-6)
+    kern(LOGISTIC, one, one, x, out)                      # the other codes share one compilation
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(-x)), rtol=1e-6)
+    with threads.serial():
+        kern(IDENT, one, one, x, out)
+    np.testing.assert_array_equal(out, x)
+    assert set(kern._dispatchers) == {(False, neuron_cpu.ACTIVATIONS.pick(RELU)),
+                                      (False, neuron_cpu.ACTIVATIONS.pick(TANH)),
+                                      (True, neuron_cpu.ACTIVATIONS.pick(IDENT))}
+    names = {d.py_func.__qualname__ for d in kern._dispatchers.values()}
+    assert len(names) == 3          # apart in Numba's on-disk cache too
+
+
+FIRST_CALL = """
+import sys, time
+import numpy as np
+from layers.neuron import cpu
+from layers.neuron.spec import SOFTRELU
+x = np.linspace(-3, 3, 41, dtype=np.float32)
+out = np.empty_like(x)
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))          # both call at the same moment
+cpu.backward(SOFTRELU, np.float32(1), np.float32(1), x, x, x, out)
+d = cpu.backward._dispatchers[(False, cpu.ACTIVATIONS.pick(SOFTRELU))]
+print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
+"""
+
+
+def test_two_processes_starting_together_compile_a_kernel_once(tmp_path):
+    """MPI ranks on one machine, test workers: the second waits for the first's compilation
+    and loads it from the cache instead of compiling it again at the same time."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    start = time.time() + 8.0
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_CALL, str(start)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        results.append(tuple(int(v) for v in out.split()))
+    assert sorted(results) == [(0, 1), (1, 0)], results     # one compiled (a miss), one loaded (a hit)

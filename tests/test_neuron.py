@@ -1,6 +1,7 @@
-"""Neuron functions (cuda-convnet's, with their bracket parameters): the neuron layer and the
-activation fused on conv and fc, against the NumPy reference, central differences and
-PyTorch; the name parser and its messages; sqrt's and softrelu's edge values."""
+"""Neuron functions (cuda-convnet's with their bracket parameters, and leaky[a], elu[a], selu):
+the neuron layer and the activation fused on conv, fc and pool, against the NumPy reference,
+central differences and PyTorch; the name parser and its messages; sqrt's and softrelu's edge
+values; ONNX export and the PyTorch mirror of the newer ones."""
 import numpy as np
 import pytest
 from helpers import NEURON_FNS as FNS, fused_params, neuron_inputs as inputs
@@ -11,6 +12,7 @@ from engine import gradcheck
 from layers.conv import reference as conv_ref
 from layers.fc import reference as fc_ref
 from layers.neuron import reference, spec
+from layers.pool import reference as pool_ref
 
 
 def make(fn, shape=(3, 5, 7)):
@@ -50,12 +52,14 @@ def test_reference_gradient_float64(fn):
 def torch_fn(torch, fn):
     n = spec.parse(fn)
     a, b = n.a, n.b
+    F = torch.nn.functional
     return {
         "ident": lambda t: t, "linear": lambda t: a * t + b if n.code == spec.LINEAR else t,
         "relu": torch.relu, "brelu": lambda t: torch.clamp(t, 0, a),
         "tanh": lambda t: a * torch.tanh(b * t), "logistic": torch.sigmoid,
         "softrelu": torch.nn.functional.softplus, "abs": torch.abs, "square": torch.square,
-        "sqrt": torch.sqrt,
+        "sqrt": torch.sqrt, "leaky": lambda t: F.leaky_relu(t, a), "elu": lambda t: F.elu(t, a),
+        "selu": F.selu,
     }[n.name]
 
 
@@ -74,7 +78,18 @@ def test_matches_pytorch(fn):
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
-# ---- fused on conv and fc ---------------------------------------------------------------------
+def test_defaults_and_constants_are_pytorchs():
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: the oracle comparison needs it")
+    assert spec.parse("leaky").a == np.float32(torch.nn.LeakyReLU().negative_slope)
+    assert spec.parse("elu").a == torch.nn.ELU().alpha
+    x = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    scale = torch.nn.functional.selu(x)[1].item()
+    alpha = torch.nn.functional.selu(x)[0].item() / scale / np.expm1(-1.0)
+    assert spec.SELU_SCALE == pytest.approx(scale, rel=1e-7)
+    assert spec.SELU_ALPHA == pytest.approx(alpha, rel=1e-7)
+
+
+# ---- fused on conv, fc and pool ---------------------------------------------------------------
 @pytest.mark.parametrize("fn", FNS)
 def test_conv_fused_matches_reference(fn):
     layer = layers.get("conv")("c", dict(filters=4, size=3, padding=1, groups=2, neuron=fn), [(2, 5, 6)])
@@ -105,6 +120,19 @@ def test_fc_fused_matches_reference_and_finite_differences(fn):
     for got, want in ((dx, dx_ref), (grads["weight"], dw_ref), (grads["bias"], db_ref)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     gradcheck.check(layer, [x], p)
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("fn", FNS)
+def test_pool_fused_matches_reference(mode, fn):
+    shape = (3, 11, 8)
+    x = inputs(fn, (2,) + shape, seed=7)
+    layer = layers.get("pool")("p", {"mode": mode, "size": 3, "stride": 2, "neuron": fn}, [shape])
+    y = layer.forward(x, {})
+    np.testing.assert_allclose(y, pool_ref.forward(x, mode, 3, 2, fn), rtol=1e-5, atol=1e-6)
+    g = np.random.default_rng(8).standard_normal(y.shape).astype(np.float32)
+    dx, _ = layer.backward(g, {})
+    np.testing.assert_allclose(dx, pool_ref.backward(x, g, mode, 3, 2, fn), rtol=1e-5, atol=1e-6)
 
 
 def test_conv_square_keeps_its_pre_activation():
@@ -156,6 +184,11 @@ def test_softrelu_and_logistic_are_finite_at_large_inputs():
     ("tanh[1.7159, 0.6667]", "tanh", spec.TANH, np.float32(1.7159), np.float32(0.6667)),
     ("softrelu", "softrelu", spec.SOFTRELU, 0, 0),
     ("sqrt", "sqrt", spec.SQRT, 0, 0),
+    ("leaky", "leaky", spec.LEAKY, np.float32(0.01), 0),
+    ("leaky[0.2]", "leaky", spec.LEAKY, np.float32(0.2), 0),
+    ("elu", "elu", spec.ELU, 1, 0),
+    ("elu[ 0.5 ]", "elu", spec.ELU, 0.5, 0),
+    ("selu", "selu", spec.SELU, 0, 0),
 ])
 def test_parse(text, name, code, a, b):
     n = spec.parse(text)
@@ -181,6 +214,11 @@ def test_parse(text, name, code, a, b):
     ("tanh[0,1]", "a must not be 0"),
     ("tanh[1e-50,1]", "a must not be 0 in float32"),
     ("brelu[-1]", "the bound a must be > 0"),
+    ("leaky[-0.1]", "negative slope a must be >= 0"),
+    ("elu[0]", "a must be > 0"),
+    ("selu[1]", "selu takes no parameters"),
+    ("leaky[1,2]", "leaky takes 1 parameter"),
+    ("lekay", "did you mean 'leaky'?"),
     (3, "must be a neuron name such as relu or tanh[1.7159,0.6667], got 3"),
     (None, "must be a neuron name"),
     (["tanh", 1, 2], "must be a neuron name"),
@@ -225,9 +263,36 @@ def test_bracket_syntax_in_net_files():
     ("tanh[1,x]", "relu", "neuron", "'tanh[1,x]': parameter 2 must be a number"),
     ("relu", "brelu", "fn", "brelu needs its parameter"),
     ("relu", "tanhh[1,2]", "fn", "did you mean 'tanh'?"),
+    ("elu[-1]", "leaky[0.1]", "neuron", "a must be > 0"),
 ])
 def test_bad_names_in_net_files_name_layer_and_key(conv, fn, key, message):
     with pytest.raises(engine.ConfigError) as e:
         engine.load(NET % (conv, fn))
     assert e.value.key == key and e.value.layer == ("c1" if key == "neuron" else "n1")
     assert message in str(e.value)
+
+
+def test_onnx_export_and_torch_mirror():
+    pytest.importorskip("onnx", reason="exporting needs onnx")
+    ort = pytest.importorskip("onnxruntime", reason="running the exported model needs onnxruntime")
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: the mirror needs it")
+    from bench.torch_mirror import mirror
+    from engine.tools import export_onnx
+    net = engine.load({"input": {"shape": [2, 6, 6]}, "layers": [
+        {"name": "c", "type": "conv", "filters": 3, "size": 3, "neuron": "leaky[0.2]", "init_w": 0.5},
+        {"name": "e", "type": "neuron", "fn": "elu[0.7]"},
+        {"name": "p", "type": "pool", "mode": "max", "size": 2, "neuron": "leaky"},
+        {"name": "f", "type": "fc", "outputs": 4, "neuron": "selu", "init_w": 0.5},
+        {"name": "prob", "type": "softmax"}]}, seed=3)
+    names = [n.name for n in net.layers]
+    model = export_onnx.to_onnx(net, outputs=names)
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = (np.random.default_rng(0).standard_normal((2, 2, 6, 6)) * 3).astype(np.float32)
+    theirs = dict(zip([o.name for o in s.get_outputs()], s.run(None, {"data": x})))
+    ours = net.forward(x, outputs=names)
+    for name in names:
+        assert (ours[name] < 0).any() or name == "prob"      # the negative branches are exercised
+        np.testing.assert_allclose(theirs[name], ours[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    with torch.no_grad():
+        np.testing.assert_allclose(mirror(net)(torch.from_numpy(x)).numpy(), net.forward(x),
+                                   rtol=1e-5, atol=1e-6)

@@ -10,9 +10,33 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.neuron.cpu import activate, activate_grad, specialised, uses_input
+from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised, uses_input
 
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
+
+
+@numba.njit(inline="always")
+def _channel_sum(x, ch, total):
+    """total + the sum of x[:, ch, :], a partial sum per image (total: the accumulator's zero,
+    float32 for one process, float64 for a part of a batch cut over processes)."""
+    for i in range(x.shape[0]):
+        part = ZERO
+        for j in range(x.shape[2]):
+            part += x[i, ch, j]
+        total += part
+    return total
+
+
+@numba.njit(inline="always")
+def _channel_squared_deviations(x, ch, mu, total):
+    """total + the sum of (x[:, ch, :] - mu)^2, a partial sum per image."""
+    for i in range(x.shape[0]):
+        part = ZERO
+        for j in range(x.shape[2]):
+            d = x[i, ch, j] - mu
+            part += d * d
+        total += part
+    return total
 
 
 @threads.kernel
@@ -21,53 +45,24 @@ def statistics(x, mean, var):
     n, c, s = x.shape
     count = np.float32(n * s)
     for ch in numba.prange(c):
-        total = ZERO
-        for i in range(n):
-            part = ZERO
-            for j in range(s):
-                part += x[i, ch, j]
-            total += part
-        mu = total / count
-        total = ZERO
-        for i in range(n):
-            part = ZERO
-            for j in range(s):
-                d = x[i, ch, j] - mu
-                part += d * d
-            total += part
+        mu = _channel_sum(x, ch, ZERO) / count
         mean[ch] = mu
-        var[ch] = total / count
+        var[ch] = _channel_squared_deviations(x, ch, mu, ZERO) / count
 
 
 @threads.kernel
 def sums(x, out):
     """out[c] (float64) = the sum of x[:, c, :]: this part's share of a batch's mean when the
     batch is cut over processes."""
-    n, c, s = x.shape
-    for ch in numba.prange(c):
-        total = 0.0
-        for i in range(n):
-            part = ZERO
-            for j in range(s):
-                part += x[i, ch, j]
-            total += part
-        out[ch] = total
+    for ch in numba.prange(x.shape[1]):
+        out[ch] = _channel_sum(x, ch, 0.0)
 
 
 @threads.kernel
 def squared_deviations(x, mean, out):
     """out[c] (float64) = the sum of (x[:, c, :] - mean[c])^2: this part's share of the variance."""
-    n, c, s = x.shape
-    for ch in numba.prange(c):
-        mu = mean[ch]
-        total = 0.0
-        for i in range(n):
-            part = ZERO
-            for j in range(s):
-                d = x[i, ch, j] - mu
-                part += d * d
-            total += part
-        out[ch] = total
+    for ch in numba.prange(x.shape[1]):
+        out[ch] = _channel_squared_deviations(x, ch, mean[ch], 0.0)
 
 
 @threads.kernel
@@ -93,7 +88,7 @@ def _apply_block(code, args):
         y[i, ch, j] = activate(code, pa, pb, (x[i, ch, j] - mu) * k + b)
 
 
-@threads.kernel
+@activation_kernel
 def apply(code, pa, pb, x, mean, scale, bias, y):
     """y = f((x - mean[c]) scale[c] + bias[c])."""
     for t in numba.prange(x.shape[0] * x.shape[1]):
@@ -120,7 +115,7 @@ def _sums_block(code, args):
         dbias[ch] += pbias
 
 
-@threads.kernel
+@activation_kernel
 def grad_sums(code, pa, pb, dy, y, x, mean, invstd, scale, bias, dweight, dbias):
     """dbias[c] = sum of dz, dweight[c] = sum of dz * xhat, dz = dL/d(pre-activation)."""
     for ch in numba.prange(x.shape[1]):
@@ -143,7 +138,7 @@ def _dx_block(code, args):
         dx[i, ch, j] = k * (g - mb - d * mw)
 
 
-@threads.kernel
+@activation_kernel
 def grad_input(code, pa, pb, dy, y, x, mean, invstd, scale, bias, dweight, dbias, inv_count, train, dx):
     """dx = scale (dz - dbias/M - xhat dweight/M) in training (M = N*S: the paths through the
     batch statistics), dx = scale dz with the running statistics (train = 0)."""

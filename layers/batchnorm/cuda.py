@@ -18,28 +18,41 @@ from layers.cudabase import BLOCK, CudaLayer, block_sum, blocks_for
 from layers.neuron.cuda import activate, activate_grad, uses_input
 
 
+@cuda.jit(device=True)
+def _channel_sum(x, ch, sh, tid):
+    """The block's sum of x[:, ch, :]: each thread strides over the values, then the tree."""
+    s = x.shape[2]
+    acc = float32(0.0)
+    for t in range(tid, x.shape[0] * s, BLOCK):
+        i = t // s
+        acc += x[i, ch, t - i * s]
+    sh[tid] = acc
+    return block_sum(sh, tid, BLOCK)
+
+
+@cuda.jit(device=True)
+def _channel_squared_deviations(x, ch, mu, sh, tid):
+    """The block's sum of (x[:, ch, :] - mu)^2."""
+    s = x.shape[2]
+    acc = float32(0.0)
+    for t in range(tid, x.shape[0] * s, BLOCK):
+        i = t // s
+        d = x[i, ch, t - i * s] - mu
+        acc += d * d
+    sh[tid] = acc
+    return block_sum(sh, tid, BLOCK)
+
+
 @cuda.jit
 def statistics(x, mean, var):
     """Block c: mean[c] and the biased variance var[c] over x[:, c, :] (two passes)."""
     sh = cuda.shared.array(BLOCK, float32)
     ch = cuda.blockIdx.x
     tid = cuda.threadIdx.x
-    n, s = x.shape[0], x.shape[2]
-    count = n * s
-    acc = float32(0.0)
-    for t in range(tid, count, BLOCK):
-        i = t // s
-        acc += x[i, ch, t - i * s]
-    sh[tid] = acc
-    mu = block_sum(sh, tid, BLOCK) / float32(count)
+    count = x.shape[0] * x.shape[2]
+    mu = _channel_sum(x, ch, sh, tid) / float32(count)
     cuda.syncthreads()                   # every thread has read sh[0] before it is reused
-    acc = float32(0.0)
-    for t in range(tid, count, BLOCK):
-        i = t // s
-        d = x[i, ch, t - i * s] - mu
-        acc += d * d
-    sh[tid] = acc
-    total = block_sum(sh, tid, BLOCK)
+    total = _channel_squared_deviations(x, ch, mu, sh, tid)
     if tid == 0:
         mean[ch] = mu
         var[ch] = total / float32(count)
@@ -49,17 +62,9 @@ def statistics(x, mean, var):
 def sums(x, out):
     """Block c: out[c] = the sum of x[:, c, :] (this part's share of the mean)."""
     sh = cuda.shared.array(BLOCK, float32)
-    ch = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    s = x.shape[2]
-    acc = float32(0.0)
-    for t in range(tid, x.shape[0] * s, BLOCK):
-        i = t // s
-        acc += x[i, ch, t - i * s]
-    sh[tid] = acc
-    total = block_sum(sh, tid, BLOCK)
-    if tid == 0:
-        out[ch] = total
+    total = _channel_sum(x, cuda.blockIdx.x, sh, cuda.threadIdx.x)
+    if cuda.threadIdx.x == 0:
+        out[cuda.blockIdx.x] = total
 
 
 @cuda.jit
@@ -67,17 +72,8 @@ def squared_deviations(x, mean, out):
     """Block c: out[c] = the sum of (x[:, c, :] - mean[c])^2 (this part's share of the variance)."""
     sh = cuda.shared.array(BLOCK, float32)
     ch = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    s = x.shape[2]
-    mu = mean[ch]
-    acc = float32(0.0)
-    for t in range(tid, x.shape[0] * s, BLOCK):
-        i = t // s
-        d = x[i, ch, t - i * s] - mu
-        acc += d * d
-    sh[tid] = acc
-    total = block_sum(sh, tid, BLOCK)
-    if tid == 0:
+    total = _channel_squared_deviations(x, ch, mean[ch], sh, cuda.threadIdx.x)
+    if cuda.threadIdx.x == 0:
         out[ch] = total
 
 

@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.neuron.cpu import activate, activate_grad, specialised, uses_input
+from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised, uses_input
 
 BLOCK = 512   # columns per parallel task
 
@@ -31,7 +31,7 @@ def _bias_act_block(code, args):
             y[r, c] = activate(code, pa, pb, y[r, c] + bias[c])
 
 
-@threads.kernel
+@activation_kernel
 def bias_act(code, pa, pb, y, bias, pre):
     """y[r, c] = f(y[r, c] + bias[c]) in place for the activation (code, pa, pb); where
     the gradient needs the pre-activation (abs, square), pre keeps y + bias.
@@ -63,7 +63,7 @@ def _grad_block(code, args):
                 dbias[c] += g
 
 
-@threads.kernel
+@activation_kernel
 def grad_act_bias(code, pa, pb, dy, y, pre, dz, dbias):
     """dz = dL/d(pre-activation) from dy and the output y (pre only for abs, square);
     dbias[c] = sum over rows of dz[:, c]. Parallel over column blocks."""

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.neuron.cpu import activate, activate_grad, specialised
+from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised
 
 
 
@@ -51,7 +51,7 @@ def _bias_act_filter(code, args):
             y[n, f, p] = activate(code, pa, pb, a)
 
 
-@threads.kernel
+@activation_kernel
 def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
     """y[n, f, p] = f(tmp[p, f, n] + bias[f, p]) for the activation (code, pa, pb); with
     `keep`, pre keeps the sum too. One task per filter."""
@@ -71,7 +71,7 @@ def _grad_filter(code, args):
         db[f, p] = acc
 
 
-@threads.kernel
+@activation_kernel
 def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
     """dtmp[p, f, n] = dL/d(pre-activation); db[f, p] = its sum over the batch (float64).
     One task per filter."""

@@ -96,12 +96,41 @@ def specialised(code, body, args):
     With a runtime code, the element loop branches over all the functions, which LLVM then
     neither unswitches nor vectorises (relu's bias and gradient kernels ran 3-25x slower).
     Kernels run each parallel task's loop, `body` (an inline function), through this, so
-    the common cases get loops of their own; the others share one."""
+    the common cases get loops of their own; the others share one. An `activation_kernel`
+    compiles each of the three on its own, when first called with it."""
     if code == RELU:
         return body(RELU, args)
     if code == IDENT:
         return body(IDENT, args)
     return body(code, args)
+
+
+@numba.njit(inline="always")
+def _relu_only(code, body, args):
+    return body(RELU, args)
+
+
+@numba.njit(inline="always")
+def _identity_only(code, body, args):
+    return body(IDENT, args)
+
+
+@numba.njit(inline="always")
+def _any_code(code, body, args):
+    return body(code, args)
+
+
+# `specialised` in a kernel, one compilation per case: relu, the identity, every other code
+ACTIVATIONS = threads.Variants("code", {RELU: "relu", IDENT: "ident"}, "any",
+                               {"relu": {"specialised": _relu_only}, "ident": {"specialised": _identity_only},
+                                "any": {"specialised": _any_code}})
+
+
+def activation_kernel(fn):
+    """threads.kernel for a kernel taking `code` whose loops run through `specialised`: its
+    relu, identity and other-activation loops are compiled apart, each when first used (a
+    relu net compiles relu's alone: about a third of the three together)."""
+    return threads.kernel(fn, variants=ACTIVATIONS)
 
 
 CHUNK = 16384      # elements per parallel task
@@ -114,7 +143,7 @@ def _forward_chunk(code, args):
         out[i] = activate(code, pa, pb, x[i])
 
 
-@threads.kernel
+@activation_kernel
 def forward(code, pa, pb, x, out):
     """out = f(x), both flat float32 (may alias)."""
     for c in numba.prange((x.size + CHUNK - 1) // CHUNK):
@@ -129,7 +158,7 @@ def _backward_chunk(code, args):
         out[i] = activate_grad(code, pa, pb, g[i], y[i], x[i] if keep else ZERO)
 
 
-@threads.kernel
+@activation_kernel
 def backward(code, pa, pb, g, y, x, out):
     """out = dL/dx, flat float32; `x` is only read where uses_input(code)."""
     for c in numba.prange((g.size + CHUNK - 1) // CHUNK):
