@@ -279,11 +279,6 @@ class GradientExchange:
             self.device[key].copy_to_device(host)
         return self.device
 
-    def reduce(self, grads, share):
-        """The whole exchange after backward: start(share), then finish(grads)."""
-        self.start(share)
-        return self.finish(grads)
-
     def _post_ready(self):
         """Start, in bucket order, each bucket whose gradients are all in (under the lock)."""
         mpi, comm = self.world.MPI, self.world.comm

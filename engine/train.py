@@ -376,9 +376,8 @@ class Trainer:
         self.solver = settings_mod.make_optimizer(s, self.net)
         self.exchange = None if world is None else distributed.GradientExchange(
             world, {k: v.shape for k, v in self.net.parameters().items()}, self.net.backend)
-        # Executor.on_grads = self.exchange.add would start each bucket during backward (tested in
-        # tests/test_mpi_exchange.py); off in training until a hang it caused once, ranks SIGTERMed
-        # mid-step under load (tests/test_mpi.py), is understood: the buckets start after backward
+        if world is not None:       # each bucket's allreduce starts during backward
+            self.net.executor.on_grads = self.exchange.add
         if arrays is not None:
             self._restore(arrays, self.resume_meta)
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
@@ -515,12 +514,14 @@ class Trainer:
                     lr = self.schedule.lr(epoch, b / n_batches)
                     if self.world is None:
                         tally.add(self._step(self.pre.train(raw, aug_rng), labels, lr, epoch, b), len(labels))
+                        stop = flag.stop
                     else:
-                        tally.add(self._shared_step(raw, labels, rows, aug_rng, lr, epoch, b, flag), rows[1])
+                        loss, stop = self._shared_step(raw, labels, rows, aug_rng, lr, epoch, b, flag)
+                        tally.add(loss, rows[1])
                     steps_taken += 1
                     self.batch_in_epoch = b + 1
                     progress.step(min((b + 1) * s["batch"], self.source.num_train), tally.mean)
-                    if flag.stop or (self.stop_after is not None and steps_taken >= self.stop_after):
+                    if stop or (self.stop_after is not None and steps_taken >= self.stop_after):
                         progress.close()
                         self.partial_loss = [tally.total, tally.seen]
                         path = self.save({"augment": aug_rng.bit_generator.state,
@@ -551,8 +552,7 @@ class Trainer:
                 self.log(self._line(record))
                 path = self.save()
                 self._prune(path)
-                self._agree_stop(flag)
-                if flag.stop and self.epoch < s["epochs"]:     # asked during validation or saving
+                if self._agree_stop(flag) and self.epoch < s["epochs"]:   # asked in validation or saving
                     self.log(f"stopped by {flag.name} after epoch {self.epoch}; saved {path}; resume "
                              f"with: python -m engine train --resume {self.run_dir}")
                     return {"stopped": True, "checkpoint": path, "signal": flag.signum,
@@ -626,8 +626,9 @@ class Trainer:
     def _shared_step(self, raw, labels, rows, aug_rng, lr, epoch, batch, flag):
         """One data-parallel step: forward and backward of this rank's share, the gradients
         summed over the ranks each scaled by its share of the batch (so the single-process
-        update of the whole batch), the update. Returns the global batch's mean loss; a stop
-        asked on any rank is agreed here, so every rank stops after the same step."""
+        update of the whole batch), the update. Returns the global batch's mean loss and
+        whether to stop after this step: a stop asked on any rank, agreed here, so that every
+        rank stops after the same step."""
         offset, total = rows
         x = self.pre.train(raw, aug_rng, rows=rows)
         self._key_draws(offset)
@@ -639,9 +640,9 @@ class Trainer:
             self.net.executor.empty_step()
         summed = self.exchange.finish(grads)
         tallies = self.world.gather([loss * len(labels), flag.signum or 0])
-        self._agree_stop(flag, int(tallies[:, 1].max()))
+        stop = self._agree_stop(flag, int(tallies[:, 1].max()))
         self.solver.step(summed, lr)
-        return float(tallies[:, 0].sum()) / total
+        return float(tallies[:, 0].sum()) / total, stop
 
     @contextlib.contextmanager
     def _own_statistics(self):
@@ -666,12 +667,16 @@ class Trainer:
         self.net.draw_key = next(iter(keys.values())).rows_from(offset) if keys else None
 
     def _agree_stop(self, flag, signum=None):
-        """Over MPI: a stop asked on any rank (SIGTERM may reach them one by one) stops them all."""
+        """Whether to stop now: in one process, whether a stop was asked. Over MPI, whether
+        one was asked on any rank before this agreement (SIGTERM may reach the ranks one by
+        one); a signal that lands after it counts at the next one. A rank never stops on its
+        own flag alone: the others would wait for it in their next collective for ever."""
         if self.world is None:
-            return
+            return flag.stop
         signum = self.world.agree_stop(flag.signum) if signum is None else signum
-        if signum and not flag.stop:
-            flag.stop, flag.signum = True, signum
+        if signum and flag.signum is None:
+            flag.signum = signum          # what the exit code and the log name
+        return bool(signum)
 
     def _step(self, x, labels, lr, epoch, batch):
         """One SGD step on the net's backend; returns the batch's mean loss."""

@@ -96,6 +96,47 @@ class FailOnRankOne(Layer):
 '''
 
 
+# SIGTERM to rank 1 alone, after it has sent its stop request of a step to the others (none),
+# before it looks at the answer: the latest a signal can land in a step
+LATE_SIGNAL = '''\
+import os
+import signal
+
+from engine import distributed
+from layers.base import Layer
+from layers.registry import register
+
+_gather = distributed.World.gather
+_steps = [0]
+
+
+def gather(self, values):
+    every = _gather(self, values)
+    if self.rank == 1 and len(values) == 2:           # a training step's [loss, stop request]
+        _steps[0] += 1
+        if _steps[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return every
+
+
+distributed.World.gather = gather
+
+
+@register
+class Unchanged(Layer):
+    type = "unchanged"
+    doc = "the identity (the file's point is the signal above)"
+
+    def setup(self, input_shape):
+        return input_shape
+
+    def forward(self, x, params, train=False, rng=None):
+        return x
+
+    def backward(self, dy, params, need_dx=True):
+        return dy, {}
+'''
+
 def write(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text)
@@ -114,7 +155,14 @@ def mpirun(n, *args, wait=True, timeout=300):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
         return proc
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:         # a hung job: its ranks and mpirun go, then the test fails
+        for pid in rank_pids(proc).values():
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"mpirun -n {n} did not end within {timeout} s: {err[-2000:]}") from None
     return proc.returncode, out, err
 
 
@@ -253,6 +301,20 @@ def test_an_error_on_one_rank_ends_the_job_with_its_message(tmp_path):
     rc, out, err = mpirun(2, net, "--plugins", "--out", str(tmp_path / "f"), timeout=180)
     assert rc != 0 and "rank 1 of 2" in err and "disk image 17 unreadable" in err, err[-3000:]
     assert time.time() - start < 180
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_a_signal_landing_on_one_rank_after_the_step_agreed_stops_every_rank_one_step_later(tmp_path):
+    """Each rank acts on the stop the ranks agreed, never on its own flag alone: rank 1 stopping
+    after step 2 by itself left rank 0 waiting in step 3's collective for ever."""
+    write(tmp_path, "late.py", LATE_SIGNAL)
+    net = write(tmp_path, "late.yaml", SMALL.replace("name: small\n", "name: late\nplugins: [late.py]\n")
+                .replace("  - {name: fc2,", "  - {name: same, type: unchanged}\n  - {name: fc2,"))
+    rc, out, err = mpirun(2, net, "--plugins", "--out", str(tmp_path / "late"), timeout=180)
+    assert rc == 143, err[-3000:]
+    _, meta = params(tmp_path / "late")
+    assert (meta["epoch"], meta["batch"]) == (0, 3), meta        # the step after the signal
 
 
 @needs_mpi

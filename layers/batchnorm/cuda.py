@@ -18,7 +18,7 @@ from layers.cudabase import BLOCK, CudaLayer, block_sum, blocks_for
 from layers.neuron.cuda import activate, activate_grad, uses_input
 
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, inline="always")
 def _channel_sum(x, ch, sh, tid):
     """The block's sum of x[:, ch, :]: each thread strides over the values, then the tree."""
     s = x.shape[2]
@@ -30,7 +30,7 @@ def _channel_sum(x, ch, sh, tid):
     return block_sum(sh, tid, BLOCK)
 
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, inline="always")
 def _channel_squared_deviations(x, ch, mu, sh, tid):
     """The block's sum of (x[:, ch, :] - mu)^2."""
     s = x.shape[2]
