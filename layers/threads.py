@@ -135,16 +135,21 @@ class Kernel:
             return dispatcher(*args)
 
 
-def kernel(fn=None, *, fastmath=True, variants=None):
-    """Decorator for a top-level CPU kernel (called from Python, loops over numba.prange):
-    nogil, cached, fastmath unless told otherwise, NumPy's error model (x / 0 is inf, not
-    an exception); parallel or serial per calling thread; compiled per `variants` choice."""
+def kernel_flags(fastmath=True):
+    """Numba's flags for a top-level CPU kernel: nogil, cached, fastmath unless told otherwise,
+    NumPy's error model (x / 0 is inf, not an exception)."""
     # error_model="numpy": what parallel=True implies anyway; without it the serial twin's
     # every `/` carries a divide-by-zero branch that stops its loops from vectorising
-    flags = dict(nogil=True, cache=True, fastmath=fastmath, error_model="numpy")
+    return dict(nogil=True, cache=True, fastmath=fastmath, error_model="numpy")
+
+
+def kernel(fn=None, *, fastmath=True, variants=None):
+    """Decorator for a top-level CPU kernel (called from Python, loops over numba.prange),
+    compiled with kernel_flags; parallel or serial per calling thread; compiled per
+    `variants` choice."""
     if fn is None:
-        return lambda f: Kernel(f, flags, variants)
-    return Kernel(fn, flags, variants)
+        return lambda f: Kernel(f, kernel_flags(fastmath), variants)
+    return Kernel(fn, kernel_flags(fastmath), variants)
 
 
 # Kernels that need scratch deal their tasks out to WORKERS fixed workers (the parallel

@@ -106,3 +106,32 @@ def test_two_processes_starting_together_compile_a_kernel_once(tmp_path):
         assert p.returncode == 0, err[-2000:]
         results.append(tuple(int(v) for v in out.split()))
     assert sorted(results) == [(0, 1), (1, 0)], results     # one compiled (a miss), one loaded (a hit)
+
+
+def test_rarer_activations_run_the_identity_loops_and_the_neuron_pass():
+    """conv, fc, local and pool compile relu's and the identity's loops only; tanh, abs (which
+    keeps its input for the gradient) and the others add the neuron layer's own pass."""
+    import numpy as np
+
+    import layers
+    from layers.conv import cpu as conv_cpu
+    from layers.fc import cpu as fc_cpu
+    from layers.local import cpu as local_cpu
+    from layers.neuron import cpu as neuron_cpu
+    from layers.pool import cpu as pool_cpu
+    from layers.pool import reference as pool_ref
+    x = (np.random.default_rng(0).permutation(2 * 3 * 9 * 9).reshape(2, 3, 9, 9) * 0.01 - 2.4).astype(np.float32)
+    for fn in ("tanh", "abs", "elu[0.5]"):
+        for mode in ("max", "avg"):
+            layer = layers.get("pool")("p", {"mode": mode, "size": 3, "stride": 2, "neuron": fn}, [(3, 9, 9)])
+            y = layer.forward(x, {})
+            np.testing.assert_allclose(y, pool_ref.forward(x, mode, 3, 2, fn), rtol=1e-6, atol=1e-6)
+            g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+            np.testing.assert_allclose(layer.backward(g, {})[0], pool_ref.backward(x, g, mode, 3, 2, fn),
+                                       rtol=1e-5, atol=1e-6)
+    split = [conv_cpu.bias_act, conv_cpu.grad_gather, conv_cpu.direct_forward, conv_cpu.direct_grad_gather,
+             fc_cpu.bias_act, fc_cpu.grad_act_bias, local_cpu.bias_act, local_cpu.grad_gather,
+             pool_cpu.max_forward, pool_cpu.max_backward, pool_cpu.avg_forward, pool_cpu.avg_backward]
+    assert all(isinstance(k, neuron_cpu.SplitKernel) for k in split)
+    assert all(choice != "any" for k in split for _, choice in k._dispatchers)
+    assert (False, "ident") in pool_cpu.avg_forward._dispatchers

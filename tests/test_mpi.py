@@ -4,6 +4,7 @@ weights, losses and validation figures; SIGTERM, SIGKILL of a rank, an error on 
 resuming with another rank count (batchnorm nets: tests/test_mpi_batchnorm.py). The mpirun
 tests need `pip install -e '.[mpi]'`."""
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -212,6 +213,30 @@ def wait_for(proc, text, timeout=240):
     proc.kill()
     raise AssertionError(f"never printed {text!r}: {proc.stderr.read()[-2000:]}")
 
+
+SHARE = """
+import json, os
+import numba
+from threadpoolctl import threadpool_info
+from engine import distributed
+world = distributed.World.__new__(distributed.World)
+world.local_size = os.cpu_count() or 1             # as many ranks as cores on this machine
+print(json.dumps([world.share_threads(), numba.get_num_threads(), os.environ.get("ENGINE_THREADING"),
+                  sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})]))
+"""
+
+
+def test_a_rank_takes_its_share_of_the_cores_for_numba_and_the_blas():
+    """Ranks each running a BLAS thread per core of the machine oversubscribed it (lenet5 on 2
+    ranks of 2 cores: 4x slower than with one BLAS thread per rank)."""
+    env = {k: v for k, v in os.environ.items() if k not in distributed.BLAS_VARS + ("NUMBA_NUM_THREADS", "ENGINE_THREADING")}
+    out = subprocess.run([sys.executable, "-c", SHARE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert json.loads(out) == [1, 1, "layers", [1]]
+    env["OPENBLAS_NUM_THREADS"] = "2"                 # the user's own setting is kept
+    out = subprocess.run([sys.executable, "-c", SHARE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert json.loads(out)[3] == [2]
 
 # ---- no MPI: nothing changes --------------------------------------------------------------
 def test_launch_is_read_from_the_environment():

@@ -74,7 +74,7 @@ def _bias_act_plane(code, args):
             y[n, f, j] = activate(code, pa, pb, a)
 
 
-@activation_kernel
+@activation_kernel(split="forward")
 def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
     """y[n, f, j] = f(tmp[f, n*P + j] + bias[f, j or 0]) for the activation (code, pa, pb);
     bias [F, 1] (shared) or [F, P] (one per position). With `keep`, pre keeps the sum too.
@@ -97,7 +97,7 @@ def _grad_filter(code, args):
     return acc
 
 
-@activation_kernel
+@activation_kernel(split="backward", grad="dy")
 def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
     """dtmp[f, n*P + j] = dL/d(pre-activation); db [F, 1]: db[f, 0] = its sum, db [F, P]
     (one bias per position): db[f, j] = its sum over the images, accumulated in float64."""
@@ -242,7 +242,7 @@ def _bias_act_direct(code, args):
             y[n, f, j] = activate(code, pa, pb, a)
 
 
-@activation_kernel
+@activation_kernel(split="forward")
 def direct_forward(xpad, off, w2, bias, groups, oh, ow, wc, code, pa, pb, keep, y, pre):
     """y[n, f] = f(bias + conv of xpad[n]) for w2 [filters, taps of one group]; y, pre
     [N, F, oh*ow]. One task per image; the sums go to a per-image [F, oh*wc] scratch."""
@@ -279,7 +279,7 @@ def _grad_pad_filter(code, args):
     return acc
 
 
-@activation_kernel
+@activation_kernel(split="backward", grad="dy")
 def direct_grad_gather(dy, y, pre, code, pa, pb, a, oh, ow, wc, dzp, db):
     """dzp[n, f, (oy + a)*wc + ox + a] = dL/d(pre-activation), zeros around (a = size-1-padding:
     the padding a full convolution needs); db [F, 1]: db[f, 0] = its sum, db [F, P] (one bias

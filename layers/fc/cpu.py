@@ -31,7 +31,7 @@ def _bias_act_block(code, args):
             y[r, c] = activate(code, pa, pb, y[r, c] + bias[c])
 
 
-@activation_kernel
+@activation_kernel(split="forward")
 def bias_act(code, pa, pb, y, bias, pre):
     """y[r, c] = f(y[r, c] + bias[c]) in place for the activation (code, pa, pb); where
     the gradient needs the pre-activation (abs, square), pre keeps y + bias.
@@ -63,7 +63,7 @@ def _grad_block(code, args):
                 dbias[c] += g
 
 
-@activation_kernel
+@activation_kernel(split="backward", grad="dy")
 def grad_act_bias(code, pa, pb, dy, y, pre, dz, dbias):
     """dz = dL/d(pre-activation) from dy and the output y (pre only for abs, square);
     dbias[c] = sum over rows of dz[:, c]. Parallel over column blocks."""

@@ -51,7 +51,7 @@ def _bias_act_filter(code, args):
             y[n, f, p] = activate(code, pa, pb, a)
 
 
-@activation_kernel
+@activation_kernel(split="forward")
 def bias_act(tmp, bias, code, pa, pb, keep, y, pre):
     """y[n, f, p] = f(tmp[p, f, n] + bias[f, p]) for the activation (code, pa, pb); with
     `keep`, pre keeps the sum too. One task per filter."""
@@ -71,7 +71,7 @@ def _grad_filter(code, args):
         db[f, p] = acc
 
 
-@activation_kernel
+@activation_kernel(split="backward", grad="dy")
 def grad_gather(dy, y, pre, code, pa, pb, dtmp, db):
     """dtmp[p, f, n] = dL/d(pre-activation); db[f, p] = its sum over the batch (float64).
     One task per filter."""

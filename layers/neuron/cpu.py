@@ -12,11 +12,14 @@ g / 0 (+-inf, NaN for g = 0), as cuda-convnet's g / (2y). np.divide is used for 
 division because it follows IEEE (numba's `/` would raise ZeroDivisionError), and
 because, unlike a constant inf, fastmath cannot fold it away.
 """
+import inspect
+import threading
+
 import numba
 import numpy as np
 
 from layers import threads
-from layers.neuron.spec import (ABS, BRELU, ELU, IDENT, LEAKY, LINEAR, LOGISTIC, RELU, SELU,
+from layers.neuron.spec import (ABS, BRELU, ELU, IDENT, LEAKY, LINEAR, LOGISTIC, NEEDS_INPUT, RELU, SELU,
                                 SELU_ALPHA, SELU_SCALE, SOFTRELU, SQRT, SQUARE, TANH)
 
 ZERO, HALF, ONE, TWO = np.float32(0.0), np.float32(0.5), np.float32(1.0), np.float32(2.0)
@@ -126,11 +129,71 @@ ACTIVATIONS = threads.Variants("code", {RELU: "relu", IDENT: "ident"}, "any",
                                 "any": {"specialised": _any_code}})
 
 
-def activation_kernel(fn):
+def activation_kernel(fn=None, *, split=None, grad="dy"):
     """threads.kernel for a kernel taking `code` whose loops run through `specialised`: its
-    relu, identity and other-activation loops are compiled apart, each when first used (a
-    relu net compiles relu's alone: about a third of the three together)."""
-    return threads.kernel(fn, variants=ACTIVATIONS)
+    relu and identity loops are compiled apart, each when first used (a relu net compiles
+    relu's alone). Every other activation, with `split`, runs as the identity's loops plus
+    the neuron layer's own element-wise pass: "forward", a kernel writing y = f(...) (and
+    `pre`), then y = f(y); "backward", a kernel reading f' through its gradient argument
+    `grad` (and y, pre), that gradient made first. Without `split` they share a third
+    compilation. One pass more for the rarer functions; the kernels' most expensive
+    compilations fewer (every fused kernel compiled a third copy for them)."""
+    if fn is None:
+        return lambda f: activation_kernel(f, split=split, grad=grad)
+    if split is None:
+        return threads.kernel(fn, variants=ACTIVATIONS)
+    return SplitKernel(fn, threads.kernel_flags(), split, grad)
+
+
+class SplitKernel(threads.Kernel):
+    """An activation_kernel whose relu and identity loops are fused, the rest split off."""
+
+    def __init__(self, fn, flags, split, grad):
+        super().__init__(fn, flags, ACTIVATIONS)
+        if split not in ("forward", "backward"):
+            raise ValueError(f"split must be 'forward' or 'backward', got {split!r}")
+        names = list(inspect.signature(fn).parameters)
+        self.split, self._y, self._pre = split, names.index("y"), names.index("pre")
+        self._grad = names.index(grad) if split == "backward" else None
+
+    def __call__(self, *args):
+        code = args[self._at]
+        if code == RELU or code == IDENT:
+            return super().__call__(*args)
+        args = list(args)
+        pa, pb = args[self._at + 1], args[self._at + 2]
+        args[self._at] = IDENT
+        y, pre = args[self._y], args[self._pre]
+        if self.split == "forward":
+            super().__call__(*args)
+            if code in NEEDS_INPUT:
+                np.copyto(pre, y)             # the pre-activation, for the gradient
+            out = y if y.flags.c_contiguous else np.ascontiguousarray(y)
+            forward(code, pa, pb, out.reshape(-1), out.reshape(-1))
+            if out is not y:
+                y[...] = out
+            return None
+        g = args[self._grad]
+        dz = _scratch(g.shape)
+        flat = np.ascontiguousarray(g).reshape(-1)
+        x = np.ascontiguousarray(pre).reshape(-1) if code in NEEDS_INPUT else flat
+        backward(code, pa, pb, flat, np.ascontiguousarray(y).reshape(-1), x, dz.reshape(-1))
+        args[self._grad] = dz
+        return super().__call__(*args)
+
+
+_local = threading.local()
+
+
+def _scratch(shape):
+    """A float32 array of `shape`, this thread's own, kept for the next call of that shape."""
+    kept = getattr(_local, "scratch", None)
+    if kept is None:
+        kept = _local.scratch = {}
+    a = kept.get(shape)
+    if a is None:
+        a = kept[shape] = np.empty(shape, np.float32)
+    return a
 
 
 CHUNK = 16384      # elements per parallel task

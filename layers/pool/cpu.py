@@ -93,7 +93,7 @@ def _max_plane(code, args):
             yp[oy, ox] = activate(code, pa, pb, v)
 
 
-@activation_kernel
+@activation_kernel(split="forward")
 def max_forward(x, size, stride, pad, code, pa, pb, y, arg, pre, scratch):
     """y = f(max over each window's in-bounds cells); arg = index h*W + w of the first
     maximum (row-major); pre = the pooled value before the activation, written only where
@@ -120,7 +120,7 @@ def _max_grad_plane(code, args):
             dx[i, j, arg[i, j, oy, ox]] += gg
 
 
-@activation_kernel
+@activation_kernel(split="backward", grad="g")
 def max_backward(g, y, pre, arg, code, pa, pb, dx):
     """dx (flat planes [N, C, H*W]) = scatter of f'(g) to the recorded maxima.
 
@@ -150,7 +150,7 @@ def _avg_plane(code, args):
             y[i, j, oy, ox] = activate(code, pa, pb, v)
 
 
-@activation_kernel
+@activation_kernel(split="forward")
 def avg_forward(x, size, stride, pad, adaptive, code, pa, pb, y, pre):
     """y = f(sum over each window / its divisor (_window))."""
     for p in numba.prange(x.shape[0] * x.shape[1]):
@@ -178,7 +178,7 @@ def _avg_grad_plane(code, args):
                     dx[i, j, yy, xx] += gg
 
 
-@activation_kernel
+@activation_kernel(split="backward", grad="g")
 def avg_backward(g, y, pre, size, stride, pad, adaptive, code, pa, pb, dx):
     """dx = sum over the windows containing each input of f'(g) / window divisor."""
     for p in numba.prange(g.shape[0] * g.shape[1]):
