@@ -61,6 +61,7 @@ def test_engine_worker_prints_one_json_line():
 
 
 @needs_torch
+@pytest.mark.slow        # PyTorch started in two children
 def test_torch_worker_and_peak_worker(tmp_path):
     from bench.run import describe_net
     info = describe_net(os.path.join(ROOT, "nets", "lenet5.yaml"))

@@ -348,12 +348,18 @@ def sgd_step(result, batch=2, seed=0):
     return before, grads, sgd
 
 
-@pytest.mark.parametrize("key", ["80sec", "18pct", "11pct-cc1", "11pct-cc2"])
+# one of each kind in the fast run; the others (the same layer types, larger) in --full
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("key", [pytest.param("80sec", marks=SLOW), "18pct", pytest.param("11pct-cc1", marks=SLOW),
+                                 pytest.param("11pct-cc2", marks=SLOW)])
 def test_converted_cifar_nets_train_a_step(key):
     sgd_step(converted(key))
 
 
-@pytest.mark.parametrize("key", ["2gpu-model-cc2", "2gpu-model-2012", "1gpu-cc2"])
+@pytest.mark.parametrize("key", [pytest.param("2gpu-model-cc2", marks=SLOW), pytest.param("2gpu-model-2012", marks=SLOW),
+                                 "1gpu-cc2"])
 def test_converted_imagenet_nets_train_a_step(key):
     sgd_step(converted(key), batch=2)
 

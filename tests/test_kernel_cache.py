@@ -97,7 +97,7 @@ def test_two_processes_starting_together_compile_a_kernel_once(tmp_path):
     """MPI ranks on one machine, test workers: the second waits for the first's compilation
     and loads it from the cache instead of compiling it again at the same time."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    start = time.time() + 8.0
+    start = time.time() + 4.0
     procs = [subprocess.Popen([sys.executable, "-c", FIRST_CALL, str(start)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = []

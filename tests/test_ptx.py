@@ -48,6 +48,7 @@ def test_every_layer_type_has_cuda_kernels():
     assert not missing, f"layer types without a CUDA implementation: {missing}"
 
 
+@pytest.mark.slow        # numba-cuda compiling every kernel: with the simulator suite in --full
 @pytest.mark.parametrize("kernel, sig", all_kernels())
 def test_kernel_compiles_for_sm90_in_float32(kernel, sig):
     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
