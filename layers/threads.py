@@ -8,9 +8,10 @@ on small VMs (measured: shared/notes/numba.md) and kills forked children;
 `parallel=True` (intra-op threads, the default) and as a serial twin. A thread inside
 `serial()` gets the twins, so two threads can each run one column of a net on one core:
 workqueue cannot run parallel regions from two threads at once, and one core per column
-avoids the fork/join cost of small parallel calls altogether. A kernel with `Variants` is compiled once per choice
-it is called with (the activation kernels: relu's loops apart from the others'), lazily;
-whatever is compiled is cached on disk, and one process at a time compiles a kernel.
+avoids the fork/join cost of small parallel calls altogether. A kernel with `Variants` is
+compiled once per choice it is called with (the activation kernels: relu's loops apart
+from the identity's), lazily; whatever is compiled is cached on disk, and one process at a
+time compiles a kernel.
 """
 import contextlib
 import functools

@@ -100,7 +100,7 @@ def specialised(code, body, args):
     neither unswitches nor vectorises (relu's bias and gradient kernels ran 3-25x slower).
     Kernels run each parallel task's loop, `body` (an inline function), through this, so
     the common cases get loops of their own; the others share one. An `activation_kernel`
-    compiles each of the three on its own, when first called with it."""
+    compiles each case on its own, when first called with it (or splits the others off)."""
     if code == RELU:
         return body(RELU, args)
     if code == IDENT:
