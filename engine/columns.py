@@ -52,13 +52,19 @@ def _worker_pool():
         return _pool
 
 
-def _one_blas_thread():
-    """A context in which numpy's BLAS runs on the calling thread only."""
+def blas_threads(n):
+    """numpy's BLAS limited to n threads (process-wide) until the returned limit is left as
+    a context, or for good when it is only kept."""
     global _blas
     if _blas is None:
         from threadpoolctl import ThreadpoolController
         _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
+    return _blas.limit(limits=n, user_api="blas")
+
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs on the calling thread only."""
+    return blas_threads(1)
 
 
 @contextlib.contextmanager

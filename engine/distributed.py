@@ -108,8 +108,8 @@ class World:
             import numba
             numba.set_num_threads(max(1, min(self.cores, numba.config.NUMBA_NUM_THREADS)))
         if not any(var in os.environ for var in BLAS_VARS):
-            from threadpoolctl import threadpool_limits
-            self._blas_limits = threadpool_limits(limits=self.cores, user_api="blas")     # for the run
+            from engine import columns
+            self._blas_limits = columns.blas_threads(self.cores)     # kept: for the run
         if self.cores < 2:
             os.environ.setdefault("ENGINE_THREADING", "layers")
         return self.cores
