@@ -3,6 +3,7 @@
     python bench/run.py                       # all nets, 3 rounds (~25 min on 2 cores)
     python bench/run.py --quick --nets lenet5 # one round, short measurements
     python bench/run.py --threads 1 --rounds 5 --json results.json
+    python bench/run.py --latency             # one image at a time: alexnet, resnet18 (ms)
 
 For each (net, batch) — alexnet b32 and b128, caffenet, lenet5 and cifar10-18pct at b128,
 resnet18 at b32, vgg16 at b16, all on synthetic random data — and each mode:
@@ -42,6 +43,7 @@ if ROOT not in sys.path:
 
 RUNS = [("alexnet", 32), ("alexnet", 128), ("caffenet", 128), ("lenet5", 128), ("cifar10-18pct", 128),
         ("resnet18", 32), ("vgg16", 16)]
+LATENCY_NETS = ("alexnet", "resnet18")     # --latency: one image at a time, what `predict` waits on
 MODES = ("train", "infer")
 LR, MOMENTUM, WEIGHT_DECAY = 1e-3, 0.9, 5e-4
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -268,17 +270,36 @@ def table(rows, peak):
     return "\n".join([rule, fmt(head), rule] + [fmt(x) for x in lines] + [rule])
 
 
+def latency_table(rows):
+    """The --latency rows as milliseconds per image (the median step; fastest-slowest)."""
+    def ms(s):
+        return "-" if s is None else f"{1e3 / s['median']:.1f} ({1e3 / s['max']:.1f}-{1e3 / s['min']:.1f})"
+    head = ("net", "batch", "engine ms", "torch ms", "torch/engine")
+    lines = [(r["net"], str(r["batch"]), ms(r["engine"]), ms(r["torch"]),
+              f"{r['engine']['median'] / r['torch']['median']:.2f}" if r["engine"] and r["torch"] else "-")
+             for r in rows]
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+
+    def fmt(row):
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    rule = "-" * len(fmt(head))
+    return "\n".join([rule, fmt(head), rule] + [fmt(x) for x in lines] + [rule])
+
+
 def main_parent(args):
     threads = args.threads or os.cpu_count() or 1
     wanted = [n.strip() for n in args.nets.split(",")] if args.nets else None
-    runs = [(n, b) for n, b in RUNS if wanted is None or n in wanted]
-    if wanted:
-        known = {n for n, _ in RUNS}
-        runs += [(n, 128) for n in wanted if n not in known]      # any other net file: batch 128
+    if args.latency:          # batch 1, inference: what `predict` of one photo waits on
+        runs = [(n, 1) for n in (wanted or LATENCY_NETS)]
+    else:
+        runs = [(n, b) for n, b in RUNS if wanted is None or n in wanted]
+        if wanted:
+            known = {n for n, _ in RUNS}
+            runs += [(n, 128) for n in wanted if n not in known]      # any other net file: batch 128
     if not runs:
         print("no nets to run", file=sys.stderr)
         return 2
-    modes = [m.strip() for m in args.modes.split(",")]
+    modes = ["infer"] if args.latency else [m.strip() for m in args.modes.split(",")]
     torch_ok, why = have_torch()
     timing = ["--warmup", str(args.warmup), "--min-steps", str(args.min_steps), "--budget", str(args.budget),
               "--max-steps", str(args.max_steps)]
@@ -331,6 +352,10 @@ def main_parent(args):
                          "flop_per_image": 2 * macs * (3 if mode == "train" else 1),
                          "engine": summarise(batch, raw.get((name, batch, mode, "engine"), [])),
                          "torch": summarise(batch, raw.get((name, batch, mode, "torch"), []))})
+    if args.latency:
+        print(latency_table(rows))
+        print("ms: per image at batch 1 (inference), the median of every timed step of every round "
+              "(fastest-slowest); torch/engine > 1: the engine answers sooner")
     print(table(rows, peak_gflops))
     print("img/s: at the median of every timed step of every round (slowest-fastest); GFLOP/s: 2 x multiply-adds "
           f"(x 3 training) at the engine's median; % peak: of {peak_gflops:.1f} GFLOP/s; RSS: peak of "
@@ -357,6 +382,9 @@ def parse_args(argv=None):
     ap.add_argument("--nets", metavar="A,B", help=f"comma-separated subset of {', '.join(dict(RUNS))} "
                     "(or other nets/ names or .yaml paths, at batch 128)")
     ap.add_argument("--modes", default="train,infer", help="train,infer (default both)")
+    ap.add_argument("--latency", action="store_true",
+                    help=f"single-image latency: inference at batch 1 (default nets: {', '.join(LATENCY_NETS)}), "
+                         "in milliseconds per image")
     ap.add_argument("--threads", type=int, metavar="N", help="threads for both frameworks (default: all cores)")
     ap.add_argument("--rounds", type=int, metavar="R", help="rounds of alternating children (default 3)")
     ap.add_argument("--budget", type=float, metavar="S", help="seconds per measurement (default 8)")

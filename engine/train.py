@@ -20,6 +20,7 @@ from engine.datasets import DataError, open_source
 from engine.datasets.augment import Preprocess, multiview_problem
 from engine.errors import ConfigError
 from engine.net import Net
+from layers import threads
 
 FORMAT = 1
 
@@ -33,7 +34,9 @@ class Progress:
     """Training progress on `stream` (stderr), never on the log.
 
     The run's first step compiles the Numba kernels (seconds to minutes from a cold cache):
-    it gets a line of its own, timed, and is left out of the rates. Then, on a terminal, a
+    it gets a line of its own, timed, and is left out of the rates, as is any later compiling
+    (a kernel first called at a later step, e.g. the identity's loops once a bias is non-zero:
+    layers.threads.COMPILING). Then, on a terminal, a
     tqdm bar per epoch (images, img/s, ETA, loss); elsewhere (a file, a pipe) the same as a
     plain line every `interval` seconds."""
 
@@ -48,6 +51,7 @@ class Progress:
         self.first_step = None          # (seconds, images) of the run's first step
         self.first_epoch = None         # the (0-based) epoch it was in
         self._t_first = None
+        self._compiled0 = 0.0           # the compile clock where this epoch's rate starts
 
     def _write(self, text):
         self.stream.write(text)
@@ -57,6 +61,7 @@ class Progress:
         """Epoch `epoch` (1-based) of `epochs` starts with `done` of its `total` images done."""
         self.desc, self.total = f"epoch {epoch}/{epochs}", total
         self.t0, self.done0, self.last = time.time(), done, time.time()
+        self._compiled0 = threads.COMPILING.seconds()
         if self.first_step is None:
             self.first_epoch = epoch - 1
             self._write("compiling kernels (first run only)... " if self.live
@@ -81,6 +86,7 @@ class Progress:
             self._write(f"done in {seconds:.1f}s\n" if self.live
                         else f"first step done in {seconds:.1f}s\n")
             self.t0, self.done0, self.last = now, done, now
+            self._compiled0 = threads.COMPILING.seconds()
             self._open(done)
             return
         if self.bar is not None:
@@ -94,8 +100,13 @@ class Progress:
                         f"loss {loss:.4f}  {rate:.0f} img/s  ETA {eta}\n")
 
     def excluded(self, epoch):
-        """(seconds, images) to leave out of epoch `epoch`'s (0-based) rate: its compiling step."""
-        return self.first_step if self.first_step and self.first_epoch == epoch else (0.0, 0)
+        """(seconds, images) to leave out of epoch `epoch`'s (0-based) rate, the one that just
+        ended: the run's first step if it was in it, and the seconds compiled since (or since
+        the epoch began)."""
+        compiled = threads.COMPILING.seconds() - self._compiled0
+        if self.first_step and self.first_epoch == epoch:
+            return self.first_step[0] + compiled, self.first_step[1]
+        return compiled, 0
 
     def close(self):
         if self.bar is not None:

@@ -20,7 +20,10 @@ import os
 import threading
 import types
 
+import time
+
 import numba
+from numba.core import event as numba_event
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
@@ -71,6 +74,32 @@ class Variants:
     def pick(self, value):
         return self.choices.get(value, self.other)
 
+
+class CompileClock(numba_event.Listener):
+    """Seconds this process has spent in Numba's compiler (loading from the on-disk cache
+    is not compiling). Compiles nest (a kernel compiles its callees) and hold Numba's
+    process-wide lock, so one depth counter serves every thread."""
+
+    def __init__(self):
+        self.depth, self.started, self.total = 0, 0.0, 0.0
+
+    def on_start(self, event):
+        if self.depth == 0:
+            self.started = time.monotonic()
+        self.depth += 1
+
+    def on_end(self, event):
+        self.depth -= 1
+        if self.depth == 0:
+            self.total += time.monotonic() - self.started
+
+    def seconds(self):
+        return self.total + (time.monotonic() - self.started if self.depth else 0.0)
+
+
+# rates that must not count compiling (an epoch's img/s, the fuzz test's time limit) read this
+COMPILING = CompileClock()
+numba_event.register("numba:compile", COMPILING)
 
 SERIAL = "__serial_numpy_errors"    # the name carries the error model: older caches stay unused
 _building = threading.Lock()

@@ -96,6 +96,28 @@ def test_parent_without_torch_prints_engine_figures_and_json(tmp_path, monkeypat
     assert doc["peak"]["numpy_gflops"] > 0
 
 
+
+def test_latency_runs_batch_1_inference_and_prints_milliseconds(monkeypatch, capsys):
+    import bench.run as run
+    monkeypatch.setattr(run, "have_torch", lambda: (False, "No module named 'torch'"))
+    assert run.main(["--latency", "--nets", "lenet5", "--rounds", "1", "--budget", "0", "--min-steps", "2",
+                     "--warmup", "1", "--size", "64", "--reps", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "lenet5 b1 infer engine:" in out and " train " not in out
+    head = next(ln for ln in out.splitlines() if ln.startswith("net") and "engine ms" in ln)
+    assert head.split() == ["net", "batch", "engine", "ms", "torch", "ms", "torch/engine"]
+    row = next(ln for ln in out.splitlines() if ln.startswith("lenet5") and " - " in ln + " ")
+    assert row.split()[1] == "1" and float(row.split()[2]) > 0
+
+
+def test_latency_table_turns_rates_into_milliseconds():
+    import bench.run as run
+    rows = [{"net": "alexnet", "batch": 1, "engine": {"median": 40.0, "min": 20.0, "max": 50.0},
+             "torch": {"median": 25.0, "min": 10.0, "max": 30.0}}]
+    line = run.latency_table(rows).splitlines()[3]
+    # 1000 / 40 = 25 ms (fastest 1000/50 = 20, slowest 1000/20 = 50); torch 40 ms; 40 / 25 = 1.60
+    assert line.split() == ["alexnet", "1", "25.0", "(20.0-50.0)", "40.0", "(33.3-100.0)", "1.60"]
+
 # ---- the mirror -------------------------------------------------------------------------------
 @needs_torch
 @pytest.mark.parametrize("path", [p if os.path.basename(p)[:-5] in FAST_MIRRORS else pytest.param(p, marks=pytest.mark.slow)

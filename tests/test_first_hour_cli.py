@@ -100,6 +100,30 @@ def test_plain_progress_lines_when_not_a_terminal(tiny, tmp_path):
     assert m and m.group(1) == "256" and m.group(2) == "100" and int(m.group(3)) > 0, steady[-1]
 
 
+def test_an_epochs_rate_leaves_out_the_first_step_and_any_later_compiling(monkeypatch):
+    # a kernel first called at a later step (the identity's loops once a bias is non-zero)
+    # compiles there: seconds of the compiler that an epoch's img/s must not count
+    from types import SimpleNamespace
+
+    from layers import threads
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(threads, "COMPILING", SimpleNamespace(seconds=lambda: clock.now))
+    p = Progress(io.StringIO(), interval=1e9, live=False)
+    p.epoch(1, 2, 0, 100)
+    clock.now = 5.0                   # the first step compiles for 5 s
+    p.step(10, 1.0)
+    clock.now = 6.5                   # step 2 compiles for 1.5 s more
+    p.step(20, 1.0)
+    p.close()
+    first_s, first_n = p.first_step
+    assert first_n == 10 and p.excluded(0) == (pytest.approx(first_s + 1.5), 10)
+    p.epoch(2, 2, 0, 100)
+    p.step(10, 1.0)
+    assert p.excluded(1) == (0.0, 0)
+    clock.now = 7.0
+    assert p.excluded(1) == (pytest.approx(0.5), 0)
+
+
 def test_progress_bar_on_a_terminal_counts_after_the_first_step(tiny, tmp_path):
     class Terminal(io.StringIO):
         def isatty(self):

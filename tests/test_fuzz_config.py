@@ -21,7 +21,6 @@ import time
 import numpy as np
 import pytest
 import yaml
-from numba.core import event as numba_event
 
 import helpers
 
@@ -31,6 +30,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import engine  # noqa: E402
 import layers as layer_types  # noqa: E402
+from layers import threads  # noqa: E402
 from engine import ConfigError, MemoryLimitError  # noqa: E402
 
 SCALE = int(os.environ.get("FUZZ_EXAMPLES", "0")) or None
@@ -76,29 +76,7 @@ def _warm_net(fn, beta):
         {"name": "s", "type": "softmax"}]}
 
 
-class _CompileClock(numba_event.Listener):
-    """Seconds this process has spent in Numba's compiler: a kernel compiled for the first
-    time inside an example (a layer type or neuron no earlier test used) is not a hang."""
-
-    def __init__(self):
-        self.depth, self.started, self.total = 0, 0.0, 0.0
-
-    def on_start(self, event):
-        if self.depth == 0:
-            self.started = time.monotonic()
-        self.depth += 1
-
-    def on_end(self, event):
-        self.depth -= 1
-        if self.depth == 0:
-            self.total += time.monotonic() - self.started
-
-    def seconds(self):
-        return self.total + (time.monotonic() - self.started if self.depth else 0.0)
-
-
-COMPILING = _CompileClock()
-numba_event.register("numba:compile", COMPILING)
+COMPILING = threads.COMPILING      # a kernel compiled inside an example is not a hang
 
 
 @contextlib.contextmanager
