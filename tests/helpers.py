@@ -60,6 +60,49 @@ def fused_params(layer, fn, seed):
 
 
 # ---- nets ----------------------------------------------------------------------------------
+# ---- conv and local layers against their NumPy references ----------------------------------
+def filter_layer_case(type_name, n, c, h, w, seed=0, **cfg):
+    """(layer, params, x, rng): a `type_name` layer (conv, local) of `cfg` on [c, h, w]
+    inputs, its parameters with a random bias where it has one (a zero bias would hide a
+    wrong bias gradient), and a batch of n, all drawn from one rng in that order."""
+    rng = np.random.default_rng(seed)
+    layer = layers.get(type_name)(type_name, cfg, [(c, h, w)])
+    params = layer.init_params(rng)
+    if "bias" in params:
+        params["bias"][:] = rng.standard_normal(params["bias"].shape)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    return layer, params, x, rng
+
+
+def filter_ref_args(layer, params, *keys):
+    """The reference's arguments after x, in float64: weight, bias (None without one),
+    stride, padding, groups, neuron, then the layer's values of `keys` (conv's
+    channel_sets, local's padding_end)."""
+    c, bias = layer.cfg, params.get("bias")
+    return ((params["weight"].astype(np.float64), None if bias is None else bias.astype(np.float64),
+             c["stride"], c["padding"], c["groups"], c["neuron"]) + tuple(c[k] for k in keys))
+
+
+def check_filter_layer(layer, params, x, rng, reference, *keys):
+    """The layer's forward and backward (dx, weight and bias gradients, no bias gradient
+    without a bias) equal its NumPy reference's (the module `reference`)."""
+    args = filter_ref_args(layer, params, *keys)
+    y = layer.forward(x, params)
+    assert y.shape == (x.shape[0],) + layer.output_shape
+    x64 = x.astype(np.float64)
+    close(y, reference.forward(x64, *args))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, grads = layer.backward(dy, params)
+    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x64, *args)
+    close(dx, rdx)
+    close(grads["weight"], rdw)
+    if rdb is None:
+        assert set(grads) == {"weight"}
+    else:
+        assert grads["bias"].shape == params["bias"].shape
+        close(grads["bias"], rdb)
+
+
 def check_net_gradients(net, x, labels, keys, h, samples, rel, abs):
     """The net's parameter gradients against central differences of its loss."""
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ count, the key's checks, a net that trains, the ONNX export and the torch mirror
 The CPU = CUDA comparison is tests/cuda/test_conv_channel_sets.py."""
 import numpy as np
 import pytest
-from helpers import close
+from helpers import check_filter_layer, close, filter_layer_case, filter_ref_args
 
 import engine
 import layers
@@ -29,33 +29,19 @@ def make(c, h, w, **cfg):
 
 def setup_case(case, seed=0):
     n, c, h, w, f, k, s, p, sets, fn, shared, direct = case
-    rng = np.random.default_rng(seed)
-    layer = make(c, h, w, filters=f, size=k, stride=s, padding=p, groups=len(sets), channel_sets=sets,
-                 neuron=fn, shared_biases=shared, init_w=0.3)
+    layer, params, x, rng = filter_layer_case("conv", n, c, h, w, seed, filters=f, size=k, stride=s, padding=p,
+                                              groups=len(sets), channel_sets=sets, neuron=fn,
+                                              shared_biases=shared, init_w=0.3)
     assert layer.direct == direct
-    params = layer.init_params(rng)
-    params["bias"][:] = rng.standard_normal(params["bias"].shape)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     return layer, params, x, rng
 
 
 def ref_args(layer, params):
-    c = layer.cfg
-    return (params["weight"].astype(np.float64), params["bias"].astype(np.float64),
-            c["stride"], c["padding"], c["groups"], c["neuron"], c["channel_sets"])
+    return filter_ref_args(layer, params, "channel_sets")
 
 
 def check_against_reference(layer, params, x, rng):
-    y = layer.forward(x, params)
-    x64 = x.astype(np.float64)
-    close(y, reference.forward(x64, *ref_args(layer, params)))
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx, grads = layer.backward(dy, params)
-    assert dx.shape == x.shape
-    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x64, *ref_args(layer, params))
-    close(dx, rdx)
-    close(grads["weight"], rdw)
-    close(grads["bias"], rdb)
+    check_filter_layer(layer, params, x, rng, reference, "channel_sets")
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

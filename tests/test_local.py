@@ -2,7 +2,7 @@
 bank per location), finite differences, conv's keys and checks, the weight layout."""
 import numpy as np
 import pytest
-from helpers import close
+from helpers import check_filter_layer, close, filter_layer_case, filter_ref_args
 
 import engine
 import layers
@@ -25,34 +25,17 @@ def make(c, h, w, **cfg):
 
 def setup_case(case, seed=0):
     n, c, h, w, f, k, s, p, e, g, fn = case
-    rng = np.random.default_rng(seed)
-    layer = make(c, h, w, filters=f, size=k, stride=s, padding=p, padding_end=e, groups=g,
-                 neuron=fn, init_w=0.3)
-    params = layer.init_params(rng)
-    params["bias"][:] = rng.standard_normal(params["bias"].shape)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    return layer, params, x, rng
+    return filter_layer_case("local", n, c, h, w, seed, filters=f, size=k, stride=s, padding=p, padding_end=e,
+                             groups=g, neuron=fn, init_w=0.3)
 
 
 def ref_args(layer, params):
-    c = layer.cfg
-    return (params["weight"].astype(np.float64), params["bias"].astype(np.float64),
-            c["stride"], c["padding"], c["groups"], c["neuron"], c["padding_end"])
+    return filter_ref_args(layer, params, "padding_end")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_kernels_match_reference(case):
-    layer, params, x, rng = setup_case(case)
-    y = layer.forward(x, params)
-    assert y.shape == (x.shape[0],) + layer.output_shape
-    x64 = x.astype(np.float64)
-    close(y, reference.forward(x64, *ref_args(layer, params)))
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx, grads = layer.backward(dy, params)
-    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x64, *ref_args(layer, params))
-    close(dx, rdx)
-    close(grads["weight"], rdw)
-    close(grads["bias"], rdb)
+    check_filter_layer(*setup_case(case), reference, "padding_end")
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=lambda c: "-".join(map(str, c)))
