@@ -270,6 +270,27 @@ def table(rows, peak):
     return "\n".join([rule, fmt(head), rule] + [fmt(x) for x in lines] + [rule])
 
 
+def summary_line(rows, peak):
+    """One line for the whole run: per mode, the engine/PyTorch ratio's geometric mean over
+    the nets and its range, and the best % of the sgemm peak; None without a pair."""
+    parts = []
+    for mode in MODES:
+        pairs = [(r["net"], r["batch"], r["engine"]["median"] / r["torch"]["median"]) for r in rows
+                 if r["mode"] == mode and r["engine"] and r["torch"]]
+        if not pairs:
+            continue
+        ratios = [x for _, _, x in pairs]
+        low, high = min(pairs, key=lambda p: p[2]), max(pairs, key=lambda p: p[2])
+        part = (f"{mode} {statistics.geometric_mean(ratios):.2f}x PyTorch (geometric mean of {len(pairs)}; "
+                f"{low[2]:.2f}x {low[0]} b{low[1]} .. {high[2]:.2f}x {high[0]} b{high[1]})")
+        best = max((r["engine"]["median"] * r["flop_per_image"] / 1e9 for r in rows
+                    if r["mode"] == mode and r["engine"]), default=None)
+        if best is not None and peak:
+            part += f", best {100 * best / peak:.0f}% of peak"
+        parts.append(part)
+    return "summary: " + "; ".join(parts) if parts else None
+
+
 def latency_table(rows):
     """The --latency rows as milliseconds per image (the median step; fastest-slowest)."""
     def ms(s):
@@ -293,6 +314,8 @@ def main_parent(args):
         runs = [(n, 1) for n in (wanted or LATENCY_NETS)]
     else:
         runs = [(n, b) for n, b in RUNS if wanted is None or n in wanted]
+        if args.quick and wanted is None:       # every net once: alexnet at b128 only
+            runs = [(n, b) for n, b in runs if (n, b) != ("alexnet", 32)]
         if wanted:
             known = {n for n, _ in RUNS}
             runs += [(n, 128) for n in wanted if n not in known]      # any other net file: batch 128
@@ -360,6 +383,9 @@ def main_parent(args):
     print("img/s: at the median of every timed step of every round (slowest-fastest); GFLOP/s: 2 x multiply-adds "
           f"(x 3 training) at the engine's median; % peak: of {peak_gflops:.1f} GFLOP/s; RSS: peak of "
           "each child process")
+    line = summary_line(rows, peak_gflops)
+    if line:
+        print(line)
     for r in rows:
         for fw in ("engine", "torch"):
             for err in (r[fw] or {}).get("errors", []):
@@ -378,7 +404,9 @@ def main_parent(args):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="1 round, ~2 s per measurement, a 2048 sgemm: a smoke run, not figures to quote")
+                    help="1 round, one warm-up step, ~1 s per measurement (at least one step), every net "
+                         "once (alexnet at b128 only), a 2048 sgemm: under 5 minutes on 2 cores; a smoke run, "
+                         "not figures to quote")
     ap.add_argument("--nets", metavar="A,B", help=f"comma-separated subset of {', '.join(dict(RUNS))} "
                     "(or other nets/ names or .yaml paths, at batch 128)")
     ap.add_argument("--modes", default="train,infer", help="train,infer (default both)")
@@ -404,8 +432,8 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, help=argparse.SUPPRESS)     # sgemm reps (3 quick, else 5)
     args = ap.parse_args(argv)
     quick = args.quick
-    defaults = {"rounds": 1 if quick else 3, "budget": 2.0 if quick else 8.0, "min_steps": 2 if quick else 3,
-                "warmup": 2}
+    defaults = {"rounds": 1 if quick else 3, "budget": 1.0 if quick else 8.0, "min_steps": 1 if quick else 3,
+                "warmup": 1 if quick else 2}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)

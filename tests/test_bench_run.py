@@ -118,6 +118,22 @@ def test_latency_table_turns_rates_into_milliseconds():
     # 1000 / 40 = 25 ms (fastest 1000/50 = 20, slowest 1000/20 = 50); torch 40 ms; 40 / 25 = 1.60
     assert line.split() == ["alexnet", "1", "25.0", "(20.0-50.0)", "40.0", "(33.3-100.0)", "1.60"]
 
+
+def test_summary_line_gives_each_modes_geometric_mean_range_and_best_share_of_peak():
+    import bench.run as run
+
+    def row(net, mode, engine, torch, flop=1e9):
+        rate = (lambda v: None if v is None else {"median": v, "min": v, "max": v})
+        return {"net": net, "batch": 8, "mode": mode, "flop_per_image": flop, "engine": rate(engine),
+                "torch": rate(torch)}
+    rows = [row("a", "train", 2.0, 1.0), row("b", "train", 1.0, 2.0), row("c", "train", 4.0, None),
+            row("a", "infer", 30.0, 10.0)]
+    # train: ratios 2 and 0.5, geometric mean 1.00; best GFLOP/s 4 of a 10 GFLOP/s peak: 40%
+    assert run.summary_line(rows, 10.0) == (
+        "summary: train 1.00x PyTorch (geometric mean of 2; 0.50x b b8 .. 2.00x a b8), best 40% of peak; "
+        "infer 3.00x PyTorch (geometric mean of 1; 3.00x a b8 .. 3.00x a b8), best 300% of peak")
+    assert run.summary_line([row("a", "train", 2.0, None)], 10.0) is None
+
 # ---- the mirror -------------------------------------------------------------------------------
 @needs_torch
 @pytest.mark.parametrize("path", [p if os.path.basename(p)[:-5] in FAST_MIRRORS else pytest.param(p, marks=pytest.mark.slow)
