@@ -248,6 +248,17 @@ def fmt_rate(s):
     return "-" if s is None else f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
 
 
+def grid(head, lines, left):
+    """Rows of strings in columns, the first `left` columns aligned left, the rest right,
+    between rules."""
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+
+    def fmt(row):
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    rule = "-" * len(fmt(head))
+    return "\n".join([rule, fmt(head), rule] + [fmt(x) for x in lines] + [rule])
+
+
 def table(rows, peak):
     head = ("net", "batch", "mode", "engine img/s", "torch img/s", "eng/torch", "engine GFLOP/s",
             "% peak", "RSS eng MiB", "RSS torch MiB", "RSS eng/torch")
@@ -262,12 +273,7 @@ def table(rows, peak):
                       "-" if gflops is None else f"{gflops:.1f}", pct,
                       f"{e['peak_rss_mib']:.0f}" if e else "-", f"{t['peak_rss_mib']:.0f}" if t else "-",
                       rss_ratio))
-    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
-
-    def fmt(row):
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    rule = "-" * len(fmt(head))
-    return "\n".join([rule, fmt(head), rule] + [fmt(x) for x in lines] + [rule])
+    return grid(head, lines, left=3)
 
 
 def summary_line(rows, peak):
@@ -299,12 +305,7 @@ def latency_table(rows):
     lines = [(r["net"], str(r["batch"]), ms(r["engine"]), ms(r["torch"]),
               f"{r['engine']['median'] / r['torch']['median']:.2f}" if r["engine"] and r["torch"] else "-")
              for r in rows]
-    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
-
-    def fmt(row):
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-    rule = "-" * len(fmt(head))
-    return "\n".join([rule, fmt(head), rule] + [fmt(x) for x in lines] + [rule])
+    return grid(head, lines, left=2)
 
 
 def main_parent(args):

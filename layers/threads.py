@@ -18,9 +18,8 @@ import functools
 import inspect
 import os
 import threading
-import types
-
 import time
+import types
 
 import numba
 from numba.core import event as numba_event
