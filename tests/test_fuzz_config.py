@@ -130,7 +130,9 @@ def test_time_limit_stops_a_slow_example_but_not_a_compiling_one():
     finally:
         numba_event.unregister("numba:compile", alarm)
     assert COMPILING.seconds() - before > 0.001
-    assert left > 0.5, "the alarm rang while compiling and the limit moved on (>= 1 s more)"
+    # the 1 ms alarm rang while compiling: it raised nothing and armed the limit again (a
+    # spent one-shot timer reads 0); the compile itself may have used part of the new second
+    assert left > 0, "the alarm rang while compiling and the limit moved on"
 
 
 # ---- valid nets, with their shapes computed here --------------------------------------------
