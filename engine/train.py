@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from engine import checkpoint, columns, devices, distributed, finite, settings as settings_mod
+from engine import checkpoint, columns, compile_ahead, devices, distributed, finite, settings as settings_mod
 from engine.config import class_count_message, parse_checkpoint_net, parse_net
 from engine.datasets import DataError, open_source
 from engine.datasets.augment import Preprocess, multiview_problem
@@ -394,6 +394,7 @@ class Trainer:
         self.run_dir = out or (os.path.dirname(self.resume_meta["path"]) if self.resume_meta else
                                os.path.join("runs", f"{self.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
         self.stop_after = stop_after   # for tests: stop as if Ctrl-C after this many batches
+        self._stepped = False          # whether this process has taken a step (the first compiles)
 
     def _on_root(self, compute):
         """compute() in one process; over MPI on rank 0, its result sent to every rank (the
@@ -690,9 +691,12 @@ class Trainer:
         return bool(signum)
 
     def _step(self, x, labels, lr, epoch, batch):
-        """One SGD step on the net's backend; returns the batch's mean loss."""
-        loss, grads = self._grads(x, labels, lr, epoch, batch)
-        self.solver.step(grads, lr)
+        """One SGD step on the net's backend; returns the batch's mean loss. The run's first
+        step, if it compiles, has helpers compiling the rest of its kernels (compile_ahead)."""
+        first, self._stepped = not self._stepped, True
+        with compile_ahead.helping(self, x, labels, lr) if first else contextlib.nullcontext():
+            loss, grads = self._grads(x, labels, lr, epoch, batch)
+            self.solver.step(grads, lr)
         return loss
 
     def _grads(self, x, labels, lr, epoch, batch):

@@ -81,10 +81,14 @@ class CompileClock(numba_event.Listener):
 
     def __init__(self):
         self.depth, self.started, self.total = 0, 0.0, 0.0
+        self.on_first = None        # called once, at the next outermost compile (when_compiling)
 
     def on_start(self, event):
         if self.depth == 0:
             self.started = time.monotonic()
+            hook, self.on_first = self.on_first, None
+            if hook is not None:
+                hook()
         self.depth += 1
 
     def on_end(self, event):
@@ -105,28 +109,84 @@ _building = threading.Lock()
 
 
 @contextlib.contextmanager
-def _compiling(dispatcher):
+def when_compiling(hook):
+    """Within the block, hook() is called once, when this process first starts compiling a
+    kernel (a cache miss: loading from the on-disk cache is not compiling), inside that
+    compile. The trainer starts its compile-ahead helpers so (engine.compile_ahead)."""
+    COMPILING.on_first = hook
+    try:
+        yield
+    finally:
+        COMPILING.on_first = None
+
+
+@contextlib.contextmanager
+def _compiling(dispatcher, wait=True):
     """Around a dispatcher's first call in this process: one process at a time compiles it.
     Processes that start together (test workers, MPI ranks on one machine) would each
     compile the same kernels; the one that waits then loads the other's from the on-disk
-    cache. An exclusive lock on a file beside that cache; none where there is no flock."""
+    cache. An exclusive lock on a file beside that cache; none where there is no flock.
+    Yields whether this process holds it: with wait=False, False at once if another does."""
     try:
         import fcntl
         folder = dispatcher._cache._cache_path
     except (ImportError, AttributeError):
-        yield
+        yield True
         return
     try:
         handle = open(os.path.join(folder, dispatcher.py_func.__qualname__ + ".lock"), "a")
     except OSError:            # a read-only cache folder: Numba will not write there either
-        yield
+        yield True
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---- rehearsal: the kernels a step calls, found without running or compiling them -------
+_rehearsal = None      # the list a rehearse() block records into; None: kernels run
+
+
+@contextlib.contextmanager
+def rehearse():
+    """Within the block, calling a kernel (from any thread) runs and compiles nothing: it
+    records (kernel, serial, variant choice, argument types) once in the list this yields
+    and returns 0.0. Outputs stay as they were, so what the caller computes from them is
+    meaningless: a rehearsal tells what a step would compile, in its order."""
+    global _rehearsal
+    calls, seen = [], set()
+
+    def record(kernel, serial, choice, args):
+        call = (kernel, serial, choice, tuple(numba.typeof(a) for a in args))
+        if call not in seen:
+            seen.add(call)
+            calls.append(call)
+    _rehearsal = record
+    try:
+        yield calls
+    finally:
+        _rehearsal = None
+
+
+def compile_calls(calls):
+    """Compile rehearsed calls (from rehearse()), the last first, into the on-disk cache:
+    each unless this process has it already or another process holds its lock (is compiling
+    it: nothing to gain from waiting). A process that meets the calls from the other end
+    (the trainer, compiling as its step goes) loads what this one compiled."""
+    for kernel, serial, choice, types_ in reversed(calls):
+        dispatcher = kernel._dispatcher(serial, choice)
+        if types_ in dispatcher.overloads:
+            continue
+        with _compiling(dispatcher, wait=False) as mine:
+            if mine:
+                dispatcher.compile(types_)
 
 
 class Kernel:
@@ -157,6 +217,9 @@ class Kernel:
 
     def __call__(self, *args):
         choice = None if self._at is None else self.variants.pick(args[self._at])
+        if _rehearsal is not None:
+            _rehearsal(self, getattr(_local, "serial", False), choice, args)
+            return 0.0
         dispatcher = self._dispatcher(getattr(_local, "serial", False), choice)
         if dispatcher.overloads:
             return dispatcher(*args)

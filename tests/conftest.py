@@ -5,6 +5,9 @@ import tempfile
 # (numba#1833), and an installed package may not be writable. Set before anything
 # imports numba (helpers does), which reads it once.
 os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="numba-cache-"))
+# No compile-ahead helper processes (engine.compile_ahead) but in its own tests: the suite's
+# workers already use every core, and its timing tests want no process they did not start.
+os.environ.setdefault("ENGINE_COMPILE_AHEAD", "0")
 
 import helpers  # noqa: E402
 import pytest  # noqa: E402

@@ -26,7 +26,9 @@ def im2col(x, k, stride, padding, oh, ow, cols):
     """cols <- the k*k-shifted, strided copies of x [N, C, H, W]; zeros where padding.
 
     The copies go through views (a row of x, a segment of cols): indices from 0 with a
-    unit or known stride, so the loops vectorise without negative-index checks."""
+    unit or known stride, so the loops vectorise without negative-index checks. Written as
+    loops, not slice assignments: Numba's array setitem costs ~2 s of compiling (a cold
+    cache's first step)."""
     n_img, c_in, h, w = x.shape
     p_out = oh * ow
     kk = k * k
@@ -39,18 +41,27 @@ def im2col(x, k, stride, padding, oh, ow, cols):
         ix1 = ix0 + (ox1 - ox0 - 1) * stride + 1
         for n in range(n_img):
             plane = cols[r, n * p_out:(n + 1) * p_out]
-            plane[:oy0 * ow] = zero
-            plane[oy1 * ow:] = zero
+            for j in range(oy0 * ow):
+                plane[j] = zero
+            for j in range(oy1 * ow, p_out):
+                plane[j] = zero
             for oy in range(oy0, oy1):
                 seg = plane[oy * ow:(oy + 1) * ow]
-                seg[:ox0] = zero
-                seg[ox1:] = zero
+                for j in range(ox0):
+                    seg[j] = zero
+                for j in range(ox1, ow):
+                    seg[j] = zero
                 if ox1 > ox0:
                     iy = oy * stride - padding + ky
+                    dst = seg[ox0:ox1]
                     if stride == 1:
-                        seg[ox0:ox1] = x[n, c, iy, ix0:ix1]
+                        src = x[n, c, iy, ix0:ix1]
+                        for j in range(dst.shape[0]):
+                            dst[j] = src[j]
                     else:
-                        seg[ox0:ox1] = x[n, c, iy, ix0:ix1:stride]
+                        src = x[n, c, iy, ix0:ix1:stride]
+                        for j in range(dst.shape[0]):
+                            dst[j] = src[j]
 
 
 @numba.njit(inline="always")
@@ -165,7 +176,7 @@ def col2im(dcols, k, stride, padding, oh, ow, dx):
 # feeds 4 filters and each accumulator load/store carries 4 taps (measured 4x4 > 1x8).
 
 
-@numba.njit(inline="always")
+@numba.njit(**threads.kernel_flags())          # one compile (and cache entry) for every caller
 def _shift_accumulate(src, off, wt, acc, n_out):
     """acc[f, :n_out] += sum over t of wt[f, t] * src[off[t]:off[t] + n_out], every f."""
     f_count, t_count = wt.shape
@@ -221,12 +232,17 @@ def pad_images(x, padding, hp, wc, xpad):
     for i in numba.prange(n_img * c_in):
         n, c = i // c_in, i % c_in
         dst = xpad[n, c * plane:(c + 1) * plane]
-        dst[:padding * wc + padding] = zero
-        for iy in range(h):
+        for j in range(padding * wc + padding):
+            dst[j] = zero
+        for iy in range(h):                    # loops, not slice assignments: see im2col
             row = dst[(iy + padding) * wc + padding:(iy + padding + 1) * wc + padding]
-            row[:w] = x[n, c, iy]
-            row[w:] = zero                     # the right padding and the next row's left
-        dst[(h + padding) * wc + padding:] = zero
+            src = x[n, c, iy]
+            for ix in range(w):
+                row[ix] = src[ix]
+            for ix in range(w, wc):            # the right padding and the next row's left
+                row[ix] = zero
+        for j in range((h + padding) * wc + padding, plane):
+            dst[j] = zero
 
 
 @numba.njit(inline="always")
@@ -266,7 +282,8 @@ def _grad_pad_filter(code, args):
     acc = 0.0
     for n in range(n_img):
         dst = dzp[n, f]
-        dst[:a * wc + a] = zero
+        for j in range(a * wc + a):
+            dst[j] = zero
         for oy in range(oh):
             row = dst[(oy + a) * wc + a:(oy + a + 1) * wc + a]
             for ox in range(ow):
@@ -274,8 +291,10 @@ def _grad_pad_filter(code, args):
                                   pre[n, f, oy * ow + ox])
                 row[ox] = g
                 acc += g
-            row[ow:] = zero
-        dst[(oh + a) * wc + a:] = zero
+            for ox in range(ow, wc):
+                row[ox] = zero
+        for j in range((oh + a) * wc + a, dst.shape[0]):
+            dst[j] = zero
     return acc
 
 
@@ -357,7 +376,8 @@ def direct_dweight(xpad, dzp, off, groups, start, n_out, dw):
         f0 = g * fg + (i % per_group) * 4
         f1 = min(f0 + 4, (g + 1) * fg)
         for f in range(f0, f1):
-            dw[f, :] = zero
+            for t in range(taps):
+                dw[f, t] = zero
         for n in range(n_img):
             src = xpad[n, g * span:(g + 1) * span]
             if f1 - f0 == 4:
@@ -409,7 +429,8 @@ def direct_dx(dzp, offq, w4, groups, h, w, wc, dx):
                               wflip[g * cg:(g + 1) * cg], acc[g * cg:(g + 1) * cg], n_out)
         for c in range(c_in):
             for iy in range(h):
-                dx[n, c, iy] = acc[c, iy * wc:iy * wc + w]
+                for ix in range(w):
+                    dx[n, c, iy, ix] = acc[c, iy * wc + ix]
 
 
 # ---- channel_sets: the gather of each group's channels and its adjoint --------------------
