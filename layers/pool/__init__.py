@@ -127,7 +127,6 @@ class PoolLayer(Layer):
             out["pre"] = ("workspace", y)
         if self.mode == "max":
             out["arg"] = ("workspace", y)      # int32 indices in a float32 buffer
-            out["scratch"] = ("workspace", cpu.max_scratch_shape(self.input_shape[2], self.pad))
         return out
 
     def forward(self, x, params, train=False, rng=None):
@@ -138,8 +137,7 @@ class PoolLayer(Layer):
         pre = b["pre"] if self.act.needs_input else _DUMMY   # abs, square (declared only then)
         if self.mode == "max":
             arg = b["arg"].view(np.int32)
-            cpu.max_forward(x, self.size, self.stride, self.pad, *self.act.kernel_args(), y, arg, pre,
-                            b["scratch"])
+            cpu.max_forward(x, self.size, self.stride, self.pad, *self.act.kernel_args(), y, arg, pre)
             self._arg = arg
         else:
             cpu.avg_forward(x, *self.kernel_geometry(), *self.act.kernel_args(), y, pre)
