@@ -42,6 +42,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 RUNS = [("alexnet", 32), ("alexnet", 128), ("caffenet", 128), ("lenet5", 128), ("cifar10-18pct", 128),
+        ("cifar10-80sec", 128), ("alexnet-digits", 128), ("resnet-digits", 128),
         ("resnet18", 32), ("vgg16", 16)]
 LATENCY_NETS = ("alexnet", "resnet18")     # --latency: one image at a time, what `predict` waits on
 MODES = ("train", "infer")
@@ -85,10 +86,9 @@ def time_steps(step, warmup, min_steps, budget, max_steps):
 
 
 def engine_step(path, batch, mode, threads):
+    import engine  # noqa: I001  first: it sets what OpenBLAS reads when numpy loads it (layers/__init__)
     import numba
     import numpy as np
-
-    import engine
     from engine.solver import SGD
     numba.set_num_threads(threads)
     net = engine.load(path, seed=0)
