@@ -62,13 +62,13 @@ def helping(trainer, x, labels, lr):
         text = json.dumps(job).encode()
         for _ in range(spare_cores()):
             try:
-                proc = subprocess.Popen([sys.executable, "-m", "engine.compile_ahead"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                proc.stdin.write(text)
-                proc.stdin.close()
-            except OSError:            # no process to spare: the step compiles as before
+                helpers.append(subprocess.Popen([sys.executable, "-m", "engine.compile_ahead"],
+                                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL))
+                helpers[-1].stdin.write(text)
+                helpers[-1].stdin.close()
+            except OSError:            # no process to spare, or it ended: the step compiles as before
                 return
-            helpers.append(proc)
     try:
         with threads.when_compiling(start):
             yield
