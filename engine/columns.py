@@ -95,6 +95,11 @@ def needs_whole_batch(layer):
     return bool(layer.whole_batch or layer.state_shapes())
 
 
+def usable_cpus():
+    """The cores this process may run on: its CPU affinity where the OS keeps one."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def choose(nodes, mode="auto", cpus=None):
     """(mode, why): "columns", "batch" or "layers", and the reason, for a net's nodes.
 
@@ -131,7 +136,7 @@ def choose(nodes, mode="auto", cpus=None):
     if mode != "auto":
         return mode, f"threading: {mode} was asked for"
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cpus = usable_cpus()
     if cpus < 2:
         return "layers", "one CPU core"
     total = max(sum(work.values()), 1)

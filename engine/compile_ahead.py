@@ -27,11 +27,8 @@ MAX_HELPERS = 3
 
 
 def spare_cores():
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:            # not on Linux
-        cores = os.cpu_count() or 1
-    return max(0, min(cores - 1, MAX_HELPERS))
+    from engine import columns
+    return max(0, min(columns.usable_cpus() - 1, MAX_HELPERS))
 
 
 def request(trainer, x, labels, lr):

@@ -217,10 +217,11 @@ class Kernel:
 
     def __call__(self, *args):
         choice = None if self._at is None else self.variants.pick(args[self._at])
+        serial = is_serial()
         if _rehearsal is not None:
-            _rehearsal(self, getattr(_local, "serial", False), choice, args)
+            _rehearsal(self, serial, choice, args)
             return 0.0
-        dispatcher = self._dispatcher(getattr(_local, "serial", False), choice)
+        dispatcher = self._dispatcher(serial, choice)
         if dispatcher.overloads:
             return dispatcher(*args)
         with _compiling(dispatcher):

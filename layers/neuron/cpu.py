@@ -2,10 +2,11 @@
 
 `activate(code, pa, pb, x)` and `activate_grad(code, pa, pb, g, y, x)` are the one
 definition of every function (codes and parameters: layers/neuron/spec.py); every kernel
-that applies an activation calls them (compiled through their overloads, below). The gradient is taken from the output y, except
-for abs and square (spec.NEEDS_INPUT), which read the pre-activation x. Kernels run each
-parallel task's loop through `specialised(code, body, args)`, which compiles separate
-loops for relu and the identity (see there why).
+that applies an activation calls them (compiled through their overloads, below). The
+gradient is taken from the output y, except for abs and square (spec.NEEDS_INPUT), which
+read the pre-activation x. Kernels run each parallel task's loop through
+`specialised(code, body, args)`, which compiles separate loops for relu and the identity
+(see there why).
 
 Non-finite values: sqrt of x < 0 is NaN (cuda-convnet's sqrtf), and its gradient at y = 0 is
 g / 0 (+-inf, NaN for g = 0), as cuda-convnet's g / (2y). np.divide is used for that
