@@ -161,13 +161,13 @@ def test_serial_twin_is_a_separate_compilation_with_the_same_result():
     kern = conv_cpu.im2col
     assert kern.serial is not kern.parallel
     assert kern.serial.py_func.__qualname__ != kern.parallel.py_func.__qualname__
-    x = np.random.default_rng(2).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    xpad = np.random.default_rng(2).standard_normal((2, 3 * 7 * 7)).astype(np.float32)
     out_p = np.empty((27, 2 * 25), np.float32)
     out_s = np.full_like(out_p, np.nan)
-    kern(x, 3, 1, 0, 5, 5, out_p)
+    kern(xpad, 3, 1, 7, 7, 5, 5, out_p)
     with threads.serial():
         assert threads.is_serial()
-        kern(x, 3, 1, 0, 5, 5, out_s)
+        kern(xpad, 3, 1, 7, 7, 5, 5, out_s)
     assert not threads.is_serial()
     np.testing.assert_array_equal(out_s, out_p)
     assert kern.serial.signatures and kern.parallel.signatures

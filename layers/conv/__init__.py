@@ -1,8 +1,9 @@
 """`conv`: 2-D convolution with optional groups and a fused activation.
 
 Two ways, chosen per shape (ConvLayer.use_direct):
-- GEMM: im2col (Numba) -> one BLAS GEMM per group (numpy, outside Numba) -> bias +
-  activation scatter (Numba). Backward mirrors it: gradient gather -> GEMMs -> col2im.
+- GEMM: zero-padding and im2col (Numba) -> one BLAS GEMM per group (numpy, outside Numba)
+  -> bias + activation scatter (Numba). Backward mirrors it: gradient gather -> GEMMs ->
+  col2im on a zero-padded plane, cropped.
 - direct (stride 1, few filters): Numba kernels that convolve a zero-padded copy of each
   image without im2col (cpu.direct_*); backward data is a full convolution of the padded
   gradient with the flipped filters, backward weights are dot products per tap.
@@ -86,7 +87,8 @@ class ConvLayer(Layer):
         self._zero_bias = None if self.bias else np.zeros((f, 1), np.float32)
         self.act = parse_neuron(self.neuron)
         self.out_hw = (out_size_floor(h + e, k, s, p), out_size_floor(w + e, k, s, p))
-        # the direct kernels' geometry (meaningful where stride 1 and padding < size)
+        # the zero-padded planes (pad_images: hp rows of wc per channel) both paths read; a and
+        # hd: the direct backward's full convolution (meaningful where stride 1, padding < size)
         oh, ow = self.out_hw
         a = k - 1 - p                                    # the full convolution's padding
         wc = max(w + 2 * p + e, w + k - 1)               # common row width of the flat planes
@@ -173,13 +175,15 @@ class ConvLayer(Layer):
         oh, ow = self.out_hw
         f, rows = self.filters, self.channels * self.size * self.size
         span = self._chunk(n) * oh * ow                 # columns of one chunk of images
-        out = {"cols": ("workspace", (rows * span,)),
+        geo = self._geom
+        out = {"xpad": ("workspace", (self._chunk(n) * self.channels * geo["hp"] * geo["wc"],)),
+               "cols": ("workspace", (rows * span,)),
                "tmp": ("workspace", (f * span,)),
                "y": ("activation", (n, f, oh, ow))}
         if self.act.needs_input:
             out["pre"] = ("workspace", (n, f, oh * ow))
         if backward:
-            out["dtmp"] = ("gradient", (f * span,))     # cols is reused as dcols
+            out["dtmp"] = ("gradient", (f * span,))     # cols is reused as dcols, xpad as dxpad
             out["dweight"] = ("param_grad", (f, rows // self.groups))
             out["dbias"] = self._dbias_buffer()
             if n > self._chunk(n):
@@ -282,10 +286,18 @@ class ConvLayer(Layer):
         rows = {"cols": self.channels * self.size * self.size, "tmp": self.filters, "dtmp": self.filters}
         return [self._buffers[t][:rows[t] * m].reshape(rows[t], m) for t in tags]
 
+    def _xpad(self, n0, n1):
+        """The chunk's zero-padded images [n1 - n0, C*hp*wc] (pad_images' layout)."""
+        span = self.channels * self._geom["hp"] * self._geom["wc"]
+        return self._buffers["xpad"][:(n1 - n0) * span].reshape(n1 - n0, span)
+
     def _im2col(self, x, n0, n1):
         oh, ow = self.out_hw
+        geo = self._geom
         cols, = self._views(n0, n1, "cols")
-        cpu.im2col(x[n0:n1], self.size, self.stride, self.padding, oh, ow, cols)
+        xpad = self._xpad(n0, n1)
+        cpu.pad_images(x[n0:n1], self.padding, geo["hp"], geo["wc"], xpad)
+        cpu.im2col(xpad, self.size, self.stride, geo["hp"], geo["wc"], oh, ow, cols)
         self._cols_hold = (n0, n1)
         return cols
 
@@ -364,6 +376,7 @@ class ConvLayer(Layer):
                 self._cols_hold = None    # its contents were last needed for dw: reuse as dcols
                 for fs, ks in blocks:
                     np.matmul(w2[fs].T, dtmp[fs], out=cols[ks])
-                cpu.col2im(cols, self.size, self.stride, self.padding, oh, ow, dx[n0:n1])
+                cpu.col2im(cols, self.size, self.stride, self.padding, self._geom["hp"], self._geom["wc"],
+                           oh, ow, self._xpad(n0, n1), dx[n0:n1])
         db_part[:] = db
         return dx, self._grads(dw2, b["dbias"])
