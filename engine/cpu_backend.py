@@ -25,10 +25,9 @@ import time
 
 import numpy as np
 
-from layers import threads
 from layers.base import join_inputs, split_grad
 
-from engine import columns, finite, memory, solver
+from engine import columns, finite, memory
 
 
 class CpuBackend:
@@ -179,10 +178,8 @@ class CpuBackend:
     # ---- optimizer --------------------------------------------------------------
     def update(self, optimizer, key, arrays, scalars):
         flat = [np.ascontiguousarray(a, np.float32).reshape(-1) for a in arrays]
-        # an array of one chunk has nothing to share out: the serial twin, not a parallel
-        # region that costs more to start than the update (LeNet-5: 8 of its 10 parameters)
-        with threads.serial(threads.is_serial() or flat[0].size <= solver.CHUNK):
-            optimizer.cpu_kernel(*flat, *(np.float32(s) for s in scalars))
+        # small parameters (LeNet-5: 8 of its 10) run the serial twin: threads.small
+        optimizer.cpu_kernel(*flat, *(np.float32(s) for s in scalars))
 
     # ---- timing -----------------------------------------------------------------
     def clock_start(self, node):

@@ -8,7 +8,8 @@ on small VMs (measured: shared/notes/numba.md) and kills forked children;
 `parallel=True` (intra-op threads, the default) and as a serial twin. A thread inside
 `serial()` gets the twins, so two threads can each run one column of a net on one core:
 workqueue cannot run parallel regions from two threads at once, and one core per column
-avoids the fork/join cost of small parallel calls altogether. A kernel with `Variants` is
+avoids the fork/join cost of small parallel calls altogether. Elsewhere a call whose
+arrays total under SMALL_BYTES runs the twin too (`small`). A kernel with `Variants` is
 compiled once per choice it is called with (the activation kernels: relu's loops apart
 from the identity's), lazily; whatever is compiled is cached on disk, and one process at a
 time compiles a kernel.
@@ -22,6 +23,7 @@ import time
 import types
 
 import numba
+import numpy as np
 from numba.core import event as numba_event
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
@@ -32,18 +34,26 @@ _local = threading.local()
 
 def is_serial():
     """True inside `serial()` on this thread."""
-    return getattr(_local, "serial", False)
+    return getattr(_local, "serial", None) is True
 
 
 @contextlib.contextmanager
 def serial(on=True):
-    """Within the block, kernels called from this thread run their serial twins."""
-    before = is_serial()
+    """Within the block, kernels called from this thread run their serial twins; with
+    on=False their parallel kernels, whatever the size of the call (outside any such block,
+    a call that is `small` runs the serial twin)."""
+    before = getattr(_local, "serial", None)
     _local.serial = bool(on)
     try:
         yield
     finally:
         _local.serial = before
+
+
+def runs_serial(args):
+    """Whether a kernel call with these arguments on this thread runs the serial twin."""
+    chosen = getattr(_local, "serial", None)
+    return small(args) if chosen is None else chosen
 
 
 def _renamed(fn, suffix, replace=None):
@@ -189,6 +199,22 @@ def compile_calls(calls):
                 dispatcher.compile(types_)
 
 
+# A parallel region costs ~40-60 us to start on workqueue, and below a few MB of data the
+# second core does not win it back: a scale of 262,144 floats took 93 us parallel, 31 us
+# serial; 1M floats 155 vs 133; 4M floats 1.1 vs 2.1 ms (2 cores); ResNet-18's batchnorm at
+# batch 1 (64x56x56) 175 vs 56 us. So a call whose arrays total less runs the serial twin.
+SMALL_BYTES = 4 << 20
+
+
+def small(args):
+    """True when the arrays among a kernel call's arguments total under SMALL_BYTES."""
+    total = 0
+    for a in args:
+        if isinstance(a, np.ndarray):
+            total += a.nbytes
+    return total < SMALL_BYTES
+
+
 class Kernel:
     """A Python-callable family of Numba dispatchers: parallel and serial (`.parallel`,
     `.serial`), each once per Variants choice when the kernel has variants, built when first
@@ -217,7 +243,7 @@ class Kernel:
 
     def __call__(self, *args):
         choice = None if self._at is None else self.variants.pick(args[self._at])
-        serial = is_serial()
+        serial = runs_serial(args)
         if _rehearsal is not None:
             _rehearsal(self, serial, choice, args)
             return 0.0

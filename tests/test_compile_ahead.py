@@ -30,8 +30,9 @@ def test_a_rehearsal_records_each_kernel_call_once_and_runs_nothing():
     x = np.ones((2, 3, 4, 4), np.float32)
     xpad = np.full((2, 3 * 6 * 6), 7.0, np.float32)
     with threads.rehearse() as calls:
-        conv_cpu.pad_images(x, 1, 6, 6, xpad)
-        conv_cpu.pad_images(x, 1, 6, 6, xpad)             # the same call: recorded once
+        with threads.serial(False):                       # the parallel kernel, small as x is
+            conv_cpu.pad_images(x, 1, 6, 6, xpad)
+            conv_cpu.pad_images(x, 1, 6, 6, xpad)         # the same call: recorded once
         with threads.serial():
             conv_cpu.pad_images(x, 1, 6, 6, xpad)         # the serial twin: a call of its own
         other = threading.Thread(target=add_one, args=(np.zeros(3, np.float64),))
@@ -51,8 +52,8 @@ def test_compile_calls_compiles_what_was_rehearsed_unless_another_process_holds_
     a = np.zeros(5, np.float32)
     with threads.rehearse() as calls:
         add_one(a)
-    types_ = calls[0][3]
-    dispatcher = add_one._dispatcher(False, None)
+    _, serial, choice, types_ = calls[0]
+    dispatcher = add_one._dispatcher(serial, choice)
     if types_ in dispatcher.overloads:       # compiled already in this worker (a rerun)
         pytest.skip("add_one(float32[:]) already compiled in this process")
     lock = os.path.join(dispatcher._cache._cache_path, dispatcher.py_func.__qualname__ + ".lock")
@@ -86,7 +87,7 @@ def test_the_helpers_rehearsal_is_the_trainers_first_step(net, tmp_path, monkeyp
 
     def recording(kernel, *args):
         choice = None if kernel._at is None else kernel.variants.pick(args[kernel._at])
-        entry = (kernel, threads.is_serial(), choice, tuple(numba.typeof(a) for a in args))
+        entry = (kernel, threads.runs_serial(args), choice, tuple(numba.typeof(a) for a in args))
         if entry not in seen:
             seen.add(entry)
             real.append(entry)

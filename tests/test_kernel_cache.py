@@ -62,13 +62,14 @@ def test_activation_kernels_compile_one_variant_per_case_when_first_called():
     x = np.linspace(-3, 3, 41, dtype=np.float32)
     out = np.empty_like(x)
     one = np.float32(1.0)
-    kern(RELU, one, one, x, out)
-    np.testing.assert_array_equal(out, np.maximum(x, 0))
-    assert list(kern._dispatchers) == [(False, neuron_cpu.ACTIVATIONS.pick(RELU))]   # relu's loops alone
-    kern(TANH, one, one, x, out)
-    np.testing.assert_allclose(out, np.tanh(x), rtol=1e-6, atol=1e-6)
-    kern(LOGISTIC, one, one, x, out)                      # the other codes share one compilation
-    np.testing.assert_allclose(out, 1 / (1 + np.exp(-x)), rtol=1e-6)
+    with threads.serial(False):                           # the parallel kernels, small as x is
+        kern(RELU, one, one, x, out)
+        np.testing.assert_array_equal(out, np.maximum(x, 0))
+        assert list(kern._dispatchers) == [(False, neuron_cpu.ACTIVATIONS.pick(RELU))]   # relu's loops alone
+        kern(TANH, one, one, x, out)
+        np.testing.assert_allclose(out, np.tanh(x), rtol=1e-6, atol=1e-6)
+        kern(LOGISTIC, one, one, x, out)                  # the other codes share one compilation
+        np.testing.assert_allclose(out, 1 / (1 + np.exp(-x)), rtol=1e-6)
     with threads.serial():
         kern(IDENT, one, one, x, out)
     np.testing.assert_array_equal(out, x)
@@ -88,7 +89,7 @@ x = np.linspace(-3, 3, 41, dtype=np.float32)
 out = np.empty_like(x)
 time.sleep(max(0.0, float(sys.argv[1]) - time.time()))          # both call at the same moment
 cpu.backward(SOFTRELU, np.float32(1), np.float32(1), x, x, x, out)
-d = cpu.backward._dispatchers[(False, cpu.ACTIVATIONS.pick(SOFTRELU))]
+d, = cpu.backward._dispatchers.values()          # the twin this small call runs
 print(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
 """
 
@@ -134,4 +135,4 @@ def test_rarer_activations_run_the_identity_loops_and_the_neuron_pass():
              pool_cpu.max_forward, pool_cpu.max_backward, pool_cpu.avg_forward, pool_cpu.avg_backward]
     assert all(isinstance(k, neuron_cpu.SplitKernel) for k in split)
     assert all(choice != "any" for k in split for _, choice in k._dispatchers)
-    assert (False, "ident") in pool_cpu.avg_forward._dispatchers
+    assert "ident" in {choice for _, choice in pool_cpu.avg_forward._dispatchers}
