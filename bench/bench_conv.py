@@ -1,6 +1,6 @@
 """Single-core conv timings: the GEMM path (im2col + BLAS) against the direct kernels.
 
-Runs the CIFAR-10 18pct and LeNet-5 conv layers as a column thread runs them
+Runs the conv layers of CIFAR-10 18pct, LeNet-5 and the digits nets as a column thread runs them
 (engine.columns.single_core(): serial kernels, one BLAS thread), the two paths interleaved
 in one process, repetition by repetition, so that the machine's noise hits both alike.
 Prints min and median ms of forward and backward (with dx) per layer and path.
@@ -26,6 +26,12 @@ SHAPES = {
     "c10-conv3": (32, 8, 8, 64, 5, 2, "relu"),
     "lenet-conv1": (1, 28, 28, 6, 5, 2, "relu"),
     "lenet-conv2": (6, 14, 14, 16, 5, 0, "relu"),
+    "ad-conv1": (1, 28, 28, 16, 5, 2, "relu"),        # alexnet-digits, one column
+    "ad-conv2": (16, 14, 14, 32, 5, 2, "relu"),
+    "ad-conv5": (48, 7, 7, 32, 3, 1, "relu"),
+    "rd-conv1": (1, 28, 28, 16, 3, 1, None),          # resnet-digits
+    "rd-layer1": (16, 28, 28, 16, 3, 1, None),
+    "rd-layer2": (32, 14, 14, 32, 3, 1, None),
 }
 
 
