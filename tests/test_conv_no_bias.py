@@ -20,6 +20,7 @@ CASES = [
     (3, 3, 6, 5, 5, 2, 1, 0, 1, "logistic", True),
     (2, 2, 5, 5, 3, 5, 1, 2, 1, None, True),
     (2, 5, 6, 8, 40, 1, 1, 0, 1, None, False),      # 1x1, 40 filters: GEMM at stride 1
+    (1, 4, 6, 7, 40, 3, 1, 1, 1, None, False),      # one image, no activation: the GEMM writes y
 ]
 IDS = ["-".join(map(str, c)) for c in CASES]
 
@@ -51,9 +52,10 @@ def test_kernels_match_reference(case):
     check_against_reference(layer, params, x, rng)
 
 
-def test_gemm_path_over_several_chunks(monkeypatch):
+@pytest.mark.parametrize("case", [CASES[0], CASES[5]], ids=[IDS[0], IDS[5]])
+def test_gemm_path_over_several_chunks(case, monkeypatch):
     monkeypatch.setattr(ConvLayer, "CHUNK_BYTES", 1)        # one image per chunk
-    layer, params, x, rng = setup_case(CASES[0], seed=5)
+    layer, params, x, rng = setup_case(case, seed=5)
     assert layer._chunk(x.shape[0]) == 1
     check_against_reference(layer, params, x, rng)
 

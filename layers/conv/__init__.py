@@ -338,10 +338,15 @@ class ConvLayer(Layer):
         pre = b["pre"] if keep else y3                   # declared only then
         for n0, n1 in self._chunks(n):
             cols = self._im2col(x, n0, n1)
-            tmp, = self._views(n0, n1, "tmp")
+            # a chunk of one image (batch 1, or images of more than CHUNK_BYTES of columns:
+            # VGG, AlexNet): the GEMM's [F, P] is y's own layout, so it writes y, and the
+            # bias and activation run in place or, with neither (ResNet's convs), not at all
+            one = n1 - n0 == 1
+            tmp = y3[n0] if one else self._views(n0, n1, "tmp")[0]
             for fs, ks in self._blocks():
                 np.matmul(w2[fs], cols[ks], out=tmp[fs])
-            cpu.bias_act(tmp, bias, *self.act.kernel_args(), keep, y3[n0:n1], pre[n0:n1])
+            if not (one and not self.bias and self.act.identity):
+                cpu.bias_act(tmp, bias, *self.act.kernel_args(), keep, y3[n0:n1], pre[n0:n1])
         self._x, self._y3, self._pre = x, y3, pre
         return b["y"]
 
