@@ -279,3 +279,15 @@ def test_torch_mirror_matches():
     with torch.no_grad():
         probs = mirror(net)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(probs, net.forward(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,stride,pad,ceil,shape", CASES + [(3, 2, 1, False, (2, 20, 23)),
+                                                              (2, 1, 0, True, (1, 6, 19))])
+def test_max_ties_go_to_the_first_element_everywhere(size, stride, pad, ceil, shape):
+    """Small integers tie in most windows: inner and edge windows alike route the gradient to
+    their first maximum, row-major."""
+    x = np.random.default_rng(size * 7 + stride).integers(0, 3, (2,) + shape).astype(np.float32)
+    y, g, dx = run(make("max", size, stride, pad, ceil, None, shape), x)
+    kw = dict(padding=pad, ceil=ceil)
+    np.testing.assert_array_equal(y, reference.forward(x, "max", size, stride, None, **kw))
+    np.testing.assert_allclose(dx, reference.backward(x, g, "max", size, stride, None, **kw), rtol=1e-6, atol=1e-6)
