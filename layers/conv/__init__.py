@@ -114,18 +114,27 @@ class ConvLayer(Layer):
                                                  f"(0..{c - 1})")
         return np.array([v for one in sets for v in one], np.int64)
 
-    # Selection (bench/bench_conv.py, one core, batch 128): the direct kernels win where the
-    # GEMM path's im2col/col2im traffic is comparable to its GEMM, i.e. few filters per group
-    # over images that are not tiny: 1.5-6x on CIFAR-10 18pct conv1/conv2 and LeNet-5. With 64
-    # filters on 8x8 images (18pct conv3) the two tie; with more filters per group BLAS wins
-    # (AlexNet: 96+ filters on 48+ channels keeps the GEMM path).
-    DIRECT_MAX_FILTERS = 32     # per group
+    # Selection (bench/bench_conv.py, one core, batch 128, forward + backward): the direct
+    # kernels win where the GEMM path's im2col/col2im traffic is comparable to its GEMM: few
+    # filters per group over images that are not tiny (LeNet-5 conv1 4.9 vs 7.3 ms, the digits
+    # ResNet's 16-filter 3x3 convs 34 vs 45 ms). BLAS gains with its inner dimension C*k*k, so
+    # with 5x5 windows 32 filters already favour it (CIFAR-10 conv1 51 vs 59 ms, conv2 105 vs
+    # 127) while 3x3 ones tie there. The direct kernels compute every column of the padded
+    # rows and keep ow of them: without padding (LeNet-5 conv2, 18 columns for 10) that waste
+    # loses to the GEMM path (6.7 vs 9.8 ms).
+    DIRECT_MAX_FILTERS = 32     # per group, 3x3 and smaller windows
+    DIRECT_MAX_FILTERS_LARGE = 16   # per group, larger windows
+    DIRECT_MAX_WIDTH = 1.5      # padded row width / output width
 
     @classmethod
     def use_direct(cls, c, h, w, f, k, stride, padding, groups):
         """The rule: stride 1, padding < size (the backward's full convolution pads by
-        size-1-padding) and at most DIRECT_MAX_FILTERS filters per group."""
-        return stride == 1 and padding < k and f // groups <= cls.DIRECT_MAX_FILTERS
+        size-1-padding), at most DIRECT_MAX_FILTERS(_LARGE) filters per group, and rows
+        padded to at most DIRECT_MAX_WIDTH times the output's."""
+        most = cls.DIRECT_MAX_FILTERS if k <= 3 else cls.DIRECT_MAX_FILTERS_LARGE
+        ow = w + 2 * padding - k + 1
+        return (stride == 1 and padding < k and f // groups <= most
+                and max(w + 2 * padding, w + k - 1) <= cls.DIRECT_MAX_WIDTH * ow)
 
     def param_shapes(self):
         shapes = {"weight": (self.filters, self.channels // self.groups, self.size, self.size)}
