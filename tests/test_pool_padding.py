@@ -282,7 +282,8 @@ def test_torch_mirror_matches():
 
 
 @pytest.mark.parametrize("size,stride,pad,ceil,shape", CASES + [(3, 2, 1, False, (2, 20, 23)),
-                                                              (2, 1, 0, True, (1, 6, 19))])
+                                                              (2, 1, 0, True, (1, 6, 19)),
+                                                              (3, 2, 0, True, (2, 11, 12))])
 def test_max_ties_go_to_the_first_element_everywhere(size, stride, pad, ceil, shape):
     """Small integers tie in most windows: inner and edge windows alike route the gradient to
     their first maximum, row-major."""
