@@ -35,6 +35,14 @@ def _window(o, size, stride, pad, adaptive, side, outs):
 
 
 @numba.njit(inline="always")
+def _whole(size, stride, pad, w, ow):
+    """[lo, hi): the output columns whose window lies whole inside the row (none cut at an
+    edge): the kernels' straight-line 3-wide cases."""
+    lo = min((pad + stride - 1) // stride, ow)
+    return lo, max(min((w + pad - size) // stride + 1, ow), lo)
+
+
+@numba.njit(inline="always")
 def _fold_row3(row, x0, best, where, base):
     """Fold row cells x0, x0+1, x0+2 into (best, where): the row's first maximum first, then
     a strict '>' against the rows before, which is the row-major first maximum."""
@@ -64,8 +72,7 @@ def _max_plane(code, args):
     oh, ow = y.shape[2], y.shape[3]
     i, j = p // c, p % c
     xp = x[i, j]
-    lo = min((pad + stride - 1) // stride, ow)            # the first window not cut on the left
-    hi = max(min((w + pad - size) // stride + 1, ow), lo)  # past the last not cut on the right
+    lo, hi = _whole(size, stride, pad, w, ow)
     for oy in range(oh):
         y0, y1 = _span(oy, size, stride, pad, h)
         for ox in range(ow):
@@ -128,14 +135,21 @@ def _avg_plane(code, args):
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = y.shape[2], y.shape[3]
     i, j = p // c, p % c
+    lo, hi = _whole(size, stride, pad, w, ow)
+    three = size == 3 and not adaptive
     for oy in range(oh):
         y0, y1, ny = _window(oy, size, stride, pad, adaptive, h, oh)
         for ox in range(ow):
             x0, x1, nx = _window(ox, size, stride, pad, adaptive, w, ow)
             s = ZERO
-            for yy in range(y0, y1):
-                for xx in range(x0, x1):
-                    s += x[i, j, yy, xx]
+            if three and lo <= ox < hi:      # rows summed apart: no loop, a shorter add chain
+                for yy in range(y0, y1):
+                    row = x[i, j, yy]
+                    s += row[x0] + row[x0 + 1] + row[x0 + 2]
+            else:
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        s += x[i, j, yy, xx]
             v = np.divide(s, np.float32(ny * nx))
             if uses_input(code):
                 pre[i, j, oy, ox] = v
@@ -155,6 +169,8 @@ def _avg_grad_plane(code, args):
     c, oh, ow = g.shape[1], g.shape[2], g.shape[3]
     h, w = dx.shape[2], dx.shape[3]
     i, j = p // c, p % c
+    lo, hi = _whole(size, stride, pad, w, ow)
+    three = size == 3 and not adaptive
     for yy in range(h):
         for xx in range(w):
             dx[i, j, yy, xx] = ZERO
@@ -165,9 +181,16 @@ def _avg_grad_plane(code, args):
             gg = activate_grad(code, pa, pb, g[i, j, oy, ox], y[i, j, oy, ox],
                                pre[i, j, oy, ox] if uses_input(code) else ZERO)
             gg = np.divide(gg, np.float32(ny * nx))
-            for yy in range(y0, y1):
-                for xx in range(x0, x1):
-                    dx[i, j, yy, xx] += gg
+            if three and lo <= ox < hi:
+                for yy in range(y0, y1):
+                    row = dx[i, j, yy]
+                    row[x0] += gg
+                    row[x0 + 1] += gg
+                    row[x0 + 2] += gg
+            else:
+                for yy in range(y0, y1):
+                    for xx in range(x0, x1):
+                        dx[i, j, yy, xx] += gg
 
 
 @activation_kernel(split="backward", grad="g")
