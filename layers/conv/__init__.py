@@ -132,7 +132,7 @@ class ConvLayer(Layer):
         size-1-padding), at most DIRECT_MAX_FILTERS(_LARGE) filters per group, and rows
         padded to at most DIRECT_MAX_WIDTH times the output's."""
         most = cls.DIRECT_MAX_FILTERS if k <= 3 else cls.DIRECT_MAX_FILTERS_LARGE
-        ow = w + 2 * padding - k + 1
+        ow = out_size_floor(w, k, 1, padding)
         return (stride == 1 and padding < k and f // groups <= most
                 and max(w + 2 * padding, w + k - 1) <= cls.DIRECT_MAX_WIDTH * ow)
 
