@@ -217,7 +217,7 @@ FORWARD = {
     "dropout2": _dropout2,
     "neuron": lambda part, x: part.act(x),
     "concat": lambda part, x: x,
-    "eltsum": lambda part, xs: sum(k * x for k, x in zip(part.coefficients, xs)),
+    "eltsum": lambda part, xs: part.act(sum(k * x for k, x in zip(part.coefficients, xs))),
     "eltmax": lambda part, xs: torch.stack(list(xs)).max(dim=0).values,
     "softmax": _softmax,
     "sum2": lambda part, x: x,          # its cost is in Mirror.loss

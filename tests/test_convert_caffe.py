@@ -622,8 +622,7 @@ EXPECT_RESNET = {   # ours; Caffe's learned parameters in the comments
     "pool1": ((4, 4, 4), 0),               # ceil((8 - 3)/2) + 1 = 4
     "res2a_branch2a": ((4, 4, 4), 76),     # 4/2*9*4 = 72 weights + 4 frozen biases
     "bn2a_branch2a": ((4, 4, 4), 8),       # no Scale: Caffe learns none; ours 4 + 4 frozen at 1 and 0
-    "res2a": ((4, 4, 4), 0),
-    "res2a_relu": ((4, 4, 4), 0),
+    "res2a": ((4, 4, 4), 0),               # the in-place ReLU after it: its neuron
     "fc": ((5,), 325),                     # 64*5 + 5
     "fc2": ((5,), 30),                     # 5*5 + 5
     "prelu": ((5,), 5),                    # one slope per channel
@@ -646,7 +645,8 @@ def test_resnet_batchnorm_scale_prelu_elu_leaky_msra_convert_and_train(tmp_path)
     assert (bn2["momentum"], bn2["eps"], bn2["lr_w"], bn2["lr_b"]) == (0.1, 0.001, 0.0, 0.0)
     assert "scale_conv1" not in out and out["pool1"]["inputs"] == ["bn_conv1"]
     assert out["res2a"]["inputs"] == ["pool1", "bn2a_branch2a"]
-    assert out["res2a_relu"]["fn"] == "leaky[0.1]" and out["fc"]["inputs"] == ["res2a_relu"]
+    assert out["res2a"]["neuron"] == "leaky[0.1]" and out["fc"]["inputs"] == ["res2a"]
+    assert "res2a_relu" not in out and any("res2a_relu (ReLU)" in n for n in result.notices)
     assert out["fc"]["neuron"] == "elu[0.5]"
     assert out["prelu"]["type"] == "prelu" and out["prelu"]["init_slope"] == 0.25 and out["prelu"]["wd"] == 0.0
     assert out["prelu"]["shared"] is False and out["prob"]["inputs"] == ["prelu"]

@@ -124,7 +124,7 @@ def edge_net():
         {"name": "cn_even", "inputs": ["data"], "type": "cnorm", "size": 2, "alpha": 0.5},
         {"name": "cn5", "inputs": ["data"], "type": "cnorm", "size": 5, "alpha": 0.2, "beta": 0.5},
         {"name": "esum", "inputs": ["rn_odd", "cn5", "cmr_even"], "type": "eltsum", "coeffs": [1.0, -0.5, 2.0]},
-        {"name": "esum2", "inputs": ["rn_even", "cn_even"], "type": "eltsum"},
+        {"name": "esum2", "inputs": ["rn_even", "cn_even"], "type": "eltsum", "neuron": "relu"},
         {"name": "emax", "inputs": ["cmr_odd_g", "cmr_even_g", "cmr_all"], "type": "eltmax"},
         {"name": "cat", "inputs": ["pmax", "pavg"], "type": "concat"},
         {"name": "catf", "inputs": ["pavg2", "loc"], "type": "concat", "mode": "flat"},

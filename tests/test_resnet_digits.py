@@ -36,7 +36,7 @@ def test_parameter_count_is_the_header_figure():
         assert "77,754 parameters" in f.read()
     net = engine.load(NET)
     assert net.num_params == 77_754
-    assert net.layer("layer3.0.relu").output_shape == (64, 7, 7)
+    assert net.layer("layer3.0.add").output_shape == (64, 7, 7)
     assert net.layer("avgpool").output_shape == (64, 1, 1)
 
 
@@ -44,11 +44,12 @@ def test_blocks_sum_their_shortcut():
     net = engine.load(NET)
     assert net.layer("layer1.0.add").inputs == ["layer1.0.bn2", "bn1"]          # identity
     assert net.layer("layer1.0.conv1").inputs == ["bn1"]
-    for stage, before in (("layer2.0", "layer1.0.relu"), ("layer3.0", "layer2.0.relu")):
+    for stage, before in (("layer2.0", "layer1.0.add"), ("layer3.0", "layer2.0.add")):
         assert net.layer(f"{stage}.add").inputs == [f"{stage}.bn2", f"{stage}.downsample.1"]
         assert net.layer(f"{stage}.downsample.0").inputs == [before]
         assert net.layer(f"{stage}.conv1").inputs == [before]
     assert sum(layer.type == "batchnorm" for layer in net.layers) == 9
+    assert all(node.layer.act.name == "relu" for node in net.layers if node.type == "eltsum")   # fused
 
 
 # half the widths (19,810 parameters), 3 epochs (warm-up, cosine), without label smoothing (its loss floor)

@@ -34,7 +34,7 @@ How each type is written (all exact up to float32 rounding order):
 | dropout  | removed (identity at test)                                                       |
 | dropout2 | Mul by keep (its test-time scaling)                                              |
 | concat   | the join itself                                                                  |
-| eltsum   | Mul by each coefficient != 1, then Sum                                           |
+| eltsum   | Mul by each coefficient != 1, then Sum, then the fused neuron                    |
 | eltmax   | Max                                                                              |
 | softmax  | Softmax(axis=1) on the flattened input                                           |
 | sum2     | identity (forward returns what its cost is taken of)                             |
@@ -359,7 +359,7 @@ def _dropout2(g, node, x, params):
 def _eltsum(g, node, xs, params):
     terms = [x if c == 1.0 else g.op("Mul", [x, g.scalar(c)], f"{node.name}/coeff")
              for x, c in zip(xs, node.layer.coefficients)]
-    return g.op("Sum", terms, f"{node.name}/sum")
+    return _neuron(g, g.op("Sum", terms, f"{node.name}/sum"), node.layer.act, node.name)
 
 
 def _eltmax(g, node, xs, params):

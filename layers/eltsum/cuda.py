@@ -1,47 +1,66 @@
-"""CUDA kernel for eltsum (the twin of cpu.py): out = a x + b z, flat.
+"""CUDA kernel for eltsum (the twin of cpu.py): y = f(a x + b z), flat.
 
 A sum of k inputs is k - 1 launches of axpby (the first writes y, the others add into
-it); backward scales dL/dy once per input whose coefficient is not 1 (a coefficient of
-1 hands dL/dy itself back, as on the CPU) with layers/elementwise_cuda.py's `scale`.
+it; the last applies the fused activation, keeping the sum in `pre` for abs and square);
+backward takes dL/dz through the activation with the neuron layer's kernel, then scales it
+once per input whose coefficient is not 1 (a coefficient of 1 hands dL/dz itself back, as
+on the CPU) with layers/elementwise_cuda.py's `scale`.
 """
 import numpy as np
 from numba import cuda
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
 from layers.elementwise_cuda import scale
+from layers.neuron.cuda import activate, neuron_backward
+from layers.neuron.spec import IDENT
 
 
 @cuda.jit
-def axpby_kernel(a, x, b, z, out):
+def axpby_kernel(a, x, b, z, code, pa, pb, keep, y, pre):
     i = cuda.grid(1)
-    if i < out.size:
-        out[i] = a * x[i] + b * z[i]
+    if i < y.size:
+        s = a * x[i] + b * z[i]
+        if keep:
+            pre[i] = s
+        y[i] = activate(code, pa, pb, s)
 
 
 _F = "float32[::1]"
 KERNELS = [
-    (axpby_kernel, f"void(float32, {_F}, float32, {_F}, {_F})"),
+    (axpby_kernel, f"void(float32, {_F}, float32, {_F}, int64, float32, float32, boolean, {_F}, {_F})"),
 ]
 
 
 class EltSumCuda(CudaLayer):
     def forward(self, xs, params, train, seed, stream):
-        c = self.layer.coefficients
+        c, act = self.layer.coefficients, self.layer.act
         y = self.buffer("y", xs[0].shape)
         out = y.reshape(-1)
+        keep = act.needs_input
+        pre = self.buffer("pre", xs[0].shape).reshape(-1) if keep else out
         grid = blocks_for(out.size)
         flat = [x.reshape(-1) for x in xs]
-        axpby_kernel[grid, BLOCK, stream](np.float32(c[0]), flat[0], np.float32(c[1]), flat[1], out)
-        for ci, x in zip(c[2:], flat[2:]):
-            axpby_kernel[grid, BLOCK, stream](np.float32(ci), x, np.float32(1.0), out, out)
+        terms = [(c[0], flat[0], c[1], flat[1])] + [(ci, x, 1.0, out) for ci, x in zip(c[2:], flat[2:])]
+        ident = (IDENT, np.float32(0.0), np.float32(0.0))
+        for i, (a, x, b, z) in enumerate(terms):
+            last = i == len(terms) - 1
+            axpby_kernel[grid, BLOCK, stream](np.float32(a), x, np.float32(b), z,
+                                              *(act.kernel_args() if last else ident), keep and last, out, pre)
+        self._y, self._pre = out, pre
         return y
 
     def backward(self, dy, params, need_dx, stream):
         if not need_dx:
             return None, {}
-        dy = dy.reshape((dy.shape[0],) + tuple(self.layer.output_shape))
+        layer = self.layer
+        dy = dy.reshape((dy.shape[0],) + tuple(layer.output_shape))
+        if not layer.act.identity:                 # dL/dz, through the activation
+            dz = self.buffer("dz", dy.shape)
+            neuron_backward[blocks_for(dy.size), BLOCK, stream](*layer.act.kernel_args(), dy.reshape(-1),
+                                                                self._y, self._pre, dz.reshape(-1))
+            dy = dz
         return [dy if c == 1.0 else scale(c, dy, self.buffer(f"dx{i}", dy.shape), stream)
-                for i, c in enumerate(self.layer.coefficients)], {}
+                for i, c in enumerate(layer.coefficients)], {}
 
 
 def make(layer):

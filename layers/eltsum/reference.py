@@ -1,11 +1,19 @@
-"""Plain NumPy eltsum: the definition the kernels are checked against."""
+"""Plain NumPy eltsum: the definition the kernels are checked against (`neuron`: a name as in
+a net file, None for none; its function is layers/neuron/reference.py's)."""
 import numpy as np
 
-
-def forward(xs, coeffs):
-    return sum(np.float64(c) * x for c, x in zip(coeffs, xs))
+from layers.neuron import reference as neuron_ref
 
 
-def backward(dy, coeffs):
-    """dL/dx_i for each input."""
-    return [np.float64(c) * dy for c in coeffs]
+def _sum(xs, coeffs):
+    return sum(np.float64(c) * x.astype(np.float64) for c, x in zip(coeffs, xs))
+
+
+def forward(xs, coeffs, neuron=None):
+    return neuron_ref.forward(neuron, _sum(xs, coeffs))
+
+
+def backward(dy, coeffs, xs=None, neuron=None):
+    """dL/dx_i for each input (xs: the inputs, needed where there is a neuron)."""
+    dz = dy if neuron is None else neuron_ref.backward(neuron, dy.astype(np.float64), _sum(xs, coeffs))
+    return [np.float64(c) * dz for c in coeffs]

@@ -163,14 +163,17 @@ def test_concat_matches_cpu_and_reference(mode, shapes, stream):
 
 
 # ---- eltsum / eltmax -----------------------------------------------------------------------
-def test_eltsum_matches_cpu_and_reference_and_finite_differences(stream):
+@pytest.mark.parametrize("neuron", [None, "relu", "abs", "tanh[1.5,0.5]"])
+def test_eltsum_matches_cpu_and_reference_and_finite_differences(neuron, stream):
     coeffs = [0.5, 1.0, -2.0]
-    layer = cpu_layer("eltsum", {"coeffs": coeffs}, [(2, 3, 3)] * 3)
+    layer = cpu_layer("eltsum", {"coeffs": coeffs, "neuron": neuron}, [(2, 3, 3)] * 3)
     rng = np.random.default_rng(5)
     xs = [rng.standard_normal((2, 2, 3, 3)).astype(np.float32) for _ in coeffs]
+    total = eltsum_ref.forward(xs, coeffs)      # sums 0.1 or more from relu's and abs's kink
+    xs[0] += ((np.where(total < 0, -1, 1) * (np.abs(total) + 0.1) - total) / coeffs[0]).astype(np.float32)
     dy = rng.standard_normal(xs[0].shape).astype(np.float32)
     cpu, dev = run_both(layer, xs, {}, dy, stream)
-    assert_same(cpu, dev, (eltsum_ref.forward(xs, coeffs), eltsum_ref.backward(dy, coeffs), {}))
+    assert_same(cpu, dev, (eltsum_ref.forward(xs, coeffs, neuron), eltsum_ref.backward(dy, coeffs, xs, neuron), {}))
     gradcheck.check(OnDevice(layer, stream), xs, samples=6)
 
 
