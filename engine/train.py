@@ -52,6 +52,7 @@ class Progress:
         self.first_epoch = None         # the (0-based) epoch it was in
         self._t_first = None
         self._compiled0 = 0.0           # the compile clock where this epoch's rate starts
+        self._compiled_first = False    # whether the first step compiled a kernel
 
     def _write(self, text):
         self.stream.write(text)
@@ -64,11 +65,19 @@ class Progress:
         self._compiled0 = threads.COMPILING.seconds()
         if self.first_step is None:
             self.first_epoch = epoch - 1
-            self._write("compiling kernels (first run only)... " if self.live
-                        else "compiling kernels (first run only)...\n")
+            # said when the first step's first kernel compile starts: a run that finds every
+            # kernel in the on-disk cache compiles nothing, and says nothing of compiling
+            self._compiled_first = False
+            threads.COMPILING.add_hook(self._compiling_starts)
             self._t_first = time.time()
         else:
             self._open(done)
+
+    def _compiling_starts(self):
+        """Called inside the first step's first compile (on the thread compiling)."""
+        self._compiled_first = True
+        self._write("compiling kernels (first run only)... " if self.live
+                    else "compiling kernels (first run only)...\n")
 
     def _open(self, done):
         if not self.live:
@@ -83,7 +92,8 @@ class Progress:
         if self.first_step is None:
             seconds = now - self._t_first
             self.first_step = (seconds, done - self.done0)
-            self._write(f"done in {seconds:.1f}s\n" if self.live
+            threads.COMPILING.remove_hook(self._compiling_starts)
+            self._write(f"done in {seconds:.1f}s\n" if self.live and self._compiled_first
                         else f"first step done in {seconds:.1f}s\n")
             self.t0, self.done0, self.last = now, done, now
             self._compiled0 = threads.COMPILING.seconds()
@@ -109,6 +119,7 @@ class Progress:
         return compiled, 0
 
     def close(self):
+        threads.COMPILING.remove_hook(self._compiling_starts)      # a run that stopped in its first step
         if self.bar is not None:
             self.bar.close()
             self.bar = None

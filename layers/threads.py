@@ -91,13 +91,23 @@ class CompileClock(numba_event.Listener):
 
     def __init__(self):
         self.depth, self.started, self.total = 0, 0.0, 0.0
-        self.on_first = None        # called once, at the next outermost compile (when_compiling)
+        self.hooks = []             # each called once, at the next outermost compile (add_hook)
+
+    def add_hook(self, hook):
+        """hook() is called once, when this process next starts compiling a kernel (a cache
+        miss: loading from the on-disk cache is not compiling), inside that compile."""
+        self.hooks.append(hook)
+
+    def remove_hook(self, hook):
+        """Forget a hook not called yet (nothing where it was)."""
+        if hook in self.hooks:
+            self.hooks.remove(hook)
 
     def on_start(self, event):
         if self.depth == 0:
             self.started = time.monotonic()
-            hook, self.on_first = self.on_first, None
-            if hook is not None:
+            hooks, self.hooks = self.hooks, []
+            for hook in hooks:
                 hook()
         self.depth += 1
 
@@ -123,11 +133,11 @@ def when_compiling(hook):
     """Within the block, hook() is called once, when this process first starts compiling a
     kernel (a cache miss: loading from the on-disk cache is not compiling), inside that
     compile. The trainer starts its compile-ahead helpers so (engine.compile_ahead)."""
-    COMPILING.on_first = hook
+    COMPILING.add_hook(hook)
     try:
         yield
     finally:
-        COMPILING.on_first = None
+        COMPILING.remove_hook(hook)
 
 
 @contextlib.contextmanager

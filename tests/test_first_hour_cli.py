@@ -75,23 +75,44 @@ def test_check_still_says_ok_for_a_good_file(tiny, capsys):
 
 
 # ---- 3: progress that tells the truth ----------------------------------------------------
-def test_piped_training_shows_the_compile_phase_on_stderr(tiny, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "engine", "train", tiny, "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stderr.splitlines()
+def test_piped_training_shows_the_compile_phase_on_stderr_only_when_it_compiles(tiny, tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), ENGINE_COMPILE_AHEAD="0")   # a cold cache
+
+    def train(run):
+        proc = subprocess.run([sys.executable, "-m", "engine", "train", tiny, "--out", str(tmp_path / run)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "\r" not in proc.stderr                 # no bar redrawn into a file
+        return proc.stderr.splitlines()
+    lines = train("cold")
     assert lines[0] == "compiling kernels (first run only)..."
     assert re.fullmatch(r"first step done in \d+\.\ds", lines[1]), lines
-    assert "\r" not in proc.stderr                     # no bar redrawn into a file
+    lines = train("warm")                              # every kernel from the cache: nothing compiles
+    assert re.fullmatch(r"first step done in \d+\.\ds", lines[0]), lines
+    assert not any("compiling" in ln for ln in lines), lines
+
+
+class CompilingProgress(Progress):
+    """Progress whose first step starts with a kernel compile, as a run from a cold cache (this
+    test process has the kernels loaded already, and loading is not compiling)."""
+
+    def epoch(self, *args):
+        first = self.first_step is None
+        super().epoch(*args)
+        if first:
+            from layers import threads
+            threads.COMPILING.on_start(None)
+            threads.COMPILING.on_end(None)
 
 
 def test_plain_progress_lines_when_not_a_terminal(tiny, tmp_path):
     stream = io.StringIO()
     trainer = Trainer(tiny, batch=16, out=str(tmp_path / "run"), log=quiet)
-    trainer.progress = Progress(stream, interval=0)
+    trainer.progress = CompilingProgress(stream, interval=0)
     trainer.run()
     lines = stream.getvalue().splitlines()
     assert lines[:1] == ["compiling kernels (first run only)..."]
+    assert re.fullmatch(r"first step done in \d+\.\ds", lines[1]), lines
     steady = [ln for ln in lines if ln.startswith("epoch ")]
     # 16 steps per epoch; the first is the compiling one and gets no line of its own
     assert len(steady) == 15 + 16, lines
@@ -107,7 +128,8 @@ def test_an_epochs_rate_leaves_out_the_first_step_and_any_later_compiling(monkey
 
     from layers import threads
     clock = SimpleNamespace(now=0.0)
-    monkeypatch.setattr(threads, "COMPILING", SimpleNamespace(seconds=lambda: clock.now))
+    monkeypatch.setattr(threads, "COMPILING", SimpleNamespace(seconds=lambda: clock.now, add_hook=lambda h: None,
+                                                              remove_hook=lambda h: None))
     p = Progress(io.StringIO(), interval=1e9, live=False)
     p.epoch(1, 2, 0, 100)
     clock.now = 5.0                   # the first step compiles for 5 s
@@ -130,7 +152,7 @@ def test_progress_bar_on_a_terminal_counts_after_the_first_step(tiny, tmp_path):
             return True
     stream = Terminal()
     trainer = Trainer(tiny, batch=16, out=str(tmp_path / "run"), log=quiet)
-    trainer.progress = Progress(stream, redraw=0)
+    trainer.progress = CompilingProgress(stream, redraw=0)
     trainer.run()
     text = stream.getvalue()
     head, _, rest = text.partition("\n")
