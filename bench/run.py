@@ -15,12 +15,14 @@ resnet18 at b32, vgg16 at b16, all on synthetic random data — and each mode:
   on weights, as our solver);
 - infer: images/s of `net.forward(x)` and of the mirror in eval() under no_grad.
 
-Every measurement runs in a child process of its own (`--worker`, one JSON line out), so
-peak RSS (getrusage ru_maxrss) is that framework's own, and engine and torch children
-alternate (the order flipping each round) over `--rounds`, so that machine noise hits
-both alike. Warm-up steps are not counted (the engine's first includes loading its Numba
-kernels; NUMBA_CACHE_DIR is set for the children, so they compile once). A measurement
-takes at least `--min-steps` steps and about `--budget` seconds. Both frameworks get the
+Each framework runs in a child process of its own (`--worker --serve`, JSON lines out), so
+peak RSS (VmHWM) is that framework's own. For each (net, batch, mode) the engine's child and
+PyTorch's start one after the other, warm up, and stay: then their measurements alternate,
+`--rounds` of each, the order flipping each round, `--pause` seconds apart (BLAS threads spin
+a while after a call), so that the machine's drift (minutes long here) hits both alike.
+Warm-up steps are not counted (the engine's first includes loading its Numba kernels;
+NUMBA_CACHE_DIR is set for the children, so they compile once). A measurement takes at
+least `--min-steps` steps and about `--budget` seconds. Both frameworks get the
 same thread count (OMP/OpenBLAS/MKL/Numba variables in the child's environment, and
 torch.set_num_threads / numba.set_num_threads). The sgemm peak (numpy and torch float32
 4096x4096 matmul, best of a few) is measured in a child too, with the same threads; the
@@ -30,11 +32,13 @@ multiply-adds (`macs()`), x 3 for a training step.
 import argparse
 import json
 import os
+import queue
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,24 +152,39 @@ def describe_net(path):
 
 
 def worker(args):
-    """One measurement; prints one JSON line."""
+    """One measurement: prints one JSON line. With --serve (what the parent runs), the warm-up,
+    then a {"ready": true} line, then one measurement (a "block") per "block" line read on
+    stdin, each answered by a JSON line, until "quit" or the end of stdin."""
     out = {"framework": args.worker, "net": args.net, "batch": args.batch, "mode": args.mode,
            "threads": args.threads}
     if args.worker == "peak":
         out.update(sgemm_peak(args.threads, args.size, args.reps))
-    elif args.worker == "engine":
+        return _answer(out)
+    if args.worker == "engine":
         net, step = engine_step(net_path(args.net), args.batch, args.mode, args.threads)
-        warmup_s, times = time_steps(step, args.warmup, args.min_steps, args.budget, args.max_steps)
-        out.update(warmup_s=warmup_s, step_s=times, version=__import__("engine").__version__,
-                   threading=net.threading_mode)
+        out.update(version=__import__("engine").__version__, threading=net.threading_mode)
     else:
         with open(args.description) as f:
             step = torch_step(json.load(f), args.batch, args.mode, args.threads)
-        warmup_s, times = time_steps(step, args.warmup, args.min_steps, args.budget, args.max_steps)
-        out.update(warmup_s=warmup_s, step_s=times, version=__import__("torch").__version__)
-    if "step_s" in out:
-        out["steps"] = len(out["step_s"])
-        out["images_per_s"] = args.batch / statistics.median(out["step_s"])
+        out.update(version=__import__("torch").__version__)
+    out["warmup_s"], _ = time_steps(step, args.warmup, 0, 0.0, 0)
+
+    def block():
+        _, times = time_steps(step, 0, args.min_steps, args.budget, args.max_steps)
+        return _answer(dict(out, step_s=times, steps=len(times),
+                            images_per_s=args.batch / statistics.median(times)))
+    if not args.serve:
+        return block()
+    _answer({"ready": True})
+    for line in sys.stdin:
+        if line.strip() != "block":
+            break
+        block()
+    return 0
+
+
+def _answer(out):
+    """Print one JSON result line (with this process's peak memory so far)."""
     out["peak_rss_mib"] = peak_rss_mib()
     out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps(out), flush=True)
@@ -210,11 +229,15 @@ def child_env(threads):
     return env
 
 
+def _command(argv, threads):
+    return [sys.executable, os.path.abspath(__file__), "--worker", *argv, "--threads", str(threads)]
+
+
 def run_child(argv, threads, timeout):
     """A worker's JSON result, or {"error": why}."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *argv, "--threads", str(threads)]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=child_env(threads), timeout=timeout)
+        p = subprocess.run(_command(argv, threads), capture_output=True, text=True, env=child_env(threads),
+                           timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -222,6 +245,68 @@ def run_child(argv, threads, timeout):
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"exit {p.returncode}: {tail}"}
     return json.loads(lines[-1])
+
+
+class Server:
+    """A worker kept running (--serve): warmed up once, then measuring a block whenever asked,
+    so that the engine's and PyTorch's blocks can alternate while both stay warm."""
+
+    def __init__(self, argv, threads, timeout):
+        self.timeout, self.error = timeout, None
+        self.proc = subprocess.Popen(_command(argv + ["--serve"], threads), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=child_env(threads))
+        self.lines = queue.Queue()
+        self.stderr = []
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True).start()
+        ready = self._result()
+        if "error" in ready:
+            self.error = ready["error"]
+
+    @staticmethod
+    def _read(stream, sink):
+        for line in stream:
+            (sink.put if isinstance(sink, queue.Queue) else sink.append)(line)
+        if isinstance(sink, queue.Queue):
+            sink.put(None)
+
+    def _result(self):
+        """The next JSON line, or {"error": why} (the child died, or said nothing in time)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                self.close()
+                return {"error": f"timed out after {self.timeout} s"}
+            if line is None:
+                code = self.proc.wait()
+                tail = ("".join(self.stderr).strip().splitlines() or ["no output"])[-1]
+                return {"error": f"exit {code}: {tail}"}
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def block(self):
+        """One measurement's result (as run_child's), or {"error": why}."""
+        if self.error:
+            return {"error": self.error}
+        self.proc.stdin.write("block\n")
+        self.proc.stdin.flush()
+        r = self._result()
+        if "error" in r:
+            self.error = r["error"]
+        return r
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
 
 
 def have_torch():
@@ -351,23 +436,32 @@ def main_parent(args):
             json.dump(net_info, f)
         info[name] = (dpath, net_info["macs"])
     raw = {}
-    for rnd in range(args.rounds):
-        for i, (name, batch) in enumerate(runs):
-            for mode in modes:
-                order = ["engine", "torch"] if (rnd + i) % 2 == 0 else ["torch", "engine"]
-                for fw in order:
-                    if fw == "torch" and not torch_ok:
-                        continue
+    frameworks = ["engine", "torch"] if torch_ok else ["engine"]
+    for i, (name, batch) in enumerate(runs):
+        for mode in modes:
+            # both kept warm, one after the other: their blocks alternate round by round (the
+            # order flipping), so that the machine's drift over minutes hits both alike
+            servers = {}
+            try:
+                for fw in frameworks:
                     argv = [fw, "--net", name, "--batch", str(batch), "--mode", mode] + timing
                     if fw == "torch":
                         argv += ["--description", info[name][0]]
-                    r = run_child(argv, threads, args.timeout)
-                    raw.setdefault((name, batch, mode, fw), []).append(r)
-                    what = (f"{r['images_per_s']:.1f} img/s, {r['steps']} steps, {r['peak_rss_mib']:.0f} MiB"
-                            if "images_per_s" in r else r["error"])
-                    if "threading" in r:
-                        what += f", threading {r['threading']}"
-                    print(f"  round {rnd + 1}: {name} b{batch} {mode} {fw}: {what}", flush=True)
+                    servers[fw] = Server(argv, threads, args.timeout)
+                for rnd in range(args.rounds):
+                    order = frameworks if (rnd + i) % 2 == 0 else frameworks[::-1]
+                    for fw in order:
+                        time.sleep(args.pause)     # the other's BLAS threads stop spinning first
+                        r = servers[fw].block()
+                        raw.setdefault((name, batch, mode, fw), []).append(r)
+                        what = (f"{r['images_per_s']:.1f} img/s, {r['steps']} steps, "
+                                f"{r['peak_rss_mib']:.0f} MiB" if "images_per_s" in r else r["error"])
+                        if "threading" in r:
+                            what += f", threading {r['threading']}"
+                        print(f"  round {rnd + 1}: {name} b{batch} {mode} {fw}: {what}", flush=True)
+            finally:
+                for server in servers.values():
+                    server.close()
     rows = []
     for name, batch in runs:
         for mode in modes:
@@ -415,7 +509,11 @@ def parse_args(argv=None):
                     help=f"single-image latency: inference at batch 1 (default nets: {', '.join(LATENCY_NETS)}), "
                          "in milliseconds per image")
     ap.add_argument("--threads", type=int, metavar="N", help="threads for both frameworks (default: all cores)")
-    ap.add_argument("--rounds", type=int, metavar="R", help="rounds of alternating children (default 3)")
+    ap.add_argument("--rounds", type=int, metavar="R",
+                    help="measurements per framework, the engine's and PyTorch's alternating (default 3)")
+    ap.add_argument("--pause", type=float, default=0.25, metavar="S",
+                    help="seconds between two measurements (BLAS and OpenMP threads spin a while after "
+                         "a call; default 0.25)")
     ap.add_argument("--budget", type=float, metavar="S", help="seconds per measurement (default 8)")
     ap.add_argument("--min-steps", type=int, dest="min_steps", metavar="K", help="at least K timed steps (3)")
     ap.add_argument("--max-steps", type=int, dest="max_steps", default=200, metavar="K",
@@ -425,6 +523,7 @@ def parse_args(argv=None):
     ap.add_argument("--timeout", type=int, default=600, metavar="S", help="limit per child process")
     # the child side
     ap.add_argument("--worker", choices=("engine", "torch", "peak"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--net", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=MODES, default="train", help=argparse.SUPPRESS)

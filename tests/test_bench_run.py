@@ -60,6 +60,45 @@ def test_engine_worker_prints_one_json_line():
     assert r["peak_rss_mib"] > 10
 
 
+def test_server_warms_up_once_and_measures_each_block_asked_for(monkeypatch):
+    import bench.run as run
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    server = run.Server(["engine", "--net", "lenet5", "--batch", "8", "--mode", "infer", "--warmup", "1",
+                         "--min-steps", "2", "--max-steps", "2", "--budget", "0"], threads=1, timeout=300)
+    try:
+        first, second = server.block(), server.block()
+    finally:
+        server.close()
+    assert server.proc.returncode == 0 and server.error is None
+    for r in (first, second):
+        assert STEP_FIELDS <= set(r), r
+        assert r["steps"] == 2 == len(r["step_s"]) and r["peak_rss_mib"] > 10
+    assert first["warmup_s"] == second["warmup_s"]              # one warm-up, then blocks
+    assert first["step_s"] != second["step_s"]                   # each block measured anew
+
+
+def test_server_that_fails_says_why():
+    import bench.run as run
+    server = run.Server(["engine", "--net", "no-such-net", "--batch", "8", "--mode", "infer"], threads=1,
+                        timeout=300)
+    r = server.block()
+    assert r["error"].startswith("exit 1: ") and "no-such-net" in r["error"], r
+    assert server.block() == r                                   # not asked again
+    server.close()
+
+
+@needs_torch
+@pytest.mark.slow        # PyTorch started in two children
+def test_parent_alternates_warm_engine_and_torch_measurements(capsys):
+    import bench.run as run
+    assert run.main(["--nets", "lenet5", "--modes", "infer", "--rounds", "3", "--budget", "0",
+                     "--min-steps", "1", "--warmup", "1", "--size", "64", "--reps", "1", "--threads", "1",
+                     "--pause", "0"]) == 0
+    rounds = [ln.split(":")[1].split()[-1] for ln in capsys.readouterr().out.splitlines()
+              if ln.startswith("  round ")]
+    assert rounds == ["engine", "torch", "torch", "engine", "engine", "torch"], rounds
+
+
 @needs_torch
 @pytest.mark.slow        # PyTorch started in two children
 def test_torch_worker_and_peak_worker(tmp_path):
