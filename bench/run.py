@@ -291,8 +291,11 @@ class Server:
         """One measurement's result (as run_child's), or {"error": why}."""
         if self.error:
             return {"error": self.error}
-        self.proc.stdin.write("block\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write("block\n")
+            self.proc.stdin.flush()
+        except OSError:            # it died while idle: _result reads its end and exit status
+            pass
         r = self._result()
         if "error" in r:
             self.error = r["error"]
