@@ -75,18 +75,22 @@ def net_path(name):
 
 
 # ---- the children ------------------------------------------------------------------------
-def time_steps(step, warmup, min_steps, budget, max_steps):
-    """Warm-up steps (not counted), then at least min_steps and about `budget` seconds."""
+def warm_up(step, steps):
+    """Seconds of `steps` steps, not counted (the engine's first loads its kernels)."""
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    for _ in range(steps):
         step()
-    warmup_s = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def time_steps(step, min_steps, budget, max_steps):
+    """Each step's seconds: at least min_steps and about `budget` seconds."""
     times, start = [], time.perf_counter()
     while len(times) < min_steps or (time.perf_counter() - start < budget and len(times) < max_steps):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return warmup_s, times
+    return times
 
 
 def engine_step(path, batch, mode, threads):
@@ -167,10 +171,10 @@ def worker(args):
         with open(args.description) as f:
             step = torch_step(json.load(f), args.batch, args.mode, args.threads)
         out.update(version=__import__("torch").__version__)
-    out["warmup_s"], _ = time_steps(step, args.warmup, 0, 0.0, 0)
+    out["warmup_s"] = warm_up(step, args.warmup)
 
     def block():
-        _, times = time_steps(step, 0, args.min_steps, args.budget, args.max_steps)
+        times = time_steps(step, args.min_steps, args.budget, args.max_steps)
         return _answer(dict(out, step_s=times, steps=len(times),
                             images_per_s=args.batch / statistics.median(times)))
     if not args.serve:
@@ -256,20 +260,20 @@ class Server:
         self.proc = subprocess.Popen(_command(argv + ["--serve"], threads), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=child_env(threads))
-        self.lines = queue.Queue()
+        self.lines = queue.Queue()         # stdout's lines, then None at its end
         self.stderr = []
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.put, True), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
         ready = self._result()
         if "error" in ready:
             self.error = ready["error"]
 
     @staticmethod
-    def _read(stream, sink):
+    def _read(stream, put, mark_end=False):
         for line in stream:
-            (sink.put if isinstance(sink, queue.Queue) else sink.append)(line)
-        if isinstance(sink, queue.Queue):
-            sink.put(None)
+            put(line)
+        if mark_end:
+            put(None)
 
     def _result(self):
         """The next JSON line, or {"error": why} (the child died, or said nothing in time)."""

@@ -67,7 +67,6 @@ class Progress:
             self.first_epoch = epoch - 1
             # said when the first step's first kernel compile starts: a run that finds every
             # kernel in the on-disk cache compiles nothing, and says nothing of compiling
-            self._compiled_first = False
             threads.COMPILING.add_hook(self._compiling_starts)
             self._t_first = time.time()
         else:

@@ -49,6 +49,14 @@ def neuron_inputs(fn, shape, seed=0):
     return x.reshape(shape).astype(np.float32)
 
 
+def sums_off_kinks(xs, coeffs, gap=0.1):
+    """Shift xs[0] (in place) so that every sum of coeffs[i] * xs[i] is at least `gap` from 0,
+    relu's and abs's kink: central differences (h = 1e-2, coefficients up to 2) never straddle it."""
+    total = sum(np.float64(c) * x.astype(np.float64) for c, x in zip(coeffs, xs))
+    xs[0] += ((np.where(total < 0, -1, 1) * (np.abs(total) + gap) - total) / coeffs[0]).astype(np.float32)
+    return xs
+
+
 def fused_params(layer, fn, seed):
     """Small weights and a bias of 2 for sqrt, so its pre-activations are positive."""
     rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@ keys, and a net whose eltsum reads its inputs separately (join "separate") throu
 engine."""
 import numpy as np
 import pytest
-from helpers import check_net_gradients
+from helpers import check_net_gradients, sums_off_kinks
 
 import engine
 import layers
@@ -57,10 +57,7 @@ def test_fused_neuron_matches_reference_and_finite_differences(neuron, coeffs, s
     layer = make(shapes, neuron=neuron, **({} if coeffs is None else {"coeffs": coeffs}))
     c = coeffs or [1.0] * len(shapes)
     xs = [rng.standard_normal((2,) + s).astype(np.float32) for s in shapes]
-    # sums at least 0.1 from relu's and abs's kink, where finite differences (h = 1e-2,
-    # coefficients up to 2) would straddle it
-    total = reference.forward(xs, c)
-    xs[0] += ((np.where(total < 0, -1, 1) * (np.abs(total) + 0.1) - total) / c[0]).astype(np.float32)
+    sums_off_kinks(xs, c)
     big = np.prod(shapes[0]) > 10000
     _check(layer, xs, c, neuron, grad_check=not big)   # finite differences on the small maps
     if neuron == "relu":            # the gradient is exactly 0 where the sum is negative

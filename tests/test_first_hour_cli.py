@@ -75,6 +75,7 @@ def test_check_still_says_ok_for_a_good_file(tiny, capsys):
 
 
 # ---- 3: progress that tells the truth ----------------------------------------------------
+@pytest.mark.slow        # compiles the tiny net's kernels into a fresh cache (CI runs it)
 def test_piped_training_shows_the_compile_phase_on_stderr_only_when_it_compiles(tiny, tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), ENGINE_COMPILE_AHEAD="0")   # a cold cache
 

@@ -19,7 +19,7 @@ from layers.base import FLOAT32_MAX, Key, Layer, LayerError, check_same_shapes, 
 from layers.elementwise_cpu import scale
 from layers.eltsum import cpu
 from layers.neuron import cpu as neuron_cpu
-from layers.neuron.spec import IDENT, NEURON_KEY, parse as parse_neuron
+from layers.neuron.spec import NEURON_KEY, parse as parse_neuron
 from layers.registry import register
 
 
@@ -69,19 +69,23 @@ class EltSumLayer(Layer):
         flat = [np.ascontiguousarray(x, np.float32).reshape(-1) for x in xs]
         b = self.buffers(xs[0].shape[0], "forward", train)
         y = b["y"]
-        c = self.coefficients
         out = y.reshape(-1)
-        keep = self.act.needs_input
-        pre = b["pre"].reshape(-1) if keep else out
-        ident = IDENT, np.float32(0.0), np.float32(0.0)
-        # the activation on the last sum only: the first pair, then each further input added
-        terms = [(np.float32(c[0]), flat[0], np.float32(c[1]), flat[1])] + \
-            [(np.float32(ci), x, np.float32(1.0), out) for ci, x in zip(c[2:], flat[2:])]
-        for i, (a, x, bz, z) in enumerate(terms):
-            last = i == len(terms) - 1
-            cpu.axpby(a, x, bz, z, *(self.act.kernel_args() if last else ident), keep and last, out, pre)
+        pre = b["pre"].reshape(-1) if self.act.needs_input else out
+        for args in self.sum_calls(flat, out):
+            cpu.axpby(*args, out, pre)
         self._y, self._pre = out, pre
         return y
+
+    def sum_calls(self, flat, out):
+        """The axpby calls (CPU and CUDA alike) summing the flat inputs into `out`, each as
+        (a, x, b, z, code, pa, pb, keep): the first pair, then each further input added to out;
+        the activation (and keeping the sum, for abs and square) on the last call only."""
+        c = self.coefficients
+        terms = [(c[0], flat[0], c[1], flat[1])] + [(ci, x, 1.0, out) for ci, x in zip(c[2:], flat[2:])]
+        ident = parse_neuron(None).kernel_args()
+        return [(np.float32(a), x, np.float32(b), z,
+                 *(self.act.kernel_args() if last else ident), self.act.needs_input and last)
+                for (a, x, b, z), last in zip(terms, [False] * (len(terms) - 1) + [True])]
 
     def backward(self, dy, params, need_dx=True):
         if not need_dx:

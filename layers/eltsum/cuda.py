@@ -1,18 +1,17 @@
 """CUDA kernel for eltsum (the twin of cpu.py): y = f(a x + b z), flat.
 
-A sum of k inputs is k - 1 launches of axpby (the first writes y, the others add into
-it; the last applies the fused activation, keeping the sum in `pre` for abs and square);
+A sum of k inputs is k - 1 launches of axpby, as the layer's `sum_calls` plans them for the
+CPU too (the first writes y, the others add into it; the last applies the fused activation,
+keeping the sum in `pre` for abs and square);
 backward takes dL/dz through the activation with the neuron layer's kernel, then scales it
 once per input whose coefficient is not 1 (a coefficient of 1 hands dL/dz itself back, as
 on the CPU) with layers/elementwise_cuda.py's `scale`.
 """
-import numpy as np
 from numba import cuda
 
 from layers.cudabase import BLOCK, CudaLayer, blocks_for
 from layers.elementwise_cuda import scale
 from layers.neuron.cuda import activate, neuron_backward
-from layers.neuron.spec import IDENT
 
 
 @cuda.jit
@@ -33,19 +32,12 @@ KERNELS = [
 
 class EltSumCuda(CudaLayer):
     def forward(self, xs, params, train, seed, stream):
-        c, act = self.layer.coefficients, self.layer.act
         y = self.buffer("y", xs[0].shape)
         out = y.reshape(-1)
-        keep = act.needs_input
-        pre = self.buffer("pre", xs[0].shape).reshape(-1) if keep else out
+        pre = self.buffer("pre", xs[0].shape).reshape(-1) if self.layer.act.needs_input else out
         grid = blocks_for(out.size)
-        flat = [x.reshape(-1) for x in xs]
-        terms = [(c[0], flat[0], c[1], flat[1])] + [(ci, x, 1.0, out) for ci, x in zip(c[2:], flat[2:])]
-        ident = (IDENT, np.float32(0.0), np.float32(0.0))
-        for i, (a, x, b, z) in enumerate(terms):
-            last = i == len(terms) - 1
-            axpby_kernel[grid, BLOCK, stream](np.float32(a), x, np.float32(b), z,
-                                              *(act.kernel_args() if last else ident), keep and last, out, pre)
+        for args in self.layer.sum_calls([x.reshape(-1) for x in xs], out):
+            axpby_kernel[grid, BLOCK, stream](*args, out, pre)
         self._y, self._pre = out, pre
         return y
 
