@@ -1,11 +1,13 @@
 """Single-core conv timings: the GEMM path (im2col + BLAS) against the direct kernels.
 
-Runs the conv layers of CIFAR-10 18pct, LeNet-5 and the digits nets as a column thread runs them
+Runs the conv layers of CIFAR-10 18pct, LeNet-5, the digits nets and (with a small --batch)
+AlexNet's, ResNet-18's and VGG-16's stride-1 convolutions as a column thread runs them
 (engine.columns.single_core(): serial kernels, one BLAS thread), the two paths interleaved
 in one process, repetition by repetition, so that the machine's noise hits both alike.
 Prints min and median ms of forward and backward (with dx) per layer and path.
 
     python bench/bench_conv.py [--batch 128] [--reps 15] [--only c10-conv2 ...]
+    python bench/bench_conv.py --batch 8 --reps 5 --only alex-conv2 r18-layer1 vgg-conv3
 """
 import argparse
 import os
@@ -19,7 +21,7 @@ import numpy as np  # noqa: E402
 import layers  # noqa: E402
 from engine import columns  # noqa: E402
 
-# name: (channels, height, width, filters, size, padding, neuron)
+# name: (channels, height, width, filters, size, padding, neuron[, groups])
 SHAPES = {
     "c10-conv1": (3, 32, 32, 32, 5, 2, None),
     "c10-conv2": (32, 16, 16, 32, 5, 2, "relu"),
@@ -32,14 +34,27 @@ SHAPES = {
     "rd-conv1": (1, 28, 28, 16, 3, 1, None),          # resnet-digits
     "rd-layer1": (16, 28, 28, 16, 3, 1, None),
     "rd-layer2": (32, 14, 14, 32, 3, 1, None),
+    "alex-conv2": (96, 27, 27, 256, 5, 2, "relu", 2),
+    "alex-conv3": (256, 13, 13, 384, 3, 1, "relu"),
+    "alex-conv4": (384, 13, 13, 384, 3, 1, "relu", 2),
+    "r18-layer1": (64, 56, 56, 64, 3, 1, None),
+    "r18-layer2": (128, 28, 28, 128, 3, 1, None),
+    "r18-layer3": (256, 14, 14, 256, 3, 1, None),
+    "r18-layer4": (512, 7, 7, 512, 3, 1, None),
+    "vgg-conv2": (128, 112, 112, 128, 3, 1, "relu"),
+    "vgg-conv3": (256, 56, 56, 256, 3, 1, "relu"),
+    "vgg-conv4": (512, 28, 28, 512, 3, 1, "relu"),
 }
+SMALL = [name for name in SHAPES if not name.startswith(("alex", "r18", "vgg"))]
 
 
-def make(shape, direct):
-    c, h, w, f, k, p, fn = shape
-    layer = layers.get("conv")("conv", {"filters": f, "size": k, "padding": p, "neuron": fn},
-                               [(c, h, w)])
-    layer.direct = direct
+def make(shape, direct=None):
+    """The conv layer of `shape`, on the path asked (direct=None: the one its rule picks)."""
+    c, h, w, f, k, p, fn, *groups = shape
+    layer = layers.get("conv")("conv", {"filters": f, "size": k, "padding": p, "neuron": fn,
+                                        "groups": groups[0] if groups else 1}, [(c, h, w)])
+    if direct is not None:
+        layer.direct = direct
     return layer
 
 
@@ -47,7 +62,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--only", nargs="*", default=list(SHAPES))
+    ap.add_argument("--only", nargs="*", default=SMALL, choices=list(SHAPES),
+                    help="layers to time (default: the small nets'; the others want --batch 8)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     print(f"batch {args.batch}, {args.reps} interleaved repetitions, one core; ms min / median")
@@ -73,7 +89,7 @@ def main(argv=None):
                     t2 = time.perf_counter()
                     times["fwd"].append(t1 - t0)
                     times["bwd"].append(t2 - t1)
-            auto = "direct" if make(shape, None).use_direct(*shape[:5], 1, shape[5], 1) else "gemm"
+            auto = "direct" if make(shape).direct else "gemm"
             for path, (*_, times) in runs.items():
                 cells = [f"{1e3 * min(v):6.2f} /{1e3 * np.median(v):6.2f}" for v in times.values()]
                 print(f"{name:12s} {path:7s} {cells[0]:>15s} {cells[1]:>15s}   {auto if path == 'gemm' else ''}")

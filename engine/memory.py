@@ -71,8 +71,14 @@ def largest_batch(nodes, input_shape, train, available, split_from=None):
         return 0
     n = 1 + (available - one) // max(per_image, 1)     # exact where the estimate is affine in n
     if need(n) <= available:
-        return n
-    lo, hi = 1, n                  # a layer whose buffers grow faster (or halves): bisect
+        if need(n + 1) > available:
+            return n
+        lo, hi = n, 2 * n          # buffers that stop growing (per-worker scratch): gallop up
+        while need(hi) <= available:
+            lo, hi = hi, 2 * hi
+        hi -= 1
+    else:
+        lo, hi = 1, n              # a layer whose buffers grow faster (or halves): bisect
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if need(mid) <= available else (lo, mid - 1)

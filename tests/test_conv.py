@@ -283,6 +283,8 @@ DIRECT_CASES = [
     (2, 3, 6, 4, 4, 3, 1, 0, 1, "brelu[1.5]"),
     (2, 3, 6, 7, 4, 3, 1, 1, 1, "softrelu"),
     (2, 3, 6, 7, 4, 3, 1, 1, 1, "sqrt"),
+    (3, 7, 5, 19, 13, 3, 1, 1, 1, "relu"),      # rows of 3 runs of 8; 13 filters, 7 channels
+    (2, 16, 4, 16, 8, 3, 1, 1, 2, None),        # rows of exactly 2 runs
 ]
 
 
@@ -360,18 +362,20 @@ def test_direct_repeated_backward_and_without_dx():
 @pytest.mark.parametrize("case", [(2, 4, 6, 5, 6, 3, 1, 1, 2, "tanh"), (2, 3, 5, 6, 5, 3, 1, 0, 1, "tanh")])
 def test_direct_gradient_finite_differences(case):
     layer, params, x, _ = setup_case(case, seed=1)
-    layer.direct = True          # forced: the rule sends such narrow unpadded maps to GEMM
+    layer.direct = True
     assert set(gradcheck.check(layer, [x], params)) == {"input0", "weight", "bias"}
 
 
 def test_selection_rule():
     # the shapes bench/bench_conv.py measures, on the side that won there
     assert make(1, 28, 28, filters=6, size=5, padding=2).direct          # LeNet-5 conv1
+    assert make(6, 14, 14, filters=16, size=5).direct                    # LeNet-5 conv2
     assert make(16, 28, 28, filters=16, size=3, padding=1).direct        # digits ResNet layer1
-    assert make(32, 14, 14, filters=32, size=3, padding=1).direct        # 3x3: 32 filters still direct
-    assert not make(3, 32, 32, filters=32, size=5, padding=2).direct     # CIFAR-10 conv1, conv2:
-    assert not make(32, 16, 16, filters=32, size=5, padding=2).direct    # 5x5 with 32 filters
-    assert not make(6, 14, 14, filters=16, size=5).direct                # LeNet-5 conv2: 18 of 10 wide
+    assert make(3, 32, 32, filters=32, size=5, padding=2).direct         # CIFAR-10 conv1, conv2,
+    assert make(32, 16, 16, filters=32, size=5, padding=2).direct        # conv3
+    assert make(32, 8, 8, filters=64, size=5, padding=2).direct
+    assert make(64, 56, 56, filters=64, size=3, padding=1).direct        # ResNet-18 layer1
+    assert not make(128, 28, 28, filters=128, size=3, padding=1).direct  # ResNet-18 layer2 on
     assert not make(96, 27, 27, filters=256, size=5, padding=2, groups=2).direct
     assert not make(256, 13, 13, filters=384, size=3, padding=1).direct
     assert not make(3, 32, 32, filters=8, size=5, stride=2).direct

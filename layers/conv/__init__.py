@@ -4,8 +4,9 @@ Two ways, chosen per shape (ConvLayer.use_direct):
 - GEMM: zero-padding and im2col (Numba) -> one BLAS GEMM per group (numpy, outside Numba)
   -> bias + activation scatter (Numba). Backward mirrors it: gradient gather -> GEMMs ->
   col2im on a zero-padded plane, cropped.
-- direct (stride 1, few filters): Numba kernels that convolve a zero-padded copy of each
-  image without im2col (cpu.direct_*); backward data is a full convolution of the padded
+- direct (stride 1, up to DIRECT_MAX_TAPS taps per group): Numba kernels that convolve a
+  zero-padded copy of each image without im2col (cpu.direct_*), their inner loops the
+  register tiles of layers.fma_tiles; backward data is a full convolution of the padded
   gradient with the flipped filters, backward weights are dot products per tap.
 Biases: one per filter, or with `shared_biases: false` (cuda-convnet's sharedBiases=0) one
 per filter and output position, bias [filters, OH, OW]; the kernels see it as
@@ -22,8 +23,25 @@ import numpy as np
 from layers.base import (FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor,
                          shown)
 from layers.conv import cpu
+from layers.fma_tiles import LANES, SLACK, TILE_FILTERS, TILE_VECTORS
+from layers.threads import WORKERS
 from layers.neuron.spec import NEURON_KEY, NONLINEARITY_KEY, parse as parse_neuron
 from layers.registry import register
+
+
+def _runs(width):
+    """Runs of LANES outputs that cover a row of `width`."""
+    return -(-width // LANES)
+
+
+def _blocks(count):
+    """Blocks of TILE_FILTERS that cover `count` filters (or channels)."""
+    return -(-count // TILE_FILTERS)
+
+
+def _pairs(runs):
+    """runs with the last repeated where their count is odd: the tiles take two at a time."""
+    return runs if len(runs) % TILE_VECTORS == 0 else np.concatenate([runs, runs[-1:]])
 
 
 @register
@@ -91,7 +109,9 @@ class ConvLayer(Layer):
         # hd: the direct backward's full convolution (meaningful where stride 1, padding < size)
         oh, ow = self.out_hw
         a = k - 1 - p                                    # the full convolution's padding
-        wc = max(w + 2 * p + e, w + k - 1)               # common row width of the flat planes
+        # common row width of the flat planes; the direct kernels' runs of 8 outputs reach
+        # up to 7 past a row's end, which must still be the gradient's zeros (direct_dweight)
+        wc = max(w + 2 * p + e, w + k - 1, ow + LANES - 1 if ow % LANES else 0)
         self._geom = dict(hp=h + 2 * p + e, wc=wc, a=a, hd=max(h + k - 1, oh + a))
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
         self._taps = None          # the direct kernels' tap offsets, made on first use
@@ -114,27 +134,22 @@ class ConvLayer(Layer):
                                                  f"(0..{c - 1})")
         return np.array([v for one in sets for v in one], np.int64)
 
-    # Selection (bench/bench_conv.py, one core, batch 128, forward + backward): the direct
-    # kernels win where the GEMM path's im2col/col2im traffic is comparable to its GEMM: few
-    # filters per group over images that are not tiny (LeNet-5 conv1 4.9 vs 7.3 ms, the digits
-    # ResNet's 16-filter 3x3 convs 34 vs 45 ms). BLAS gains with its inner dimension C*k*k, so
-    # with 5x5 windows 32 filters already favour it (CIFAR-10 conv1 51 vs 59 ms, conv2 105 vs
-    # 127) while 3x3 ones tie there. The direct kernels compute every column of the padded
-    # rows and keep ow of them: without padding (LeNet-5 conv2, 18 columns for 10) that waste
-    # loses to the GEMM path (6.7 vs 9.8 ms).
-    DIRECT_MAX_FILTERS = 32     # per group, 3x3 and smaller windows
-    DIRECT_MAX_FILTERS_LARGE = 16   # per group, larger windows
-    DIRECT_MAX_WIDTH = 1.5      # padded row width / output width
+    # Selection (bench/bench_conv.py, one core, forward + backward): the direct kernels'
+    # register tiles run near the core's peak without im2col or BLAS's packing, and win
+    # wherever a group's taps (channels x size^2) are few enough for one image's padded
+    # planes and a block's weights to stay in cache: every small net's convolution (batch
+    # 128: CIFAR-10 conv2 29 vs 46 ms forward, 53 vs 116 backward; the digits ResNet's
+    # layer1 10 vs 15 and 23 vs 45; LeNet-5 conv2 2.9 vs 4.9), ResNet-18's layer1 (576
+    # taps, batch 8: 30 vs 31, 54 vs 60). From ~1,000 taps (AlexNet's conv2, ResNet-18's
+    # layer2 on) OpenBLAS's GEMM at its peak outweighs im2col (VGG-16's 512-channel convs:
+    # 359 vs 645 ms forward at batch 8).
+    DIRECT_MAX_TAPS = 1024      # channels per group x size x size
 
     @classmethod
     def use_direct(cls, c, h, w, f, k, stride, padding, groups):
         """The rule: stride 1, padding < size (the backward's full convolution pads by
-        size-1-padding), at most DIRECT_MAX_FILTERS(_LARGE) filters per group, and rows
-        padded to at most DIRECT_MAX_WIDTH times the output's."""
-        most = cls.DIRECT_MAX_FILTERS if k <= 3 else cls.DIRECT_MAX_FILTERS_LARGE
-        ow = out_size_floor(w, k, 1, padding)
-        return (stride == 1 and padding < k and f // groups <= most
-                and max(w + 2 * padding, w + k - 1) <= cls.DIRECT_MAX_WIDTH * ow)
+        size-1-padding), at most DIRECT_MAX_TAPS taps per group."""
+        return stride == 1 and padding < k and c // groups * k * k <= cls.DIRECT_MAX_TAPS
 
     def param_shapes(self):
         shapes = {"weight": (self.filters, self.channels // self.groups, self.size, self.size)}
@@ -203,26 +218,43 @@ class ConvLayer(Layer):
 
     def _direct_buffer_shapes(self, n, backward, need_dx):
         oh, ow = self.out_hw
-        f, c, geo = self.filters, self.channels, self._geom
-        out = {"xpad": ("workspace", (n, c * geo["hp"] * geo["wc"])),
+        f, c, g, geo = self.filters, self.channels, self.groups, self._geom
+        k2 = self.size * self.size
+        h, w = self.input_shape[1:]
+        rows = max(oh * _runs(ow) * LANES, h * _runs(w) * LANES)   # a tile's scratch row
+        out = {"xpad": ("workspace", (n * c * geo["hp"] * geo["wc"] + SLACK,)),
+               "wpack": ("workspace", (g * _blocks(f // g), c // g * k2 * TILE_FILTERS)),
+               "tiles": ("workspace", (min(WORKERS, n * g * _blocks(max(f, c) // g)), TILE_FILTERS * rows)),
                "y": ("activation", (n, f, oh, ow))}
         if self.act.needs_input:
             out["pre"] = ("workspace", (n, f, oh * ow))
         if backward:
-            out["dzp"] = ("gradient", (n, f, geo["hd"] * geo["wc"]))
-            out["dweight"] = ("param_grad", (f, c // self.groups * self.size * self.size))
+            out["dzp"] = ("gradient", (n * f * geo["hd"] * geo["wc"] + SLACK,))
+            out["dweight"] = ("param_grad", (f, c // g * k2))
             out["dbias"] = self._dbias_buffer()
+            out["dwsum"] = ("workspace", (WORKERS, cpu.DW_SUMS))
             if need_dx:
                 out["dx"] = ("gradient", (n,) + self.input_shape)
+                out["wflip"] = ("workspace", (g * _blocks(c // g), f // g * k2 * TILE_FILTERS))
         return out
 
     def _tap_offsets(self):
-        """The taps' flat offsets into xpad (forward, dW) and into dzp (dx), made once."""
+        """The taps' flat offsets into xpad (forward, dW) and into dzp (dx), and the runs of 8
+        outputs the tiles compute (forward and dW: the output's; dx: the input's), made once."""
         if self._taps is None:
             geo, g = self._geom, self.groups
+            (oh, ow), (h, w) = self.out_hw, self.input_shape[1:]
             self._taps = (self._offsets(self.channels // g, geo["hp"] * geo["wc"]),
-                          self._offsets(self.filters // g, geo["hd"] * geo["wc"]))
+                          self._offsets(self.filters // g, geo["hd"] * geo["wc"]),
+                          self._run_starts(oh, ow), self._run_starts(h, w))
         return self._taps
+
+    def _run_starts(self, rows, width):
+        """[runs, 2] int64: each run of 8 outputs' start in the padded rows (width wc) and in
+        a tile's scratch (rows rounded up to whole runs)."""
+        wc, per = self._geom["wc"], _runs(width)
+        return np.array([(r * wc + i * LANES, (r * per + i) * LANES) for r in range(rows) for i in range(per)],
+                        np.int64)
 
     def _offsets(self, channels, plane):
         """Flat offsets of the taps (channel, ky, kx) on planes of `plane` values, rows wc."""
@@ -231,42 +263,50 @@ class ConvLayer(Layer):
         return (ch * plane + ky * wc + kx).ravel().astype(np.int64)
 
     def _direct_forward(self, x, params, train):
-        n, f = x.shape[0], self.filters
+        n, f, c = x.shape[0], self.filters, self.channels
         oh, ow = self.out_hw
         geo = self._geom
         b = self.buffers(n, "forward", train)
+        span = c * geo["hp"] * geo["wc"]
         xpad = b["xpad"]
-        cpu.pad_images(x, self.padding, geo["hp"], geo["wc"], xpad)
-        w2 = np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1)
+        xpad[n * span:] = 0.0                # the slack the tiles' last runs read
+        cpu.pad_images(x, self.padding, geo["hp"], geo["wc"], xpad[:n * span].reshape(n, span))
+        cpu.pack_filters(np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1), self.groups,
+                         b["wpack"])
         bias = self._bias2d(params)
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = b["pre"] if keep else y3                   # declared only then
-        cpu.direct_forward(xpad, self._tap_offsets()[0], w2, bias, self.groups, oh, ow, geo["wc"],
-                           *self.act.kernel_args(), keep, y3, pre)
+        off, _, runs, _ = self._tap_offsets()
+        cpu.direct_forward(xpad, span, off, b["wpack"], _pairs(runs), ow, _runs(ow) * LANES, bias, self.groups,
+                           *self.act.kernel_args(), keep, b["tiles"], y3, pre)
         self._x, self._y3, self._pre, self._xpad = x, y3, pre, xpad
         return b["y"]
 
     def _direct_backward(self, dy, params, need_dx):
-        n, f = self._x.shape[0], self.filters
+        n, f, c = self._x.shape[0], self.filters, self.channels
         oh, ow = self.out_hw
         geo = self._geom
         a, wc = geo["a"], geo["wc"]
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
         b = self.buffers(n, "backward", need_dx=need_dx)
         dzp, dw2, db = b["dzp"], b["dweight"], b["dbias"]
+        plane = geo["hd"] * wc
+        dzp[n * f * plane:] = 0.0
         db64 = np.zeros((f, db.size // f), np.float64)
         cpu.direct_grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), a, oh, ow, wc,
-                               dzp, db64)
+                               dzp[:n * f * plane].reshape(n, f, plane), db64)
         db.reshape(f, -1)[:] = db64
-        cpu.direct_dweight(self._xpad, dzp, self._tap_offsets()[0], self.groups, a * (wc + 1),
-                           (oh - 1) * wc + ow, dw2)
+        off, offq, runs, runs_in = self._tap_offsets()
+        span = c * geo["hp"] * wc
+        cpu.direct_dweight(self._xpad, span, dzp, f * plane, a * (wc + 1), off, self.groups, n,
+                           np.ascontiguousarray(runs[:, 0]), b["dwsum"], dw2)
         dx = None
         if need_dx:
             dx = b[self._dx_tag()]
-            h, w = self.input_shape[1:]
-            w4 = np.ascontiguousarray(params["weight"], np.float32)
-            cpu.direct_dx(dzp, self._tap_offsets()[1], w4, self.groups, h, w, wc, dx)
+            cpu.pack_flipped(np.ascontiguousarray(params["weight"], np.float32), self.groups, b["wflip"])
+            cpu.direct_dx(dzp, f * plane, offq, b["wflip"], _pairs(runs_in), _runs(self.input_shape[2]) * LANES,
+                          self.groups, self._buffers["tiles"], dx)     # forward's, free now
         return dx, self._grads(dw2, db)
 
     # ---- compute ------------------------------------------------------------

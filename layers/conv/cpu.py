@@ -9,7 +9,9 @@ import numba
 import numpy as np
 
 from layers import threads
+from layers.fma_tiles import DOT_FILTERS, DOT_TAPS, LANES, TILE_FILTERS, dot_tile, run_tiles
 from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised
+from layers.threads import worker_tasks
 
 
 @threads.kernel
@@ -161,92 +163,121 @@ def col2im(dcols, k, stride, padding, hp, wc, oh, ow, dxpad, dx):
 
 
 # ---- direct convolution (stride 1): no im2col, no GEMM ------------------------------------
-# For convolutions with few filters on small images (CIFAR-10's and LeNet's), im2col and
-# col2im cost as much as the GEMMs, whose M = filters is awkward for BLAS. These kernels
-# convolve directly, one image at a time, on a zero-padded copy of it stored flat: rows of
-# a common width `wc`, channel planes of `hp * wc`. On that layout every tap (c, ky, kx) is
-# one shift: out[f, j] += w[f, c, ky, kx] * xpad[c*hp*wc + ky*wc + kx + j] for the flat
-# output index j = oy*wc + ox, one long contiguous loop over j (the columns ox >= ow of
-# each output row are computed and dropped). Backward data is the same loop over the
-# zero-padded gradient with the flipped weights; backward weights are dot products over j.
-# `_shift_accumulate` blocks 4 filters x 4 taps per pass over j, so each loaded input value
-# feeds 4 filters and each accumulator load/store carries 4 taps (measured 4x4 > 1x8).
+# The images are zero-padded (pad_images) into flat planes, rows of a common width `wc`,
+# channel planes of `hp * wc`; on that layout every tap (c, ky, kx) is one shift:
+# out[f, oy*wc + ox] = sum over taps of w[f, tap] * xpad[off[tap] + oy*wc + ox]. The
+# register tiles of layers.fma_tiles compute it for 6 filters at two runs of 8 outputs at a
+# time (`vec`: each run's start in the padded rows and in the tile's scratch, whose rows are
+# rounded up to whole runs), reading the padded images in place: nothing is packed but the
+# weights. Backward data is the same tile over the zero-padded gradient with the flipped
+# filters; backward weights are dot products of the gradient's runs with the shifted inputs.
+# Every buffer the tiles read carries fma_tiles.SLACK zeros past its last image.
 
 
-@numba.njit(**threads.kernel_flags())          # one compile (and cache entry) for every caller
-def _shift_accumulate(src, off, wt, acc, n_out):
-    """acc[f, :n_out] += sum over t of wt[f, t] * src[off[t]:off[t] + n_out], every f."""
-    f_count, t_count = wt.shape
-    t4 = t_count - t_count % 4
-    f = 0
-    while f + 4 <= f_count:
-        a0, a1, a2, a3 = acc[f, :n_out], acc[f + 1, :n_out], acc[f + 2, :n_out], acc[f + 3, :n_out]
-        for t in range(0, t4, 4):
-            x0, x1 = src[off[t]:off[t] + n_out], src[off[t + 1]:off[t + 1] + n_out]
-            x2, x3 = src[off[t + 2]:off[t + 2] + n_out], src[off[t + 3]:off[t + 3] + n_out]
-            w00, w01, w02, w03 = wt[f, t], wt[f, t + 1], wt[f, t + 2], wt[f, t + 3]
-            w10, w11, w12, w13 = wt[f + 1, t], wt[f + 1, t + 1], wt[f + 1, t + 2], wt[f + 1, t + 3]
-            w20, w21, w22, w23 = wt[f + 2, t], wt[f + 2, t + 1], wt[f + 2, t + 2], wt[f + 2, t + 3]
-            w30, w31, w32, w33 = wt[f + 3, t], wt[f + 3, t + 1], wt[f + 3, t + 2], wt[f + 3, t + 3]
-            for j in range(n_out):
-                v0, v1, v2, v3 = x0[j], x1[j], x2[j], x3[j]
-                a0[j] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-                a1[j] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-                a2[j] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-                a3[j] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
-        for t in range(t4, t_count):
-            x0 = src[off[t]:off[t] + n_out]
-            w0, w1, w2, w3 = wt[f, t], wt[f + 1, t], wt[f + 2, t], wt[f + 3, t]
-            for j in range(n_out):
-                v0 = x0[j]
-                a0[j] += w0 * v0
-                a1[j] += w1 * v0
-                a2[j] += w2 * v0
-                a3[j] += w3 * v0
-        f += 4
-    while f < f_count:
-        a0 = acc[f, :n_out]
-        for t in range(0, t4, 4):
-            x0, x1 = src[off[t]:off[t] + n_out], src[off[t + 1]:off[t + 1] + n_out]
-            x2, x3 = src[off[t + 2]:off[t + 2] + n_out], src[off[t + 3]:off[t + 3] + n_out]
-            w0, w1, w2, w3 = wt[f, t], wt[f, t + 1], wt[f, t + 2], wt[f, t + 3]
-            for j in range(n_out):
-                a0[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j]
-        for t in range(t4, t_count):
-            x0 = src[off[t]:off[t] + n_out]
-            w0 = wt[f, t]
-            for j in range(n_out):
-                a0[j] += w0 * x0[j]
-        f += 1
+@threads.kernel
+def pack_filters(w2, groups, wp):
+    """wp[b, t*6 + i] = w2[f, t] for filter f = the i-th of block b (blocks of 6 filters per
+    group, the last padded with zeros): the tap-major order taps_tile reads."""
+    f_out, taps = w2.shape
+    fg = f_out // groups
+    per = wp.shape[0] // groups
+    zero = np.float32(0.0)
+    for b in numba.prange(wp.shape[0]):
+        g, f0 = b // per, (b // per) * fg + (b % per) * TILE_FILTERS
+        for i in range(TILE_FILTERS):
+            f = f0 + i
+            inside = (f - g * fg) < fg
+            for t in range(taps):
+                wp[b, t * TILE_FILTERS + i] = w2[f, t] if inside else zero
+
+
+@threads.kernel
+def pack_flipped(w4, groups, wq):
+    """wq[b, t*6 + i] for channel c = the i-th of block b and tap t = (f_local, ky, kx) of its
+    group: w4[g*fg + f_local, c_local, k-1-ky, k-1-kx], zeros past the group's channels: the
+    filters of the full convolution that gives dx."""
+    f_out, cg, k = w4.shape[0], w4.shape[1], w4.shape[2]
+    fg = f_out // groups
+    per = wq.shape[0] // groups
+    zero = np.float32(0.0)
+    for b in numba.prange(wq.shape[0]):
+        g, c0 = b // per, (b % per) * TILE_FILTERS
+        for i in range(TILE_FILTERS):
+            cl = c0 + i
+            for fl in range(fg):
+                for ky in range(k):
+                    for kx in range(k):
+                        t = (fl * k + ky) * k + kx
+                        wq[b, t * TILE_FILTERS + i] = (w4[g * fg + fl, cl, k - 1 - ky, k - 1 - kx]
+                                                       if cl < cg else zero)
 
 
 @numba.njit(inline="always")
-def _bias_act_direct(code, args):
-    acc, bias, pa, pb, keep, y, pre, n, ow, wc = args
-    f_out, p_out = y.shape[1], y.shape[2]
+def _convolve_block(task, src, img, off, wp, vec, groups, fg, acc):
+    """Task (image n, block b of 6 rows of the output: filters, or dx's channels) into acc:
+    the tiles over every run, the block's packed weights wp[b], image n of src at n*img and
+    its group g's part img/groups further. Returns n and the block's rows [r0, r1)."""
+    per = wp.shape[0] // groups
+    n, b = task // (groups * per), task % (groups * per)
+    g = b // per
+    run_tiles(src, n * img + g * (img // groups), off, wp[b], 0, vec, acc, acc.shape[0] // TILE_FILTERS)
+    r0 = g * fg + (b % per) * TILE_FILTERS
+    return n, r0, min(r0 + TILE_FILTERS, (g + 1) * fg)
+
+
+@numba.njit(inline="always")
+def _bias_act_tile(code, args):
+    acc, rows, bias, pa, pb, keep, y, pre, n, f0, f1, ow, ow8 = args
+    oh = y.shape[2] // ow
     step = 0 if bias.shape[1] == 1 else 1           # bias [F, 1] shared, [F, P] per position
-    for f in range(f_out):
-        for j in range(p_out):
-            a = acc[f, (j // ow) * wc + j % ow] + bias[f, j * step]
-            if keep:
-                pre[n, f, j] = a
-            y[n, f, j] = activate(code, pa, pb, a)
+    for f in range(f0, f1):
+        for oy in range(oh):
+            src = acc[(f - f0) * rows + oy * ow8:(f - f0) * rows + oy * ow8 + ow]
+            j0 = oy * ow
+            for ox in range(ow):
+                a = src[ox] + bias[f, (j0 + ox) * step]
+                if keep:
+                    pre[n, f, j0 + ox] = a
+                y[n, f, j0 + ox] = activate(code, pa, pb, a)
 
 
 @activation_kernel(split="forward")
-def direct_forward(xpad, off, w2, bias, groups, oh, ow, wc, code, pa, pb, keep, y, pre):
-    """y[n, f] = f(bias + conv of xpad[n]) for w2 [filters, taps of one group]; y, pre
-    [N, F, oh*ow]. One task per image; the sums go to a per-image [F, oh*wc] scratch."""
+def direct_forward(xpad, x_img, off, wp, vec, ow, ow8, bias, groups, code, pa, pb, keep, scratch, y, pre):
+    """y[n, f] = f(bias + conv of image n): xpad flat (image n at n*x_img, group g's channels
+    x_img/groups further), wp from pack_filters, y and pre [N, F, oh*ow]. A task is one
+    (image, block of 6 filters); the tasks are dealt out to the rows of scratch
+    [workers, 6*rows] (rows >= oh*ow8: output rows rounded up to whole runs of 8), where
+    each task's tiles put its sums."""
     n_img, f_out = y.shape[0], y.shape[1]
-    fg = f_out // groups
-    span = xpad.shape[1] // groups
-    n_out = (oh - 1) * wc + ow
-    for n in numba.prange(n_img):
-        acc = np.zeros((f_out, oh * wc), np.float32)
-        for g in range(groups):
-            _shift_accumulate(xpad[n, g * span:(g + 1) * span], off, w2[g * fg:(g + 1) * fg],
-                              acc[g * fg:(g + 1) * fg], n_out)
-        specialised(code, _bias_act_direct, (acc, bias, pa, pb, keep, y, pre, n, ow, wc))
+    rows = scratch.shape[1] // TILE_FILTERS
+    workers = scratch.shape[0]
+    for wk in numba.prange(workers):
+        t0, t1 = worker_tasks(wk, workers, n_img * wp.shape[0])
+        acc = scratch[wk]
+        for task in range(t0, t1):
+            n, f0, f1 = _convolve_block(task, xpad, x_img, off, wp, vec, groups, f_out // groups, acc)
+            specialised(code, _bias_act_tile, (acc, rows, bias, pa, pb, keep, y, pre, n, f0, f1, ow, ow8))
+
+
+@threads.kernel
+def direct_dx(dzp, dz_img, offq, wq, vec, w8, groups, scratch, dx):
+    """dx[n, c] = full convolution of image n's zero-padded gradient (dzp flat, image n at
+    n*dz_img, group g's filters dz_img/groups further) with the flipped filters (wq from
+    pack_flipped). A task is one (image, block of 6 channels), its sums in scratch
+    [workers, 6*h*w8] as direct_forward's."""
+    n_img, c_in, h, w = dx.shape
+    rows = scratch.shape[1] // TILE_FILTERS
+    workers = scratch.shape[0]
+    for wk in numba.prange(workers):
+        t0, t1 = worker_tasks(wk, workers, n_img * wq.shape[0])
+        acc = scratch[wk]
+        for task in range(t0, t1):
+            n, c0, c1 = _convolve_block(task, dzp, dz_img, offq, wq, vec, groups, c_in // groups, acc)
+            for c in range(c0, c1):
+                src = acc[(c - c0) * rows:(c - c0 + 1) * rows]
+                for iy in range(h):
+                    for ix in range(w):
+                        dx[n, c, iy, ix] = src[iy * w8 + ix]
 
 
 @numba.njit(inline="always")
@@ -292,120 +323,57 @@ def direct_grad_gather(dy, y, pre, code, pa, pb, a, oh, ow, wc, dzp, db):
                     db[f, oy * ow + ox] = acc
 
 
-@numba.njit(inline="always")
-def _dot_taps(src, off, d0, d1, d2, d3, dw, f, t, n_out):
-    """dw[f + i, t + u] += d[i] . src[off[t + u]:][:n_out] for 4 filters i and 4 taps u."""
-    x0, x1 = src[off[t]:off[t] + n_out], src[off[t + 1]:off[t + 1] + n_out]
-    x2, x3 = src[off[t + 2]:off[t + 2] + n_out], src[off[t + 3]:off[t + 3] + n_out]
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
-    for j in range(n_out):
-        v0, v1, v2, v3 = x0[j], x1[j], x2[j], x3[j]
-        g0, g1, g2, g3 = d0[j], d1[j], d2[j], d3[j]
-        s00 += g0 * v0
-        s01 += g0 * v1
-        s02 += g0 * v2
-        s03 += g0 * v3
-        s10 += g1 * v0
-        s11 += g1 * v1
-        s12 += g1 * v2
-        s13 += g1 * v3
-        s20 += g2 * v0
-        s21 += g2 * v1
-        s22 += g2 * v2
-        s23 += g2 * v3
-        s30 += g3 * v0
-        s31 += g3 * v1
-        s32 += g3 * v2
-        s33 += g3 * v3
-    dw[f, t] += s00
-    dw[f, t + 1] += s01
-    dw[f, t + 2] += s02
-    dw[f, t + 3] += s03
-    dw[f + 1, t] += s10
-    dw[f + 1, t + 1] += s11
-    dw[f + 1, t + 2] += s12
-    dw[f + 1, t + 3] += s13
-    dw[f + 2, t] += s20
-    dw[f + 2, t + 1] += s21
-    dw[f + 2, t + 2] += s22
-    dw[f + 2, t + 3] += s23
-    dw[f + 3, t] += s30
-    dw[f + 3, t + 1] += s31
-    dw[f + 3, t + 2] += s32
-    dw[f + 3, t + 3] += s33
+DW_TAPS = 16 * DOT_TAPS     # taps per direct_dweight task: 16 dot tiles
+DW_IMAGES = 2               # images per dot_tile call: 4 filters' gradients of 2 images stay in L1
+DW_SUMS = DW_TAPS * DOT_FILTERS * LANES      # a task's partial sums, lane by lane
 
 
 @threads.kernel
-def direct_dweight(xpad, dzp, off, groups, start, n_out, dw):
-    """dw[f, t] = sum over images of dzp[n, f, start:][:n_out] . xpad[n, group][off[t]:][:n_out]
-    (start = a*(wc + 1): where the gradient of output 0 lies). One task per block of 4 filters."""
-    n_img, f_out = dzp.shape[0], dzp.shape[1]
-    fg, taps = f_out // groups, dw.shape[1]
-    span = xpad.shape[1] // groups
-    per_group = (fg + 3) // 4
-    t4 = taps - taps % 4
-    zero = np.float32(0.0)
-    for i in numba.prange(groups * per_group):
-        g = i // per_group
-        f0 = g * fg + (i % per_group) * 4
-        f1 = min(f0 + 4, (g + 1) * fg)
-        for f in range(f0, f1):
-            for t in range(taps):
-                dw[f, t] = zero
-        for n in range(n_img):
-            src = xpad[n, g * span:(g + 1) * span]
-            if f1 - f0 == 4:
-                d0, d1 = dzp[n, f0, start:start + n_out], dzp[n, f0 + 1, start:start + n_out]
-                d2, d3 = dzp[n, f0 + 2, start:start + n_out], dzp[n, f0 + 3, start:start + n_out]
-                for t in range(0, t4, 4):
-                    _dot_taps(src, off, d0, d1, d2, d3, dw, f0, t, n_out)
-            for f in range(f0 + (f1 - f0) // 4 * 4, f1):
-                df = dzp[n, f, start:start + n_out]
-                for t in range(t4 if f1 - f0 == 4 else 0, taps):
-                    x0 = src[off[t]:off[t] + n_out]
-                    s = np.float32(0.0)
-                    for j in range(n_out):
-                        s += df[j] * x0[j]
-                    dw[f, t] += s
-            if f1 - f0 == 4:
-                for f in range(f0, f1):
-                    df = dzp[n, f, start:start + n_out]
-                    for t in range(t4, taps):
-                        x0 = src[off[t]:off[t] + n_out]
-                        s = np.float32(0.0)
-                        for j in range(n_out):
-                            s += df[j] * x0[j]
-                        dw[f, t] += s
-
-
-@threads.kernel
-def direct_dx(dzp, offq, w4, groups, h, w, wc, dx):
-    """dx[n, c] = full convolution of dzp[n] (the gradient, zero-padded by size-1-padding)
-    with the flipped filters of c's group. One task per image."""
-    n_img, c_in = dx.shape[0], dx.shape[1]
-    f_out, cg, k = w4.shape[0], w4.shape[1], w4.shape[2]
+def direct_dweight(xpad, x_img, dzp, dz_img, start, off, groups, n_img, pos, scratch, dw):
+    """dw[f, t] = sum over images n and output positions of image n's gradient of filter f
+    (dzp flat, planes of dz_img/F, zero outside the outputs, which begin at `start`) times
+    its input at tap t (xpad flat as direct_forward's). `pos`: the starts of the runs of 8
+    output positions in the padded rows (a run's lanes past the row's end read the
+    gradient's zeros). A task is one (group, block of 4 filters, DW_TAPS taps), its sums in
+    scratch [workers, DW_SUMS]."""
+    f_out, taps = dw.shape
     fg = f_out // groups
-    span = dzp.shape[2]
-    # wflip[c, (f_local, ky, kx)] = w[f, c_local, k-1-ky, k-1-kx] of c's group
-    wflip = np.empty((c_in, fg * k * k), np.float32)
-    for c in range(c_in):
-        g, cl = c // cg, c % cg
-        for fl in range(fg):
-            for ky in range(k):
-                for kx in range(k):
-                    wflip[c, (fl * k + ky) * k + kx] = w4[g * fg + fl, cl, k - 1 - ky, k - 1 - kx]
-    n_out = (h - 1) * wc + w
-    for n in numba.prange(n_img):
-        acc = np.zeros((c_in, h * wc), np.float32)
-        src_all = dzp[n].reshape(f_out * span)
-        for g in range(groups):
-            _shift_accumulate(src_all[g * fg * span:(g + 1) * fg * span], offq,
-                              wflip[g * cg:(g + 1) * cg], acc[g * cg:(g + 1) * cg], n_out)
-        for c in range(c_in):
-            for iy in range(h):
-                for ix in range(w):
-                    dx[n, c, iy, ix] = acc[c, iy * wc + ix]
+    plane = dz_img // f_out
+    x_grp = x_img // groups
+    fblocks = (fg + DOT_FILTERS - 1) // DOT_FILTERS
+    tblocks = (taps + DW_TAPS - 1) // DW_TAPS
+    tile = DOT_FILTERS * DOT_TAPS * LANES
+    workers = scratch.shape[0]
+    zero = np.float32(0.0)
+    for wk in numba.prange(workers):
+        w0, w1 = worker_tasks(wk, workers, groups * fblocks * tblocks)
+        acc = scratch[wk]
+        for task in range(w0, w1):
+            g, rest = task // (fblocks * tblocks), task % (fblocks * tblocks)
+            f0 = g * fg + (rest // tblocks) * DOT_FILTERS
+            f1 = min(f0 + DOT_FILTERS, (g + 1) * fg)
+            t0 = (rest % tblocks) * DW_TAPS
+            t1 = min(t0 + DW_TAPS, taps)
+            fl = f1 - 1                     # a block's missing filters and taps repeat its last
+            zb = (f0 * plane + start, min(f0 + 1, fl) * plane + start,
+                  min(f0 + 2, fl) * plane + start, min(f0 + 3, fl) * plane + start)
+            for j in range(acc.shape[0]):
+                acc[j] = zero
+            for n0 in range(0, n_img, DW_IMAGES):
+                images = min(DW_IMAGES, n_img - n0)
+                for t in range(t0, t1, DOT_TAPS):
+                    xb = (g * x_grp + off[t], g * x_grp + off[min(t + 1, t1 - 1)],
+                          g * x_grp + off[min(t + 2, t1 - 1)])
+                    k = (t - t0) // DOT_TAPS * tile
+                    dot_tile(dzp[n0 * dz_img:], zb, xpad[n0 * x_img:], xb, images, dz_img, x_img, pos,
+                             acc[k:k + tile])
+            for t in range(t0, t1):
+                for f in range(f0, f1):
+                    k = (t - t0) // DOT_TAPS * tile + ((f - f0) * DOT_TAPS + (t - t0) % DOT_TAPS) * LANES
+                    s = zero
+                    for lane in range(LANES):
+                        s += acc[k + lane]
+                    dw[f, t] = s
 
 
 # ---- channel_sets: the gather of each group's channels and its adjoint --------------------
