@@ -375,6 +375,8 @@ def test_selection_rule():
     assert make(32, 16, 16, filters=32, size=5, padding=2).direct        # conv3
     assert make(32, 8, 8, filters=64, size=5, padding=2).direct
     assert make(64, 56, 56, filters=64, size=3, padding=1).direct        # ResNet-18 layer1
+    assert make(3, 224, 224, filters=64, size=3, padding=1).direct       # VGG-16 conv1_1
+    assert not make(64, 224, 224, filters=64, size=3, padding=1).direct  # conv1_2: 13 MB planes
     assert not make(128, 28, 28, filters=128, size=3, padding=1).direct  # ResNet-18 layer2 on
     assert not make(96, 27, 27, filters=256, size=5, padding=2, groups=2).direct
     assert not make(256, 13, 13, filters=384, size=3, padding=1).direct

@@ -142,14 +142,20 @@ class ConvLayer(Layer):
     # layer1 10 vs 15 and 23 vs 45; LeNet-5 conv2 2.9 vs 4.9), ResNet-18's layer1 (576
     # taps, batch 8: 30 vs 31, 54 vs 60). From ~1,000 taps (AlexNet's conv2, ResNet-18's
     # layer2 on) OpenBLAS's GEMM at its peak outweighs im2col (VGG-16's 512-channel convs:
-    # 359 vs 645 ms forward at batch 8).
+    # 359 vs 645 ms forward at batch 8); so it does where a group's padded planes outgrow
+    # the caches, each block of filters streaming them again (VGG-16's conv1_2, 13 MB an
+    # image: 320 vs 157 ms forward at batch 2; 64 channels of 112x112, 3.5 MB: a tie).
     DIRECT_MAX_TAPS = 1024      # channels per group x size x size
+    DIRECT_MAX_PLANES = 4 << 20     # bytes of one image's padded planes, per group
 
     @classmethod
     def use_direct(cls, c, h, w, f, k, stride, padding, groups):
         """The rule: stride 1, padding < size (the backward's full convolution pads by
-        size-1-padding), at most DIRECT_MAX_TAPS taps per group."""
-        return stride == 1 and padding < k and c // groups * k * k <= cls.DIRECT_MAX_TAPS
+        size-1-padding), at most DIRECT_MAX_TAPS taps and DIRECT_MAX_PLANES bytes of padded
+        planes per group."""
+        planes = 4 * c // groups * (h + 2 * padding) * (w + 2 * padding)
+        return (stride == 1 and padding < k and c // groups * k * k <= cls.DIRECT_MAX_TAPS
+                and planes <= cls.DIRECT_MAX_PLANES)
 
     def param_shapes(self):
         shapes = {"weight": (self.filters, self.channels // self.groups, self.size, self.size)}
