@@ -245,14 +245,16 @@ class ConvLayer(Layer):
         return out
 
     def _tap_offsets(self):
-        """The taps' flat offsets into xpad (forward, dW) and into dzp (dx), and the runs of 8
-        outputs the tiles compute (forward and dW: the output's; dx: the input's), made once."""
+        """Made once: the taps' flat offsets into xpad (forward, dW) and into dzp (dx); the
+        runs of 8 outputs the tiles compute, in pairs (forward's, dx's), and where dW's runs
+        start (the forward's runs, unpaired)."""
         if self._taps is None:
             geo, g = self._geom, self.groups
             (oh, ow), (h, w) = self.out_hw, self.input_shape[1:]
+            runs = self._run_starts(oh, ow)
             self._taps = (self._offsets(self.channels // g, geo["hp"] * geo["wc"]),
                           self._offsets(self.filters // g, geo["hd"] * geo["wc"]),
-                          self._run_starts(oh, ow), self._run_starts(h, w))
+                          _pairs(runs), _pairs(self._run_starts(h, w)), np.ascontiguousarray(runs[:, 0]))
         return self._taps
 
     def _run_starts(self, rows, width):
@@ -283,8 +285,8 @@ class ConvLayer(Layer):
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = b["pre"] if keep else y3                   # declared only then
-        off, _, runs, _ = self._tap_offsets()
-        cpu.direct_forward(xpad, span, off, b["wpack"], _pairs(runs), ow, _runs(ow) * LANES, bias, self.groups,
+        off, _, runs, _, _ = self._tap_offsets()
+        cpu.direct_forward(xpad, span, off, b["wpack"], runs, ow, _runs(ow) * LANES, bias, self.groups,
                            *self.act.kernel_args(), keep, b["tiles"], y3, pre)
         self._x, self._y3, self._pre, self._xpad = x, y3, pre, xpad
         return b["y"]
@@ -303,15 +305,15 @@ class ConvLayer(Layer):
         cpu.direct_grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), a, oh, ow, wc,
                                dzp[:n * f * plane].reshape(n, f, plane), db64)
         db.reshape(f, -1)[:] = db64
-        off, offq, runs, runs_in = self._tap_offsets()
+        off, offq, _, runs_in, dw_runs = self._tap_offsets()
         span = c * geo["hp"] * wc
-        cpu.direct_dweight(self._xpad, span, dzp, f * plane, a * (wc + 1), off, self.groups, n,
-                           np.ascontiguousarray(runs[:, 0]), b["dwsum"], dw2)
+        cpu.direct_dweight(self._xpad, span, dzp, f * plane, a * (wc + 1), off, self.groups, n, dw_runs,
+                           b["dwsum"], dw2)
         dx = None
         if need_dx:
             dx = b[self._dx_tag()]
             cpu.pack_flipped(np.ascontiguousarray(params["weight"], np.float32), self.groups, b["wflip"])
-            cpu.direct_dx(dzp, f * plane, offq, b["wflip"], _pairs(runs_in), _runs(self.input_shape[2]) * LANES,
+            cpu.direct_dx(dzp, f * plane, offq, b["wflip"], runs_in, _runs(self.input_shape[2]) * LANES,
                           self.groups, self._buffers["tiles"], dx)     # forward's, free now
         return dx, self._grads(dw2, db)
 
