@@ -64,6 +64,17 @@ def _const(value):
     return ir.Constant(_I64, value)
 
 
+def _accumulators(builder, rows, cols):
+    """rows x cols zeroed vector slots (allocas that LLVM promotes to registers)."""
+    return [[cgutils.alloca_once_value(builder, ir.Constant(_VEC, None)) for _ in range(cols)]
+            for _ in range(rows)]
+
+
+def _fma_into(builder, fma, slot, a, b):
+    """slot += a * b."""
+    builder.store(builder.call(fma, [a, b, builder.load(slot)]), slot)
+
+
 @intrinsic
 def taps_tile(typingctx, x, xb, off, taps, w, wb, out, ob, ostride):
     """For f < TILE_FILTERS and v < TILE_VECTORS, the LANES outputs
@@ -75,8 +86,7 @@ def taps_tile(typingctx, x, xb, off, taps, w, wb, out, ob, ostride):
     def codegen(context, builder, signature, args):
         xd, xbs, od, taps, wd, wb, outd, obs, ostride = _operands(context, builder, signature, args)
         fma = _fmuladd(builder)
-        acc = [[cgutils.alloca_once_value(builder, ir.Constant(_VEC, None)) for _ in range(TILE_VECTORS)]
-               for _ in range(TILE_FILTERS)]
+        acc = _accumulators(builder, TILE_FILTERS, TILE_VECTORS)
         with cgutils.for_range(builder, taps) as loop:
             t = loop.index
             o = builder.load(builder.gep(od, [t]))
@@ -85,7 +95,7 @@ def taps_tile(typingctx, x, xb, off, taps, w, wb, out, ob, ostride):
             for f in range(TILE_FILTERS):
                 wf = _splat(builder, builder.load(builder.gep(wd, [builder.add(row, _const(f))])))
                 for v in range(TILE_VECTORS):
-                    builder.store(builder.call(fma, [wf, xs[v], builder.load(acc[f][v])]), acc[f][v])
+                    _fma_into(builder, fma, acc[f][v], wf, xs[v])
         for f in range(TILE_FILTERS):
             for v in range(TILE_VECTORS):
                 at = builder.add(obs[v], builder.mul(ostride, _const(f)))
@@ -109,8 +119,7 @@ def dot_tile(typingctx, dz, zb, x, xb, images, dz_step, x_step, pos, out):
         zd, zbs, xd, xbs, images, dz_step, x_step, pd, outd = _operands(context, builder, signature, args)
         count = context.make_array(signature.args[7])(context, builder, args[7]).nitems
         fma = _fmuladd(builder)
-        acc = [[cgutils.alloca_once_value(builder, ir.Constant(_VEC, None)) for _ in range(DOT_TAPS)]
-               for _ in range(DOT_FILTERS)]
+        acc = _accumulators(builder, DOT_FILTERS, DOT_TAPS)
         with cgutils.for_range(builder, images) as image:
             zn = builder.mul(image.index, dz_step)
             xn = builder.mul(image.index, x_step)
@@ -121,7 +130,7 @@ def dot_tile(typingctx, dz, zb, x, xb, images, dz_step, x_step, pos, out):
                 xs = [_vload(builder, xd, builder.add(xp, b)) for b in xbs]
                 for f in range(DOT_FILTERS):
                     for t in range(DOT_TAPS):
-                        builder.store(builder.call(fma, [gs[f], xs[t], builder.load(acc[f][t])]), acc[f][t])
+                        _fma_into(builder, fma, acc[f][t], gs[f], xs[t])
         for f in range(DOT_FILTERS):
             for t in range(DOT_TAPS):
                 at = _const((f * DOT_TAPS + t) * LANES)
@@ -132,10 +141,10 @@ def dot_tile(typingctx, dz, zb, x, xb, images, dz_step, x_step, pos, out):
 
 
 @numba.njit(inline="always")
-def run_tiles(x, xb, off, w, wb, vec, out, ostride):
+def run_tiles(x, xb, off, w, vec, out, ostride):
     """taps_tile over every pair of rows of vec [pairs*2, 2] (input start, output start),
-    for the 6 filters whose packed weights start at w[wb]; the input starts offset by xb."""
+    for the 6 filters whose packed weights are w; the input starts offset by xb."""
     taps = off.shape[0]
     for v in range(0, vec.shape[0], TILE_VECTORS):
-        taps_tile(x, (xb + vec[v, 0], xb + vec[v + 1, 0]), off, taps, w, wb, out,
+        taps_tile(x, (xb + vec[v, 0], xb + vec[v + 1, 0]), off, taps, w, 0, out,
                   (vec[v, 1], vec[v + 1, 1]), ostride)

@@ -220,7 +220,7 @@ def _convolve_block(task, src, img, off, wp, vec, groups, fg, acc):
     per = wp.shape[0] // groups
     n, b = task // (groups * per), task % (groups * per)
     g = b // per
-    run_tiles(src, n * img + g * (img // groups), off, wp[b], 0, vec, acc, acc.shape[0] // TILE_FILTERS)
+    run_tiles(src, n * img + g * (img // groups), off, wp[b], vec, acc, acc.shape[0] // TILE_FILTERS)
     r0 = g * fg + (b % per) * TILE_FILTERS
     return n, r0, min(r0 + TILE_FILTERS, (g + 1) * fg)
 
