@@ -27,9 +27,13 @@ watch or timer runs the layers one at a time in graph order on one lane (no batc
 
 Layer state (Layer.state_shapes: batchnorm's running statistics) is updated by the backend
 right after a layer's forward, on its lane, in the training step only (`step` with train
-and backward); a batch is never split over copies where a layer needs the whole batch
-(Layer.whole_batch).
+and backward). A split batch's layers of batch statistics (Layer.whole_batch) sum them over
+the halves (columns.HalfSums as their batch_sum, for that step), and the first half's
+copy updates their state; a batch is never split where a layer keeps other state
+(columns.splits).
 """
+import contextlib
+
 from engine import columns
 from engine.config import INPUT_NAME
 from engine.graph import cost_heads
@@ -46,7 +50,8 @@ class Executor:
         self.on_grads = None        # the hook above; not called in a watched or timed pass
         self.rank = {node.name: i for i, node in enumerate(nodes)}
         self.stateful = {node.name for node in nodes if node.layer.state_shapes()}
-        self.whole_batch = any(columns.needs_whole_batch(node.layer) for node in nodes)
+        self.whole_batch = not all(columns.splits(node.layer) for node in nodes)
+        self.summing = [i for i, node in enumerate(nodes) if node.layer.whole_batch]
         produced = set(self.rank)
         self.readers = {node.name: [] for node in nodes}
         self.graph_inputs = []
@@ -192,13 +197,21 @@ class Executor:
                 return [(0, 0, n, acts)], None
             return [(0, 0, n, acts)], self.backward(labels, watch=watch, timer=timer, on_grads=on_grads)
         results = [None, None]
+        sums = [columns.HalfSums() for _ in self.summing] if train else []
 
         def half(i):            # forward and backward of one half on one lane, cache-warm
             c, a, b = parts[i]
-            acts = self.forward({INPUT_NAME: x[a:b]}, train, seeds[i], copy=c)
-            res = self.backward(_rows(labels, a, b), weight=(b - a) / n, copy=c) if backward else None
+            try:
+                acts = self.forward({INPUT_NAME: x[a:b]}, train, seeds[i], copy=c,
+                                    update_state=train and backward and c == 0)
+                res = self.backward(_rows(labels, a, b), weight=(b - a) / n, copy=c) if backward else None
+            except BaseException:
+                for pair in sums:       # the other half, waiting on this one's sums, stops
+                    pair.abort()
+                raise
             results[i] = (acts, res)
-        backend.run_halves(lambda: half(0), lambda: half(1))
+        with self._summed_over_halves(sums):
+            backend.run_halves(lambda: half(0), lambda: half(1))
         out = [(c, a, b, results[i][0]) for i, (c, a, b) in enumerate(parts)]
         if not backward:
             return out, None
@@ -234,6 +247,22 @@ class Executor:
             backend.backward(node, backend.zeros((0,) + tuple(node.layer.output_shape)), need_dx)
 
     # ---- helpers ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _summed_over_halves(self, sums):
+        """For one split training step: each layer of batch statistics, in both copies, sums
+        them over the halves (its HalfSums), its gradients already weighted by their half's
+        share of the batch (Layer.parts_weighted); afterwards it is whole again."""
+        layers = [[self.copies[c][i].layer for c in (0, 1)] for i in self.summing]
+        for pair, both in zip(sums, layers):
+            for c, layer in enumerate(both):
+                layer.batch_sum, layer.parts_weighted = pair.part(c), True
+        try:
+            yield
+        finally:
+            for both in layers:
+                for layer in both:
+                    layer.batch_sum, layer.parts_weighted = None, False
+
     def _lane_of(self, serial):
         if serial:
             return lambda node: 0

@@ -128,13 +128,17 @@ class Layer:
     classifies = False    # True: a cost layer whose output is class probabilities (top-k errors)
     uses_rng = False      # True: training-time forward draws from the `rng` it is given
     whole_batch = False   # True: a training forward uses statistics of the whole batch (batchnorm),
-                          # so the engine never splits a batch over copies of the layers
+                          # which it sums through batch_sum where the batch is cut into parts
     batch_sum = None      # a whole_batch layer's statistics when the global batch is cut over
-                          # processes (data-parallel ranks): the engine sets batch_sum(values),
-                          # which sums a float64 host array in place over every part of the
-                          # global batch. A training forward/backward then calls it on every
-                          # part in the same sequence (with zeros for an empty part: n = 0);
-                          # evaluation never does. None: the batch is all here (one process)
+                          # processes (data-parallel ranks) or over the halves a CPU's threads
+                          # run (threading "batch"): the engine sets batch_sum(values), which
+                          # sums a float64 host array in place over every part of the global
+                          # batch. A training forward/backward then calls it on every part in
+                          # the same sequence (with zeros for an empty part: n = 0); evaluation
+                          # never does. None: the batch is all here, in one pass
+    parts_weighted = False  # with batch_sum: True where each part's output gradient already carries
+                          # its share of the global batch's mean loss (the halves, weighted by the
+                          # executor); False: each part's is of its own mean loss (the ranks)
     examples = ()         # configs (dicts of keys) valid on a [6, 9, 9] input, one per variant worth
                           # testing: every type must set its own (the all-types test nets are built from them)
     doc = ""

@@ -157,6 +157,49 @@ def test_the_rule_that_picks_columns(monkeypatch):
     assert "CPU threading: layers" in engine.load(TWO_COLUMNS, threading="layers").summary()
 
 
+def test_a_layer_keeping_state_without_batch_statistics_keeps_its_batch_whole(monkeypatch):
+    # batch statistics are summed over the halves (test_batchnorm); other state would be
+    # updated once per half, so such a net runs "layers", and says which layer
+    monkeypatch.delenv(columns.ENV, raising=False)
+    one = engine.load("name: one\ninput: {shape: [1, 4, 4]}\nlayers:\n"
+                      "  - {name: f, type: fc, outputs: 2}\n  - {name: p, type: softmax}\n")
+    layer = one.layer("f").layer
+    monkeypatch.setattr(layer, "state_shapes", lambda: {"count": (1,)})
+    assert not columns.splits(layer)
+    for mode in ("auto", "batch"):
+        got, why = columns.choose(one.layers, mode, cpus=2)
+        assert got == "layers" and "layer 'f' (fc)" in why and "state" in why
+    monkeypatch.setattr(layer, "whole_batch", True)
+    assert columns.splits(layer)
+    assert columns.choose(one.layers, "auto", cpus=2) == (
+        "batch", "one column: each half of a batch (of 8 or more) on its own thread, "
+                 "batch statistics summed over the halves")
+
+
+def test_half_sums_give_both_halves_one_sum_and_abort_frees_a_waiting_half():
+    import threading
+    pair = columns.HalfSums()
+    values = [np.array([1.0, 2.0]), np.array([0.5, -4.0])]
+    seen = []
+
+    def half(i):
+        pair.part(i)(values[i])
+        seen.append(i)
+    other = threading.Thread(target=half, args=(1,))
+    other.start()
+    half(0)
+    other.join()
+    assert sorted(seen) == [0, 1]
+    assert values[0].tolist() == values[1].tolist() == [1.5, -2.0]
+    lone = columns.HalfSums()
+    waiting = threading.Thread(target=lambda: pytest.raises(threading.BrokenBarrierError, lone.part(0),
+                                                            np.zeros(2)))
+    waiting.start()
+    lone.abort()
+    waiting.join(timeout=10)
+    assert not waiting.is_alive()
+
+
 def test_serial_twin_is_a_separate_compilation_with_the_same_result():
     kern = conv_cpu.im2col
     assert kern.serial is not kern.parallel

@@ -9,12 +9,12 @@ as every bias here). State `running_mean` (init 0) and `running_var` (init 1): u
 the forward of each training step as PyTorch does, running = (1 - momentum) running +
 momentum batch, the variance unbiased (M / (M - 1), M = N*H*W).
 
-Statistics of the whole batch (`whole_batch`): the CPU's threading "batch" would give each
-half its own, so the engine keeps a net with a batchnorm unsplit (engine.columns). A global
-batch cut over processes (data-parallel ranks) is normalised by its global statistics
-through `batch_sum` (Layer.batch_sum): the per-channel sums and the value count, then the
-squared deviations from the global mean, each summed over the parts (two passes, as in one
-process); backward sums the parts' dbias and dweight the same way (see `backward`).
+Statistics of the whole batch (`whole_batch`): a global batch cut into parts (over
+data-parallel processes, or the halves of the CPU's threading "batch") is normalised by its
+global statistics through `batch_sum` (Layer.batch_sum): the per-channel sums and the value
+count, then the squared deviations from the global mean, each summed over the parts (two
+passes, as in one process); backward sums the parts' dbias and dweight the same way (see
+`backward`).
 """
 import numpy as np
 
@@ -171,7 +171,11 @@ class BatchNormLayer(Layer):
             if self._train and self.batch_sum is not None:
                 # dx = scale (dz - S_b/M_r - xhat S_w/M_r): S the global batch's sums in units of
                 # its mean loss, M_r this part's count; in units of this part's mean loss (the
-                # exchange scales by local / count) that is the single process's dx
+                # exchange scales by local / count) that is the single process's dx. Parts
+                # whose dz carry their share already (parts_weighted) sum theirs as they
+                # are and divide by the global count M: dz - S_b/M - xhat S_w/M
+                if self.parts_weighted:
+                    local = self._count
                 both = self.shares_of_sums(dw, db, self._count, local)
                 self.batch_sum(both)
                 sum_b, sum_w = b["global_sums"]
