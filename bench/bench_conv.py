@@ -1,7 +1,7 @@
 """Single-core conv timings: the GEMM path (im2col + BLAS) against the direct kernels.
 
 Runs the conv layers of CIFAR-10 18pct, LeNet-5, the digits nets and (with a small --batch)
-AlexNet's, ResNet-18's and VGG-16's stride-1 convolutions as a column thread runs them
+AlexNet's, ResNet-18's and VGG-16's convolutions as a column thread runs them
 (engine.columns.single_core(): serial kernels, one BLAS thread), the two paths interleaved
 in one process, repetition by repetition, so that the machine's noise hits both alike.
 Prints min and median ms of forward and backward (with dx) per layer and path.
@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import layers  # noqa: E402
 from engine import columns  # noqa: E402
 
-# name: (channels, height, width, filters, size, padding, neuron[, groups])
+# name: (channels, height, width, filters, size, padding, neuron[, groups[, stride]])
 SHAPES = {
     "c10-conv1": (3, 32, 32, 32, 5, 2, None),
     "c10-conv2": (32, 16, 16, 32, 5, 2, "relu"),
@@ -34,10 +34,18 @@ SHAPES = {
     "rd-conv1": (1, 28, 28, 16, 3, 1, None),          # resnet-digits
     "rd-layer1": (16, 28, 28, 16, 3, 1, None),
     "rd-layer2": (32, 14, 14, 32, 3, 1, None),
+    "rd-down2": (16, 28, 28, 32, 3, 1, None, 1, 2),
+    "rd-short2": (16, 28, 28, 32, 1, 0, None, 1, 2),
+    "rd-down3": (32, 14, 14, 64, 3, 1, None, 1, 2),
+    "rd-short3": (32, 14, 14, 64, 1, 0, None, 1, 2),
     "alex-conv2": (96, 27, 27, 256, 5, 2, "relu", 2),
     "alex-conv3": (256, 13, 13, 384, 3, 1, "relu"),
     "alex-conv4": (384, 13, 13, 384, 3, 1, "relu", 2),
+    "alex-conv1": (3, 224, 224, 48, 11, 2, "relu", 1, 4),
+    "r18-stem": (3, 224, 224, 64, 7, 3, None, 1, 2),
     "r18-layer1": (64, 56, 56, 64, 3, 1, None),
+    "r18-down2": (64, 56, 56, 128, 3, 1, None, 1, 2),
+    "r18-short2": (64, 56, 56, 128, 1, 0, None, 1, 2),
     "r18-layer2": (128, 28, 28, 128, 3, 1, None),
     "r18-layer3": (256, 14, 14, 256, 3, 1, None),
     "r18-layer4": (512, 7, 7, 512, 3, 1, None),
@@ -53,9 +61,10 @@ SMALL = [name for name in SHAPES if not name.startswith(("alex", "r18", "vgg"))]
 
 def make(shape, direct=None):
     """The conv layer of `shape`, on the path asked (direct=None: the one its rule picks)."""
-    c, h, w, f, k, p, fn, *groups = shape
+    c, h, w, f, k, p, fn, *rest = shape
+    groups, stride = (list(rest) + [1, 1])[:2]
     layer = layers.get("conv")("conv", {"filters": f, "size": k, "padding": p, "neuron": fn,
-                                        "groups": groups[0] if groups else 1}, [(c, h, w)])
+                                        "groups": groups, "stride": stride}, [(c, h, w)])
     if direct is not None:
         layer.direct = direct
     return layer

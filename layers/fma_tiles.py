@@ -108,24 +108,26 @@ def taps_tile(typingctx, x, xb, off, taps, w, wb, out, ob, ostride):
 @intrinsic
 def dot_tile(typingctx, dz, zb, x, xb, images, dz_step, x_step, pos, out):
     """For f < DOT_FILTERS and t < DOT_TAPS and each lane l < LANES,
-    out[(f*DOT_TAPS + t)*LANES + l] += sum over n < images, p in pos of
-    dz[n*dz_step + zb[f] + p + l] * x[n*x_step + xb[t] + p + l]:
+    out[(f*DOT_TAPS + t)*LANES + l] += sum over n < images, (p, q) in pos of
+    dz[n*dz_step + zb[f] + p + l] * x[n*x_step + xb[t] + q + l]:
     a convolution's weight gradient for 4 filters (their gradients at zb) and 3 taps (their
-    shifted inputs at xb) over runs of LANES output positions, its lanes summed by the caller
-    (a vector add per call here, not 12 horizontal sums)."""
+    shifted inputs at xb) over runs of LANES output positions (pos [runs, 2]: each run's
+    start in the gradient's rows and in the input's), its lanes summed by the caller (a
+    vector add per call here, not 12 horizontal sums)."""
     sig = types.void(dz, zb, x, xb, images, dz_step, x_step, pos, out)
 
     def codegen(context, builder, signature, args):
         zd, zbs, xd, xbs, images, dz_step, x_step, pd, outd = _operands(context, builder, signature, args)
-        count = context.make_array(signature.args[7])(context, builder, args[7]).nitems
+        count = builder.udiv(context.make_array(signature.args[7])(context, builder, args[7]).nitems, _const(2))
         fma = _fmuladd(builder)
         acc = _accumulators(builder, DOT_FILTERS, DOT_TAPS)
         with cgutils.for_range(builder, images) as image:
             zn = builder.mul(image.index, dz_step)
             xn = builder.mul(image.index, x_step)
             with cgutils.for_range(builder, count) as run:
-                p = builder.load(builder.gep(pd, [run.index]))
-                zp, xp = builder.add(zn, p), builder.add(xn, p)
+                at = builder.mul(run.index, _const(2))
+                zp = builder.add(zn, builder.load(builder.gep(pd, [at])))
+                xp = builder.add(xn, builder.load(builder.gep(pd, [builder.add(at, _const(1))])))
                 gs = [_vload(builder, zd, builder.add(zp, b)) for b in zbs]
                 xs = [_vload(builder, xd, builder.add(xp, b)) for b in xbs]
                 for f in range(DOT_FILTERS):

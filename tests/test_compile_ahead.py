@@ -31,20 +31,20 @@ def test_a_rehearsal_records_each_kernel_call_once_and_runs_nothing():
     xpad = np.full((2, 3 * 6 * 6), 7.0, np.float32)
     with threads.rehearse() as calls:
         with threads.serial(False):                       # the parallel kernel, small as x is
-            conv_cpu.pad_images(x, 1, 6, 6, xpad)
-            conv_cpu.pad_images(x, 1, 6, 6, xpad)         # the same call: recorded once
+            conv_cpu.pad_images(x, 1, 1, 1, 6, 6, xpad)
+            conv_cpu.pad_images(x, 1, 1, 1, 6, 6, xpad)         # the same call: recorded once
         with threads.serial():
-            conv_cpu.pad_images(x, 1, 6, 6, xpad)         # the serial twin: a call of its own
+            conv_cpu.pad_images(x, 1, 1, 1, 6, 6, xpad)         # the serial twin: a call of its own
         other = threading.Thread(target=add_one, args=(np.zeros(3, np.float64),))
         other.start()
         other.join()
     assert (xpad == 7.0).all()                            # nothing ran
-    args_types = tuple(numba.typeof(a) for a in (x, 1, 6, 6, xpad))
+    args_types = tuple(numba.typeof(a) for a in (x, 1, 1, 1, 6, 6, xpad))
     assert calls[:2] == [(conv_cpu.pad_images, False, None, args_types),
                          (conv_cpu.pad_images, True, None, args_types)]
     assert calls[2][0] is add_one and str(calls[2][3][0]) == "array(float64, 1d, C)"
     assert len(calls) == 3
-    conv_cpu.pad_images(x, 1, 6, 6, xpad)                 # after the block kernels run again
+    conv_cpu.pad_images(x, 1, 1, 1, 6, 6, xpad)                 # after the block kernels run again
     assert xpad.reshape(2, 3, 6, 6)[0, 0, 1, 1] == 1.0
 
 

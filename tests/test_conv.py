@@ -269,7 +269,7 @@ def test_batch_in_chunks_matches_whole_batch(case, chunk_images):
         assert set(errs) == {"input0", "weight", "bias"}
 
 
-# ---- the direct kernels (stride 1, no im2col): both paths forced on the same cases -------
+# ---- the direct kernels (no im2col): both paths forced on the same cases ------------------
 # (N, C, H, W, filters, size, stride=1, padding, groups, neuron): odd, non-square, padding
 # 0/1/2, filter counts that are and are not multiples of the kernels' block of 4
 DIRECT_CASES = [
@@ -285,6 +285,16 @@ DIRECT_CASES = [
     (2, 3, 6, 7, 4, 3, 1, 1, 1, "sqrt"),
     (3, 7, 5, 19, 13, 3, 1, 1, 1, "relu"),      # rows of 3 runs of 8; 13 filters, 7 channels
     (2, 16, 4, 16, 8, 3, 1, 1, 2, None),        # rows of exactly 2 runs
+    # strides: the phase planes (stride^2 of them, or size^2 where the stride is larger)
+    (3, 4, 9, 8, 5, 3, 2, 1, 1, "relu"),        # ResNet's 3x3 stride 2
+    (2, 6, 8, 9, 6, 1, 2, 0, 2, None),          # its 1x1 stride-2 shortcut: pixels no tap reads
+    (2, 3, 13, 12, 4, 7, 2, 3, 1, "tanh"),      # ResNet's 7x7 stride-2 stem
+    (2, 3, 11, 10, 7, 5, 3, 2, 1, "abs"),       # 3 phases a side, sub-kernels of 2 and 1
+    (1, 3, 19, 17, 4, 11, 4, 2, 1, "relu"),     # AlexNet's 11x11 stride 4
+    (2, 4, 7, 7, 4, 2, 3, 1, 2, "logistic"),    # stride 3 > size 2 with padding
+    (2, 3, 5, 6, 4, 3, 1, 3, 1, "tanh"),        # padding 3 >= size 3: borders no tap reads
+    (3, 5, 20, 21, 9, 3, 2, 1, 1, None),        # rows of 2 runs at stride 2
+    (2, 2, 1, 1, 2, 1, 2, 1, 2, "tanh"),        # the one pixel in a phase no tap reads: dx 0
 ]
 
 
@@ -380,5 +390,12 @@ def test_selection_rule():
     assert not make(128, 28, 28, filters=128, size=3, padding=1).direct  # ResNet-18 layer2 on
     assert not make(96, 27, 27, filters=256, size=5, padding=2, groups=2).direct
     assert not make(256, 13, 13, filters=384, size=3, padding=1).direct
-    assert not make(3, 32, 32, filters=8, size=5, stride=2).direct
-    assert not make(3, 32, 32, filters=8, size=3, padding=3).direct
+    assert make(3, 32, 32, filters=8, size=3, padding=3).direct          # padding >= size: borders
+    # strides: up to 256 taps and from 6 channels a group
+    assert make(16, 28, 28, filters=32, size=3, stride=2, padding=1).direct       # digits ResNet layer2.0
+    assert make(16, 28, 28, filters=32, size=1, stride=2).direct                  # its shortcut
+    assert make(64, 56, 56, filters=128, size=1, stride=2).direct                 # ResNet-18's shortcut
+    assert not make(3, 224, 224, filters=64, size=7, stride=2, padding=3).direct  # its stem: 3 channels
+    assert not make(32, 14, 14, filters=64, size=3, stride=2, padding=1).direct   # layer3.0: 288 taps
+    assert not make(64, 56, 56, filters=128, size=3, stride=2, padding=1).direct  # ResNet-18 layer2.0
+    assert not make(3, 224, 224, filters=48, size=11, stride=4, padding=2).direct  # AlexNet's conv1

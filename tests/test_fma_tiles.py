@@ -42,7 +42,7 @@ def test_dot_tile_adds_the_dot_products_over_images_and_runs():
     dz = rng.standard_normal(images * dz_step + SLACK).astype(np.float32)
     x = rng.standard_normal(images * x_step + SLACK).astype(np.float32)
     zb, xb = (1, 70, 70, 150), (0, 9, 33)              # a repeated filter, as a block's last
-    pos = np.array([0, 8, 21, 40, 77], np.int64)
+    pos = np.array([(0, 3), (8, 8), (21, 45), (40, 30), (77, 77)], np.int64)    # (gradient, input) starts
     out = rng.standard_normal(DOT_FILTERS * DOT_TAPS * LANES).astype(np.float32)
     before = out.astype(np.float64)
     _dot(dz, zb, x, xb, images, dz_step, x_step, pos, out)
@@ -50,9 +50,9 @@ def test_dot_tile_adds_the_dot_products_over_images_and_runs():
         for t in range(DOT_TAPS):
             want = before[(f * DOT_TAPS + t) * LANES:(f * DOT_TAPS + t + 1) * LANES].copy()
             for n in range(images):
-                for p in pos:
+                for p, q in pos:
                     a = n * dz_step + zb[f] + p
-                    b = n * x_step + xb[t] + p
+                    b = n * x_step + xb[t] + q
                     want += dz[a:a + LANES].astype(np.float64) * x[b:b + LANES]
             np.testing.assert_allclose(out[(f * DOT_TAPS + t) * LANES:(f * DOT_TAPS + t + 1) * LANES], want,
                                        rtol=1e-5, atol=1e-5)

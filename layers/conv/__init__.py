@@ -4,10 +4,12 @@ Two ways, chosen per shape (ConvLayer.use_direct):
 - GEMM: zero-padding and im2col (Numba) -> one BLAS GEMM per group (numpy, outside Numba)
   -> bias + activation scatter (Numba). Backward mirrors it: gradient gather -> GEMMs ->
   col2im on a zero-padded plane, cropped.
-- direct (stride 1, up to DIRECT_MAX_TAPS taps per group): Numba kernels that convolve a
-  zero-padded copy of each image without im2col (cpu.direct_*), their inner loops the
-  register tiles of layers.fma_tiles; backward data is a full convolution of the padded
-  gradient with the flipped filters, backward weights are dot products per tap.
+- direct (up to DIRECT_MAX_TAPS taps per group, fewer with a stride): Numba kernels that
+  convolve a zero-padded copy of each image without im2col (cpu.direct_*), their inner
+  loops the register tiles of layers.fma_tiles; a stride splits the padded image into
+  phase images, on which the convolution is a stride-1 one; backward data is a full
+  convolution of the padded gradient with the flipped filters (one per phase), backward
+  weights are dot products per tap.
 Biases: one per filter, or with `shared_biases: false` (cuda-convnet's sharedBiases=0) one
 per filter and output position, bias [filters, OH, OW]; the kernels see it as
 [filters, 1] or [filters, OH*OW] (`_bias2d`). With `bias: false` there is no bias parameter
@@ -42,6 +44,40 @@ def _blocks(count):
 def _pairs(runs):
     """runs with the last repeated where their count is odd: the tiles take two at a time."""
     return runs if len(runs) % TILE_VECTORS == 0 else np.concatenate([runs, runs[-1:]])
+
+
+def _phase_axis(size, k, s, p):
+    """One axis of the direct path's dx: for each phase py < min(s, k) (the padded input's
+    positions i*s + py) its taps' count ceil((k - py)/s) and the rows i0 .. i0 + count - 1
+    that hold input pixels; and the gradient's padding a, the least that keeps every row
+    the full convolutions read (i - q + a, q < taps) at or after 0."""
+    phases = []
+    for py in range(min(s, k)):
+        i0 = max(0, -((py - p) // s))
+        phases.append((py, -(-(k - py) // s), i0, (size - 1 + p - py) // s + 1 - i0))
+    a = max([0] + [taps - 1 - i0 for _, taps, i0, _ in phases])
+    return phases, a
+
+
+def _direct_geometry(size, out, k, s, p):
+    """The direct path's layout, stride s = 1 a special case of it. The input as
+    min(s, k)^2 phase images (pad_images) of hq rows of width wx, on which tap (ky, kx) is
+    the shift (ky // s, kx // s) of phase (ky % s, kx % s): every convolution a stride-1
+    one (wx covers the forward's reads; the tiles' lanes past a row's end read the next
+    row, and their outputs are dropped). The gradient padded by a in planes of hd rows of
+    wc (direct_grad_gather), whose full convolutions give dx phase by phase. wc holds a
+    padded row, covers what dx reads for the pixels of every phase and, where the output's
+    width is not a multiple of 8, 7 past it: dW's runs of 8 outputs reaching past a row's
+    end must read the gradient's zeros (direct_dweight); hd keeps one zero row past the
+    last such read."""
+    (h, w), (oh, ow) = size, out
+    rows, a = _phase_axis(h, k, s, p)
+    cols, a_cols = _phase_axis(w, k, s, p)
+    a = max(a, a_cols)
+    reach = -(-k // s) - 1                       # the largest shift in phase rows
+    wc = max(ow + a, ow + LANES - 1 if ow % LANES else 0, max(j0 + nj for _, _, j0, nj in cols) + a)
+    hd = max(oh + a + 1, max(i0 + ni for _, _, i0, ni in rows) + a)
+    return dict(phases=min(s, k), hq=oh + reach, wx=ow + reach, wc=wc, a=a, hd=hd, rows=rows, cols=cols)
 
 
 @register
@@ -105,14 +141,10 @@ class ConvLayer(Layer):
         self._zero_bias = None if self.bias else np.zeros((f, 1), np.float32)
         self.act = parse_neuron(self.neuron)
         self.out_hw = (out_size_floor(h + e, k, s, p), out_size_floor(w + e, k, s, p))
-        # the zero-padded planes (pad_images: hp rows of wc per channel) both paths read; a and
-        # hd: the direct backward's full convolution (meaningful where stride 1, padding < size)
-        oh, ow = self.out_hw
-        a = k - 1 - p                                    # the full convolution's padding
-        # common row width of the flat planes; the direct kernels' runs of 8 outputs reach
-        # up to 7 past a row's end, which must still be the gradient's zeros (direct_dweight)
-        wc = max(w + 2 * p + e, w + k - 1, ow + LANES - 1 if ow % LANES else 0)
-        self._geom = dict(hp=h + 2 * p + e, wc=wc, a=a, hd=max(h + k - 1, oh + a))
+        # the GEMM path's zero-padded planes (pad_images: hp rows of wc per channel); the
+        # direct path's phase images and padded gradient (_direct_geometry)
+        self._geom = dict(hp=h + 2 * p + e, wc=w + 2 * p + e)
+        self._dgeom = _direct_geometry((h, w), self.out_hw, k, s, p)
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
         self._taps = None          # the direct kernels' tap offsets, made on first use
         return (f,) + self.out_hw
@@ -145,17 +177,31 @@ class ConvLayer(Layer):
     # 359 vs 645 ms forward at batch 8); so it does where a group's padded planes outgrow
     # the caches, each block of filters streaming them again (VGG-16's conv1_2, 13 MB an
     # image: 320 vs 157 ms forward at batch 2; 64 channels of 112x112, 3.5 MB: a tie).
+    # Strided convolutions (one core, batch 128 unless said, backward with dx): the phase
+    # images make them stride-1 ones, the same tiles at up to ~60-80 GFLOP/s; their dx is
+    # one full convolution per phase, with a quarter of the taps each (3x3 stride 2), so
+    # backward gains less. Direct won on the digits ResNet's 16->32 3x3 stride 2 (8.0 / 12.0
+    # vs 10.3 / 14.5 ms forward / backward) and its 1x1 shortcuts (1.9 / 3.3 vs 4.4 / 3.0);
+    # GEMM on its 32->64 3x3 to 7x7 maps (288 taps: 7.6 / 11.4 vs 7.2 / 8.6) and ResNet-18's
+    # 64->128 (576 taps: 17 / 38 vs 15 / 26), where BLAS's larger tiles keep more of the
+    # work in registers. dx's tile rows are input channels: with fewer than 6 a group (RGB
+    # stems) they run partly empty, over every phase: ResNet-18's 7x7 stem, batch 8, 24 / 93
+    # vs 34 / 70 (its forward and dW alone win, 24 + 32 vs 36 + 35: a first layer needs no
+    # dx, but the rule is the shape's), AlexNet's 11x11 conv1 12 / 41 vs 16 / 31.
     DIRECT_MAX_TAPS = 1024      # channels per group x size x size
+    DIRECT_MAX_STRIDED_TAPS = 256
     DIRECT_MAX_PLANES = 4 << 20     # bytes of one image's padded planes, per group
 
     @classmethod
     def use_direct(cls, c, h, w, f, k, stride, padding, groups):
-        """The rule: stride 1, padding < size (the backward's full convolution pads by
-        size-1-padding), at most DIRECT_MAX_TAPS taps and DIRECT_MAX_PLANES bytes of padded
-        planes per group."""
-        planes = 4 * c // groups * (h + 2 * padding) * (w + 2 * padding)
-        return (stride == 1 and padding < k and c // groups * k * k <= cls.DIRECT_MAX_TAPS
-                and planes <= cls.DIRECT_MAX_PLANES)
+        """The rule: at most DIRECT_MAX_TAPS taps per group and DIRECT_MAX_PLANES bytes of
+        padded planes per group; with a stride at most DIRECT_MAX_STRIDED_TAPS taps and at
+        least TILE_FILTERS channels per group."""
+        cg = c // groups
+        planes = 4 * cg * (h + 2 * padding) * (w + 2 * padding)
+        if stride > 1 and (cg * k * k > cls.DIRECT_MAX_STRIDED_TAPS or cg < TILE_FILTERS):
+            return False
+        return cg * k * k <= cls.DIRECT_MAX_TAPS and planes <= cls.DIRECT_MAX_PLANES
 
     def param_shapes(self):
         shapes = {"weight": (self.filters, self.channels // self.groups, self.size, self.size)}
@@ -224,11 +270,11 @@ class ConvLayer(Layer):
 
     def _direct_buffer_shapes(self, n, backward, need_dx):
         oh, ow = self.out_hw
-        f, c, g, geo = self.filters, self.channels, self.groups, self._geom
+        f, c, g, geo = self.filters, self.channels, self.groups, self._dgeom
         k2 = self.size * self.size
-        h, w = self.input_shape[1:]
-        rows = max(oh * _runs(ow) * LANES, h * _runs(w) * LANES)   # a tile's scratch row
-        out = {"xpad": ("workspace", (n * c * geo["hp"] * geo["wc"] + SLACK,)),
+        rows = max([oh * _runs(ow) * LANES] + [ni * _runs(nj) * LANES for _, _, _, ni in geo["rows"]
+                                                for _, _, _, nj in geo["cols"]])     # a tile's scratch row
+        out = {"xpad": ("workspace", (n * self._phase_span() + SLACK,)),
                "wpack": ("workspace", (g * _blocks(f // g), c // g * k2 * TILE_FILTERS)),
                "tiles": ("workspace", (min(WORKERS, n * g * _blocks(max(f, c) // g)), TILE_FILTERS * rows)),
                "y": ("activation", (n, f, oh, ow))}
@@ -241,60 +287,99 @@ class ConvLayer(Layer):
             out["dwsum"] = ("workspace", (WORKERS, cpu.DW_SUMS))
             if need_dx:
                 out["dx"] = ("gradient", (n,) + self.input_shape)
-                out["wflip"] = ("workspace", (g * _blocks(c // g), f // g * k2 * TILE_FILTERS))
+                taps = len(self._tap_offsets()[3])
+                out["wflip"] = ("workspace", (g * _blocks(c // g), taps * TILE_FILTERS))
         return out
 
+    def _phase_span(self):
+        """One image's phase images in xpad (pad_images with the direct geometry)."""
+        geo = self._dgeom
+        return self.channels * geo["hq"] * self._phase_row()
+
+    def _phase_row(self):
+        """The phase images' row stride in xpad: their rows side by side (pad_images)."""
+        return self._dgeom["phases"] ** 2 * self._dgeom["wx"]
+
     def _tap_offsets(self):
-        """Made once: the taps' flat offsets into xpad (forward, dW) and into dzp (dx); the
-        runs of 8 outputs the tiles compute, in pairs (forward's, dx's), and where dW's runs
-        start (the forward's runs, unpaired)."""
+        """Made once for the direct path: the taps' flat offsets into the phase images
+        (forward, dW), in the weights' (channel, ky, kx) order; the forward's runs of 8
+        outputs in pairs, and dW's: where each starts in the gradient and in the input; dx's taps: their offsets
+        into the padded gradient, the (filter, ky, kx) each reads (pack_flipped), and the
+        phase table and pairs of runs of direct_dx."""
         if self._taps is None:
-            geo, g = self._geom, self.groups
-            (oh, ow), (h, w) = self.out_hw, self.input_shape[1:]
-            runs = self._run_starts(oh, ow)
-            self._taps = (self._offsets(self.channels // g, geo["hp"] * geo["wc"]),
-                          self._offsets(self.filters // g, geo["hd"] * geo["wc"]),
-                          _pairs(runs), _pairs(self._run_starts(h, w)), np.ascontiguousarray(runs[:, 0]))
+            geo, g, k, s = self._dgeom, self.groups, self.size, self.stride
+            oh, ow = self.out_hw
+            wx, nph, row = geo["wx"], geo["phases"], self._phase_row()
+            ch, ky, kx = np.meshgrid(np.arange(self.channels // g), np.arange(k), np.arange(k), indexing="ij")
+            off = (ch * geo["hq"] * row + ky // s * row + ((ky % s) * nph + kx % s) * wx + kx // s).ravel()
+            runs = self._run_starts(range(oh), 0, ow, row)
+            dw_runs = np.stack([self._run_starts(range(oh), 0, ow, geo["wc"])[:, 0], runs[:, 0]], axis=1)
+            self._taps = (off.astype(np.int64), _pairs(runs), dw_runs, *self._dx_taps())
         return self._taps
 
-    def _run_starts(self, rows, width):
-        """[runs, 2] int64: each run of 8 outputs' start in the padded rows (width wc) and in
-        a tile's scratch (rows rounded up to whole runs)."""
-        wc, per = self._geom["wc"], _runs(width)
-        return np.array([(r * wc + i * LANES, (r * per + i) * LANES) for r in range(rows) for i in range(per)],
-                        np.int64)
+    def _dx_taps(self):
+        """dx's taps, phase by phase of the input: each reads the padded gradient of filter
+        fl at the shift (a - qy, a - qx) with the weights' tap (qy*s + py, qx*s + px), in
+        ascending offsets; offsets [T], sources [T, 3] (fl, ky, kx), the phase table
+        (direct_dx's) and the runs of every phase, paired."""
+        geo, s = self._dgeom, self.stride
+        wc, a = geo["wc"], geo["a"]
+        plane = geo["hd"] * wc
+        offq, source, table, vec = [], [], [], []
+        for py, ty, i0, ni in geo["rows"]:
+            for px, tx, j0, nj in geo["cols"]:
+                if ni <= 0 or nj <= 0:          # no input pixel in this phase
+                    continue
+                fl, ry, rx = np.meshgrid(np.arange(self.filters // self.groups), np.arange(ty), np.arange(tx),
+                                         indexing="ij")
+                t0 = sum(len(o) for o in offq)
+                offq.append((fl * plane + (a - ty + 1 + ry) * wc + a - tx + 1 + rx).ravel())
+                source.append(np.stack([fl.ravel(), ((ty - 1 - ry) * s + py).ravel(),
+                                        ((tx - 1 - rx) * s + px).ravel()], axis=1))
+                table.append((py, px, i0, j0, ni, nj, _runs(nj) * LANES, t0, t0 + offq[-1].size,
+                              sum(len(v) for v in vec)))
+                vec.append(_pairs(self._run_starts(range(i0, i0 + ni), j0, nj, wc)))
+        if not table:           # no tap reads any input pixel (a 1x1 input, padding, stride > size)
+            return np.zeros(0, np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 10), np.int64), \
+                np.zeros((0, 2), np.int64)
+        return (np.concatenate(offq).astype(np.int64), np.concatenate(source).astype(np.int64),
+                np.array(table, np.int64), np.concatenate(vec))
 
-    def _offsets(self, channels, plane):
-        """Flat offsets of the taps (channel, ky, kx) on planes of `plane` values, rows wc."""
-        k, wc = self.size, self._geom["wc"]
-        ch, ky, kx = np.meshgrid(np.arange(channels), np.arange(k), np.arange(k), indexing="ij")
-        return (ch * plane + ky * wc + kx).ravel().astype(np.int64)
+    @staticmethod
+    def _run_starts(rows, col, width, stride):
+        """[runs, 2] int64: for the runs of 8 outputs covering columns col .. col + width - 1
+        of the given rows (`stride` apart), each run's start there and in a tile's scratch
+        (its rows one after another, each rounded up to whole runs)."""
+        per = _runs(width)
+        return np.array([(r * stride + col + i * LANES, (j * per + i) * LANES)
+                         for j, r in enumerate(rows) for i in range(per)], np.int64).reshape(-1, 2)
 
     def _direct_forward(self, x, params, train):
-        n, f, c = x.shape[0], self.filters, self.channels
+        n, f = x.shape[0], self.filters
         oh, ow = self.out_hw
-        geo = self._geom
+        geo = self._dgeom
         b = self.buffers(n, "forward", train)
-        span = c * geo["hp"] * geo["wc"]
+        span = self._phase_span()
         xpad = b["xpad"]
         xpad[n * span:] = 0.0                # the slack the tiles' last runs read
-        cpu.pad_images(x, self.padding, geo["hp"], geo["wc"], xpad[:n * span].reshape(n, span))
+        cpu.pad_images(x, self.padding, self.stride, geo["phases"], geo["hq"], geo["wx"],
+                       xpad[:n * span].reshape(n, span))
         cpu.pack_filters(np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1), self.groups,
                          b["wpack"])
         bias = self._bias2d(params)
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = b["pre"] if keep else y3                   # declared only then
-        off, _, runs, _, _ = self._tap_offsets()
+        off, runs = self._tap_offsets()[:2]
         cpu.direct_forward(xpad, span, off, b["wpack"], runs, ow, _runs(ow) * LANES, bias, self.groups,
                            *self.act.kernel_args(), keep, b["tiles"], y3, pre)
-        self._x, self._y3, self._pre, self._xpad = x, y3, pre, xpad
+        self._x, self._y3, self._pre, self._phases = x, y3, pre, xpad
         return b["y"]
 
     def _direct_backward(self, dy, params, need_dx):
-        n, f, c = self._x.shape[0], self.filters, self.channels
+        n, f = self._x.shape[0], self.filters
         oh, ow = self.out_hw
-        geo = self._geom
+        geo = self._dgeom
         a, wc = geo["a"], geo["wc"]
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
         b = self.buffers(n, "backward", need_dx=need_dx)
@@ -305,15 +390,14 @@ class ConvLayer(Layer):
         cpu.direct_grad_gather(dy3, self._y3, self._pre, *self.act.kernel_args(), a, oh, ow, wc,
                                dzp[:n * f * plane].reshape(n, f, plane), db64)
         db.reshape(f, -1)[:] = db64
-        off, offq, _, runs_in, dw_runs = self._tap_offsets()
-        span = c * geo["hp"] * wc
-        cpu.direct_dweight(self._xpad, span, dzp, f * plane, a * (wc + 1), off, self.groups, n, dw_runs,
-                           b["dwsum"], dw2)
+        off, _, dw_runs, offq, source, phase, dx_runs = self._tap_offsets()
+        cpu.direct_dweight(self._phases, self._phase_span(), dzp, f * plane, a * (wc + 1), off, self.groups, n,
+                           dw_runs, b["dwsum"], dw2)
         dx = None
         if need_dx:
             dx = b[self._dx_tag()]
-            cpu.pack_flipped(np.ascontiguousarray(params["weight"], np.float32), self.groups, b["wflip"])
-            cpu.direct_dx(dzp, f * plane, offq, b["wflip"], runs_in, _runs(self.input_shape[2]) * LANES,
+            cpu.pack_flipped(np.ascontiguousarray(params["weight"], np.float32), self.groups, source, b["wflip"])
+            cpu.direct_dx(dzp, f * plane, offq, b["wflip"], dx_runs, phase, self.stride, self.padding,
                           self.groups, self._buffers["tiles"], dx)     # forward's, free now
         return dx, self._grads(dw2, db)
 
@@ -353,7 +437,7 @@ class ConvLayer(Layer):
         geo = self._geom
         cols, = self._views(n0, n1, "cols")
         xpad = self._xpad(n0, n1)
-        cpu.pad_images(x[n0:n1], self.padding, geo["hp"], geo["wc"], xpad)
+        cpu.pad_images(x[n0:n1], self.padding, 1, 1, geo["hp"], geo["wc"], xpad)
         cpu.im2col(xpad, self.size, self.stride, geo["hp"], geo["wc"], oh, ow, cols)
         self._cols_hold = (n0, n1)
         return cols

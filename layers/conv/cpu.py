@@ -15,26 +15,40 @@ from layers.threads import worker_tasks
 
 
 @threads.kernel
-def pad_images(x, padding, hp, wc, xpad):
-    """xpad[n, c*hp*wc + (iy + padding)*wc + ix + padding] = x[n, c, iy, ix]; zeros around:
-    rows of a common width wc >= w + 2*padding, hp rows per channel plane (both paths read it)."""
+def pad_images(x, padding, stride, phases, hp, wc, xpad):
+    """xpad[n, c*hp*R + i*R + (py*phases + px)*wc + j] = x[n, c, i*stride + py - padding,
+    j*stride + px - padding] (R = phases^2 * wc), zeros where that is outside x: the
+    zero-padded image split into phases^2 phase images (py, px < phases) whose rows, wc
+    wide, lie side by side in rows of R. With stride 1 and one phase it is the padded image
+    itself (the GEMM path's); with stride s the direct path's phases make a strided
+    convolution a stride-1 one: tap (ky, kx) reads phase (ky % s, kx % s) at the shift
+    (ky // s, kx // s) from the output's position, and the taps of one output row read a
+    few neighbouring rows of R (apart phase planes read at 1.6x the time)."""
     n_img, c_in, h, w = x.shape
-    plane = hp * wc
+    nph = phases * phases
+    span = hp * nph * wc
     zero = np.float32(0.0)
     for i in numba.prange(n_img * c_in):
         n, c = i // c_in, i % c_in
-        dst = xpad[n, c * plane:(c + 1) * plane]
-        for j in range(padding * wc + padding):
-            dst[j] = zero
-        for iy in range(h):     # loops: Numba's slice assignment costs ~2 s of compiling cold
-            row = dst[(iy + padding) * wc + padding:(iy + padding + 1) * wc + padding]
-            src = x[n, c, iy]
-            for ix in range(w):
-                row[ix] = src[ix]
-            for ix in range(w, wc):            # the right padding and the next row's left
-                row[ix] = zero
-        for j in range((h + padding) * wc + padding, plane):
-            dst[j] = zero
+        for r in range(hp):
+            for q in range(nph):        # flat indices, no views: rows are short (7 at stride 2 in ResNet)
+                py, px = q // phases, q % phases
+                o = c * span + (r * nph + q) * wc
+                iy = r * stride + py - padding
+                j0 = max(0, -((px - padding) // stride))            # the columns inside x: [j0, j1)
+                j1 = min(wc, max(j0, (w - 1 + padding - px) // stride + 1))
+                if iy < 0 or iy >= h:
+                    j1 = j0
+                for j in range(j0):
+                    xpad[n, o + j] = zero
+                if stride == 1:         # apart: a unit step the loop can vectorise
+                    for j in range(j0, j1):
+                        xpad[n, o + j] = x[n, c, iy, j + px - padding]
+                else:
+                    for j in range(j0, j1):
+                        xpad[n, o + j] = x[n, c, iy, j * stride + px - padding]
+                for j in range(j1, wc):
+                    xpad[n, o + j] = zero
 
 
 @threads.kernel
@@ -192,11 +206,11 @@ def pack_filters(w2, groups, wp):
 
 
 @threads.kernel
-def pack_flipped(w4, groups, wq):
-    """wq[b, t*6 + i] for channel c = the i-th of block b and tap t = (f_local, ky, kx) of its
-    group: w4[g*fg + f_local, c_local, k-1-ky, k-1-kx], zeros past the group's channels: the
-    filters of the full convolution that gives dx."""
-    f_out, cg, k = w4.shape[0], w4.shape[1], w4.shape[2]
+def pack_flipped(w4, groups, source, wq):
+    """wq[b, t*6 + i] = w4[g*fg + f_local, c_local, ky, kx] for channel c_local = the i-th of
+    block b of group g and (f_local, ky, kx) = source[t], zeros past the group's channels:
+    the filters of the full convolutions that give dx, in the order of their taps."""
+    f_out, cg = w4.shape[0], w4.shape[1]
     fg = f_out // groups
     per = wq.shape[0] // groups
     zero = np.float32(0.0)
@@ -204,25 +218,17 @@ def pack_flipped(w4, groups, wq):
         g, c0 = b // per, (b % per) * TILE_FILTERS
         for i in range(TILE_FILTERS):
             cl = c0 + i
-            for fl in range(fg):
-                for ky in range(k):
-                    for kx in range(k):
-                        t = (fl * k + ky) * k + kx
-                        wq[b, t * TILE_FILTERS + i] = (w4[g * fg + fl, cl, k - 1 - ky, k - 1 - kx]
-                                                       if cl < cg else zero)
+            for t in range(source.shape[0]):
+                wq[b, t * TILE_FILTERS + i] = (w4[g * fg + source[t, 0], cl, source[t, 1], source[t, 2]]
+                                               if cl < cg else zero)
 
 
 @numba.njit(inline="always")
-def _convolve_block(task, src, img, off, wp, vec, groups, fg, acc):
-    """Task (image n, block b of 6 rows of the output: filters, or dx's channels) into acc:
-    the tiles over every run, the block's packed weights wp[b], image n of src at n*img and
-    its group g's part img/groups further. Returns n and the block's rows [r0, r1)."""
-    per = wp.shape[0] // groups
-    n, b = task // (groups * per), task % (groups * per)
-    g = b // per
-    run_tiles(src, n * img + g * (img // groups), off, wp[b], vec, acc, acc.shape[0] // TILE_FILTERS)
-    r0 = g * fg + (b % per) * TILE_FILTERS
-    return n, r0, min(r0 + TILE_FILTERS, (g + 1) * fg)
+def _block_task(task, groups, blocks):
+    """Task -> (image n, block b of 6 rows, its group g), blocks per image being `blocks`."""
+    per = blocks // groups
+    n, b = task // blocks, task % blocks
+    return n, b, b // per
 
 
 @numba.njit(inline="always")
@@ -254,30 +260,70 @@ def direct_forward(xpad, x_img, off, wp, vec, ow, ow8, bias, groups, code, pa, p
     for wk in numba.prange(workers):
         t0, t1 = worker_tasks(wk, workers, n_img * wp.shape[0])
         acc = scratch[wk]
+        fg = f_out // groups
         for task in range(t0, t1):
-            n, f0, f1 = _convolve_block(task, xpad, x_img, off, wp, vec, groups, f_out // groups, acc)
+            n, b, g = _block_task(task, groups, wp.shape[0])
+            run_tiles(xpad, n * x_img + g * (x_img // groups), off, wp[b], vec, acc, rows)
+            f0 = g * fg + (b % (wp.shape[0] // groups)) * TILE_FILTERS
+            f1 = min(f0 + TILE_FILTERS, (g + 1) * fg)
             specialised(code, _bias_act_tile, (acc, rows, bias, pa, pb, keep, y, pre, n, f0, f1, ow, ow8))
 
 
+@numba.njit(inline="always")
+def _crop_phase(acc, rows, phase, stride, padding, dx, n, c0, c1):
+    """dx[n, c, i*stride + py - padding, j*stride + px - padding] for c in [c0, c1) and the
+    phase's rows and columns from its sums in acc (rows of `rows`, runs of w8)."""
+    py, px, i0, j0, ni, nj, w8 = phase[0], phase[1], phase[2], phase[3], phase[4], phase[5], phase[6]
+    x0 = j0 * stride + px - padding
+    for c in range(c0, c1):
+        src = acc[(c - c0) * rows:(c - c0 + 1) * rows]
+        for i in range(ni):
+            iy = (i0 + i) * stride + py - padding
+            row = src[i * w8:i * w8 + nj]
+            if stride == 1:                 # apart: one view type per branch keeps it contiguous
+                dst = dx[n, c, iy, x0:x0 + nj]
+                for j in range(nj):
+                    dst[j] = row[j]
+            else:
+                dst = dx[n, c, iy, x0:x0 + (nj - 1) * stride + 1:stride]
+                for j in range(nj):
+                    dst[j] = row[j]
+
+
 @threads.kernel
-def direct_dx(dzp, dz_img, offq, wq, vec, w8, groups, scratch, dx):
-    """dx[n, c] = full convolution of image n's zero-padded gradient (dzp flat, image n at
-    n*dz_img, group g's filters dz_img/groups further) with the flipped filters (wq from
-    pack_flipped). A task is one (image, block of 6 channels), its sums in scratch
-    [workers, 6*h*w8] as direct_forward's."""
+def direct_dx(dzp, dz_img, offq, wq, vec, phase, stride, padding, groups, scratch, dx):
+    """dx[n, c] from image n's zero-padded gradient (dzp flat, image n at n*dz_img, group g's
+    filters dz_img/groups further) and the flipped filters (wq from pack_flipped): for each
+    phase of the input (pixels (i*stride + py, j*stride + px) of the padded image) a full
+    convolution with the taps (ky, kx) = (py, px) modulo stride. phase [phases, 10]: py, px,
+    its first row i0 and column j0, rows and columns, the scratch row width, its taps
+    [t0, t1) of offq and wq, where its pairs of runs begin in vec (the next phase's start
+    ends them). A task is one (image, block of 6 channels), each phase's sums in scratch
+    [workers, 6*rows] as direct_forward's; pixels no tap reads (stride > size) get 0."""
     n_img, c_in, h, w = dx.shape
     rows = scratch.shape[1] // TILE_FILTERS
     workers = scratch.shape[0]
+    cg = c_in // groups
+    per = wq.shape[0] // groups
+    zero = np.float32(0.0)
     for wk in numba.prange(workers):
         t0, t1 = worker_tasks(wk, workers, n_img * wq.shape[0])
         acc = scratch[wk]
         for task in range(t0, t1):
-            n, c0, c1 = _convolve_block(task, dzp, dz_img, offq, wq, vec, groups, c_in // groups, acc)
-            for c in range(c0, c1):
-                src = acc[(c - c0) * rows:(c - c0 + 1) * rows]
-                for iy in range(h):
-                    for ix in range(w):
-                        dx[n, c, iy, ix] = src[iy * w8 + ix]
+            n, b, g = _block_task(task, groups, wq.shape[0])
+            c0 = g * cg + (b % per) * TILE_FILTERS
+            c1 = min(c0 + TILE_FILTERS, (g + 1) * cg)
+            if phase.shape[0] < stride * stride:
+                for c in range(c0, c1):
+                    for iy in range(h):
+                        for ix in range(w):
+                            dx[n, c, iy, ix] = zero
+            for q in range(phase.shape[0]):
+                o0, o1, v0 = phase[q, 7], phase[q, 8], phase[q, 9]
+                v1 = phase[q + 1, 9] if q + 1 < phase.shape[0] else vec.shape[0]
+                run_tiles(dzp, n * dz_img + g * (dz_img // groups), offq[o0:o1],
+                          wq[b, o0 * TILE_FILTERS:o1 * TILE_FILTERS], vec[v0:v1], acc, rows)
+                _crop_phase(acc, rows, phase[q], stride, padding, dx, n, c0, c1)
 
 
 @numba.njit(inline="always")
@@ -325,6 +371,9 @@ def direct_grad_gather(dy, y, pre, code, pa, pb, a, oh, ow, wc, dzp, db):
 
 DW_TAPS = 16 * DOT_TAPS     # taps per direct_dweight task: 16 dot tiles
 DW_IMAGES = 2               # images per dot_tile call: 4 filters' gradients of 2 images stay in L1
+DW_RUNS = 64                # runs of 8 outputs per dot_tile call: 4 filters' gradients of 2 images
+                            # over them (16 KB) stay in L1 across the task's taps (ResNet-18's
+                            # 112x112 stem: their whole planes, 430 KB, did not)
 DW_SUMS = DW_TAPS * DOT_FILTERS * LANES      # a task's partial sums, lane by lane
 
 
@@ -332,9 +381,9 @@ DW_SUMS = DW_TAPS * DOT_FILTERS * LANES      # a task's partial sums, lane by la
 def direct_dweight(xpad, x_img, dzp, dz_img, start, off, groups, n_img, pos, scratch, dw):
     """dw[f, t] = sum over images n and output positions of image n's gradient of filter f
     (dzp flat, planes of dz_img/F, zero outside the outputs, which begin at `start`) times
-    its input at tap t (xpad flat as direct_forward's). `pos`: the starts of the runs of 8
-    output positions in the padded rows (a run's lanes past the row's end read the
-    gradient's zeros). A task is one (group, block of 4 filters, DW_TAPS taps), its sums in
+    its input at tap t (xpad flat as direct_forward's). `pos` [runs, 2]: where the runs of 8
+    output positions start in the gradient's padded rows and in the input's (a run's lanes
+    past the row's end read the gradient's zeros). A task is one (group, block of 4 filters, DW_TAPS taps), its sums in
     scratch [workers, DW_SUMS]."""
     f_out, taps = dw.shape
     fg = f_out // groups
@@ -361,12 +410,14 @@ def direct_dweight(xpad, x_img, dzp, dz_img, start, off, groups, n_img, pos, scr
                 acc[j] = zero
             for n0 in range(0, n_img, DW_IMAGES):
                 images = min(DW_IMAGES, n_img - n0)
-                for t in range(t0, t1, DOT_TAPS):
-                    xb = (g * x_grp + off[t], g * x_grp + off[min(t + 1, t1 - 1)],
-                          g * x_grp + off[min(t + 2, t1 - 1)])
-                    k = (t - t0) // DOT_TAPS * tile
-                    dot_tile(dzp[n0 * dz_img:], zb, xpad[n0 * x_img:], xb, images, dz_img, x_img, pos,
-                             acc[k:k + tile])
+                for r0 in range(0, pos.shape[0], DW_RUNS):
+                    runs = pos[r0:r0 + DW_RUNS]
+                    for t in range(t0, t1, DOT_TAPS):
+                        xb = (g * x_grp + off[t], g * x_grp + off[min(t + 1, t1 - 1)],
+                              g * x_grp + off[min(t + 2, t1 - 1)])
+                        k = (t - t0) // DOT_TAPS * tile
+                        dot_tile(dzp[n0 * dz_img:], zb, xpad[n0 * x_img:], xb, images, dz_img, x_img, runs,
+                                 acc[k:k + tile])
             for t in range(t0, t1):
                 for f in range(f0, f1):
                     k = (t - t0) // DOT_TAPS * tile + ((f - f0) * DOT_TAPS + (t - t0) % DOT_TAPS) * LANES
