@@ -303,9 +303,9 @@ class ConvLayer(Layer):
     def _tap_offsets(self):
         """Made once for the direct path: the taps' flat offsets into the phase images
         (forward, dW), in the weights' (channel, ky, kx) order; the forward's runs of 8
-        outputs in pairs, and dW's: where each starts in the gradient and in the input; dx's taps: their offsets
-        into the padded gradient, the (filter, ky, kx) each reads (pack_flipped), and the
-        phase table and pairs of runs of direct_dx."""
+        outputs in pairs, and dW's: where each starts in the gradient and in the input;
+        dx's taps (_dx_taps): their offsets into the padded gradient, the (filter, ky, kx)
+        each reads (pack_flipped), and the phase table and pairs of runs of direct_dx."""
         if self._taps is None:
             geo, g, k, s = self._dgeom, self.groups, self.size, self.stride
             oh, ow = self.out_hw
