@@ -50,7 +50,7 @@ class Executor:
         self.on_grads = None        # the hook above; not called in a watched or timed pass
         self.rank = {node.name: i for i, node in enumerate(nodes)}
         self.stateful = {node.name for node in nodes if node.layer.state_shapes()}
-        self.whole_batch = not all(columns.splits(node.layer) for node in nodes)
+        self.unsplit = not all(columns.splits(node.layer) for node in nodes)
         self.summing = [i for i, node in enumerate(nodes) if node.layer.whole_batch]
         produced = set(self.rank)
         self.readers = {node.name: [] for node in nodes}
@@ -71,7 +71,7 @@ class Executor:
     def halves(self, n, serial=False):
         """[(copy, start, stop)]: one part, or two halves where the backend splits a batch of n."""
         split_from = self.backend.split_from
-        if serial or split_from is None or n < split_from or self.make_copy is None or self.whole_batch:
+        if serial or split_from is None or n < split_from or self.make_copy is None or self.unsplit:
             return [(0, 0, n)]
         if len(self.copies) == 1:
             self.copies.append(self.make_copy())

@@ -30,25 +30,29 @@ def pad_images(x, padding, stride, phases, hp, wc, xpad):
     zero = np.float32(0.0)
     for i in numba.prange(n_img * c_in):
         n, c = i // c_in, i % c_in
+        dst = xpad[n, c * span:(c + 1) * span]
         for r in range(hp):
-            for q in range(nph):        # flat indices, no views: rows are short (7 at stride 2 in ResNet)
+            for q in range(nph):
                 py, px = q // phases, q % phases
-                o = c * span + (r * nph + q) * wc
+                row = dst[(r * nph + q) * wc:(r * nph + q + 1) * wc]
                 iy = r * stride + py - padding
                 j0 = max(0, -((px - padding) // stride))            # the columns inside x: [j0, j1)
                 j1 = min(wc, max(j0, (w - 1 + padding - px) // stride + 1))
                 if iy < 0 or iy >= h:
                     j1 = j0
-                for j in range(j0):
-                    xpad[n, o + j] = zero
-                if stride == 1:         # apart: a unit step the loop can vectorise
-                    for j in range(j0, j1):
-                        xpad[n, o + j] = x[n, c, iy, j + px - padding]
-                else:
-                    for j in range(j0, j1):
-                        xpad[n, o + j] = x[n, c, iy, j * stride + px - padding]
+                for j in range(j0):     # loops: Numba's slice assignment costs ~2 s of compiling cold
+                    row[j] = zero
+                x0 = j0 * stride + px - padding
+                if j1 > j0 and stride == 1:      # apart: one view type per branch keeps it contiguous
+                    src = x[n, c, iy, x0:x0 + j1 - j0]
+                    for j in range(j1 - j0):
+                        row[j0 + j] = src[j]
+                elif j1 > j0:
+                    src = x[n, c, iy, x0:x0 + (j1 - j0 - 1) * stride + 1:stride]
+                    for j in range(j1 - j0):
+                        row[j0 + j] = src[j]
                 for j in range(j1, wc):
-                    xpad[n, o + j] = zero
+                    row[j] = zero
 
 
 @threads.kernel
@@ -224,11 +228,14 @@ def pack_flipped(w4, groups, source, wq):
 
 
 @numba.njit(inline="always")
-def _block_task(task, groups, blocks):
-    """Task -> (image n, block b of 6 rows, its group g), blocks per image being `blocks`."""
+def _block_task(task, groups, blocks, rows):
+    """Task -> (image n, block b of 6 rows, its group g, the block's rows [r0, r1)), for
+    `blocks` blocks an image and `rows` rows (filters, or dx's channels) a group."""
     per = blocks // groups
     n, b = task // blocks, task % blocks
-    return n, b, b // per
+    g = b // per
+    r0 = g * rows + (b % per) * TILE_FILTERS
+    return n, b, g, r0, min(r0 + TILE_FILTERS, (g + 1) * rows)
 
 
 @numba.njit(inline="always")
@@ -260,12 +267,9 @@ def direct_forward(xpad, x_img, off, wp, vec, ow, ow8, bias, groups, code, pa, p
     for wk in numba.prange(workers):
         t0, t1 = worker_tasks(wk, workers, n_img * wp.shape[0])
         acc = scratch[wk]
-        fg = f_out // groups
         for task in range(t0, t1):
-            n, b, g = _block_task(task, groups, wp.shape[0])
+            n, b, g, f0, f1 = _block_task(task, groups, wp.shape[0], f_out // groups)
             run_tiles(xpad, n * x_img + g * (x_img // groups), off, wp[b], vec, acc, rows)
-            f0 = g * fg + (b % (wp.shape[0] // groups)) * TILE_FILTERS
-            f1 = min(f0 + TILE_FILTERS, (g + 1) * fg)
             specialised(code, _bias_act_tile, (acc, rows, bias, pa, pb, keep, y, pre, n, f0, f1, ow, ow8))
 
 
@@ -303,16 +307,12 @@ def direct_dx(dzp, dz_img, offq, wq, vec, phase, stride, padding, groups, scratc
     n_img, c_in, h, w = dx.shape
     rows = scratch.shape[1] // TILE_FILTERS
     workers = scratch.shape[0]
-    cg = c_in // groups
-    per = wq.shape[0] // groups
     zero = np.float32(0.0)
     for wk in numba.prange(workers):
         t0, t1 = worker_tasks(wk, workers, n_img * wq.shape[0])
         acc = scratch[wk]
         for task in range(t0, t1):
-            n, b, g = _block_task(task, groups, wq.shape[0])
-            c0 = g * cg + (b % per) * TILE_FILTERS
-            c1 = min(c0 + TILE_FILTERS, (g + 1) * cg)
+            n, b, g, c0, c1 = _block_task(task, groups, wq.shape[0], c_in // groups)
             if phase.shape[0] < stride * stride:
                 for c in range(c0, c1):
                     for iy in range(h):
@@ -383,8 +383,8 @@ def direct_dweight(xpad, x_img, dzp, dz_img, start, off, groups, n_img, pos, scr
     (dzp flat, planes of dz_img/F, zero outside the outputs, which begin at `start`) times
     its input at tap t (xpad flat as direct_forward's). `pos` [runs, 2]: where the runs of 8
     output positions start in the gradient's padded rows and in the input's (a run's lanes
-    past the row's end read the gradient's zeros). A task is one (group, block of 4 filters, DW_TAPS taps), its sums in
-    scratch [workers, DW_SUMS]."""
+    past the row's end read the gradient's zeros). A task is one (group, block of 4
+    filters, DW_TAPS taps), its sums in scratch [workers, DW_SUMS]."""
     f_out, taps = dw.shape
     fg = f_out // groups
     plane = dz_img // f_out
