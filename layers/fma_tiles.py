@@ -20,6 +20,7 @@ from numba.extending import intrinsic
 LANES = 8       # floats per vector
 SLACK = 16      # floats past a buffer's end that a vector read starting inside it may touch
 TILE_FILTERS, TILE_VECTORS = 6, 2     # taps_tile: 6 x 2 vectors = 12 partial-sum registers
+TILE4_FILTERS, TILE4_VECTORS = 4, 3   # taps_tile4: 4 x 3
 DOT_FILTERS, DOT_TAPS = 4, 3          # dot_tile: 4 x 3 = 12
 
 _F32, _I64, _I32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
@@ -75,34 +76,45 @@ def _fma_into(builder, fma, slot, a, b):
     builder.store(builder.call(fma, [a, b, builder.load(slot)]), slot)
 
 
-@intrinsic
-def taps_tile(typingctx, x, xb, off, taps, w, wb, out, ob, ostride):
-    """For f < TILE_FILTERS and v < TILE_VECTORS, the LANES outputs
-    out[ob[v] + f*ostride + l] = sum over t < taps of w[wb + t*TILE_FILTERS + f] * x[xb[v] + off[t] + l]
-    (l < LANES): a convolution's outputs at two runs of LANES positions for 6 filters, its
-    weights packed tap-major (pack_filters). Stores, does not accumulate."""
-    sig = types.void(x, xb, off, taps, w, wb, out, ob, ostride)
+def _taps_tile(filters):
+    """taps_tile for `filters` filters; its runs are as many as the tuple xb holds."""
 
-    def codegen(context, builder, signature, args):
-        xd, xbs, od, taps, wd, wb, outd, obs, ostride = _operands(context, builder, signature, args)
-        fma = _fmuladd(builder)
-        acc = _accumulators(builder, TILE_FILTERS, TILE_VECTORS)
-        with cgutils.for_range(builder, taps) as loop:
-            t = loop.index
-            o = builder.load(builder.gep(od, [t]))
-            xs = [_vload(builder, xd, builder.add(o, b)) for b in xbs]
-            row = builder.add(wb, builder.mul(t, _const(TILE_FILTERS)))
-            for f in range(TILE_FILTERS):
-                wf = _splat(builder, builder.load(builder.gep(wd, [builder.add(row, _const(f))])))
-                for v in range(TILE_VECTORS):
-                    _fma_into(builder, fma, acc[f][v], wf, xs[v])
-        for f in range(TILE_FILTERS):
-            for v in range(TILE_VECTORS):
-                at = builder.add(obs[v], builder.mul(ostride, _const(f)))
-                _vstore(builder, builder.load(acc[f][v]), outd, at)
-        return context.get_dummy_value()
+    @intrinsic
+    def taps_tile(typingctx, x, xb, off, taps, w, wb, out, ob, ostride):
+        """For f < filters and v < len(xb), the LANES outputs
+        out[ob[v] + f*ostride + l] = sum over t < taps of w[wb + t*filters + f] * x[xb[v] + off[t] + l]
+        (l < LANES): a convolution's outputs at runs of LANES positions for `filters` filters,
+        its weights packed tap-major (pack_filters). Stores, does not accumulate."""
+        sig = types.void(x, xb, off, taps, w, wb, out, ob, ostride)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            xd, xbs, od, taps, wd, wb, outd, obs, ostride = _operands(context, builder, signature, args)
+            fma = _fmuladd(builder)
+            acc = _accumulators(builder, filters, len(xbs))
+            with cgutils.for_range(builder, taps) as loop:
+                t = loop.index
+                o = builder.load(builder.gep(od, [t]))
+                xs = [_vload(builder, xd, builder.add(o, b)) for b in xbs]
+                row = builder.add(wb, builder.mul(t, _const(filters)))
+                for f in range(filters):
+                    wf = _splat(builder, builder.load(builder.gep(wd, [builder.add(row, _const(f))])))
+                    for v in range(len(xbs)):
+                        _fma_into(builder, fma, acc[f][v], wf, xs[v])
+            for f in range(filters):
+                for v in range(len(xbs)):
+                    at = builder.add(obs[v], builder.mul(ostride, _const(f)))
+                    _vstore(builder, builder.load(acc[f][v]), outd, at)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return taps_tile
+
+
+# The two tile shapes, 12 partial-sum registers each: 6 filters x 2 runs, and 4 filters x 3
+# runs for filter counts that 6 divides badly (16 and 32 filters fill 18 and 36 rows of 6)
+taps_tile = _taps_tile(TILE_FILTERS)
+taps_tile4 = _taps_tile(TILE4_FILTERS)
 
 
 @intrinsic
@@ -144,9 +156,16 @@ def dot_tile(typingctx, dz, zb, x, xb, images, dz_step, x_step, pos, out):
 
 @numba.njit(inline="always")
 def run_tiles(x, xb, off, w, vec, out, ostride):
-    """taps_tile over every pair of rows of vec [pairs*2, 2] (input start, output start),
-    for the 6 filters whose packed weights are w; the input starts offset by xb."""
+    """The tiles over every run of vec [runs, 2] (input start, output start), for the
+    filters whose packed weights are w (taps x 6 or taps x 4 of them: taps_tile, two runs at
+    a time, or taps_tile4, three; vec's runs a multiple of that); the input starts offset
+    by xb."""
     taps = off.shape[0]
+    if taps > 0 and w.shape[0] == taps * TILE4_FILTERS:
+        for v in range(0, vec.shape[0], TILE4_VECTORS):
+            taps_tile4(x, (xb + vec[v, 0], xb + vec[v + 1, 0], xb + vec[v + 2, 0]), off, taps, w, 0, out,
+                       (vec[v, 1], vec[v + 1, 1], vec[v + 2, 1]), ostride)
+        return
     for v in range(0, vec.shape[0], TILE_VECTORS):
         taps_tile(x, (xb + vec[v, 0], xb + vec[v + 1, 0]), off, taps, w, 0, out,
                   (vec[v, 1], vec[v + 1, 1]), ostride)

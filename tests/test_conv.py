@@ -329,6 +329,23 @@ def test_direct_path_matches_reference_and_gemm_path(case):
     close(grads["weight"], ggrads["weight"])
 
 
+def test_direct_cases_run_both_tile_shapes_forward_and_in_dx():
+    """The cases above cover both register tiles (6 filters x 2 runs, 4 x 3) on both sides."""
+    from layers.conv import TILES
+    shapes = [setup_case(case, 0)[0]._tile_shapes() for case in DIRECT_CASES]
+    assert {fwd for fwd, _ in shapes} == set(TILES)
+    assert {dx for _, dx in shapes} == set(TILES)
+
+
+def test_tile_shape_rule_wastes_least():
+    from layers.conv import _tile
+    assert _tile(16, [112]) == (4, 3)      # 3 blocks of 6 (18 rows) against 4 of 4
+    assert _tile(32, [32]) == (4, 3)
+    assert _tile(12, [112]) == (6, 2)      # 6 divides it
+    assert _tile(64, [7]) == (6, 2)        # 66 x 8 runs < 64 x 9: 7x7 maps' runs come in pairs better
+    assert _tile(6, [1, 1]) == (6, 2)      # per phase: 6 x (2 + 2) < 8 x (3 + 3)
+
+
 @pytest.mark.parametrize("case", DIRECT_CASES[:5], ids=lambda c: "-".join(map(str, c)))
 def test_direct_serial_twins_match_parallel_kernels(case):
     *_, y, _, dx, grads = run_path(case, True, serial=False)

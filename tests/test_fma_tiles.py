@@ -1,8 +1,10 @@
 """The register tiles (layers/fma_tiles.py) against plain NumPy sums, at odd offsets."""
 import numba
 import numpy as np
+import pytest
 
-from layers.fma_tiles import DOT_FILTERS, DOT_TAPS, LANES, SLACK, TILE_FILTERS, TILE_VECTORS, dot_tile, taps_tile
+from layers.fma_tiles import (DOT_FILTERS, DOT_TAPS, LANES, SLACK, TILE4_FILTERS, TILE4_VECTORS, TILE_FILTERS,
+                              TILE_VECTORS, dot_tile, run_tiles, taps_tile, taps_tile4)
 
 
 @numba.njit
@@ -11,29 +13,60 @@ def _taps(x, xb, off, w, wb, out, ob, ostride):
 
 
 @numba.njit
+def _taps4(x, xb, off, w, wb, out, ob, ostride):
+    taps_tile4(x, xb, off, off.shape[0], w, wb, out, ob, ostride)
+
+
+@numba.njit
+def _run(x, xb, off, w, vec, out, ostride):
+    run_tiles(x, xb, off, w, vec, out, ostride)
+
+
+@numba.njit
 def _dot(dz, zb, x, xb, images, dz_step, x_step, pos, out):
     dot_tile(dz, zb, x, xb, images, dz_step, x_step, pos, out)
 
 
-def test_taps_tile_is_the_weighted_sum_of_shifted_runs():
+@pytest.mark.parametrize("tile, filters, xb, ob", [(_taps, TILE_FILTERS, (5, 61), (0, 11)),
+                                                   (_taps4, TILE4_FILTERS, (5, 61, 2), (0, 11, 25))])
+def test_taps_tile_is_the_weighted_sum_of_shifted_runs(tile, filters, xb, ob):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(500 + SLACK).astype(np.float32)
     off = rng.integers(0, 400, size=37).astype(np.int64)           # any taps, any alignment
-    w = rng.standard_normal(3 + 37 * TILE_FILTERS).astype(np.float32)
-    xb, ob, ostride, wb = (5, 61), (0, 11), 40, 3
-    out = np.full(ostride * TILE_FILTERS + 16, np.nan, np.float32)  # stores, never reads
-    _taps(x, xb, off, w, wb, out, ob, ostride)
-    x64, w64 = x.astype(np.float64), w[wb:].astype(np.float64).reshape(37, TILE_FILTERS)
-    for f in range(TILE_FILTERS):
-        for v in range(TILE_VECTORS):
+    w = rng.standard_normal(3 + 37 * filters).astype(np.float32)
+    ostride, wb = 40, 3
+    out = np.full(ostride * filters + 40, np.nan, np.float32)       # stores, never reads
+    tile(x, xb, off, w, wb, out, ob, ostride)
+    x64, w64 = x.astype(np.float64), w[wb:].astype(np.float64).reshape(37, filters)
+    for f in range(filters):
+        for v in range(len(xb)):
             want = sum(w64[t, f] * x64[xb[v] + off[t]:xb[v] + off[t] + LANES] for t in range(37))
             got = out[ob[v] + f * ostride:ob[v] + f * ostride + LANES]
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     untouched = np.ones(out.shape, bool)
-    for f in range(TILE_FILTERS):
-        for v in range(TILE_VECTORS):
+    for f in range(filters):
+        for v in range(len(xb)):
             untouched[ob[v] + f * ostride:ob[v] + f * ostride + LANES] = False
     assert np.isnan(out[untouched]).all()
+
+
+@pytest.mark.parametrize("filters, per", [(TILE_FILTERS, TILE_VECTORS), (TILE4_FILTERS, TILE4_VECTORS)])
+def test_run_tiles_picks_the_tile_from_the_packed_weights(filters, per):
+    """Weights packed taps x 4 run taps_tile4 over the runs three at a time, taps x 6
+    taps_tile two at a time: every run's outputs, whichever shape."""
+    rng = np.random.default_rng(2)
+    taps, ostride = 9, 64
+    x = rng.standard_normal(300 + SLACK).astype(np.float32)
+    off = rng.integers(0, 200, size=taps).astype(np.int64)
+    w = rng.standard_normal(taps * filters).astype(np.float32)
+    vec = np.array([(3 + 8 * i, 8 * i) for i in range(2 * per)], np.int64)     # two tiles' runs
+    out = np.full(ostride * filters, np.nan, np.float32)
+    _run(x, 4, off, w, vec, out, ostride)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64).reshape(taps, filters)
+    for f in range(filters):
+        for start, at in vec:
+            want = sum(w64[t, f] * x64[4 + start + off[t]:4 + start + off[t] + LANES] for t in range(taps))
+            np.testing.assert_allclose(out[f * ostride + at:f * ostride + at + LANES], want, rtol=1e-5, atol=1e-5)
 
 
 def test_dot_tile_adds_the_dot_products_over_images_and_runs():

@@ -25,7 +25,7 @@ import numpy as np
 from layers.base import (FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor,
                          shown)
 from layers.conv import cpu
-from layers.fma_tiles import LANES, SLACK, TILE_FILTERS, TILE_VECTORS
+from layers.fma_tiles import LANES, SLACK, TILE4_FILTERS, TILE4_VECTORS, TILE_FILTERS, TILE_VECTORS
 from layers.threads import WORKERS
 from layers.neuron.spec import NEURON_KEY, NONLINEARITY_KEY, parse as parse_neuron
 from layers.registry import register
@@ -36,14 +36,30 @@ def _runs(width):
     return -(-width // LANES)
 
 
-def _blocks(count):
-    """Blocks of TILE_FILTERS that cover `count` filters (or channels)."""
-    return -(-count // TILE_FILTERS)
+def _blocks(count, per=TILE_FILTERS):
+    """Blocks of `per` (a tile's filters) that cover `count` filters (or channels)."""
+    return -(-count // per)
 
 
-def _pairs(runs):
-    """runs with the last repeated where their count is odd: the tiles take two at a time."""
-    return runs if len(runs) % TILE_VECTORS == 0 else np.concatenate([runs, runs[-1:]])
+def _whole_tiles(runs, per):
+    """runs with the last repeated until their count is a multiple of `per`, the runs a tile
+    takes at a time."""
+    extra = -len(runs) % per
+    return np.concatenate([runs] + [runs[-1:]] * extra) if extra else runs
+
+
+TILES = ((TILE_FILTERS, TILE_VECTORS), (TILE4_FILTERS, TILE4_VECTORS))     # (filters, runs)
+
+
+def _tile(rows, runs):
+    """The tile shape (filters, runs) that computes fewest wasted outputs for `rows` filters
+    (or dx's channels) a group over `runs` (the runs of each phase, each rounded up to whole
+    tiles): 6 x 2, or 4 x 3 where 6 divides the rows badly (16 filters fill 3 blocks of 6,
+    32 fill 6: 11% of the multiply-adds wasted). Ties keep 6 x 2."""
+    def slots(shape):
+        f, v = shape
+        return _blocks(rows, f) * f * sum(-(-r // v) * v for r in runs)
+    return min(TILES, key=slots)
 
 
 def _phase_axis(size, k, s, p):
@@ -274,9 +290,12 @@ class ConvLayer(Layer):
         k2 = self.size * self.size
         rows = max([oh * _runs(ow) * LANES] + [ni * _runs(nj) * LANES for _, _, _, ni in geo["rows"]
                                                 for _, _, _, nj in geo["cols"]])     # a tile's scratch row
+        (ff, _), (fc, _) = self._tile_shapes()
         out = {"xpad": ("workspace", (n * self._phase_span() + SLACK,)),
-               "wpack": ("workspace", (g * _blocks(f // g), c // g * k2 * TILE_FILTERS)),
-               "tiles": ("workspace", (min(WORKERS, n * g * _blocks(max(f, c) // g)), TILE_FILTERS * rows)),
+               "wpack": ("workspace", (g * _blocks(f // g, ff), c // g * k2 * ff)),
+               # 6 rows of sums for any tile shape: the kernels' row stride is this / 6
+               "tiles": ("workspace", (min(WORKERS, n * g * _blocks(max(f, c) // g, TILE4_FILTERS)),
+                                       TILE_FILTERS * rows)),
                "y": ("activation", (n, f, oh, ow))}
         if self.act.needs_input:
             out["pre"] = ("workspace", (n, f, oh * ow))
@@ -288,7 +307,7 @@ class ConvLayer(Layer):
             if need_dx:
                 out["dx"] = ("gradient", (n,) + self.input_shape)
                 taps = len(self._tap_offsets()[3])
-                out["wflip"] = ("workspace", (g * _blocks(c // g), taps * TILE_FILTERS))
+                out["wflip"] = ("workspace", (g * _blocks(c // g, fc), taps * fc))
         return out
 
     def _phase_span(self):
@@ -303,9 +322,9 @@ class ConvLayer(Layer):
     def _tap_offsets(self):
         """Made once for the direct path: the taps' flat offsets into the phase images
         (forward, dW), in the weights' (channel, ky, kx) order; the forward's runs of 8
-        outputs in pairs, and dW's: where each starts in the gradient and in the input;
-        dx's taps (_dx_taps): their offsets into the padded gradient, the (filter, ky, kx)
-        each reads (pack_flipped), and the phase table and pairs of runs of direct_dx."""
+        outputs in whole tiles (_tile_shapes), and dW's: where each starts in the gradient
+        and in the input; dx's taps (_dx_taps): their offsets into the padded gradient, the
+        (filter, ky, kx) each reads (pack_flipped), and the phase table and runs of direct_dx."""
         if self._taps is None:
             geo, g, k, s = self._dgeom, self.groups, self.size, self.stride
             oh, ow = self.out_hw
@@ -314,14 +333,23 @@ class ConvLayer(Layer):
             off = (ch * geo["hq"] * row + ky // s * row + ((ky % s) * nph + kx % s) * wx + kx // s).ravel()
             runs = self._run_starts(range(oh), 0, ow, row)
             dw_runs = np.stack([self._run_starts(range(oh), 0, ow, geo["wc"])[:, 0], runs[:, 0]], axis=1)
-            self._taps = (off.astype(np.int64), _pairs(runs), dw_runs, *self._dx_taps())
+            (_, vf), (_, vc) = self._tile_shapes()
+            self._taps = (off.astype(np.int64), _whole_tiles(runs, vf), dw_runs, *self._dx_taps(vc))
         return self._taps
 
-    def _dx_taps(self):
+    def _tile_shapes(self):
+        """The tile shapes (_tile) of the forward (over the filters) and dx (over the channels)."""
+        geo, g = self._dgeom, self.groups
+        oh, ow = self.out_hw
+        return (_tile(self.filters // g, [oh * _runs(ow)]),
+                _tile(self.channels // g, [ni * _runs(nj) for _, _, _, ni in geo["rows"]
+                                           for _, _, _, nj in geo["cols"] if ni > 0 and nj > 0]))
+
+    def _dx_taps(self, per):
         """dx's taps, phase by phase of the input: each reads the padded gradient of filter
         fl at the shift (a - qy, a - qx) with the weights' tap (qy*s + py, qx*s + px), in
         ascending offsets; offsets [T], sources [T, 3] (fl, ky, kx), the phase table
-        (direct_dx's) and the runs of every phase, paired."""
+        (direct_dx's) and the runs of every phase, in whole tiles of `per` runs."""
         geo, s = self._dgeom, self.stride
         wc, a = geo["wc"], geo["a"]
         plane = geo["hd"] * wc
@@ -338,7 +366,7 @@ class ConvLayer(Layer):
                                         ((tx - 1 - rx) * s + px).ravel()], axis=1))
                 table.append((py, px, i0, j0, ni, nj, _runs(nj) * LANES, t0, t0 + offq[-1].size,
                               sum(len(v) for v in vec)))
-                vec.append(_pairs(self._run_starts(range(i0, i0 + ni), j0, nj, wc)))
+                vec.append(_whole_tiles(self._run_starts(range(i0, i0 + ni), j0, nj, wc), per))
         if not table:           # no tap reads any input pixel (a 1x1 input, padding, stride > size)
             return np.zeros(0, np.int64), np.zeros((0, 3), np.int64), np.zeros((0, 10), np.int64), \
                 np.zeros((0, 2), np.int64)

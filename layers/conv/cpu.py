@@ -184,8 +184,8 @@ def col2im(dcols, k, stride, padding, hp, wc, oh, ow, dxpad, dx):
 # The images are zero-padded (pad_images) into flat planes, rows of a common width `wc`,
 # channel planes of `hp * wc`; on that layout every tap (c, ky, kx) is one shift:
 # out[f, oy*wc + ox] = sum over taps of w[f, tap] * xpad[off[tap] + oy*wc + ox]. The
-# register tiles of layers.fma_tiles compute it for 6 filters at two runs of 8 outputs at a
-# time (`vec`: each run's start in the padded rows and in the tile's scratch, whose rows are
+# register tiles of layers.fma_tiles compute it for 6 filters at two runs of 8 outputs, or 4
+# at three, at a time (`vec`: each run's start in the padded rows and in the tile's scratch, whose rows are
 # rounded up to whole runs), reading the padded images in place: nothing is packed but the
 # weights. Backward data is the same tile over the zero-padded gradient with the flipped
 # filters; backward weights are dot products of the gradient's runs with the shifted inputs.
@@ -194,48 +194,58 @@ def col2im(dcols, k, stride, padding, hp, wc, oh, ow, dxpad, dx):
 
 @threads.kernel
 def pack_filters(w2, groups, wp):
-    """wp[b, t*6 + i] = w2[f, t] for filter f = the i-th of block b (blocks of 6 filters per
-    group, the last padded with zeros): the tap-major order taps_tile reads."""
+    """wp[b, t*tf + i] = w2[f, t] for filter f = the i-th of block b (blocks of tf filters per
+    group, tf = wp's columns / taps, the last padded with zeros): the tap-major order the
+    tiles read."""
     f_out, taps = w2.shape
     fg = f_out // groups
     per = wp.shape[0] // groups
+    tf = wp.shape[1] // taps
     zero = np.float32(0.0)
     for b in numba.prange(wp.shape[0]):
-        g, f0 = b // per, (b // per) * fg + (b % per) * TILE_FILTERS
-        for i in range(TILE_FILTERS):
+        g, f0 = b // per, (b // per) * fg + (b % per) * tf
+        for i in range(tf):
             f = f0 + i
             inside = (f - g * fg) < fg
             for t in range(taps):
-                wp[b, t * TILE_FILTERS + i] = w2[f, t] if inside else zero
+                wp[b, t * tf + i] = w2[f, t] if inside else zero
 
 
 @threads.kernel
 def pack_flipped(w4, groups, source, wq):
-    """wq[b, t*6 + i] = w4[g*fg + f_local, c_local, ky, kx] for channel c_local = the i-th of
-    block b of group g and (f_local, ky, kx) = source[t], zeros past the group's channels:
-    the filters of the full convolutions that give dx, in the order of their taps."""
+    """wq[b, t*tf + i] = w4[g*fg + f_local, c_local, ky, kx] for channel c_local = the i-th of
+    block b of group g (tf = wq's columns / taps) and (f_local, ky, kx) = source[t], zeros
+    past the group's channels: the filters of the full convolutions that give dx, in the
+    order of their taps."""
     f_out, cg = w4.shape[0], w4.shape[1]
     fg = f_out // groups
     per = wq.shape[0] // groups
+    tf = _tile_rows(wq, source.shape[0])
     zero = np.float32(0.0)
     for b in numba.prange(wq.shape[0]):
-        g, c0 = b // per, (b % per) * TILE_FILTERS
-        for i in range(TILE_FILTERS):
+        g, c0 = b // per, (b % per) * tf
+        for i in range(tf):
             cl = c0 + i
             for t in range(source.shape[0]):
-                wq[b, t * TILE_FILTERS + i] = (w4[g * fg + source[t, 0], cl, source[t, 1], source[t, 2]]
-                                               if cl < cg else zero)
+                wq[b, t * tf + i] = (w4[g * fg + source[t, 0], cl, source[t, 1], source[t, 2]]
+                                     if cl < cg else zero)
 
 
 @numba.njit(inline="always")
-def _block_task(task, groups, blocks, rows):
-    """Task -> (image n, block b of 6 rows, its group g, the block's rows [r0, r1)), for
+def _tile_rows(packed, taps):
+    """The filters (or channels) of one tile block of packed weights [blocks, taps * rows]."""
+    return packed.shape[1] // taps if taps > 0 else TILE_FILTERS
+
+
+@numba.njit(inline="always")
+def _block_task(task, groups, blocks, rows, tf):
+    """Task -> (image n, block b of tf rows, its group g, the block's rows [r0, r1)), for
     `blocks` blocks an image and `rows` rows (filters, or dx's channels) a group."""
     per = blocks // groups
     n, b = task // blocks, task % blocks
     g = b // per
-    r0 = g * rows + (b % per) * TILE_FILTERS
-    return n, b, g, r0, min(r0 + TILE_FILTERS, (g + 1) * rows)
+    r0 = g * rows + (b % per) * tf
+    return n, b, g, r0, min(r0 + tf, (g + 1) * rows)
 
 
 @numba.njit(inline="always")
@@ -258,17 +268,18 @@ def _bias_act_tile(code, args):
 def direct_forward(xpad, x_img, off, wp, vec, ow, ow8, bias, groups, code, pa, pb, keep, scratch, y, pre):
     """y[n, f] = f(bias + conv of image n): xpad flat (image n at n*x_img, group g's channels
     x_img/groups further), wp from pack_filters, y and pre [N, F, oh*ow]. A task is one
-    (image, block of 6 filters); the tasks are dealt out to the rows of scratch
+    (image, block of a tile's 6 or 4 filters); the tasks are dealt out to the rows of scratch
     [workers, 6*rows] (rows >= oh*ow8: output rows rounded up to whole runs of 8), where
     each task's tiles put its sums."""
     n_img, f_out = y.shape[0], y.shape[1]
     rows = scratch.shape[1] // TILE_FILTERS
     workers = scratch.shape[0]
+    tf = _tile_rows(wp, off.shape[0])
     for wk in numba.prange(workers):
         t0, t1 = worker_tasks(wk, workers, n_img * wp.shape[0])
         acc = scratch[wk]
         for task in range(t0, t1):
-            n, b, g, f0, f1 = _block_task(task, groups, wp.shape[0], f_out // groups)
+            n, b, g, f0, f1 = _block_task(task, groups, wp.shape[0], f_out // groups, tf)
             run_tiles(xpad, n * x_img + g * (x_img // groups), off, wp[b], vec, acc, rows)
             specialised(code, _bias_act_tile, (acc, rows, bias, pa, pb, keep, y, pre, n, f0, f1, ow, ow8))
 
@@ -301,18 +312,19 @@ def direct_dx(dzp, dz_img, offq, wq, vec, phase, stride, padding, groups, scratc
     phase of the input (pixels (i*stride + py, j*stride + px) of the padded image) a full
     convolution with the taps (ky, kx) = (py, px) modulo stride. phase [phases, 10]: py, px,
     its first row i0 and column j0, rows and columns, the scratch row width, its taps
-    [t0, t1) of offq and wq, where its pairs of runs begin in vec (the next phase's start
-    ends them). A task is one (image, block of 6 channels), each phase's sums in scratch
+    [t0, t1) of offq and wq, where its runs begin in vec (the next phase's start ends
+    them). A task is one (image, block of a tile's 6 or 4 channels), each phase's sums in scratch
     [workers, 6*rows] as direct_forward's; pixels no tap reads (stride > size) get 0."""
     n_img, c_in, h, w = dx.shape
     rows = scratch.shape[1] // TILE_FILTERS
     workers = scratch.shape[0]
+    tf = _tile_rows(wq, offq.shape[0])
     zero = np.float32(0.0)
     for wk in numba.prange(workers):
         t0, t1 = worker_tasks(wk, workers, n_img * wq.shape[0])
         acc = scratch[wk]
         for task in range(t0, t1):
-            n, b, g, c0, c1 = _block_task(task, groups, wq.shape[0], c_in // groups)
+            n, b, g, c0, c1 = _block_task(task, groups, wq.shape[0], c_in // groups, tf)
             if phase.shape[0] < stride * stride:
                 for c in range(c0, c1):
                     for iy in range(h):
@@ -322,7 +334,7 @@ def direct_dx(dzp, dz_img, offq, wq, vec, phase, stride, padding, groups, scratc
                 o0, o1, v0 = phase[q, 7], phase[q, 8], phase[q, 9]
                 v1 = phase[q + 1, 9] if q + 1 < phase.shape[0] else vec.shape[0]
                 run_tiles(dzp, n * dz_img + g * (dz_img // groups), offq[o0:o1],
-                          wq[b, o0 * TILE_FILTERS:o1 * TILE_FILTERS], vec[v0:v1], acc, rows)
+                          wq[b, o0 * tf:o1 * tf], vec[v0:v1], acc, rows)
                 _crop_phase(acc, rows, phase[q], stride, padding, dx, n, c0, c1)
 
 
