@@ -356,6 +356,25 @@ def test_direct_serial_twins_match_parallel_kernels(case):
     np.testing.assert_allclose(sgrads["bias"], grads["bias"], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("h, w, p, hp, wc", [(5, 7, 1, 7, 9), (4, 4, 2, 8, 8), (6, 5, 0, 6, 5),
+                                             (5, 6, 1, 9, 7), (3, 3, 2, 5, 4), (2, 3, 4, 6, 3)])
+@pytest.mark.parametrize("serial", [True, False])
+def test_pad_images_at_stride_one_is_the_zero_padded_image(h, w, p, hp, wc, serial):
+    """xpad[n, c*hp*wc + i*wc + j] = x[n, c, i - p, j - p], zeros outside x, for rows and
+    columns cut short (hp < h + 2p, wc < w + 2p: the last of them past the padding dropped)
+    or running on (extra rows, columns)."""
+    from layers import threads
+    from layers.conv import cpu
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    want = np.zeros((2, 3, max(hp, h + p), max(wc, w + p)), np.float32)
+    want[:, :, p:p + h, p:p + w] = x
+    xpad = np.full((2, 3 * hp * wc), np.nan, np.float32)
+    with threads.serial(serial):
+        cpu.pad_images(x, p, 1, 1, hp, wc, xpad)
+    np.testing.assert_array_equal(xpad.reshape(2, 3, hp, wc), want[:, :, :hp, :wc])
+
+
 def test_direct_batch_one_large_batch_and_padding_end():
     for case in [(1, 3, 10, 9, 6, 5, 1, 2, 1, "relu"), (37, 3, 6, 5, 6, 3, 1, 1, 3, "tanh")]:
         layer, params, x, y, dy, dx, grads = run_path(case, True)
