@@ -219,9 +219,9 @@ def col2im(dcols, k, stride, padding, hp, wc, oh, ow, dxpad, dx):
 # channel planes of `hp * wc`; on that layout every tap (c, ky, kx) is one shift:
 # out[f, oy*wc + ox] = sum over taps of w[f, tap] * xpad[off[tap] + oy*wc + ox]. The
 # register tiles of layers.fma_tiles compute it for 6 filters at two runs of 8 outputs, or 4
-# at three, at a time (`vec`: each run's start in the padded rows and in the tile's scratch, whose rows are
-# rounded up to whole runs), reading the padded images in place: nothing is packed but the
-# weights. Backward data is the same tile over the zero-padded gradient with the flipped
+# at three, at a time (`vec`: each run's start in the padded rows and in the tile's scratch,
+# whose rows are rounded up to whole runs), reading the padded images in place: nothing is
+# packed but the weights. Backward data is the same tile over the zero-padded gradient with the flipped
 # filters; backward weights are dot products of the gradient's runs with the shifted inputs.
 # Every buffer the tiles read carries fma_tiles.SLACK zeros past its last image.
 
