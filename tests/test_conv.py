@@ -337,6 +337,25 @@ def test_direct_cases_run_both_tile_shapes_forward_and_in_dx():
     assert {dx for _, dx in shapes} == set(TILES)
 
 
+@pytest.mark.parametrize("case", [DIRECT_CASES[0], DIRECT_CASES[10], DIRECT_CASES[12]],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_tile_shapes_give_the_same_bits(case):
+    """Each output sums its taps in the same order whichever tile computes it: forcing either
+    shape changes which outputs share registers, not one bit of y or dx."""
+    from layers.conv import TILES
+    results = []
+    for shape in TILES:
+        layer, params, x, rng = setup_case(case, 0)
+        layer.direct = True
+        layer._tile_shapes = lambda shape=shape: (shape, shape)
+        y = layer.forward(x, params).copy()
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx, _ = layer.backward(dy, params)
+        results.append((y, dx.copy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 def test_tile_shape_rule_wastes_least():
     from layers.conv import _tile
     assert _tile(16, [112]) == (4, 3)      # 3 blocks of 6 (18 rows) against 4 of 4

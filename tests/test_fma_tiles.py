@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from layers.fma_tiles import (DOT_FILTERS, DOT_TAPS, LANES, SLACK, TILE4_FILTERS, TILE4_VECTORS, TILE_FILTERS,
-                              TILE_VECTORS, dot_tile, run_tiles, taps_tile, taps_tile4)
+                              TILE_VECTORS, dot_tiles, run_tiles, taps_tile, taps_tile4)
 
 
 @numba.njit
@@ -23,8 +23,8 @@ def _run(x, xb, off, w, vec, out, ostride):
 
 
 @numba.njit
-def _dot(dz, zb, x, xb, images, dz_step, x_step, pos, out):
-    dot_tile(dz, zb, x, xb, images, dz_step, x_step, pos, out)
+def _dot(dz, zb, x, xbase, off, t0, t1, images, dz_step, x_step, pos, out):
+    dot_tiles(dz, zb, x, xbase, off, t0, t1, images, dz_step, x_step, pos, out)
 
 
 @pytest.mark.parametrize("tile, filters, xb, ob", [(_taps, TILE_FILTERS, (5, 61), (0, 11)),
@@ -69,23 +69,31 @@ def test_run_tiles_picks_the_tile_from_the_packed_weights(filters, per):
             np.testing.assert_allclose(out[f * ostride + at:f * ostride + at + LANES], want, rtol=1e-5, atol=1e-5)
 
 
-def test_dot_tile_adds_the_dot_products_over_images_and_runs():
+@pytest.mark.parametrize("t0, t1", [(2, 11), (0, 3), (5, 7)])
+def test_dot_tiles_add_the_dot_products_over_images_and_runs(t0, t1):
+    """Taps t0 .. t1-1, three a tile, the last tile's missing taps repeating tap t1 - 1."""
     rng = np.random.default_rng(1)
-    images, dz_step, x_step = 3, 300, 260
+    images, dz_step, x_step, xbase = 3, 300, 260, 4
     dz = rng.standard_normal(images * dz_step + SLACK).astype(np.float32)
     x = rng.standard_normal(images * x_step + SLACK).astype(np.float32)
-    zb, xb = (1, 70, 70, 150), (0, 9, 33)              # a repeated filter, as a block's last
+    zb = (1, 70, 70, 150)                               # a repeated filter, as a block's last
+    off = rng.integers(0, 40, size=12).astype(np.int64)
     pos = np.array([(0, 3), (8, 8), (21, 45), (40, 30), (77, 77)], np.int64)    # (gradient, input) starts
-    out = rng.standard_normal(DOT_FILTERS * DOT_TAPS * LANES).astype(np.float32)
+    tiles = -(-(t1 - t0) // DOT_TAPS)
+    size = DOT_FILTERS * DOT_TAPS * LANES
+    out = rng.standard_normal(tiles * size + 8).astype(np.float32)
     before = out.astype(np.float64)
-    _dot(dz, zb, x, xb, images, dz_step, x_step, pos, out)
-    for f in range(DOT_FILTERS):
-        for t in range(DOT_TAPS):
-            want = before[(f * DOT_TAPS + t) * LANES:(f * DOT_TAPS + t + 1) * LANES].copy()
-            for n in range(images):
-                for p, q in pos:
-                    a = n * dz_step + zb[f] + p
-                    b = n * x_step + xb[t] + q
-                    want += dz[a:a + LANES].astype(np.float64) * x[b:b + LANES]
-            np.testing.assert_allclose(out[(f * DOT_TAPS + t) * LANES:(f * DOT_TAPS + t + 1) * LANES], want,
-                                       rtol=1e-5, atol=1e-5)
+    _dot(dz, zb, x, xbase, off, t0, t1, images, dz_step, x_step, pos, out)
+    for i in range(tiles):
+        for f in range(DOT_FILTERS):
+            for t in range(DOT_TAPS):
+                tap = min(t0 + i * DOT_TAPS + t, t1 - 1)
+                at = i * size + (f * DOT_TAPS + t) * LANES
+                want = before[at:at + LANES].copy()
+                for n in range(images):
+                    for p, q in pos:
+                        a = n * dz_step + zb[f] + p
+                        b = n * x_step + xbase + off[tap] + q
+                        want += dz[a:a + LANES].astype(np.float64) * x[b:b + LANES]
+                np.testing.assert_allclose(out[at:at + LANES], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[tiles * size:], before[tiles * size:].astype(np.float32))   # past the tiles

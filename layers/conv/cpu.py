@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.fma_tiles import DOT_FILTERS, DOT_TAPS, LANES, TILE_FILTERS, dot_tile, run_tiles
+from layers.fma_tiles import DOT_FILTERS, DOT_TAPS, LANES, TILE_FILTERS, dot_tiles, run_tiles
 from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised
 from layers.threads import worker_tasks
 
@@ -416,8 +416,8 @@ def direct_grad_gather(dy, y, pre, code, pa, pb, a, oh, ow, wc, dzp, db):
 
 
 DW_TAPS = 16 * DOT_TAPS     # taps per direct_dweight task: 16 dot tiles
-DW_IMAGES = 2               # images per dot_tile call: 4 filters' gradients of 2 images stay in L1
-DW_RUNS = 64                # runs of 8 outputs per dot_tile call: 4 filters' gradients of 2 images
+DW_IMAGES = 2               # images per dot_tiles call: 4 filters' gradients of 2 images stay in L1
+DW_RUNS = 64                # runs of 8 outputs per dot_tiles call: 4 filters' gradients of 2 images
                             # over them (16 KB) stay in L1 across the task's taps (ResNet-18's
                             # 112x112 stem: their whole planes, 430 KB, did not)
 DW_SUMS = DW_TAPS * DOT_FILTERS * LANES      # a task's partial sums, lane by lane
@@ -456,14 +456,10 @@ def direct_dweight(xpad, x_img, dzp, dz_img, start, off, groups, n_img, pos, scr
                 acc[j] = zero
             for n0 in range(0, n_img, DW_IMAGES):
                 images = min(DW_IMAGES, n_img - n0)
+                dz_n, x_n = dzp[n0 * dz_img:], xpad[n0 * x_img:]
                 for r0 in range(0, pos.shape[0], DW_RUNS):
-                    runs = pos[r0:r0 + DW_RUNS]
-                    for t in range(t0, t1, DOT_TAPS):
-                        xb = (g * x_grp + off[t], g * x_grp + off[min(t + 1, t1 - 1)],
-                              g * x_grp + off[min(t + 2, t1 - 1)])
-                        k = (t - t0) // DOT_TAPS * tile
-                        dot_tile(dzp[n0 * dz_img:], zb, xpad[n0 * x_img:], xb, images, dz_img, x_img, runs,
-                                 acc[k:k + tile])
+                    dot_tiles(dz_n, zb, x_n, g * x_grp, off, t0, t1, images, dz_img, x_img,
+                              pos[r0:r0 + DW_RUNS], acc)
             for t in range(t0, t1):
                 for f in range(f0, f1):
                     k = (t - t0) // DOT_TAPS * tile + ((f - f0) * DOT_TAPS + (t - t0) % DOT_TAPS) * LANES
