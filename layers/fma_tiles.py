@@ -9,7 +9,7 @@ feeds a row of multiply-adds, and nothing is packed or copied. `llvm.fmuladd` is
 multiply-add where the CPU has FMA and a multiply then an add where it has not; LLVM splits
 the 8-float vectors on narrower targets (SSE, NEON), so the same code runs everywhere.
 
-Both read arrays through raw pointers, without bounds checks: callers keep every read inside
+They read arrays through raw pointers, without bounds checks: callers keep every read inside
 the arrays (the convolution's buffers carry SLACK floats past their last image).
 """
 import numba

@@ -221,8 +221,9 @@ def col2im(dcols, k, stride, padding, hp, wc, oh, ow, dxpad, dx):
 # register tiles of layers.fma_tiles compute it for 6 filters at two runs of 8 outputs, or 4
 # at three, at a time (`vec`: each run's start in the padded rows and in the tile's scratch,
 # whose rows are rounded up to whole runs), reading the padded images in place: nothing is
-# packed but the weights. Backward data is the same tile over the zero-padded gradient with the flipped
-# filters; backward weights are dot products of the gradient's runs with the shifted inputs.
+# packed but the weights. Backward data is the same tile over the zero-padded gradient with
+# the flipped filters; backward weights are dot products of the gradient's runs with the
+# shifted inputs.
 # Every buffer the tiles read carries fma_tiles.SLACK zeros past its last image.
 
 
@@ -302,9 +303,9 @@ def _bias_act_tile(code, args):
 def direct_forward(xpad, x_img, off, wp, vec, ow, ow8, bias, groups, code, pa, pb, keep, scratch, y, pre):
     """y[n, f] = f(bias + conv of image n): xpad flat (image n at n*x_img, group g's channels
     x_img/groups further), wp from pack_filters, y and pre [N, F, oh*ow]. A task is one
-    (image, block of a tile's 6 or 4 filters); the tasks are dealt out to the rows of scratch
-    [workers, 6*rows] (rows >= oh*ow8: output rows rounded up to whole runs of 8), where
-    each task's tiles put its sums."""
+    (image, block of a tile's 6 or 4 filters); the tasks are dealt out to the rows of
+    scratch [workers, 6*rows] (rows >= oh*ow8: output rows rounded up to whole runs of 8),
+    where each task's tiles put its sums."""
     n_img, f_out = y.shape[0], y.shape[1]
     rows = scratch.shape[1] // TILE_FILTERS
     workers = scratch.shape[0]
@@ -347,8 +348,8 @@ def direct_dx(dzp, dz_img, offq, wq, vec, phase, stride, padding, groups, scratc
     convolution with the taps (ky, kx) = (py, px) modulo stride. phase [phases, 10]: py, px,
     its first row i0 and column j0, rows and columns, the scratch row width, its taps
     [t0, t1) of offq and wq, where its runs begin in vec (the next phase's start ends
-    them). A task is one (image, block of a tile's 6 or 4 channels), each phase's sums in scratch
-    [workers, 6*rows] as direct_forward's; pixels no tap reads (stride > size) get 0."""
+    them). A task is one (image, block of a tile's 6 or 4 channels), each phase's sums in
+    scratch [workers, 6*rows] as direct_forward's; pixels no tap reads (stride > size) get 0."""
     n_img, c_in, h, w = dx.shape
     rows = scratch.shape[1] // TILE_FILTERS
     workers = scratch.shape[0]
