@@ -28,11 +28,11 @@ def pad_images(x, padding, stride, phases, hp, wc, xpad):
     nph = phases * phases
     span = hp * nph * wc
     zero = np.float32(0.0)
-    if stride == 1:
+    if stride == 1:                     # one phase (phases = min(stride, size))
         for i in numba.prange(n_img * c_in):
             _pad_plane(x, padding, hp, wc, xpad, i)
         return
-    for i in numba.prange(n_img * c_in):
+    for i in numba.prange(n_img * c_in):     # strided: the phases
         n, c = i // c_in, i % c_in
         dst = xpad[n, c * span:(c + 1) * span]
         for r in range(hp):
@@ -47,11 +47,7 @@ def pad_images(x, padding, stride, phases, hp, wc, xpad):
                 for j in range(j0):     # loops: Numba's slice assignment costs ~2 s of compiling cold
                     row[j] = zero
                 x0 = j0 * stride + px - padding
-                if j1 > j0 and stride == 1:      # apart: one view type per branch keeps it contiguous
-                    src = x[n, c, iy, x0:x0 + j1 - j0]
-                    for j in range(j1 - j0):
-                        row[j0 + j] = src[j]
-                elif j1 > j0:
+                if j1 > j0:
                     src = x[n, c, iy, x0:x0 + (j1 - j0 - 1) * stride + 1:stride]
                     for j in range(j1 - j0):
                         row[j0 + j] = src[j]
@@ -235,7 +231,7 @@ def pack_filters(w2, groups, wp):
     f_out, taps = w2.shape
     fg = f_out // groups
     per = wp.shape[0] // groups
-    tf = wp.shape[1] // taps
+    tf = _tile_rows(wp, taps)
     zero = np.float32(0.0)
     for b in numba.prange(wp.shape[0]):
         g, f0 = b // per, (b // per) * fg + (b % per) * tf
