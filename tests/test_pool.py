@@ -224,3 +224,59 @@ def test_max_serial_twin_matches_parallel_and_reference_with_ties(size, stride, 
         np.testing.assert_allclose(dx, reference.backward(x, g, "max", size, stride, neuron), atol=1e-6)
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_max_run_is_eight_windows_first_maximum(size, rows):
+    """max_run2 / max_run3 against NumPy: 8 windows `size` wide at stride 2, `rows` high,
+    ties (small integers) going to the row-major first cell; every cell outside the windows
+    is +inf, so a read of one would win a window."""
+    import numba
+    from layers.pool.cpu import max_run2, max_run3
+    run = max_run3 if size == 3 else max_run2
+
+    @numba.njit
+    def call(x, start, rows, width, base, y, yo, arg, ao):
+        run(x, start, rows, width, base, y, yo, arg, ao)
+
+    rng = np.random.default_rng(size * 10 + rows)
+    width, start = 40, 3 * 40 + 5
+    x = np.full(8 * width, np.inf, np.float32)
+    span = 2 * 7 + size                     # the 8 windows' columns
+    for r in range(rows):
+        x[start + r * width:start + r * width + span] = rng.integers(-2, 3, span)
+    y = np.full(12, -7.0, np.float32)
+    arg = np.full(12, -7, np.int32)
+    call(x, start, rows, width, 1000, y, 2, arg, 3)
+    planes = x.reshape(8, width)
+    for lane in range(8):
+        win = planes[3:3 + rows, 5 + 2 * lane:5 + 2 * lane + size]
+        first = int(np.argmax(win))                       # row-major first maximum
+        r, q = divmod(first, size)
+        assert y[2 + lane] == win.max()
+        assert arg[3 + lane] == 1000 + r * width + 2 * lane + q
+    assert (y[:2] == -7).all() and (y[10:] == -7).all() and (arg[:3] == -7).all() and (arg[11:] == -7).all()
+
+
+# (size, C x H x W, padding): rows of whole windows 8 or more wide, runs of 8 overlapping
+# where 8 does not divide them, windows cut at the right and bottom edges and by padding
+@pytest.mark.parametrize("size,shape,padding", [(3, (3, 9, 17), 0), (3, (2, 10, 40), 0), (3, (2, 12, 33), 1),
+                                                (2, (3, 7, 34), 0), (2, (2, 9, 33), 1)])
+@pytest.mark.parametrize("neuron", [None, "relu", "abs"])
+def test_max_rows_of_eight_windows_match_reference(size, shape, padding, neuron):
+    """The pool's rows of whole windows run 8 at a time (max_run): y, the pre-activation
+    (abs) and the argmax, through dx, as the reference's, ties (small integers) included;
+    the serial twin and the parallel kernel alike."""
+    from layers import threads
+    rng = np.random.default_rng(size + padding)
+    x = rng.integers(-3, 4, (2,) + shape).astype(np.float32)
+    for serial in (False, True):
+        layer = layers.get("pool")("pool", {"mode": "max", "size": size, "stride": 2, "padding": padding,
+                                            "neuron": neuron}, [shape])
+        with threads.serial(serial):
+            y = layer.forward(x, {})
+            np.testing.assert_array_equal(y, reference.forward(x, "max", size, 2, neuron, padding=padding))
+            g = rng.standard_normal(y.shape).astype(np.float32)
+            dx, _ = layer.backward(g, {})
+        np.testing.assert_allclose(dx, reference.backward(x, g, "max", size, 2, neuron, padding=padding), atol=1e-6)
