@@ -82,33 +82,69 @@ def _taps_tile(filters):
     @intrinsic
     def taps_tile(typingctx, x, xb, off, taps, w, wb, out, ob, ostride):
         """For f < filters and v < len(xb), the LANES outputs
-        out[ob[v] + f*ostride + l] = sum over t < taps of w[wb + t*filters + f] * x[xb[v] + off[t] + l]
-        (l < LANES): a convolution's outputs at runs of LANES positions for `filters` filters,
-        its weights packed tap-major (pack_filters). Stores, does not accumulate."""
+        out[ob[v] + f*ostride + l] = sum over t < taps of W(f, t) * x[xb[v] + off[t] + l]
+        (l < LANES): a convolution's outputs at runs of LANES positions for `filters` filters.
+        W(f, t) = w[wb + t*filters + f] where wb is one offset (weights packed tap-major:
+        pack_flipped), w[wb[f] + t] where wb is a tuple of `filters` (each filter's row of
+        taps where it lies: the weights as the layer holds them). Stores, does not accumulate."""
         sig = types.void(x, xb, off, taps, w, wb, out, ob, ostride)
+        rows = isinstance(wb, types.BaseTuple)
+        runs = len(xb)
 
         def codegen(context, builder, signature, args):
             xd, xbs, od, taps, wd, wb, outd, obs, ostride = _operands(context, builder, signature, args)
-            fma = _fmuladd(builder)
-            acc = _accumulators(builder, filters, len(xbs))
-            with cgutils.for_range(builder, taps) as loop:
-                t = loop.index
-                o = builder.load(builder.gep(od, [t]))
-                xs = [_vload(builder, xd, builder.add(o, b)) for b in xbs]
-                row = builder.add(wb, builder.mul(t, _const(filters)))
-                for f in range(filters):
-                    wf = _splat(builder, builder.load(builder.gep(wd, [builder.add(row, _const(f))])))
-                    for v in range(len(xbs)):
-                        _fma_into(builder, fma, acc[f][v], wf, xs[v])
-            for f in range(filters):
-                for v in range(len(xbs)):
-                    at = builder.add(obs[v], builder.mul(ostride, _const(f)))
-                    _vstore(builder, builder.load(acc[f][v]), outd, at)
+            wbs = list(wb) if rows else [wb]
+            fn = _tile_function(builder.module, filters, runs, rows, xd.type, od.type)
+            builder.call(fn, [xd, *xbs, od, taps, wd, *wbs, outd, *obs, ostride])
             return context.get_dummy_value()
 
         return sig, codegen
 
     return taps_tile
+
+
+def _tile_function(module, filters, runs, rows, fptr, iptr):
+    """The tile as a function of its own (not inlined): inlined into a kernel, the loop's
+    register allocation met the kernel's other live vectors, and with 12 sums, the runs'
+    inputs and a weight filling AVX2's 16 registers, a sum went to the stack and back every
+    tap (the kernel ran at half speed). Arguments: x, the runs' starts, off, taps, w, the
+    weights' offset(s), out, the runs' output starts, ostride."""
+    name = f"convnet_taps_tile_{filters}x{runs}_{'rows' if rows else 'packed'}"
+    if name in module.globals:
+        return module.globals[name]
+    wcount = filters if rows else 1
+    fnty = ir.FunctionType(ir.VoidType(), [fptr] + [_I64] * runs + [iptr, _I64, fptr] + [_I64] * wcount +
+                           [fptr] + [_I64] * runs + [_I64])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    args = list(fn.args)
+    xd, xbs = args[0], args[1:1 + runs]
+    od, taps, wd = args[1 + runs:4 + runs]
+    wb = args[4 + runs:4 + runs + wcount]
+    outd, obs, ostride = args[4 + runs + wcount], args[5 + runs + wcount:5 + 2 * runs + wcount], args[-1]
+    fma = _fmuladd(builder)
+    acc = _accumulators(builder, filters, runs)
+    # each filter's weights from a pointer of its own, set before the loop
+    bases = ([builder.gep(wd, [b]) for b in wb] if rows else
+             [builder.gep(wd, [builder.add(wb[0], _const(f))]) for f in range(filters)])
+    step = _const(1 if rows else filters)
+    with cgutils.for_range(builder, taps) as loop:
+        t = loop.index
+        o = builder.load(builder.gep(od, [t]))
+        xs = [_vload(builder, xd, builder.add(o, b)) for b in xbs]
+        at = builder.mul(t, step)
+        for f in range(filters):
+            wf = _splat(builder, builder.load(builder.gep(bases[f], [at])))
+            for v in range(runs):
+                _fma_into(builder, fma, acc[f][v], wf, xs[v])
+    for f in range(filters):
+        for v in range(runs):
+            at = builder.add(obs[v], builder.mul(ostride, _const(f)))
+            _vstore(builder, builder.load(acc[f][v]), outd, at)
+    builder.ret_void()
+    return fn
 
 
 # The two tile shapes, 12 partial-sum registers each: 6 filters x 2 runs, and 4 filters x 3
@@ -184,4 +220,24 @@ def run_tiles(x, xb, off, w, vec, out, ostride):
         return
     for v in range(0, vec.shape[0], TILE_VECTORS):
         taps_tile(x, (xb + vec[v, 0], xb + vec[v + 1, 0]), off, taps, w, 0, out,
+                  (vec[v, 1], vec[v + 1, 1]), ostride)
+
+
+@numba.njit(inline="always")
+def run_row_tiles(x, xb, off, w, r0, r1, tf, vec, out, ostride):
+    """run_tiles for the filters r0 .. r1-1 of w as the layer holds it (flat, filter r's
+    taps at r*taps: nothing packed), tf (6 or 4) at a time: a tile's rows past r1-1 read
+    filter r1-1 again (their sums are not used); vec's runs a multiple of 2 or 3."""
+    taps = off.shape[0]
+    last = r1 - 1
+    if tf == TILE4_FILTERS:
+        wb4 = (r0 * taps, min(r0 + 1, last) * taps, min(r0 + 2, last) * taps, min(r0 + 3, last) * taps)
+        for v in range(0, vec.shape[0], TILE4_VECTORS):
+            taps_tile4(x, (xb + vec[v, 0], xb + vec[v + 1, 0], xb + vec[v + 2, 0]), off, taps, w, wb4, out,
+                       (vec[v, 1], vec[v + 1, 1], vec[v + 2, 1]), ostride)
+        return
+    wb6 = (r0 * taps, min(r0 + 1, last) * taps, min(r0 + 2, last) * taps, min(r0 + 3, last) * taps,
+           min(r0 + 4, last) * taps, min(r0 + 5, last) * taps)
+    for v in range(0, vec.shape[0], TILE_VECTORS):
+        taps_tile(x, (xb + vec[v, 0], xb + vec[v + 1, 0]), off, taps, w, wb6, out,
                   (vec[v, 1], vec[v + 1, 1]), ostride)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from layers.fma_tiles import (DOT_FILTERS, DOT_TAPS, LANES, SLACK, TILE4_FILTERS, TILE4_VECTORS, TILE_FILTERS,
-                              TILE_VECTORS, dot_tiles, run_tiles, taps_tile, taps_tile4)
+                              TILE_VECTORS, dot_tiles, run_row_tiles, run_tiles, taps_tile, taps_tile4)
 
 
 @numba.njit
@@ -20,6 +20,11 @@ def _taps4(x, xb, off, w, wb, out, ob, ostride):
 @numba.njit
 def _run(x, xb, off, w, vec, out, ostride):
     run_tiles(x, xb, off, w, vec, out, ostride)
+
+
+@numba.njit
+def _run_rows(x, xb, off, w, r0, r1, tf, vec, out, ostride):
+    run_row_tiles(x, xb, off, w, r0, r1, tf, vec, out, ostride)
 
 
 @numba.njit
@@ -67,6 +72,55 @@ def test_run_tiles_picks_the_tile_from_the_packed_weights(filters, per):
         for start, at in vec:
             want = sum(w64[t, f] * x64[4 + start + off[t]:4 + start + off[t] + LANES] for t in range(taps))
             np.testing.assert_allclose(out[f * ostride + at:f * ostride + at + LANES], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile, filters, xb, ob", [(_taps, TILE_FILTERS, (5, 61), (0, 11)),
+                                                   (_taps4, TILE4_FILTERS, (5, 61, 2), (0, 11, 25))])
+def test_taps_tile_reads_each_filters_row_where_it_lies(tile, filters, xb, ob):
+    """wb a tuple: filter f's taps at w[wb[f] + t] (the layer's own [F, taps] weights, rows
+    in any order, one repeated), the same sums as packed weights give."""
+    rng = np.random.default_rng(4)
+    taps = 29
+    x = rng.standard_normal(500 + SLACK).astype(np.float32)
+    off = rng.integers(0, 400, size=taps).astype(np.int64)
+    w = rng.standard_normal(9 * taps).astype(np.float32)
+    rows = (7, 2, 2, 5, 0, 8)[:filters]
+    ostride = 40
+    out = np.full(ostride * filters + 40, np.nan, np.float32)
+    tile(x, xb, off, w, tuple(r * taps for r in rows), out, ob, ostride)
+    packed = np.ascontiguousarray(w.reshape(9, taps)[list(rows)].T).ravel()      # [taps, filters]
+    want = np.full(out.shape, np.nan, np.float32)
+    tile(x, xb, off, packed, 0, want, ob, ostride)
+    np.testing.assert_array_equal(out, want)                  # the same products, the same order
+    x64, w64 = x.astype(np.float64), w.astype(np.float64).reshape(9, taps)
+    for f, r in enumerate(rows):
+        for v in range(len(xb)):
+            ref = sum(w64[r, t] * x64[xb[v] + off[t]:xb[v] + off[t] + LANES] for t in range(taps))
+            np.testing.assert_allclose(out[ob[v] + f * ostride:ob[v] + f * ostride + LANES], ref, rtol=1e-5,
+                                       atol=1e-5)
+
+
+@pytest.mark.parametrize("tf, per", [(TILE_FILTERS, TILE_VECTORS), (TILE4_FILTERS, TILE4_VECTORS)])
+@pytest.mark.parametrize("r0, r1", [(3, 9), (1, 3)])
+def test_run_row_tiles_covers_the_rows_and_repeats_the_last(tf, per, r0, r1):
+    """Filters r0 .. r1-1 of the [F, taps] weights, tf a tile: a block short of tf filters
+    (r1 - r0 < tf) fills its spare rows with filter r1-1's sums; no weight past row r1-1 is
+    read (the rows after it are NaN)."""
+    rng = np.random.default_rng(5)
+    taps, ostride = 11, 64
+    x = rng.standard_normal(300 + SLACK).astype(np.float32)
+    off = rng.integers(0, 200, size=taps).astype(np.int64)
+    w = rng.standard_normal((12, taps)).astype(np.float32)
+    w[r1:] = np.nan
+    vec = np.array([(3 + 8 * i, 8 * i) for i in range(2 * per)], np.int64)
+    out = np.full(ostride * tf, np.nan, np.float32)
+    _run_rows(x, 4, off, w.ravel(), r0, r1, tf, vec, out, ostride)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for i in range(tf):
+        f = min(r0 + i, r1 - 1)
+        for start, at in vec:
+            want = sum(w64[f, t] * x64[4 + start + off[t]:4 + start + off[t] + LANES] for t in range(taps))
+            np.testing.assert_allclose(out[i * ostride + at:i * ostride + at + LANES], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("t0, t1", [(2, 11), (0, 3), (5, 7)])

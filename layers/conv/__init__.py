@@ -290,9 +290,8 @@ class ConvLayer(Layer):
         k2 = self.size * self.size
         rows = max([oh * _runs(ow) * LANES] + [ni * _runs(nj) * LANES for _, _, _, ni in geo["rows"]
                                                 for _, _, _, nj in geo["cols"]])     # a tile's scratch row
-        (ff, _), (fc, _) = self._tile_shapes()
+        fc = self._tile_shapes()[1][0]
         out = {"xpad": ("workspace", (n * self._phase_span() + SLACK,)),
-               "wpack": ("workspace", (g * _blocks(f // g, ff), c // g * k2 * ff)),
                # 6 rows of sums for any tile shape: the kernels' row stride is this / 6
                "tiles": ("workspace", (min(WORKERS, n * g * _blocks(max(f, c) // g, TILE4_FILTERS)),
                                        TILE_FILTERS * rows)),
@@ -392,15 +391,14 @@ class ConvLayer(Layer):
         xpad[n * span:] = 0.0                # the slack the tiles' last runs read
         cpu.pad_images(x, self.padding, self.stride, geo["phases"], geo["hq"], geo["wx"],
                        xpad[:n * span].reshape(n, span))
-        cpu.pack_filters(np.ascontiguousarray(params["weight"], np.float32).reshape(f, -1), self.groups,
-                         b["wpack"])
         bias = self._bias2d(params)
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = b["pre"] if keep else y3                   # declared only then
         off, runs = self._tap_offsets()[:2]
-        cpu.direct_forward(xpad, span, off, b["wpack"], runs, ow, _runs(ow) * LANES, bias, self.groups,
-                           *self.act.kernel_args(), keep, b["tiles"], y3, pre)
+        w = np.ascontiguousarray(params["weight"], np.float32).reshape(-1)     # read in place
+        cpu.direct_forward(xpad, span, off, w, self._tile_shapes()[0][0], runs, ow, _runs(ow) * LANES, bias,
+                           self.groups, *self.act.kernel_args(), keep, b["tiles"], y3, pre)
         self._x, self._y3, self._pre, self._phases = x, y3, pre, xpad
         return b["y"]
 

@@ -9,7 +9,8 @@ import numba
 import numpy as np
 
 from layers import threads
-from layers.fma_tiles import DOT_FILTERS, DOT_TAPS, LANES, TILE_FILTERS, dot_tiles, run_tiles
+from layers.fma_tiles import (DOT_FILTERS, DOT_TAPS, LANES, TILE_FILTERS, dot_tiles, run_row_tiles,
+                              run_tiles)
 from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised
 from layers.threads import worker_tasks
 
@@ -216,30 +217,11 @@ def col2im(dcols, k, stride, padding, hp, wc, oh, ow, dxpad, dx):
 # out[f, oy*wc + ox] = sum over taps of w[f, tap] * xpad[off[tap] + oy*wc + ox]. The
 # register tiles of layers.fma_tiles compute it for 6 filters at two runs of 8 outputs, or 4
 # at three, at a time (`vec`: each run's start in the padded rows and in the tile's scratch,
-# whose rows are rounded up to whole runs), reading the padded images in place: nothing is
-# packed but the weights. Backward data is the same tile over the zero-padded gradient with
-# the flipped filters; backward weights are dot products of the gradient's runs with the
+# whose rows are rounded up to whole runs), reading the padded images and the weights in
+# place. Backward data is the same tile over the zero-padded gradient with the flipped
+# filters (packed tap-major: pack_flipped); backward weights are dot products of the gradient's runs with the
 # shifted inputs.
 # Every buffer the tiles read carries fma_tiles.SLACK zeros past its last image.
-
-
-@threads.kernel
-def pack_filters(w2, groups, wp):
-    """wp[b, t*tf + i] = w2[f, t] for filter f = the i-th of block b (blocks of tf filters per
-    group, tf = wp's columns / taps, the last padded with zeros): the tap-major order the
-    tiles read."""
-    f_out, taps = w2.shape
-    fg = f_out // groups
-    per = wp.shape[0] // groups
-    tf = _tile_rows(wp, taps)
-    zero = np.float32(0.0)
-    for b in numba.prange(wp.shape[0]):
-        g, f0 = b // per, (b // per) * fg + (b % per) * tf
-        for i in range(tf):
-            f = f0 + i
-            inside = (f - g * fg) < fg
-            for t in range(taps):
-                wp[b, t * tf + i] = w2[f, t] if inside else zero
 
 
 @threads.kernel
@@ -296,22 +278,22 @@ def _bias_act_tile(code, args):
 
 
 @activation_kernel(split="forward")
-def direct_forward(xpad, x_img, off, wp, vec, ow, ow8, bias, groups, code, pa, pb, keep, scratch, y, pre):
+def direct_forward(xpad, x_img, off, w, tf, vec, ow, ow8, bias, groups, code, pa, pb, keep, scratch, y, pre):
     """y[n, f] = f(bias + conv of image n): xpad flat (image n at n*x_img, group g's channels
-    x_img/groups further), wp from pack_filters, y and pre [N, F, oh*ow]. A task is one
-    (image, block of a tile's 6 or 4 filters); the tasks are dealt out to the rows of
-    scratch [workers, 6*rows] (rows >= oh*ow8: output rows rounded up to whole runs of 8),
-    where each task's tiles put its sums."""
+    x_img/groups further), w the weights as the layer holds them, flat (filter f's taps at
+    f*taps), y and pre [N, F, oh*ow]. A task is one (image, block of tf = 6 or 4 filters:
+    the tile's); the tasks are dealt out to the rows of scratch [workers, 6*rows] (rows >=
+    oh*ow8: output rows rounded up to whole runs of 8), where each task's tiles put its sums."""
     n_img, f_out = y.shape[0], y.shape[1]
     rows = scratch.shape[1] // TILE_FILTERS
     workers = scratch.shape[0]
-    tf = _tile_rows(wp, off.shape[0])
+    blocks = groups * ((f_out // groups + tf - 1) // tf)
     for wk in numba.prange(workers):
-        t0, t1 = worker_tasks(wk, workers, n_img * wp.shape[0])
+        t0, t1 = worker_tasks(wk, workers, n_img * blocks)
         acc = scratch[wk]
         for task in range(t0, t1):
-            n, b, g, f0, f1 = _block_task(task, groups, wp.shape[0], f_out // groups, tf)
-            run_tiles(xpad, n * x_img + g * (x_img // groups), off, wp[b], vec, acc, rows)
+            n, b, g, f0, f1 = _block_task(task, groups, blocks, f_out // groups, tf)
+            run_row_tiles(xpad, n * x_img + g * (x_img // groups), off, w, f0, f1, tf, vec, acc, rows)
             specialised(code, _bias_act_tile, (acc, rows, bias, pa, pb, keep, y, pre, n, f0, f1, ow, ow8))
 
 
