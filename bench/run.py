@@ -27,7 +27,8 @@ same thread count (OMP/OpenBLAS/MKL/Numba variables in the child's environment, 
 torch.set_num_threads / numba.set_num_threads). The sgemm peak (numpy and torch float32
 4096x4096 matmul, best of a few) is measured in a child too, with the same threads; the
 larger is the peak the engine's GFLOP/s are compared with. FLOPs: 2 x the layers'
-multiply-adds (`macs()`), x 3 for a training step.
+multiply-adds (`macs()`), x 3 for a training step. With --latency the engine's child runs
+as `predict` does: engine.latency_mode() before anything else.
 """
 import argparse
 import json
@@ -93,11 +94,13 @@ def time_steps(step, min_steps, budget, max_steps):
     return times
 
 
-def engine_step(path, batch, mode, threads):
+def engine_step(path, batch, mode, threads, latency=False):
     import engine  # noqa: I001  first: it sets what OpenBLAS reads when numpy loads it (layers/__init__)
     import numba
     import numpy as np
     from engine.solver import SGD
+    if latency:               # as `predict` runs: before any parallel kernel (set_num_threads starts them)
+        engine.latency_mode()
     numba.set_num_threads(threads)
     net = engine.load(path, seed=0)
     rng = np.random.default_rng(0)
@@ -165,7 +168,7 @@ def worker(args):
         out.update(sgemm_peak(args.threads, args.size, args.reps))
         return _answer(out)
     if args.worker == "engine":
-        net, step = engine_step(net_path(args.net), args.batch, args.mode, args.threads)
+        net, step = engine_step(net_path(args.net), args.batch, args.mode, args.threads, args.latency)
         out.update(version=__import__("engine").__version__, threading=net.threading_mode)
     else:
         with open(args.description) as f:
@@ -452,6 +455,8 @@ def main_parent(args):
             try:
                 for fw in frameworks:
                     argv = [fw, "--net", name, "--batch", str(batch), "--mode", mode] + timing
+                    if args.latency and fw == "engine":
+                        argv.append("--latency")          # the engine as `predict` runs it
                     if fw == "torch":
                         argv += ["--description", info[name][0]]
                     servers[fw] = Server(argv, threads, args.timeout)

@@ -94,17 +94,19 @@ def read_image(path, channels):
 
 
 def _predict(args):
+    from engine.columns import single_images
     from engine.datasets import DataError
     from engine.net import load
-    net = load(None, checkpoint=args.checkpoint, plugins=args.plugins)
-    for path in args.images:
-        image = read_image(path, channels=net.input_shape[0])
-        try:
-            top = net.predict(image[None], top=args.top)[0]
-        except DataError as e:
-            raise DataError(f"{path}: {e}") from None
-        shown = ", ".join(f"{name} {p:.1%}" for name, p in top)
-        print(f"{path}: {shown}")
+    with single_images():           # one image at a time: each one's work split over the cores
+        net = load(None, checkpoint=args.checkpoint, plugins=args.plugins)
+        for path in args.images:
+            image = read_image(path, channels=net.input_shape[0])
+            try:
+                top = net.predict(image[None], top=args.top)[0]
+            except DataError as e:
+                raise DataError(f"{path}: {e}") from None
+            shown = ", ".join(f"{name} {p:.1%}" for name, p in top)
+            print(f"{path}: {shown}")
     return 0
 
 

@@ -62,6 +62,31 @@ def blas_threads(n):
     return _blas.limit(limits=n, user_api="blas")
 
 
+def latency_mode():
+    """Set this process up to run one image at a time, for good (what `predict` does):
+    batch-1 forwards split each convolution's filters over the cores on OpenMP's spinning
+    workers (layers.threads.set_latency, which says why and when it can pick them), and
+    numpy's BLAS stays on one thread, since its idle workers spin too and would take turns
+    with OpenMP's on the cores. Call it before the first forward; batches of 8 or more
+    still split in halves as they do elsewhere ("batch"), columns run on their own threads.
+    Returns the Numba threading layer in use. `single_images()` is the same for a block."""
+    blas_threads(1)
+    return threads.set_latency(True)
+
+
+@contextlib.contextmanager
+def single_images():
+    """latency_mode() within the block only: afterwards BLAS's threads and threads.latency()
+    are as they were (the threading layer, once picked, stays)."""
+    before = threads.latency()
+    with blas_threads(1):
+        threads.set_latency(True)
+        try:
+            yield
+        finally:
+            threads.set_latency(before, spin=False)
+
+
 def _one_blas_thread():
     """A context in which numpy's BLAS runs on the calling thread only."""
     return blas_threads(1)

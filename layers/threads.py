@@ -16,6 +16,7 @@ time compiles a kernel.
 """
 import contextlib
 import functools
+import importlib.util
 import inspect
 import os
 import threading
@@ -279,6 +280,50 @@ def kernel(fn=None, *, fastmath=True, variants=None):
     if fn is None:
         return lambda f: Kernel(f, kernel_flags(fastmath), variants)
     return Kernel(fn, kernel_flags(fastmath), variants)
+
+
+# ---- single images --------------------------------------------------------------------
+_latency = False
+
+
+def latency():
+    """True where this process runs single images with their work split over the cores
+    (set_latency): a layer may then pick another path at batch 1 (the convolutions: the
+    direct kernels, their filters over the cores)."""
+    return _latency
+
+
+def set_latency(on=True, spin=True):
+    """For a process that runs one image at a time (predict): latency() becomes `on`, and
+    with on and spin the parallel kernels run on GNU OpenMP's workers where that is still open
+    (no parallel kernel has run yet, NUMBA_THREADING_LAYER is not set, Numba has OpenMP).
+    OpenMP's workers spin a while between parallel regions; workqueue's sleep, and a
+    batch-1 forward is some fifty short regions, each then waiting 50 us to a millisecond
+    on a VM for a worker to wake (ResNet-18 at batch 1 on 2 cores, direct convolutions
+    over both: median 46-50 ms on workqueue, 31-33 on OpenMP; 42-46 as before). Spinning
+    workers must not meet BLAS's, which spin too (the same on OpenMP with BLAS on 2 threads:
+    49-74 ms): the engine keeps BLAS on one thread in such a process (engine.latency_mode).
+    A process on OpenMP must not fork and then run kernels in the child (GNU OpenMP
+    terminates it). Returns the threading layer the kernels use or will use."""
+    global _latency
+    _latency = bool(on)
+    from numba.np.ufunc import parallel
+    if on and spin and not parallel._is_initialized and "NUMBA_THREADING_LAYER" not in os.environ:
+        if importlib.util.find_spec("numba.np.ufunc.omppool") is not None:    # built with OpenMP
+            numba.config.THREADING_LAYER = "omp"
+    return parallel.threading_layer() if parallel._is_initialized else numba.config.THREADING_LAYER
+
+
+@contextlib.contextmanager
+def compute_bound():
+    """Within the block, kernels called from this thread run parallel however small their
+    arrays (a batch-1 convolution: little data, milliseconds of work), unless the thread
+    runs serial kernels (serial(): a column's thread)."""
+    if is_serial():
+        yield
+        return
+    with serial(False):
+        yield
 
 
 # Kernels that need scratch deal their tasks out to WORKERS fixed workers (the parallel

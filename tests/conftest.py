@@ -8,6 +8,10 @@ os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="numba-cache-")
 # No compile-ahead helper processes (engine.compile_ahead) but in its own tests: the suite's
 # workers already use every core, and its timing tests want no process they did not start.
 os.environ.setdefault("ENGINE_COMPILE_AHEAD", "0")
+# Workqueue, as the engine picks, in every test process: `predict` run in-process (the CLI
+# tests) would otherwise move a worker that has not run a parallel kernel yet to OpenMP
+# (engine.latency_mode), whose spinning workers slow the later tests' BLAS-threaded steps.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 import helpers  # noqa: E402
 import pytest  # noqa: E402

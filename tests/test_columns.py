@@ -215,3 +215,60 @@ def test_serial_twin_is_a_separate_compilation_with_the_same_result():
     assert not threads.is_serial()
     np.testing.assert_array_equal(out_s, out_p)
     assert kern.serial.signatures and kern.parallel.signatures
+
+
+LATENCY_DRIVER = r"""
+import importlib.util, json, sys
+import numpy as np
+import engine
+from layers import threads
+layer = engine.latency_mode()              # first: before any parallel kernel
+from threadpoolctl import threadpool_info
+net = engine.load(sys.argv[1])
+x = np.random.default_rng(0).standard_normal((1,) + net.input_shape).astype(np.float32)
+convs = [n.layer for n in net._nodes if n.type == "conv"]
+y1 = net.forward(x).copy()
+direct1 = sum(c._on_direct for c in convs)
+threads.set_latency(False)
+y0 = net.forward(x)
+print(json.dumps({"layer": layer, "omp": importlib.util.find_spec("numba.np.ufunc.omppool") is not None,
+                  "diff": float(np.abs(y1 - y0).max()), "direct1": direct1,
+                  "direct0": sum(c._on_direct for c in convs), "rule": sum(c.direct for c in convs),
+                  "convs": len(convs),
+                  "blas": [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]}))
+"""
+
+
+def test_latency_mode_process():
+    """engine.latency_mode() (`predict` runs its block form): OpenMP's workers where Numba has
+    them, BLAS on one thread, every convolution of a batch-1 forward on the direct path
+    (the digits ResNet's 288-tap stride-2 one too), the same probabilities as the rule's
+    paths within float32 rounding."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}     # conftest's pin
+    out = subprocess.run([sys.executable, "-c", LATENCY_DRIVER, os.path.join(root, "nets", "resnet-digits.yaml")],
+                         capture_output=True, text=True, cwd=root, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["layer"] == ("omp" if r["omp"] else "workqueue")
+    assert r["blas"] and set(r["blas"]) == {1}
+    assert r["direct1"] == r["convs"] > r["rule"] == r["direct0"]
+    assert r["diff"] < 1e-5
+
+
+def test_single_images_is_latency_mode_for_a_block():
+    """What `predict` runs in: threads.latency() and BLAS on one thread inside the block,
+    both as they were after it (an in-process predict leaves the process as it found it)."""
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    before = blas()
+    assert not threads.latency() and before
+    with columns.single_images():
+        assert threads.latency() and set(blas()) == {1}
+    assert not threads.latency() and blas() == before

@@ -454,3 +454,69 @@ def test_selection_rule():
     assert not make(32, 14, 14, filters=64, size=3, stride=2, padding=1).direct   # layer3.0: 288 taps
     assert not make(64, 56, 56, filters=128, size=3, stride=2, padding=1).direct  # ResNet-18 layer2.0
     assert not make(3, 224, 224, filters=48, size=11, stride=4, padding=2).direct  # AlexNet's conv1
+
+@pytest.fixture
+def latency():
+    """threads.latency() on for the test, the threading layer left as it is (workqueue: the
+    test process's other tests run on it)."""
+    from layers import threads
+    threads.set_latency(True, spin=False)
+    yield
+    threads.set_latency(False)
+
+
+@pytest.mark.parametrize("case", [(1, 6, 12, 11, 7, 3, 1, 1, 1, "relu"),      # > DIRECT_MAX_TAPS below
+                                  (1, 3, 13, 12, 4, 7, 2, 3, 1, None),        # the stem: 3 channels
+                                  (1, 8, 9, 9, 6, 3, 2, 1, 2, "tanh")],       # > DIRECT_MAX_STRIDED_TAPS
+                         ids=lambda c: "-".join(map(str, c)))
+def test_latency_batch_one_runs_direct_where_the_rule_says_gemm(case, latency, monkeypatch):
+    """With threads.latency() a batch of 1 takes the direct path wherever the planes fit,
+    its kernels parallel (compute_bound), with the GEMM path's numbers; batch 2 keeps the
+    rule's path. The tap limits are lowered so that these small shapes fall to GEMM."""
+    from layers import threads
+    from layers.conv import ConvLayer
+    monkeypatch.setattr(ConvLayer, "DIRECT_MAX_TAPS", 40)
+    monkeypatch.setattr(ConvLayer, "DIRECT_MAX_STRIDED_TAPS", 20)
+    layer, params, x, rng = setup_case(case, 3)
+    assert not layer.direct and layer._direct_at(1) and not layer._direct_at(2)
+    seen = []
+    real = threads.runs_serial
+    monkeypatch.setattr(threads, "runs_serial", lambda args: seen.append(real(args)) or seen[-1])
+    y = layer.forward(x, params).copy()
+    assert layer._on_direct and "cols" not in layer._buffers and seen and not any(seen)   # parallel
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, grads = layer.backward(dy, params)
+    dx, grads = dx.copy(), {k: v.copy() for k, v in grads.items()}
+    x64 = x.astype(np.float64)
+    close(y, reference.forward(x64, *ref_args(layer, params)))
+    threads.set_latency(False)                           # the GEMM path, as the rule says
+    gemm, _, _, _ = setup_case(case, 3)
+    gy = gemm.forward(x, params)
+    assert not gemm._on_direct and "cols" in gemm._buffers
+    close(y, gy)
+    gdx, ggrads = gemm.backward(dy, params)
+    close(dx, gdx)
+    close(grads["weight"], ggrads["weight"])
+    close(grads["bias"], ggrads["bias"])
+    threads.set_latency(True, spin=False)
+    x2 = np.concatenate([x, x])
+    layer.forward(x2, params)
+    assert not layer._on_direct                          # batch 2: the rule's path
+
+
+def test_latency_keeps_planes_too_large_for_direct_on_gemm(latency):
+    layer = make(64, 224, 224, filters=8, size=3, padding=1)     # VGG-16 conv1_2's 13 MB planes
+    assert not layer.direct and not layer._direct_at(1)
+
+
+def test_compute_bound_runs_parallel_except_in_serial_threads():
+    from layers import threads
+    small = (np.zeros(4, np.float32),)
+    assert threads.runs_serial(small)
+    with threads.compute_bound():
+        assert not threads.runs_serial(small)
+        with threads.serial():
+            assert threads.runs_serial(small)
+    with threads.serial(), threads.compute_bound():
+        assert threads.runs_serial(small)                # a column's thread stays serial
+    assert threads.runs_serial(small)

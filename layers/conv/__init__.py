@@ -20,8 +20,11 @@ channel_sets[g], in that order. Forward gathers them into a scratch xg [N, group
 H, W] and runs the grouped convolution above on it (self.channels is then xg's channel
 count); backward's dx of xg is scatter-added back to the input's channels.
 """
+import contextlib
+
 import numpy as np
 
+from layers import threads
 from layers.base import (FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor,
                          shown)
 from layers.conv import cpu
@@ -162,6 +165,7 @@ class ConvLayer(Layer):
         self._geom = dict(hp=h + 2 * p + e, wc=w + 2 * p + e)
         self._dgeom = _direct_geometry((h, w), self.out_hw, k, s, p)
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
+        self._direct_one = 4 * (c // g) * (h + 2 * p) * (w + 2 * p) <= self.DIRECT_MAX_PLANES
         self._taps = None          # the direct kernels' tap offsets, made on first use
         return (f,) + self.out_hw
 
@@ -219,6 +223,16 @@ class ConvLayer(Layer):
             return False
         return cg * k * k <= cls.DIRECT_MAX_TAPS and planes <= cls.DIRECT_MAX_PLANES
 
+    def _direct_at(self, n):
+        """The path of a batch of n: the rule's (`direct`), but at batch 1 where this process
+        runs single images over the cores (threads.latency()) the direct kernels wherever a
+        group's padded planes fit, whatever the taps, stride and channels: their blocks of
+        filters split one image over the cores (BLAS's GEMM gained 1.3x from a second
+        thread on ResNet-18's convolutions at batch 1), and they read the weights in place.
+        One core, batch 1, forward: the stem 3.1 vs 4.8 ms, layer4 3.4 vs 4.1; layer2 3.4 vs
+        3.4 (bench/bench_conv.py --batch 1)."""
+        return self._direct_one if n == 1 and threads.latency() else self.direct
+
     def param_shapes(self):
         shapes = {"weight": (self.filters, self.channels // self.groups, self.size, self.size)}
         if self.bias:
@@ -250,7 +264,7 @@ class ConvLayer(Layer):
         return self.filters * (self.channels // self.groups) * self.size * self.size * oh * ow
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
-        out = (self._direct_buffer_shapes(n, backward, need_dx) if self.direct
+        out = (self._direct_buffer_shapes(n, backward, need_dx) if self._direct_at(n)
                else self._gemm_buffer_shapes(n, backward, need_dx))
         if self._index is not None:      # the gathered input, and the convolution's dx of it
             xg_shape = (n, self._index.size) + tuple(self.input_shape[1:])
@@ -478,13 +492,21 @@ class ConvLayer(Layer):
             xg = self.buffers(x.shape[0], "forward", train)["xg"]
             cpu.gather_channels(x, self._index, xg)
             x = xg
-        if self.direct:
-            return self._direct_forward(x, params, train)
+        self._on_direct = self._direct_at(x.shape[0])
+        if self._on_direct:
+            with self._split_one(x.shape[0]):
+                return self._direct_forward(x, params, train)
         return self._gemm_forward(x, params, train)
 
+    def _split_one(self, n):
+        """Where a batch-1 image's work is split over the cores (threads.latency()), the
+        direct kernels run parallel however small the image (threads.compute_bound)."""
+        return threads.compute_bound() if n == 1 and threads.latency() else contextlib.nullcontext()
+
     def backward(self, dy, params, need_dx=True):
-        if self.direct:
-            dx, grads = self._direct_backward(dy, params, need_dx)
+        if self._on_direct:
+            with self._split_one(dy.shape[0]):
+                dx, grads = self._direct_backward(dy, params, need_dx)
         else:
             dx, grads = self._gemm_backward(dy, params, need_dx)
         if need_dx and self._index is not None:
