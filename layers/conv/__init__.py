@@ -1,6 +1,7 @@
 """`conv`: 2-D convolution with optional groups and a fused activation.
 
-Two ways, chosen per shape (ConvLayer.use_direct):
+Two ways, chosen per shape (ConvLayer.use_direct), and at batch 1 in a process that runs
+single images (layers.threads.latency()) the direct one wherever its planes fit (_direct_at):
 - GEMM: zero-padding and im2col (Numba) -> one BLAS GEMM per group (numpy, outside Numba)
   -> bias + activation scatter (Numba). Backward mirrors it: gradient gather -> GEMMs ->
   col2im on a zero-padded plane, cropped.
