@@ -50,8 +50,9 @@ def _vstore(builder, value, base, index):
     builder.store(value, builder.bitcast(builder.gep(base, [index]), _VEC.as_pointer()), align=4)
 
 
-def _splat(builder, scalar):
-    undef = ir.Constant(_VEC, ir.Undefined)
+def _splat(builder, scalar, vec=_VEC):
+    """A vector (<8 x float>, or `vec`) of LANES copies of scalar."""
+    undef = ir.Constant(vec, ir.Undefined)
     one = builder.insert_element(undef, scalar, ir.Constant(_I32, 0))
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
 

@@ -232,7 +232,12 @@ class ConvLayer(Layer):
         thread on ResNet-18's convolutions at batch 1), and they read the weights in place.
         One core, batch 1, forward: the stem 3.1 vs 4.8 ms, layer4 3.4 vs 4.1; layer2 3.4 vs
         3.4 (bench/bench_conv.py --batch 1)."""
-        return self._direct_one if n == 1 and threads.latency() else self.direct
+        return self._direct_one if self._single(n) else self.direct
+
+    @staticmethod
+    def _single(n):
+        """A batch of one image in a process that splits single images over the cores."""
+        return n == 1 and threads.latency()
 
     def param_shapes(self):
         shapes = {"weight": (self.filters, self.channels // self.groups, self.size, self.size)}
@@ -502,7 +507,7 @@ class ConvLayer(Layer):
     def _split_one(self, n):
         """Where a batch-1 image's work is split over the cores (threads.latency()), the
         direct kernels run parallel however small the image (threads.compute_bound)."""
-        return threads.compute_bound() if n == 1 and threads.latency() else contextlib.nullcontext()
+        return threads.compute_bound() if self._single(n) else contextlib.nullcontext()
 
     def backward(self, dy, params, need_dx=True):
         if self._on_direct:

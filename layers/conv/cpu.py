@@ -219,8 +219,8 @@ def col2im(dcols, k, stride, padding, hp, wc, oh, ow, dxpad, dx):
 # at three, at a time (`vec`: each run's start in the padded rows and in the tile's scratch,
 # whose rows are rounded up to whole runs), reading the padded images and the weights in
 # place. Backward data is the same tile over the zero-padded gradient with the flipped
-# filters (packed tap-major: pack_flipped); backward weights are dot products of the gradient's runs with the
-# shifted inputs.
+# filters (packed tap-major: pack_flipped); backward weights are dot products of the
+# gradient's runs with the shifted inputs.
 # Every buffer the tiles read carries fma_tiles.SLACK zeros past its last image.
 
 

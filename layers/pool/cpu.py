@@ -14,13 +14,13 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from layers.fma_tiles import LANES, _I32, _const, _operands, _vload, _vstore     # its IR helpers
+from layers.fma_tiles import LANES, _I32, _const, _operands, _splat, _vload, _vstore     # its IR helpers
 from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised, uses_input
 
 ZERO = np.float32(0.0)
 _IVEC = ir.VectorType(_I32, LANES)
-_EVENS = ir.Constant(ir.VectorType(_I32, LANES), list(range(0, 2 * LANES, 2)))
-_ODDS = ir.Constant(ir.VectorType(_I32, LANES), list(range(1, 2 * LANES, 2)))
+_EVENS = ir.Constant(_IVEC, list(range(0, 2 * LANES, 2)))
+_ODDS = ir.Constant(_IVEC, list(range(1, 2 * LANES, 2)))
 
 
 def _max_run(size):
@@ -37,28 +37,22 @@ def _max_run(size):
 
         def codegen(context, builder, signature, args):
             xd, start, rows, width, base, yd, yo, ad, ao = _operands(context, builder, signature, args)
-            lane2 = ir.Constant(_IVEC, list(range(0, 2 * LANES, 2)))
-
-            def splat_i(value):
-                one = builder.insert_element(ir.Constant(_IVEC, ir.Undefined), value, ir.Constant(_I32, 0))
-                return builder.shuffle_vector(one, ir.Constant(_IVEC, ir.Undefined),
-                                              ir.Constant(_IVEC, [0] * LANES))
 
             def fold_row(at, first):
                 """(best, where) of each window's row at flat x index `at`, `first` its index."""
                 lo, hi = _vload(builder, xd, at), _vload(builder, xd, builder.add(at, _const(LANES)))
                 e0 = builder.shuffle_vector(lo, hi, _EVENS)
                 e1 = builder.shuffle_vector(lo, hi, _ODDS)
-                i0 = builder.add(splat_i(first), lane2)
+                i0 = builder.add(_splat(builder, first, _IVEC), _EVENS)      # cells 2l
                 more = builder.fcmp_ordered(">", e1, e0)
                 best = builder.select(more, e1, e0)
-                where = builder.select(more, builder.add(i0, splat_i(ir.Constant(_I32, 1))), i0)
+                where = builder.select(more, builder.add(i0, ir.Constant(_IVEC, [1] * LANES)), i0)
                 if size == 3:           # cells 2l + 2: the odd lanes of the pair from at + 1
                     e2 = builder.shuffle_vector(_vload(builder, xd, builder.add(at, _const(1))),
                                                 _vload(builder, xd, builder.add(at, _const(LANES + 1))), _ODDS)
                     more = builder.fcmp_ordered(">", e2, best)
                     best = builder.select(more, e2, best)
-                    where = builder.select(more, builder.add(i0, splat_i(ir.Constant(_I32, 2))), where)
+                    where = builder.select(more, builder.add(i0, ir.Constant(_IVEC, [2] * LANES)), where)
                 return best, where
 
             base32 = builder.trunc(base, _I32)
