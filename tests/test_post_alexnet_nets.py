@@ -205,15 +205,19 @@ TWINS = {
 SLOW_TWINS = ("vgg16", "vgg19", "resnet34")      # 138M+ parameters in both frameworks; resnet34's depth
 
 # The twin computes in float64, the same (float32) weights and input: a reference with no
-# rounding error to speak of, where a float32 twin's own error reaches 1e-3 on some batchnorm
-# gradients (oneDNN's batchnorm backward; measured on resnet18). Tolerances are relative norm
-# errors ||ours - twin|| / ||twin|| per tensor for our float32: each layer's sums (up to 4608
-# products, batch statistics over up to N*H*W = 4096 values) err by ~1e-6 relative and this
-# grows through 18-22 layers: outputs, loss and running statistics measured <= 1e-5, within
-# OUT_TOL = 1e-4. Gradients go back through every layer, from three heads in GoogLeNet, and a
-# batchnorm bias gradient is a sum of terms that nearly cancel: measured up to 6e-5 (GoogLeNet;
-# a float32 twin errs by 1.4e-2 on the same tensor), within GRAD_TOL = 5e-4 (or, see the
-# training test, 4x what a float32 twin errs where that is more).
+# rounding error to speak of. Tolerances are relative norm errors ||ours - twin|| / ||twin|| per
+# tensor for our float32: each layer's sums (up to 4608 products, batch statistics over up to
+# N*H*W = 4096 values) err by ~1e-6 relative and this grows through 18-22 layers: outputs, loss
+# and running statistics measured <= 1e-5, within OUT_TOL = 1e-4. Gradients go back through every
+# layer, from three heads in GoogLeNet, and a batchnorm bias gradient is a sum of terms that
+# nearly cancel: measured up to 1e-4 (GoogLeNet), within GRAD_TOL = 5e-4.
+# A kink is another matter: a ReLU input, or a max pool window's runner-up, closer to the kink
+# than float32's error there (up to 1e-4 of the tensor's RMS deep in ResNet-34) falls on the
+# other side of it in float32, and the gradient takes the other branch: one ReLU input of
+# ResNet-18 (1.3e-7 x RMS) moved a batchnorm bias gradient by 7e-3 and every gradient before it
+# by 3e-3, in our float32 and, with other BLAS threads, in PyTorch's. Each such gradient is as
+# right as the float64 one, and no seed keeps a million values that far off their kinks, so the
+# float64 twin takes our branches (`our_branches`) and the comparison is of everything else.
 OUT_TOL, GRAD_TOL = 1e-4, 5e-4
 
 
@@ -304,15 +308,54 @@ def test_eval_mode_outputs_equal_the_twins(twin):
     assert rel(twin.net.forward(twin.x), probs) < OUT_TOL               # our softmax output layer
 
 
-def twin_training_pass(twin, dtype):
-    """The twin's training pass in `dtype` from the scrambled weights: ({head: logits},
-    loss, {our key: gradient}, {our key: running statistic}), as float64 NumPy."""
+def our_branches(torch, activations):
+    """A context in which the torch code run inside it (the float64 twin's forward) takes the
+    branches our float32 forward took: each ReLU keeps the values that our layer of the same
+    output kept, each max pool picks the cell our pool picked (torch's rule on our float32
+    input: the row-major first maximum, ours too). Our layer is found by value: the output
+    (of `activations`, every layer's) nearest the twin's, within 1e-3 (a dropout at rate 0
+    gives its input's: either will do). `.flips` counts the values whose branch differs from
+    float64's own."""
+    F = torch.nn.functional
+
+    class OurBranches(torch.overrides.TorchFunctionMode):
+        flips = 0
+
+        def ours(self, want):
+            """Our (float32) activation equal to `want` (float64 NumPy), as a tensor."""
+            ours = min((a for a in activations if a.shape == want.shape), key=lambda a: rel(a, want))
+            assert rel(ours, want) < 1e-3, f"none of our layers gives the twin's {list(want.shape)} tensor"
+            return torch.from_numpy(ours)
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in (F.relu, torch.relu, torch.relu_):
+                x = args[0]
+                keep = self.ours(np.maximum(x.detach().numpy(), 0)) > 0
+                self.flips += int((keep != (x > 0)).sum())
+                inplace = func is torch.relu_ or kwargs.get("inplace") or args[1:] == (True,)
+                return x.mul_(keep) if inplace else x * keep
+            if func is F.max_pool2d:
+                x, kw = args[0], dict(kwargs, return_indices=True)
+                _, cells = func(self.ours(x.detach().numpy()), *args[1:], **kw)
+                _, own = func(x.detach(), *args[1:], **kw)
+                self.flips += int((cells != own).sum())
+                return x.flatten(2).gather(2, cells.flatten(2)).view(cells.shape)
+            return func(*args, **kwargs)
+    return OurBranches()
+
+
+def twin_training_pass(twin, activations):
+    """The float64 twin's training pass from the scrambled weights, on the branches of our
+    `activations` (our_branches): ({head: logits}, loss, {our key: gradient}, {our key:
+    running statistic}) as NumPy, and the count of branches that are not float64's own."""
     torch, F = twin.torch, twin.torch.nn.functional
     twin.reset()
-    model = twin.model.to(dtype).train()
+    model = twin.model.train()
     for p in model.parameters():
         p.grad = None
-    outs = model(twin.x64.to(dtype))
+    with our_branches(torch, activations) as branches:
+        outs = model(twin.x64)
     if isinstance(outs, tuple):                             # torchvision's order: logits, aux2, aux1
         outs = {"fc": outs[0], "aux2.fc2": outs[1], "aux1.fc2": outs[2]}
     else:
@@ -322,12 +365,10 @@ def twin_training_pass(twin, dtype):
     loss.backward()
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     def host(t):                 # a copy: the next reset() overwrites the twin's buffers
-        return t.detach().double().numpy().copy()
-    result = ({h: host(o) for h, o in outs.items()}, loss.item(),
-              {k: host(params[t].grad) for k, t in twin.names.items() if t in params},
-              {k: host(buffers[t]) for k, t in twin.names.items() if t in buffers})
-    model.double()
-    return result
+        return t.detach().numpy().copy()
+    return ({h: host(o) for h, o in outs.items()}, loss.item(),
+            {k: host(params[t].grad) for k, t in twin.names.items() if t in params},
+            {k: host(buffers[t]) for k, t in twin.names.items() if t in buffers}, branches.flips)
 
 
 def test_train_mode_outputs_loss_gradients_and_running_stats_equal_the_twins(twin):
@@ -335,14 +376,11 @@ def test_train_mode_outputs_loss_gradients_and_running_stats_equal_the_twins(twi
     different generators in the two frameworks, so its rate is 0 on both sides (the net's
     overrides, torchvision's `dropout=` argument): what is compared is everything else.
     GoogLeNet's loss is torchvision's training loss, main + 0.3 (aux1 + aux2), our weighted
-    cost heads. A gradient tensor that is a sum of terms cancelling to far below their size
-    (VGG-19's first conv bias: a float32 twin errs by ~1e-2 there) is held to 4x the float32
-    twin's own error where that exceeds GRAD_TOL."""
-    import torch
-    _, _, grads32, _ = twin_training_pass(twin, torch.float32)
-    outs, loss, want, stats = twin_training_pass(twin, torch.float64)
+    cost heads. The twin takes our branches at the kinks (see our_branches)."""
     twin.reset()
-    got = twin.net.forward(twin.x, train=True, outputs=list(twin.heads))
+    layers = [node.name for node in twin.net.layers]
+    got = twin.net.forward(twin.x, train=True, outputs=layers)
+    outs, loss, want, stats, flips = twin_training_pass(twin, [got[k] for k in layers])
     for h in twin.heads:
         print(f"{twin.name}: train {h}, relative error {rel(got[h], outs[h]):.1e}")
         assert rel(got[h], outs[h]) < OUT_TOL, h
@@ -350,11 +388,10 @@ def test_train_mode_outputs_loss_gradients_and_running_stats_equal_the_twins(twi
     our_loss, grads = twin.net.gradients(twin.x, twin.labels, train=True)
     assert abs(our_loss - loss) < OUT_TOL * abs(loss)
     assert set(grads) == set(twin.net.parameters()) == set(want)
-    errors = {k: rel(g, want[k]) / max(GRAD_TOL, 4 * rel(grads32[k], want[k])) for k, g in grads.items()}
+    errors = {k: rel(g, want[k]) for k, g in grads.items()}
     worst = max(errors, key=errors.get)
-    print(f"{twin.name}: worst gradient {worst}, relative error {rel(grads[worst], want[worst]):.1e} "
-          f"(float32 twin's: {rel(grads32[worst], want[worst]):.1e})")
-    assert errors[worst] < 1.0, worst
+    print(f"{twin.name}: {flips} branches not float64's, worst gradient {worst}, relative error {errors[worst]:.1e}")
+    assert errors[worst] < GRAD_TOL, worst
 
     ours = {k: v for k, v in twin.net.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     assert set(ours) == set(stats)
