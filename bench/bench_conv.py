@@ -3,11 +3,14 @@
 Runs the conv layers of CIFAR-10 18pct, LeNet-5, the digits nets and (with a small --batch)
 AlexNet's, ResNet-18's and VGG-16's convolutions as a column thread runs them
 (engine.columns.single_core(): serial kernels, one BLAS thread), the two paths interleaved
-in one process, repetition by repetition, so that the machine's noise hits both alike.
-Prints min and median ms of forward and backward (with dx) per layer and path.
+in one process, repetition by repetition, so that the machine's noise hits both alike;
+where the rule runs the forward alone direct (ConvLayer.use_direct_forward: strided RGB
+stems) that mixed path too. Prints min and median ms of forward and backward (with dx,
+or without it: --no-dx, as a first layer runs) per layer and path.
 
-    python bench/bench_conv.py [--batch 128] [--reps 15] [--only c10-conv2 ...]
+    python bench/bench_conv.py [--batch 128] [--reps 15] [--no-dx] [--only c10-conv2 ...]
     python bench/bench_conv.py --batch 8 --reps 5 --only alex-conv2 r18-layer1 vgg-conv3
+    python bench/bench_conv.py --batch 32 --reps 7 --no-dx --only alex-conv1 r18-stem
 """
 import argparse
 import os
@@ -59,49 +62,51 @@ SHAPES = {
 SMALL = [name for name in SHAPES if not name.startswith(("alex", "r18", "vgg"))]
 
 
-def make(shape, direct=None):
-    """The conv layer of `shape`, on the path asked (direct=None: the one its rule picks)."""
+def make(shape, path=None):
+    """The conv layer of `shape`, on the path asked (ConvLayer.PATHS; None: its rule's)."""
     c, h, w, f, k, p, fn, *rest = shape
     groups, stride = (list(rest) + [1, 1])[:2]
     layer = layers.get("conv")("conv", {"filters": f, "size": k, "padding": p, "neuron": fn,
                                         "groups": groups, "stride": stride}, [(c, h, w)])
-    if direct is not None:
-        layer.direct = direct
-    return layer
+    return layer if path is None else layer.use_path(path)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--no-dx", action="store_true", help="backward without dx (a first layer's)")
     ap.add_argument("--only", nargs="*", default=SMALL, choices=list(SHAPES),
                     help="layers to time (default: the small nets'; the others want --batch 8)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    print(f"batch {args.batch}, {args.reps} interleaved repetitions, one core; ms min / median")
+    need_dx = not args.no_dx
+    print(f"batch {args.batch}, {args.reps} interleaved repetitions, one core, backward "
+          f"{'with' if need_dx else 'without'} dx; ms min / median")
     print(f"{'layer':12s} {'path':7s} {'forward':>15s} {'backward':>15s}   auto picks")
     with columns.single_core():
         for name in args.only:
             shape = SHAPES[name]
             runs = {}
-            for path, direct in (("gemm", False), ("direct", True)):
-                layer = make(shape, direct)
+            rule = make(shape)
+            auto = "direct" if rule.direct else "mixed" if rule.direct_forward else "gemm"
+            for path in ("gemm", "direct") + (("mixed",) if auto == "mixed" else ()):
+                layer = make(shape, path)
                 params = layer.init_params(rng)
                 x = rng.standard_normal((args.batch,) + layer.input_shape).astype(np.float32)
                 dy = rng.standard_normal((args.batch,) + layer.output_shape).astype(np.float32)
                 layer.forward(x, params)
-                layer.backward(dy, params)              # compile, allocate
+                layer.backward(dy, params, need_dx)     # compile, allocate
                 runs[path] = (layer, params, x, dy, {"fwd": [], "bwd": []})
             for _ in range(args.reps):
                 for path, (layer, params, x, dy, times) in runs.items():
                     t0 = time.perf_counter()
                     layer.forward(x, params)
                     t1 = time.perf_counter()
-                    layer.backward(dy, params)
+                    layer.backward(dy, params, need_dx)
                     t2 = time.perf_counter()
                     times["fwd"].append(t1 - t0)
                     times["bwd"].append(t2 - t1)
-            auto = "direct" if make(shape).direct else "gemm"
             for path, (*_, times) in runs.items():
                 cells = [f"{1e3 * min(v):6.2f} /{1e3 * np.median(v):6.2f}" for v in times.values()]
                 print(f"{name:12s} {path:7s} {cells[0]:>15s} {cells[1]:>15s}   {auto if path == 'gemm' else ''}")

@@ -236,14 +236,18 @@ def test_padding_end_matches_pytorch():
     close(y, ty.numpy())
 
 
+@pytest.mark.parametrize("path", ["gemm", "mixed"])
 @pytest.mark.parametrize("chunk_images", [1, 2])
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=lambda c: "-".join(map(str, c)))
-def test_batch_in_chunks_matches_whole_batch(case, chunk_images):
-    """A batch larger than one chunk goes through in pieces (the last one shorter): the same
-    output and gradients as in one piece and as the reference, with repeated backward."""
+def test_batch_in_chunks_matches_whole_batch(case, chunk_images, path):
+    """A batch larger than one chunk goes through the GEMMs in pieces (the last one shorter):
+    the same output and gradients as in one piece and as the reference, with repeated
+    backward; "mixed" (the direct forward) makes every chunk's columns again in backward."""
     case = (5,) + case[1:]
     whole, params, x, rng = setup_case(case)
     chunked, _, _, _ = setup_case(case)
+    whole.use_path(path)
+    chunked.use_path(path)
     n, c, h, w = x.shape
     oh, ow = chunked.out_hw
     chunked.CHUNK_BYTES = 4 * c * chunked.size ** 2 * oh * ow * chunk_images
@@ -298,12 +302,12 @@ DIRECT_CASES = [
 ]
 
 
-def run_path(case, direct, seed=0, serial=False):
+def run_path(case, path, seed=0, serial=False):
     from layers import threads
     layer, params, x, rng = setup_case(case, seed)
     if case[-1] == "sqrt":
         params["bias"][:] = np.abs(params["bias"]) + 3.0      # keep sqrt's input positive
-    layer.direct = direct
+    layer.use_path(path)
     with threads.serial(serial):
         y = layer.forward(x, params).copy()
         dy = rng.standard_normal(y.shape).astype(np.float32)
@@ -314,7 +318,7 @@ def run_path(case, direct, seed=0, serial=False):
 
 @pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_direct_path_matches_reference_and_gemm_path(case):
-    layer, params, x, y, dy, dx, grads = run_path(case, True)
+    layer, params, x, y, dy, dx, grads = run_path(case, "direct")
     assert set(layer._buffers) == set(layer.buffer_shapes(x.shape[0], backward=True))
     assert "cols" not in layer._buffers
     x64 = x.astype(np.float64)
@@ -323,10 +327,17 @@ def test_direct_path_matches_reference_and_gemm_path(case):
     close(dx, rdx)
     close(grads["weight"], rdw)
     close(grads["bias"], rdb)
-    _, _, _, gy, _, gdx, ggrads = run_path(case, False)
+    _, _, _, gy, _, gdx, ggrads = run_path(case, "gemm")
     close(y, gy)
     close(dx, gdx)
     close(grads["weight"], ggrads["weight"])
+    # the direct forward with the GEMM backward (strided RGB stems): the direct path's y
+    mixed, _, _, my, _, mdx, mgrads = run_path(case, "mixed")
+    assert set(mixed._buffers) == set(mixed.buffer_shapes(x.shape[0], backward=True))
+    np.testing.assert_array_equal(my, y)
+    close(mdx, rdx)
+    close(mgrads["weight"], rdw)
+    close(mgrads["bias"], rdb)
 
 
 def test_direct_cases_run_both_tile_shapes_forward_and_in_dx():
@@ -346,7 +357,7 @@ def test_tile_shapes_give_the_same_bits(case):
     results = []
     for shape in TILES:
         layer, params, x, rng = setup_case(case, 0)
-        layer.direct = True
+        layer.use_path("direct")
         layer._tile_shapes = lambda shape=shape: (shape, shape)
         y = layer.forward(x, params).copy()
         dy = rng.standard_normal(y.shape).astype(np.float32)
@@ -367,8 +378,8 @@ def test_tile_shape_rule_wastes_least():
 
 @pytest.mark.parametrize("case", DIRECT_CASES[:5], ids=lambda c: "-".join(map(str, c)))
 def test_direct_serial_twins_match_parallel_kernels(case):
-    *_, y, _, dx, grads = run_path(case, True, serial=False)
-    *_, sy, _, sdx, sgrads = run_path(case, True, serial=True)
+    *_, y, _, dx, grads = run_path(case, "direct", serial=False)
+    *_, sy, _, sdx, sgrads = run_path(case, "direct", serial=True)
     np.testing.assert_allclose(sy, y, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(sdx, dx, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(sgrads["weight"], grads["weight"], rtol=1e-6, atol=1e-6)
@@ -396,7 +407,7 @@ def test_pad_images_at_stride_one_is_the_zero_padded_image(h, w, p, hp, wc, seri
 
 def test_direct_batch_one_large_batch_and_padding_end():
     for case in [(1, 3, 10, 9, 6, 5, 1, 2, 1, "relu"), (37, 3, 6, 5, 6, 3, 1, 1, 3, "tanh")]:
-        layer, params, x, y, dy, dx, grads = run_path(case, True)
+        layer, params, x, y, dy, dx, grads = run_path(case, "direct")
         assert layer.use_direct(*case[1:4], *case[4:9])
         x64 = x.astype(np.float64)
         close(y, reference.forward(x64, *ref_args(layer, params)))
@@ -427,7 +438,7 @@ def test_direct_repeated_backward_and_without_dx():
 @pytest.mark.parametrize("case", [(2, 4, 6, 5, 6, 3, 1, 1, 2, "tanh"), (2, 3, 5, 6, 5, 3, 1, 0, 1, "tanh")])
 def test_direct_gradient_finite_differences(case):
     layer, params, x, _ = setup_case(case, seed=1)
-    layer.direct = True
+    layer.use_path("direct")
     assert set(gradcheck.check(layer, [x], params)) == {"input0", "weight", "bias"}
 
 
@@ -454,6 +465,12 @@ def test_selection_rule():
     assert not make(32, 14, 14, filters=64, size=3, stride=2, padding=1).direct   # layer3.0: 288 taps
     assert not make(64, 56, 56, filters=128, size=3, stride=2, padding=1).direct  # ResNet-18 layer2.0
     assert not make(3, 224, 224, filters=48, size=11, stride=4, padding=2).direct  # AlexNet's conv1
+    # their forward alone: strided, fewer than 6 channels a group, planes that fit
+    assert make(3, 224, 224, filters=64, size=7, stride=2, padding=3).direct_forward    # ResNet-18's stem
+    assert make(3, 224, 224, filters=48, size=11, stride=4, padding=2).direct_forward   # AlexNet's conv1
+    assert not make(3, 32, 32, filters=32, size=5, padding=2).direct_forward            # stride 1: direct
+    assert not make(64, 56, 56, filters=128, size=3, stride=2, padding=1).direct_forward
+    assert not make(3, 1200, 1200, filters=8, size=3, stride=2).direct_forward          # 17 MB planes
 
 @pytest.fixture
 def latency():
@@ -489,8 +506,9 @@ def test_latency_batch_one_runs_direct_where_the_rule_says_gemm(case, latency, m
     dx, grads = dx.copy(), {k: v.copy() for k, v in grads.items()}
     x64 = x.astype(np.float64)
     close(y, reference.forward(x64, *ref_args(layer, params)))
-    threads.set_latency(False)                           # the GEMM path, as the rule says
+    threads.set_latency(False)
     gemm, _, _, _ = setup_case(case, 3)
+    gemm.use_path("gemm")                                # (the stems' rule: direct forward)
     gy = gemm.forward(x, params)
     assert not gemm._on_direct and "cols" in gemm._buffers
     close(y, gy)

@@ -33,7 +33,7 @@ def setup_case(case, seed=0):
     layer, params, x, rng = filter_layer_case("conv", n, c, h, w, seed, filters=f, size=k, stride=s, padding=p,
                                               groups=g, neuron=fn, init_w=0.3, shared_biases=False)
     assert params["bias"].shape == (f,) + layer.out_hw
-    layer.direct = direct        # each path forced on the cases its flag names, whatever the rule picks
+    layer.use_path("direct" if direct else "gemm")     # the path its flag names, whatever the rule picks
     return layer, params, x, rng
 
 
@@ -110,13 +110,13 @@ def test_matches_pytorch(case):
     close(grads["bias"], bt.grad.numpy())
 
 
-@pytest.mark.parametrize("stride", [1, 2], ids=["direct", "gemm"])
-def test_equal_biases_at_every_position_are_shared_biases(stride):
+@pytest.mark.parametrize("stride, path", [(1, "direct"), (2, "gemm"), (2, "mixed")])
+def test_equal_biases_at_every_position_are_shared_biases(stride, path):
     """bias[f, :, :] = b[f] everywhere: the same float32 sums as the shared layer, bit for bit."""
     rng = np.random.default_rng(7)
     cfg = dict(filters=4, size=3, stride=stride, padding=1, groups=2, neuron="relu")
-    shared = layers.get("conv")("conv", cfg, [(4, 7, 6)])
-    unshared = make(4, 7, 6, **cfg)
+    shared = layers.get("conv")("conv", cfg, [(4, 7, 6)]).use_path(path)
+    unshared = make(4, 7, 6, **cfg).use_path(path)
     sp = shared.init_params(rng)
     sp["bias"][:] = rng.standard_normal(4)
     up = {"weight": sp["weight"], "bias": np.repeat(sp["bias"][:, None], unshared.out_hw[0] * unshared.out_hw[1],

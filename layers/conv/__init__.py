@@ -11,6 +11,7 @@ single images (layers.threads.latency()) the direct one wherever its planes fit 
   phase images, on which the convolution is a stride-1 one; backward data is a full
   convolution of the padded gradient with the flipped filters (one per phase), backward
   weights are dot products per tap.
+- the direct forward with the GEMM backward (use_direct_forward): strided RGB stems.
 Biases: one per filter, or with `shared_biases: false` (cuda-convnet's sharedBiases=0) one
 per filter and output position, bias [filters, OH, OW]; the kernels see it as
 [filters, 1] or [filters, OH*OW] (`_bias2d`). With `bias: false` there is no bias parameter
@@ -167,6 +168,7 @@ class ConvLayer(Layer):
         self._dgeom = _direct_geometry((h, w), self.out_hw, k, s, p)
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
         self._direct_one = 4 * (c // g) * (h + 2 * p) * (w + 2 * p) <= self.DIRECT_MAX_PLANES
+        self.direct_forward = self.use_direct_forward(c, h, w, k, s, p, g)
         self._taps = None          # the direct kernels' tap offsets, made on first use
         return (f,) + self.out_hw
 
@@ -224,6 +226,28 @@ class ConvLayer(Layer):
             return False
         return cg * k * k <= cls.DIRECT_MAX_TAPS and planes <= cls.DIRECT_MAX_PLANES
 
+    @classmethod
+    def use_direct_forward(cls, c, h, w, k, stride, padding, groups):
+        """Where the rule says GEMM, the forward alone on the direct path and the backward on
+        GEMM: strided convolutions of fewer than TILE_FILTERS channels a group (RGB stems)
+        whose padded planes fit. Their forward needs no im2col there, but their dx's tiles
+        (rows of input channels) run mostly empty and their dW's strided sums lose to GEMM.
+        One core, batch 32, forward / backward without dx, GEMM against direct: AlexNet's
+        11x11 stride-4 conv1 64 / 67 against 47 / 125 ms, ResNet-18's 7x7 stride-2 stem 151 /
+        154 against 97 / 196 (bench/bench_conv.py --no-dx)."""
+        planes = 4 * (c // groups) * (h + 2 * padding) * (w + 2 * padding)
+        return stride > 1 and c // groups < TILE_FILTERS and planes <= cls.DIRECT_MAX_PLANES
+
+    PATHS = ("gemm", "direct", "mixed")
+
+    def use_path(self, path):
+        """Put the layer on one path whatever the rules pick (tests, bench/bench_conv.py):
+        "gemm", "direct", or "mixed" (the direct forward, the GEMM backward)."""
+        if path not in self.PATHS:
+            raise ValueError(f"path must be one of {', '.join(self.PATHS)}, got {path!r}")
+        self.direct, self.direct_forward = path == "direct", path == "mixed"
+        return self
+
     def _direct_at(self, n):
         """The path of a batch of n: the rule's (`direct`), but at batch 1 where this process
         runs single images over the cores (threads.latency()) the direct kernels wherever a
@@ -270,8 +294,12 @@ class ConvLayer(Layer):
         return self.filters * (self.channels // self.groups) * self.size * self.size * oh * ow
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
-        out = (self._direct_buffer_shapes(n, backward, need_dx) if self._direct_at(n)
-               else self._gemm_buffer_shapes(n, backward, need_dx))
+        if self._direct_at(n):
+            out = self._direct_buffer_shapes(n, backward, need_dx)
+        elif self.direct_forward:
+            out = self._mixed_buffer_shapes(n, backward, need_dx)
+        else:
+            out = self._gemm_buffer_shapes(n, backward, need_dx)
         if self._index is not None:      # the gathered input, and the convolution's dx of it
             xg_shape = (n, self._index.size) + tuple(self.input_shape[1:])
             out["xg"] = ("workspace", xg_shape)
@@ -327,6 +355,16 @@ class ConvLayer(Layer):
                 out["dx"] = ("gradient", (n,) + self.input_shape)
                 taps = len(self._tap_offsets()[3])
                 out["wflip"] = ("workspace", (g * _blocks(c // g, fc), taps * fc))
+        return out
+
+    def _mixed_buffer_shapes(self, n, backward, need_dx):
+        """The direct forward's buffers and the GEMM backward's; its im2col and col2im take
+        the room of the phase images, which it does not read."""
+        out = self._direct_buffer_shapes(n, False, need_dx)
+        gemm = self._gemm_buffer_shapes(n, backward, need_dx)
+        out["xpad"] = ("workspace", (max(out["xpad"][1][0], gemm["xpad"][1][0]),))
+        if backward:
+            out.update((tag, shape) for tag, shape in gemm.items() if tag not in ("xpad", "tmp", "y", "pre"))
         return out
 
     def _phase_span(self):
@@ -420,6 +458,7 @@ class ConvLayer(Layer):
         cpu.direct_forward(xpad, span, off, w, self._tile_shapes()[0][0], runs, ow, _runs(ow) * LANES, bias,
                            self.groups, *self.act.kernel_args(), keep, b["tiles"], y3, pre)
         self._x, self._y3, self._pre, self._phases = x, y3, pre, xpad
+        self._cols_hold = None               # a GEMM backward (direct_forward) makes its columns
         return b["y"]
 
     def _direct_backward(self, dy, params, need_dx):
@@ -499,7 +538,7 @@ class ConvLayer(Layer):
             cpu.gather_channels(x, self._index, xg)
             x = xg
         self._on_direct = self._direct_at(x.shape[0])
-        if self._on_direct:
+        if self._on_direct or self.direct_forward:
             with self._split_one(x.shape[0]):
                 return self._direct_forward(x, params, train)
         return self._gemm_forward(x, params, train)
