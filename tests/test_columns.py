@@ -200,6 +200,51 @@ def test_half_sums_give_both_halves_one_sum_and_abort_frees_a_waiting_half():
     assert not waiting.is_alive()
 
 
+def test_half_sums_of_many_calls_of_changing_sizes_with_one_half_running_ahead(monkeypatch):
+    """Calls of one size after another and of changing sizes (a batch norm's C + 1 sums, C
+    deviations, 2C gradient sums): each call of both halves gets that call's sum (first
+    half's values + second's), bit for bit, while the faster half writes its next values
+    before the slower has read."""
+    import threading
+    import time
+
+    class LateFirstHalf:         # numpy, but the first half adds late: the second runs on
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def add(*args, **kwargs):
+            if threading.current_thread() is threading.main_thread():
+                time.sleep(0.002)
+            return np.add(*args, **kwargs)
+    monkeypatch.setattr(columns, "np", LateFirstHalf())
+    pair = columns.HalfSums()
+    rng = np.random.default_rng(5)
+    sizes = [5, 5, 5, 4, 8, 8] * 4
+    inputs = [[rng.standard_normal(k) for k in sizes] for _ in range(2)]
+    results = [[], []]
+
+    def half(i):
+        call = pair.part(i)
+        try:
+            for x in inputs[i]:
+                values = x.copy()
+                call(values)
+                results[i].append(values)
+        except BaseException:
+            pair.abort()                   # the other half stops waiting
+            raise
+    other = threading.Thread(target=half, args=(1,), daemon=True)
+    other.start()
+    half(0)
+    other.join(timeout=30)
+    assert not other.is_alive()
+    for j in range(len(sizes)):
+        want = inputs[0][j] + inputs[1][j]
+        np.testing.assert_array_equal(results[0][j], want)
+        np.testing.assert_array_equal(results[1][j], want)
+
+
 def test_serial_twin_is_a_separate_compilation_with_the_same_result():
     kern = conv_cpu.im2col
     assert kern.serial is not kern.parallel
