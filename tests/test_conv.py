@@ -471,6 +471,8 @@ def test_selection_rule():
     assert not make(3, 32, 32, filters=32, size=5, padding=2).direct_forward            # stride 1: direct
     assert not make(64, 56, 56, filters=128, size=3, stride=2, padding=1).direct_forward
     assert not make(3, 1200, 1200, filters=8, size=3, stride=2).direct_forward          # 17 MB planes
+    with pytest.raises(ValueError, match="gemm, direct, mixed"):
+        make(3, 8, 8, filters=4, size=3).use_path("fast")
 
 @pytest.fixture
 def latency():

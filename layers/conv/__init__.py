@@ -167,7 +167,7 @@ class ConvLayer(Layer):
         self._geom = dict(hp=h + 2 * p + e, wc=w + 2 * p + e)
         self._dgeom = _direct_geometry((h, w), self.out_hw, k, s, p)
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
-        self._direct_one = 4 * (c // g) * (h + 2 * p) * (w + 2 * p) <= self.DIRECT_MAX_PLANES
+        self._direct_one = self.planes_fit(c, h, w, p, g)
         self.direct_forward = self.use_direct_forward(c, h, w, k, s, p, g)
         self._taps = None          # the direct kernels' tap offsets, made on first use
         return (f,) + self.out_hw
@@ -216,15 +216,19 @@ class ConvLayer(Layer):
     DIRECT_MAX_PLANES = 4 << 20     # bytes of one image's padded planes, per group
 
     @classmethod
+    def planes_fit(cls, c, h, w, padding, groups):
+        """One image's padded planes of a group take at most DIRECT_MAX_PLANES bytes."""
+        return 4 * (c // groups) * (h + 2 * padding) * (w + 2 * padding) <= cls.DIRECT_MAX_PLANES
+
+    @classmethod
     def use_direct(cls, c, h, w, f, k, stride, padding, groups):
         """The rule: at most DIRECT_MAX_TAPS taps per group and DIRECT_MAX_PLANES bytes of
         padded planes per group; with a stride at most DIRECT_MAX_STRIDED_TAPS taps and at
         least TILE_FILTERS channels per group."""
         cg = c // groups
-        planes = 4 * cg * (h + 2 * padding) * (w + 2 * padding)
         if stride > 1 and (cg * k * k > cls.DIRECT_MAX_STRIDED_TAPS or cg < TILE_FILTERS):
             return False
-        return cg * k * k <= cls.DIRECT_MAX_TAPS and planes <= cls.DIRECT_MAX_PLANES
+        return cg * k * k <= cls.DIRECT_MAX_TAPS and cls.planes_fit(c, h, w, padding, groups)
 
     @classmethod
     def use_direct_forward(cls, c, h, w, k, stride, padding, groups):
@@ -235,8 +239,7 @@ class ConvLayer(Layer):
         One core, batch 32, forward / backward without dx, GEMM against direct: AlexNet's
         11x11 stride-4 conv1 64 / 67 against 47 / 125 ms, ResNet-18's 7x7 stride-2 stem 151 /
         154 against 97 / 196 (bench/bench_conv.py --no-dx)."""
-        planes = 4 * (c // groups) * (h + 2 * padding) * (w + 2 * padding)
-        return stride > 1 and c // groups < TILE_FILTERS and planes <= cls.DIRECT_MAX_PLANES
+        return stride > 1 and c // groups < TILE_FILTERS and cls.planes_fit(c, h, w, padding, groups)
 
     PATHS = ("gemm", "direct", "mixed")
 
