@@ -273,6 +273,29 @@ def test_batch_in_chunks_matches_whole_batch(case, chunk_images, path):
         assert set(errs) == {"input0", "weight", "bias"}
 
 
+@pytest.mark.parametrize("per", [1, 2])
+def test_mixed_forward_pads_a_chunk_of_images_at_a_time(per):
+    """The mixed path's forward pads and convolves `per` images at a time (its GEMM backward
+    reads no phase images): the same bits as all at once, in a smaller workspace, and the
+    gradients of the reference."""
+    case = (5, 3, 13, 12, 4, 7, 2, 3, 1, "tanh")               # a 7x7 stride-2 RGB stem
+    whole, params, x, rng = setup_case(case)
+    chunked, _, _, _ = setup_case(case)
+    assert whole.direct_forward and chunked.direct_forward and not whole.direct
+    chunked.CHUNK_BYTES = 4 * chunked._phase_span() * per
+    assert chunked._phase_chunk(5) == per and whole._phase_chunk(5) == 5
+    y = chunked.forward(x, params).copy()
+    np.testing.assert_array_equal(y, whole.forward(x, params))
+    assert chunked._buffers["xpad"].size < whole._buffers["xpad"].size
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, grads = chunked.backward(dy, params)
+    rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x.astype(np.float64), *ref_args(chunked, params))
+    close(dx, rdx)
+    close(grads["weight"], rdw)
+    close(grads["bias"], rdb)
+    assert set(chunked._buffers) == set(chunked.buffer_shapes(5, backward=True))
+
+
 # ---- the direct kernels (no im2col): both paths forced on the same cases ------------------
 # (N, C, H, W, filters, size, stride=1, padding, groups, neuron): odd, non-square, padding
 # 0/1/2, filter counts that are and are not multiples of the kernels' block of 4

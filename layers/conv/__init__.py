@@ -361,11 +361,13 @@ class ConvLayer(Layer):
         return out
 
     def _mixed_buffer_shapes(self, n, backward, need_dx):
-        """The direct forward's buffers and the GEMM backward's; its im2col and col2im take
-        the room of the phase images, which it does not read."""
+        """The direct forward's buffers, its phase images a chunk of images at a time, and the
+        GEMM backward's; its im2col and col2im take the room of the phase images, which it
+        does not read."""
         out = self._direct_buffer_shapes(n, False, need_dx)
         gemm = self._gemm_buffer_shapes(n, backward, need_dx)
-        out["xpad"] = ("workspace", (max(out["xpad"][1][0], gemm["xpad"][1][0]),))
+        phases = self._phase_chunk(n) * self._phase_span() + SLACK
+        out["xpad"] = ("workspace", (max(phases, gemm["xpad"][1][0]),))
         if backward:
             out.update((tag, shape) for tag, shape in gemm.items() if tag not in ("xpad", "tmp", "y", "pre"))
         return out
@@ -449,20 +451,30 @@ class ConvLayer(Layer):
         b = self.buffers(n, "forward", train)
         span = self._phase_span()
         xpad = b["xpad"]
-        xpad[n * span:] = 0.0                # the slack the tiles' last runs read
-        cpu.pad_images(x, self.padding, self.stride, geo["phases"], geo["hq"], geo["wx"],
-                       xpad[:n * span].reshape(n, span))
         bias = self._bias2d(params)
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = b["pre"] if keep else y3                   # declared only then
         off, runs = self._tap_offsets()[:2]
         w = np.ascontiguousarray(params["weight"], np.float32).reshape(-1)     # read in place
-        cpu.direct_forward(xpad, span, off, w, self._tile_shapes()[0][0], runs, ow, _runs(ow) * LANES, bias,
-                           self.groups, *self.act.kernel_args(), keep, b["tiles"], y3, pre)
+        # the direct backward reads every image's phase images; a GEMM one (direct_forward)
+        # none, so there they go in chunks
+        step = n if self._on_direct else self._phase_chunk(n)
+        for n0 in range(0, n, step):
+            m = min(n, n0 + step) - n0
+            xpad[m * span:m * span + SLACK] = 0.0         # the slack the tiles' last runs read
+            cpu.pad_images(x[n0:n0 + m], self.padding, self.stride, geo["phases"], geo["hq"], geo["wx"],
+                           xpad[:m * span].reshape(m, span))
+            cpu.direct_forward(xpad, span, off, w, self._tile_shapes()[0][0], runs, ow, _runs(ow) * LANES, bias,
+                               self.groups, *self.act.kernel_args(), keep, b["tiles"], y3[n0:n0 + m],
+                               pre[n0:n0 + m])
         self._x, self._y3, self._pre, self._phases = x, y3, pre, xpad
         self._cols_hold = None               # a GEMM backward (direct_forward) makes its columns
         return b["y"]
+
+    def _phase_chunk(self, n):
+        """Images a forward of the mixed path pads at once: about CHUNK_BYTES of phase images."""
+        return int(max(1, min(n, self.CHUNK_BYTES // (4 * self._phase_span()))))
 
     def _direct_backward(self, dy, params, need_dx):
         n, f = self._x.shape[0], self.filters
