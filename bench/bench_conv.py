@@ -5,10 +5,12 @@ AlexNet's, ResNet-18's and VGG-16's convolutions as a column thread runs them
 (engine.columns.single_core(): serial kernels, one BLAS thread), the two paths interleaved
 in one process, repetition by repetition, so that the machine's noise hits both alike;
 where the rule runs the forward alone direct (ConvLayer.use_direct_forward: strided RGB
-stems) that mixed path too. Prints min and median ms of forward and backward (with dx,
-or without it: --no-dx, as a first layer runs) per layer and path.
+stems) that mixed path too; with --torch PyTorch's conv2d (and the layer's activation) on
+one thread as well, interleaved the same way: the rival a column's kernels meet core for
+core. Prints min and median ms of forward and backward (with dx, or without it: --no-dx, as
+a first layer runs) per layer and path.
 
-    python bench/bench_conv.py [--batch 128] [--reps 15] [--no-dx] [--only c10-conv2 ...]
+    python bench/bench_conv.py [--batch 128] [--reps 15] [--no-dx] [--torch] [--only c10-conv2 ...]
     python bench/bench_conv.py --batch 8 --reps 5 --only alex-conv2 r18-layer1 vgg-conv3
     python bench/bench_conv.py --batch 32 --reps 7 --no-dx --only alex-conv1 r18-stem
 """
@@ -37,6 +39,7 @@ SHAPES = {
     "rd-conv1": (1, 28, 28, 16, 3, 1, None),          # resnet-digits
     "rd-layer1": (16, 28, 28, 16, 3, 1, None),
     "rd-layer2": (32, 14, 14, 32, 3, 1, None),
+    "rd-layer3": (64, 7, 7, 64, 3, 1, None),
     "rd-down2": (16, 28, 28, 32, 3, 1, None, 1, 2),
     "rd-short2": (16, 28, 28, 32, 1, 0, None, 1, 2),
     "rd-down3": (32, 14, 14, 64, 3, 1, None, 1, 2),
@@ -71,14 +74,43 @@ def make(shape, path=None):
     return layer if path is None else layer.use_path(path)
 
 
+def torch_conv(torch, shape, layer, params, x, dy, need_dx):
+    """PyTorch's forward and backward of the layer's convolution and activation on the same
+    tensors (its gradient of x only where need_dx), as two callables."""
+    c, h, w, f, k, p, fn, *rest = shape
+    groups, stride = (list(rest) + [1, 1])[:2]
+    tx = torch.from_numpy(x).requires_grad_(need_dx)
+    tw = torch.from_numpy(params["weight"].copy()).requires_grad_(True)
+    tb = torch.from_numpy(params["bias"].copy()).requires_grad_(True) if "bias" in params else None
+    tdy = torch.from_numpy(dy)
+    act = {None: lambda v: v, "relu": torch.relu}[fn]
+    out = {}
+
+    def forward():
+        out["y"] = act(torch.nn.functional.conv2d(tx, tw, tb, stride, p, 1, groups))
+
+    def backward():
+        tw.grad = tx.grad = None
+        if tb is not None:
+            tb.grad = None
+        out["y"].backward(tdy)
+
+    return forward, backward
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--no-dx", action="store_true", help="backward without dx (a first layer's)")
+    ap.add_argument("--torch", action="store_true", help="PyTorch's conv2d on one thread too (pip install -e '.[torch]')")
     ap.add_argument("--only", nargs="*", default=SMALL, choices=list(SHAPES),
                     help="layers to time (default: the small nets'; the others want --batch 8)")
     args = ap.parse_args(argv)
+    torch = None
+    if args.torch:
+        import torch
+        torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     need_dx = not args.no_dx
     print(f"batch {args.batch}, {args.reps} interleaved repetitions, one core, backward "
@@ -97,13 +129,20 @@ def main(argv=None):
                 dy = rng.standard_normal((args.batch,) + layer.output_shape).astype(np.float32)
                 layer.forward(x, params)
                 layer.backward(dy, params, need_dx)     # compile, allocate
-                runs[path] = (layer, params, x, dy, {"fwd": [], "bwd": []})
+                runs[path] = (lambda layer=layer, params=params, x=x: layer.forward(x, params),
+                              lambda layer=layer, params=params, dy=dy: layer.backward(dy, params, need_dx),
+                              {"fwd": [], "bwd": []})
+            if torch is not None:
+                forward, backward = torch_conv(torch, shape, layer, params, x, dy, need_dx)
+                forward()
+                backward()
+                runs["torch"] = (forward, backward, {"fwd": [], "bwd": []})
             for _ in range(args.reps):
-                for path, (layer, params, x, dy, times) in runs.items():
+                for path, (forward, backward, times) in runs.items():
                     t0 = time.perf_counter()
-                    layer.forward(x, params)
+                    forward()
                     t1 = time.perf_counter()
-                    layer.backward(dy, params, need_dx)
+                    backward()
                     t2 = time.perf_counter()
                     times["fwd"].append(t1 - t0)
                     times["bwd"].append(t2 - t1)
