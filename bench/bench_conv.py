@@ -1,14 +1,15 @@
-"""Single-core conv timings: the GEMM path (im2col + BLAS) against the direct kernels.
+"""Single-core conv timings: the GEMM path (im2col + BLAS), the direct kernels, Winograd.
 
 Runs the conv layers of CIFAR-10 18pct, LeNet-5, the digits nets and (with a small --batch)
 AlexNet's, ResNet-18's and VGG-16's convolutions as a column thread runs them
-(engine.columns.single_core(): serial kernels, one BLAS thread), the two paths interleaved
-in one process, repetition by repetition, so that the machine's noise hits both alike;
-where the rule runs the forward alone direct (ConvLayer.use_direct_forward: strided RGB
-stems) that mixed path too; with --torch PyTorch's conv2d (and the layer's activation) on
-one thread as well, interleaved the same way: the rival a column's kernels meet core for
-core. Prints min and median ms of forward and backward (with dx, or without it: --no-dx, as
-a first layer runs) per layer and path.
+(engine.columns.single_core(): serial kernels, one BLAS thread), the paths interleaved in
+one process, repetition by repetition, so that the machine's noise hits them alike: GEMM,
+direct, where the rule runs the forward alone direct (ConvLayer.use_direct_forward: strided
+RGB stems) that mixed path, and Winograd wherever it can run (3x3, stride 1, one group); the
+ResNets' convolutions without biases, as in the nets. With --torch PyTorch's conv2d (and the
+layer's activation) on one thread as well, interleaved the same way: the rival a column's
+kernels meet core for core. Prints min and median ms of forward and backward (with dx, or
+without it: --no-dx, as a first layer runs) per layer and path.
 
     python bench/bench_conv.py [--batch 128] [--reps 15] [--no-dx] [--torch] [--only c10-conv2 ...]
     python bench/bench_conv.py --batch 8 --reps 5 --only alex-conv2 r18-layer1 vgg-conv3
@@ -48,6 +49,9 @@ SHAPES = {
     "alex-conv3": (256, 13, 13, 384, 3, 1, "relu"),
     "alex-conv4": (384, 13, 13, 384, 3, 1, "relu", 2),
     "alex-conv1": (3, 224, 224, 48, 11, 2, "relu", 1, 4),
+    "alex-c3col": (256, 13, 13, 192, 3, 1, "relu"),     # nets/alexnet.yaml's columns: conv3a
+    "alex-c4col": (192, 13, 13, 192, 3, 1, "relu"),     # conv4a
+    "alex-c5col": (192, 13, 13, 128, 3, 1, "relu"),     # conv5a
     "r18-stem": (3, 224, 224, 64, 7, 3, None, 1, 2),
     "r18-layer1": (64, 56, 56, 64, 3, 1, None),
     "r18-down2": (64, 56, 56, 128, 3, 1, None, 1, 2),
@@ -65,11 +69,11 @@ SHAPES = {
 SMALL = [name for name in SHAPES if not name.startswith(("alex", "r18", "vgg"))]
 
 
-def make(shape, path=None):
+def make(shape, path=None, bias=True):
     """The conv layer of `shape`, on the path asked (ConvLayer.PATHS; None: its rule's)."""
     c, h, w, f, k, p, fn, *rest = shape
     groups, stride = (list(rest) + [1, 1])[:2]
-    layer = layers.get("conv")("conv", {"filters": f, "size": k, "padding": p, "neuron": fn,
+    layer = layers.get("conv")("conv", {"filters": f, "size": k, "padding": p, "neuron": fn, "bias": bias,
                                         "groups": groups, "stride": stride}, [(c, h, w)])
     return layer if path is None else layer.use_path(path)
 
@@ -103,7 +107,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--no-dx", action="store_true", help="backward without dx (a first layer's)")
-    ap.add_argument("--torch", action="store_true", help="PyTorch's conv2d on one thread too (pip install -e '.[torch]')")
+    ap.add_argument("--torch", action="store_true",
+                    help="PyTorch's conv2d on one thread too (pip install -e '.[torch]')")
     ap.add_argument("--only", nargs="*", default=SMALL, choices=list(SHAPES),
                     help="layers to time (default: the small nets'; the others want --batch 8)")
     args = ap.parse_args(argv)
@@ -119,11 +124,14 @@ def main(argv=None):
     with columns.single_core():
         for name in args.only:
             shape = SHAPES[name]
+            bias = not name.startswith(("rd-", "r18-"))      # the ResNets' convs have none (a batchnorm follows)
             runs = {}
-            rule = make(shape)
-            auto = "direct" if rule.direct else "mixed" if rule.direct_forward else "gemm"
-            for path in ("gemm", "direct") + (("mixed",) if auto == "mixed" else ()):
-                layer = make(shape, path)
+            rule = make(shape, bias=bias)
+            auto = ("winograd" if rule._wino_at(args.batch) else "direct" if rule._direct_at(args.batch)
+                    else "mixed" if rule.direct_forward else "gemm")
+            for path in ("gemm", "direct") + (("mixed",) if auto == "mixed" else ()) + \
+                    (("winograd",) if rule._wgeom is not None else ()):
+                layer = make(shape, path, bias)
                 params = layer.init_params(rng)
                 x = rng.standard_normal((args.batch,) + layer.input_shape).astype(np.float32)
                 dy = rng.standard_normal((args.batch,) + layer.output_shape).astype(np.float32)
@@ -148,7 +156,7 @@ def main(argv=None):
                     times["bwd"].append(t2 - t1)
             for path, (*_, times) in runs.items():
                 cells = [f"{1e3 * min(v):6.2f} /{1e3 * np.median(v):6.2f}" for v in times.values()]
-                print(f"{name:12s} {path:7s} {cells[0]:>15s} {cells[1]:>15s}   {auto if path == 'gemm' else ''}")
+                print(f"{name:12s} {path:8s} {cells[0]:>15s} {cells[1]:>15s}   {auto if path == 'gemm' else ''}")
 
 
 if __name__ == "__main__":

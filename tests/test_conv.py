@@ -339,21 +339,28 @@ def run_path(case, path, seed=0, serial=False):
     return layer, params, x, y, dy, dx, grads
 
 
-@pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_direct_path_matches_reference_and_gemm_path(case):
-    layer, params, x, y, dy, dx, grads = run_path(case, "direct")
+def check_path(case, path, other):
+    """run_path(case, path): its buffers those it declares, y, dx and the gradients the
+    reference's and the `other` path's; returns run_path's tuple and the reference's grads."""
+    layer, params, x, y, dy, dx, grads = run_path(case, path)
     assert set(layer._buffers) == set(layer.buffer_shapes(x.shape[0], backward=True))
-    assert "cols" not in layer._buffers
     x64 = x.astype(np.float64)
     close(y, reference.forward(x64, *ref_args(layer, params)))
     rdx, rdw, rdb = reference.backward(dy.astype(np.float64), x64, *ref_args(layer, params))
     close(dx, rdx)
     close(grads["weight"], rdw)
     close(grads["bias"], rdb)
-    _, _, _, gy, _, gdx, ggrads = run_path(case, "gemm")
-    close(y, gy)
-    close(dx, gdx)
-    close(grads["weight"], ggrads["weight"])
+    _, _, _, oy, _, odx, ograds = run_path(case, other)
+    close(y, oy)
+    close(dx, odx)
+    close(grads["weight"], ograds["weight"])
+    return (layer, params, x, y, dy, dx, grads), (rdx, rdw, rdb)
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_direct_path_matches_reference_and_gemm_path(case):
+    (layer, params, x, y, dy, dx, grads), (rdx, rdw, rdb) = check_path(case, "direct", "gemm")
+    assert "cols" not in layer._buffers
     # the direct forward with the GEMM backward (strided RGB stems): the direct path's y
     mixed, _, _, my, _, mdx, mgrads = run_path(case, "mixed")
     assert set(mixed._buffers) == set(mixed.buffer_shapes(x.shape[0], backward=True))
@@ -466,7 +473,8 @@ def test_direct_gradient_finite_differences(case):
 
 
 def test_selection_rule():
-    # the shapes bench/bench_conv.py measures, on the side that won there
+    # the shapes bench/bench_conv.py measures, on the side that won there (for the 3x3 stride-1
+    # ones where a batch is large enough, the Winograd path before either: test_conv_winograd)
     assert make(1, 28, 28, filters=6, size=5, padding=2).direct          # LeNet-5 conv1
     assert make(6, 14, 14, filters=16, size=5).direct                    # LeNet-5 conv2
     assert make(16, 28, 28, filters=16, size=3, padding=1).direct        # digits ResNet layer1

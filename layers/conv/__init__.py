@@ -12,6 +12,8 @@ single images (layers.threads.latency()) the direct one wherever its planes fit 
   convolution of the padded gradient with the flipped filters (one per phase), backward
   weights are dot products per tap.
 - the direct forward with the GEMM backward (use_direct_forward): strided RGB stems.
+- Winograd F(2x2, 3x3) (use_winograd; layers/conv/winograd.py): 3x3 stride-1 convolutions,
+  forward, dx and dW each as 16 GEMMs between input and output transforms.
 Biases: one per filter, or with `shared_biases: false` (cuda-convnet's sharedBiases=0) one
 per filter and output position, bias [filters, OH, OW]; the kernels see it as
 [filters, 1] or [filters, OH*OW] (`_bias2d`). With `bias: false` there is no bias parameter
@@ -29,10 +31,10 @@ import numpy as np
 from layers import threads
 from layers.base import (FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor,
                          shown)
-from layers.conv import cpu
+from layers.conv import cpu, winograd
 from layers.fma_tiles import LANES, SLACK, TILE4_FILTERS, TILE4_VECTORS, TILE_FILTERS, TILE_VECTORS
 from layers.threads import WORKERS
-from layers.neuron.spec import NEURON_KEY, NONLINEARITY_KEY, parse as parse_neuron
+from layers.neuron.spec import IDENT, NEURON_KEY, NONLINEARITY_KEY, RELU, parse as parse_neuron
 from layers.registry import register
 
 
@@ -169,6 +171,9 @@ class ConvLayer(Layer):
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
         self._direct_one = self.planes_fit(c, h, w, p, g)
         self.direct_forward = self.use_direct_forward(c, h, w, k, s, p, g)
+        self._wgeom = winograd.Geometry(h, w, *self.out_hw, p) if winograd.fits(k, s, p, g, e) else None
+        self.winograd = self._wgeom is not None and self.use_winograd(c, f, *self.out_hw)
+        self._wino_min = self.WINOGRAD_MIN_TILES          # use_path("winograd"): any batch
         self._taps = None          # the direct kernels' tap offsets, made on first use
         return (f,) + self.out_hw
 
@@ -241,15 +246,52 @@ class ConvLayer(Layer):
         154 against 97 / 196 (bench/bench_conv.py --no-dx)."""
         return stride > 1 and c // groups < TILE_FILTERS and cls.planes_fit(c, h, w, padding, groups)
 
-    PATHS = ("gemm", "direct", "mixed")
+    # Winograd F(2x2, 3x3) (bench/bench_conv.py, one core, forward / backward ms, against the
+    # rule's path before): 2.25x fewer multiply-adds in BLAS's GEMMs, for transforms that cost
+    # about what a GEMM with 16 channels does. AlexNet's column convs at batch 32: conv3a 48 /
+    # 90 against GEMM's 62 / 127, conv4a 35 / 68 against 47 / 95, conv5a 23 / 44 against 33 /
+    # 67; ResNet-18's layer1 at batch 8 17 / 36 against direct's 24 / 48, layer2 16 / 31
+    # against GEMM's 24 / 47, layer3 16 / 31 against 23 / 46; the digits ResNet's layer2 (32
+    # channels, 14x14) 7.0 / 11.4 against 7.8 / 14.9. It loses with few channels: its layer1
+    # (16) 8.3 / 15.6 against 7.8 / 16.8 on one core, but the whole step at batch 128, both
+    # halves at once, 107 against 101 ms (the transforms' memory traffic; 32 and up on it:
+    # 100), VGG-16's conv1_1 (3) 47 / 187 against 26 / 103; on 7x7 maps (a third of the 8x8
+    # tiles' outputs dropped) unless wide (the digits ResNet's 64-channel layer3 at batch 32
+    # 2.4 / 4.4 against 2.0 / 4.4; ResNet-18's 512-channel layer4 76 / 151 against 90 / 186);
+    # and where a batch has few tiles, the weights' transforms then weighing (layer4 at batch
+    # 8: 28 / 52 against 22 / 45).
+    WINOGRAD_MIN_CHANNELS = 32
+    WINOGRAD_WIDE = 128             # channels from which dropped tile outputs do not matter
+    WINOGRAD_MAX_WASTE = 1.2        # tile outputs computed / outputs kept
+    WINOGRAD_MIN_TILES = 256        # tiles in a batch (layer4 at batch 8: 128; layer3: 392)
+
+    @classmethod
+    def use_winograd(cls, c, f, oh, ow):
+        """The rule for a 3x3 stride-1 convolution of one group (winograd.fits), any batch."""
+        narrow = min(c, f)
+        waste = (2 * -(-oh // 2)) * (2 * -(-ow // 2)) / (oh * ow)
+        return narrow >= cls.WINOGRAD_MIN_CHANNELS and (waste <= cls.WINOGRAD_MAX_WASTE
+                                                        or narrow >= cls.WINOGRAD_WIDE)
+
+    PATHS = ("gemm", "direct", "mixed", "winograd")
 
     def use_path(self, path):
         """Put the layer on one path whatever the rules pick (tests, bench/bench_conv.py):
-        "gemm", "direct", or "mixed" (the direct forward, the GEMM backward)."""
+        "gemm", "direct", "mixed" (the direct forward, the GEMM backward) or "winograd"
+        (3x3 stride-1 convolutions of one group)."""
         if path not in self.PATHS:
             raise ValueError(f"path must be one of {', '.join(self.PATHS)}, got {path!r}")
-        self.direct, self.direct_forward = path == "direct", path == "mixed"
+        if path == "winograd" and self._wgeom is None:
+            raise ValueError("the winograd path takes 3x3 stride-1 convolutions of one group, padding <= 2")
+        self.direct, self.direct_forward, self.winograd = path == "direct", path == "mixed", path == "winograd"
+        self._wino_min = 0
         return self
+
+    def _wino_at(self, n):
+        """Whether a batch of n runs on the Winograd path: the rule's, for batches of at least
+        WINOGRAD_MIN_TILES tiles (not single images split over the cores: _direct_at)."""
+        geo = self._wgeom
+        return self.winograd and n * geo.th * geo.tw >= self._wino_min and not self._single(n)
 
     def _direct_at(self, n):
         """The path of a batch of n: the rule's (`direct`), but at batch 1 where this process
@@ -297,7 +339,9 @@ class ConvLayer(Layer):
         return self.filters * (self.channels // self.groups) * self.size * self.size * oh * ow
 
     def buffer_shapes(self, n, train=False, backward=False, need_dx=True):
-        if self._direct_at(n):
+        if self._wino_at(n):
+            out = self._wino_buffer_shapes(n, backward, need_dx)
+        elif self._direct_at(n):
             out = self._direct_buffer_shapes(n, backward, need_dx)
         elif self.direct_forward:
             out = self._mixed_buffer_shapes(n, backward, need_dx)
@@ -359,6 +403,109 @@ class ConvLayer(Layer):
                 taps = len(self._tap_offsets()[3])
                 out["wflip"] = ("workspace", (g * _blocks(c // g, fc), taps * fc))
         return out
+
+    def _wino_chunks(self, n, dx=False):
+        """The Winograd path's chunks of a batch of n: (u0, u1) ranges of tile rows (of the
+        output, or with dx of the input), about CHUNK_BYTES of transforms each."""
+        geo = self._wgeom
+        units, tw = (n * geo.thd, geo.twd) if dx else (n * geo.th, geo.tw)
+        rows = geo.chunk_rows(units, tw, self.channels + self.filters, self.CHUNK_BYTES)
+        return [(u0, min(units, u0 + rows)) for u0 in range(0, units, rows)]
+
+    def _wino_tiles(self, n):
+        """Tiles of the largest chunk, forward or dx."""
+        geo = self._wgeom
+        return max(max(u1 - u0 for u0, u1 in self._wino_chunks(n)) * geo.tw,
+                   max(u1 - u0 for u0, u1 in self._wino_chunks(n, True)) * geo.twd)
+
+    def _wino_buffer_shapes(self, n, backward, need_dx):
+        oh, ow = self.out_hw
+        f, c, geo = self.filters, self.channels, self._wgeom
+        tiles = self._wino_tiles(n)
+        out = {"xpad": ("workspace", (n * c * geo.plane() + geo.slack(),)),
+               "wv": ("workspace", (16 * max(c, f) * tiles,)),    # input transforms
+               "wm": ("workspace", (16 * max(c, f) * tiles,)),    # products; dW: gradient transforms
+               "u": ("workspace", (16, f, c)),
+               "y": ("activation", (n, f, oh, ow))}
+        if self.act.needs_input:
+            out["pre"] = ("workspace", (n, f, oh * ow))
+        if backward:
+            out["dzs"] = ("gradient", (n * f * geo.plane_d() + geo.slack(),))
+            out["wsum"] = ("workspace", (2, 16, f, c))              # dW's products: the sum, a chunk's
+            out["dweight"] = ("param_grad", (f, c * 9))
+            out["dbias"] = self._dbias_buffer()
+            if need_dx:
+                out["dx"] = ("gradient", (n,) + self.input_shape)
+                out["ut"] = ("workspace", (16, c, f))
+        return out
+
+    def _wino_views(self, t, rows_v, rows_m):
+        """[16, rows, t] views of the transforms' buffers."""
+        return (self._buffers["wv"][:16 * rows_v * t].reshape(16, rows_v, t),
+                self._buffers["wm"][:16 * rows_m * t].reshape(16, rows_m, t))
+
+    def _wino_forward(self, x, params, train):
+        n, f, c = x.shape[0], self.filters, self.channels
+        oh, ow = self.out_hw
+        geo = self._wgeom
+        b = self.buffers(n, "forward", train)
+        y3 = b["y"].reshape(n, f, oh * ow)
+        keep = self.act.needs_input
+        pre = b["pre"] if keep else y3                   # declared only then
+        xs = b["xpad"]
+        xs[n * c * geo.plane():] = 0.0                   # the slack the last tiles' vectors read
+        winograd.split_images(x, self.padding, geo.hp, geo.half, xs)
+        u = winograd.transform_weights(np.ascontiguousarray(params["weight"], np.float32), b["u"])
+        bias, plain = self._bias2d(params), not self.bias and self.act.identity
+        code, pa, pb = self.act.kernel_args()
+        chunks = self._wino_chunks(n)
+        for i, (u0, u1) in enumerate(chunks):
+            v, m = self._wino_views((u1 - u0) * geo.tw, c, f)
+            winograd.input_transform(xs, geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v)
+            np.matmul(u, v, out=m)
+            # a function the kernels do not fuse (neither relu nor the identity) is applied to the
+            # whole of y after the call (activation_kernel's split): with the last chunk alone
+            fused = code in (RELU, IDENT) or i == len(chunks) - 1
+            winograd.output_transform(m, geo.th, geo.tw, u0, u1, oh, ow, bias, code if fused else IDENT, pa, pb,
+                                      keep, plain, y3, pre)
+        self._x, self._y3, self._pre = x, y3, pre
+        return b["y"]
+
+    def _wino_backward(self, dy, params, need_dx):
+        n, f, c = self._x.shape[0], self.filters, self.channels
+        oh, ow = self.out_hw
+        geo = self._wgeom
+        dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
+        b = self.buffers(n, "backward", need_dx=need_dx)
+        dzs, db = b["dzs"], b["dbias"]
+        dzs[n * f * geo.plane_d():] = 0.0
+        db64 = np.zeros((f, db.size // f), np.float64)
+        winograd.grad_split(dy3, self._y3, self._pre, *self.act.kernel_args(), geo.a, oh, ow, geo.hd, geo.half_d,
+                            dzs, db64)
+        db.reshape(f, -1)[:] = db64
+        total, part = b["wsum"]
+        for i, (u0, u1) in enumerate(self._wino_chunks(n)):
+            v, z = self._wino_views((u1 - u0) * geo.tw, c, f)
+            winograd.input_transform(self._buffers["xpad"], geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v)
+            winograd.grad_transform(dzs, geo.plane_d(), geo.half_d, geo.a, geo.th, geo.tw, u0, u1, z)
+            np.matmul(z, v.transpose(0, 2, 1), out=total if i == 0 else part)
+            if i:
+                total += part
+        winograd.weight_gradient(total, b["dweight"])
+        dx = None
+        if need_dx:
+            dx = b[self._dx_tag()]
+            h, w = self.input_shape[1:]
+            dx3 = dx.reshape(n, c, h * w)
+            ut = winograd.transform_weights(np.ascontiguousarray(np.asarray(params["weight"], np.float32)
+                                                                 .transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), b["ut"])
+            zero = np.zeros((c, 1), np.float32)
+            for u0, u1 in self._wino_chunks(n, dx=True):
+                v, m = self._wino_views((u1 - u0) * geo.twd, f, c)
+                winograd.input_transform(dzs, geo.plane_d(), geo.half_d, geo.thd, geo.twd, u0, u1, v)
+                np.matmul(ut, v, out=m)
+                winograd.output_transform(m, geo.thd, geo.twd, u0, u1, h, w, zero, 0, 0.0, 0.0, False, True, dx3, dx3)
+        return dx, self._grads(b["dweight"], db)
 
     def _mixed_buffer_shapes(self, n, backward, need_dx):
         """The direct forward's buffers, its phase images a chunk of images at a time, and the
@@ -552,6 +699,9 @@ class ConvLayer(Layer):
             xg = self.buffers(x.shape[0], "forward", train)["xg"]
             cpu.gather_channels(x, self._index, xg)
             x = xg
+        self._on_wino = self._wino_at(x.shape[0])
+        if self._on_wino:
+            return self._wino_forward(x, params, train)
         self._on_direct = self._direct_at(x.shape[0])
         if self._on_direct or self.direct_forward:
             with self._split_one(x.shape[0]):
@@ -564,7 +714,9 @@ class ConvLayer(Layer):
         return threads.compute_bound() if self._single(n) else contextlib.nullcontext()
 
     def backward(self, dy, params, need_dx=True):
-        if self._on_direct:
+        if self._on_wino:
+            dx, grads = self._wino_backward(dy, params, need_dx)
+        elif self._on_direct:
             with self._split_one(dy.shape[0]):
                 dx, grads = self._direct_backward(dy, params, need_dx)
         else:
