@@ -68,8 +68,8 @@ def test_winograd_without_bias_per_position_bias_and_repeated_backward():
 @pytest.mark.parametrize("neuron", ["relu", "tanh", "abs"])
 @pytest.mark.parametrize("path", ["forward", "dx"])
 def test_winograd_chunks_of_tile_rows_match_one_chunk(path, neuron):
-    """A batch in chunks of one or three tile rows (images split between chunks) gives what
-    one chunk of them all gives (to BLAS's rounding, which moves with a GEMM's width); tanh
+    """A batch in groups of images padded at a time, each in chunks of one or three tile rows
+    (images split between chunks), gives what one chunk of them all gives (to BLAS's rounding, which moves with a GEMM's width); tanh
     and abs (applied after the kernels, to the whole output) once, not once a chunk."""
     case = (5, 8, 10, 7, 6, 3, 1, 1, 1, neuron)
     _, _, _, y, _, dx, grads = run_path(case, "winograd")
@@ -78,8 +78,9 @@ def test_winograd_chunks_of_tile_rows_match_one_chunk(path, neuron):
         layer.use_path("winograd")
         tiles = layer._wgeom.tw if path == "forward" else layer._wgeom.twd
         layer.CHUNK_BYTES = 64 * (layer.channels + layer.filters) * tiles * rows
-        chunks = layer._wino_chunks(x.shape[0], dx=path == "dx")
-        assert max(u1 - u0 for u0, u1 in chunks) == rows and len(chunks) > 1
+        groups = layer._wino_groups(x.shape[0])          # images padded at a time
+        chunks = layer._wino_chunks(groups[0][1], dx=path == "dx")
+        assert len(groups) > 1 and max(u1 - u0 for u0, u1 in chunks) == rows and len(chunks) > 1
         y1 = layer.forward(x, params).copy()
         dy = rng.standard_normal(y1.shape).astype(np.float32)
         dx1, grads1 = layer.backward(dy, params)

@@ -404,25 +404,36 @@ class ConvLayer(Layer):
                 out["wflip"] = ("workspace", (g * _blocks(c // g, fc), taps * fc))
         return out
 
-    def _wino_chunks(self, n, dx=False):
-        """The Winograd path's chunks of a batch of n: (u0, u1) ranges of tile rows (of the
-        output, or with dx of the input), about CHUNK_BYTES of transforms each."""
+    def _wino_groups(self, n):
+        """The Winograd path's groups of images, (n0, n1): about CHUNK_BYTES of padded images
+        and gradients each (at least one image). Each group is padded on its own, forward and
+        again backward (dW reads the padded images then), so that no layer keeps a padded copy
+        of its batch (VGG-16's conv1_2: 13 MB an image)."""
         geo = self._wgeom
-        units, tw = (n * geo.thd, geo.twd) if dx else (n * geo.th, geo.tw)
+        per_image = 4 * (self.channels * geo.plane() + self.filters * geo.plane_d())
+        m = int(max(1, min(n, self.CHUNK_BYTES // per_image)))
+        return [(n0, min(n, n0 + m)) for n0 in range(0, n, m)]
+
+    def _wino_chunks(self, m, dx=False):
+        """The chunks of a group of m images: (u0, u1) ranges of its tile rows (of the output,
+        or with dx of the input), about CHUNK_BYTES of transforms each."""
+        geo = self._wgeom
+        units, tw = (m * geo.thd, geo.twd) if dx else (m * geo.th, geo.tw)
         rows = geo.chunk_rows(units, tw, self.channels + self.filters, self.CHUNK_BYTES)
         return [(u0, min(units, u0 + rows)) for u0 in range(0, units, rows)]
 
     def _wino_tiles(self, n):
         """Tiles of the largest chunk, forward or dx."""
         geo = self._wgeom
-        return max(max(u1 - u0 for u0, u1 in self._wino_chunks(n)) * geo.tw,
-                   max(u1 - u0 for u0, u1 in self._wino_chunks(n, True)) * geo.twd)
+        m = self._wino_groups(n)[0][1]
+        return max(max(u1 - u0 for u0, u1 in self._wino_chunks(m)) * geo.tw,
+                   max(u1 - u0 for u0, u1 in self._wino_chunks(m, True)) * geo.twd)
 
     def _wino_buffer_shapes(self, n, backward, need_dx):
         oh, ow = self.out_hw
         f, c, geo = self.filters, self.channels, self._wgeom
-        tiles = self._wino_tiles(n)
-        out = {"xpad": ("workspace", (n * c * geo.plane() + geo.slack(),)),
+        tiles, m = self._wino_tiles(n), self._wino_groups(n)[0][1]
+        out = {"xpad": ("workspace", (m * c * geo.plane() + geo.slack(),)),
                "wv": ("workspace", (16 * max(c, f) * tiles,)),    # input transforms
                "wm": ("workspace", (16 * max(c, f) * tiles,)),    # products; dW: gradient transforms
                "u": ("workspace", (16, f, c)),
@@ -430,7 +441,7 @@ class ConvLayer(Layer):
         if self.act.needs_input:
             out["pre"] = ("workspace", (n, f, oh * ow))
         if backward:
-            out["dzs"] = ("gradient", (n * f * geo.plane_d() + geo.slack(),))
+            out["dzs"] = ("gradient", (m * f * geo.plane_d() + geo.slack(),))
             out["wsum"] = ("workspace", (2, 16, f, c))              # dW's products: the sum, a chunk's
             out["dweight"] = ("param_grad", (f, c * 9))
             out["dbias"] = self._dbias_buffer()
@@ -444,6 +455,14 @@ class ConvLayer(Layer):
         return (self._buffers["wv"][:16 * rows_v * t].reshape(16, rows_v, t),
                 self._buffers["wm"][:16 * rows_m * t].reshape(16, rows_m, t))
 
+    def _wino_split(self, x):
+        """The padded, de-interleaved planes of the images x (a group) in xpad."""
+        geo = self._wgeom
+        xs = self._buffers["xpad"]
+        xs[x.shape[0] * self.channels * geo.plane():] = 0.0    # the slack the last tiles' vectors read
+        winograd.split_images(x, self.padding, geo.hp, geo.half, xs)
+        return xs
+
     def _wino_forward(self, x, params, train):
         n, f, c = x.shape[0], self.filters, self.channels
         oh, ow = self.out_hw
@@ -452,59 +471,65 @@ class ConvLayer(Layer):
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = b["pre"] if keep else y3                   # declared only then
-        xs = b["xpad"]
-        xs[n * c * geo.plane():] = 0.0                   # the slack the last tiles' vectors read
-        winograd.split_images(x, self.padding, geo.hp, geo.half, xs)
         u = winograd.transform_weights(np.ascontiguousarray(params["weight"], np.float32), b["u"])
         bias, plain = self._bias2d(params), not self.bias and self.act.identity
         code, pa, pb = self.act.kernel_args()
-        chunks = self._wino_chunks(n)
-        for i, (u0, u1) in enumerate(chunks):
-            v, m = self._wino_views((u1 - u0) * geo.tw, c, f)
-            winograd.input_transform(xs, geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v)
-            np.matmul(u, v, out=m)
-            # a function the kernels do not fuse (neither relu nor the identity) is applied to the
-            # whole of y after the call (activation_kernel's split): with the last chunk alone
-            fused = code in (RELU, IDENT) or i == len(chunks) - 1
-            winograd.output_transform(m, geo.th, geo.tw, u0, u1, oh, ow, bias, code if fused else IDENT, pa, pb,
-                                      keep, plain, y3, pre)
+        for n0, n1 in self._wino_groups(n):
+            xs = self._wino_split(x[n0:n1])
+            chunks = self._wino_chunks(n1 - n0)
+            for i, (u0, u1) in enumerate(chunks):
+                v, m = self._wino_views((u1 - u0) * geo.tw, c, f)
+                winograd.input_transform(xs, geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v)
+                np.matmul(u, v, out=m)
+                # a function the kernels do not fuse (neither relu nor the identity) is applied to
+                # all of the y it is given after the call (activation_kernel's split): the group's,
+                # with its last chunk
+                fused = code in (RELU, IDENT) or i == len(chunks) - 1
+                winograd.output_transform(m, geo.th, geo.tw, u0, u1, oh, ow, bias, code if fused else IDENT, pa,
+                                          pb, keep, plain, y3[n0:n1], pre[n0:n1])
         self._x, self._y3, self._pre = x, y3, pre
         return b["y"]
 
     def _wino_backward(self, dy, params, need_dx):
         n, f, c = self._x.shape[0], self.filters, self.channels
         oh, ow = self.out_hw
+        h, w = self.input_shape[1:]
         geo = self._wgeom
         dy3 = np.ascontiguousarray(dy, np.float32).reshape(self._y3.shape)
         b = self.buffers(n, "backward", need_dx=need_dx)
         dzs, db = b["dzs"], b["dbias"]
-        dzs[n * f * geo.plane_d():] = 0.0
-        db64 = np.zeros((f, db.size // f), np.float64)
-        winograd.grad_split(dy3, self._y3, self._pre, *self.act.kernel_args(), geo.a, oh, ow, geo.hd, geo.half_d,
-                            dzs, db64)
-        db.reshape(f, -1)[:] = db64
+        db64, db_group = np.zeros((2, f, db.size // f), np.float64)
         total, part = b["wsum"]
-        for i, (u0, u1) in enumerate(self._wino_chunks(n)):
-            v, z = self._wino_views((u1 - u0) * geo.tw, c, f)
-            winograd.input_transform(self._buffers["xpad"], geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v)
-            winograd.grad_transform(dzs, geo.plane_d(), geo.half_d, geo.a, geo.th, geo.tw, u0, u1, z)
-            np.matmul(z, v.transpose(0, 2, 1), out=total if i == 0 else part)
-            if i:
-                total += part
-        winograd.weight_gradient(total, b["dweight"])
-        dx = None
+        dx = b[self._dx_tag()] if need_dx else None
         if need_dx:
-            dx = b[self._dx_tag()]
-            h, w = self.input_shape[1:]
-            dx3 = dx.reshape(n, c, h * w)
             ut = winograd.transform_weights(np.ascontiguousarray(np.asarray(params["weight"], np.float32)
                                                                  .transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), b["ut"])
             zero = np.zeros((c, 1), np.float32)
-            for u0, u1 in self._wino_chunks(n, dx=True):
-                v, m = self._wino_views((u1 - u0) * geo.twd, f, c)
-                winograd.input_transform(dzs, geo.plane_d(), geo.half_d, geo.thd, geo.twd, u0, u1, v)
-                np.matmul(ut, v, out=m)
-                winograd.output_transform(m, geo.thd, geo.twd, u0, u1, h, w, zero, 0, 0.0, 0.0, False, True, dx3, dx3)
+        first = True
+        for n0, n1 in self._wino_groups(n):
+            xs = self._wino_split(self._x[n0:n1])
+            dzs[(n1 - n0) * f * geo.plane_d():] = 0.0
+            winograd.grad_split(dy3[n0:n1], self._y3[n0:n1], self._pre[n0:n1], *self.act.kernel_args(), geo.a, oh,
+                                ow, geo.hd, geo.half_d, dzs, db_group)
+            db64 += db_group
+            for u0, u1 in self._wino_chunks(n1 - n0):
+                v, z = self._wino_views((u1 - u0) * geo.tw, c, f)
+                winograd.input_transform(xs, geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v)
+                winograd.grad_transform(dzs, geo.plane_d(), geo.half_d, geo.a, geo.th, geo.tw, u0, u1, z)
+                np.matmul(z, v.transpose(0, 2, 1), out=total if first else part)
+                if not first:
+                    total += part
+                first = False
+            if need_dx:
+                dx3 = dx[n0:n1].reshape(n1 - n0, c, h * w)
+                for u0, u1 in self._wino_chunks(n1 - n0, dx=True):
+                    v, m = self._wino_views((u1 - u0) * geo.twd, f, c)
+                    winograd.input_transform(dzs, geo.plane_d(), geo.half_d, geo.thd, geo.twd, u0, u1, v)
+                    np.matmul(ut, v, out=m)
+                    winograd.output_transform(m, geo.thd, geo.twd, u0, u1, h, w, zero, IDENT, 0.0, 0.0, False, True,
+                                              dx3, dx3)
+        db.reshape(f, -1)[:] = db64
+        winograd.weight_gradient(total, b["dweight"])
         return dx, self._grads(b["dweight"], db)
 
     def _mixed_buffer_shapes(self, n, backward, need_dx):
