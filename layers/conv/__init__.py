@@ -58,6 +58,16 @@ def _whole_tiles(runs, per):
 TILES = ((TILE_FILTERS, TILE_VECTORS), (TILE4_FILTERS, TILE4_VECTORS))     # (filters, runs)
 
 
+def _fitting(count, item_bytes, budget):
+    """How many of `count` items of item_bytes each fit in budget bytes: at least one."""
+    return int(max(1, min(count, budget // item_bytes)))
+
+
+def _spans(count, step):
+    """(start, stop) ranges of `step` items covering 0 .. count-1, the last one shorter."""
+    return [(i, min(count, i + step)) for i in range(0, count, step)]
+
+
 def _tile(rows, runs):
     """The tile shape (filters, runs) that computes fewest wasted outputs for `rows` filters
     (or dx's channels) a group over `runs` (the runs of each phase, each rounded up to whole
@@ -411,16 +421,15 @@ class ConvLayer(Layer):
         of its batch (VGG-16's conv1_2: 13 MB an image)."""
         geo = self._wgeom
         per_image = 4 * (self.channels * geo.plane() + self.filters * geo.plane_d())
-        m = int(max(1, min(n, self.CHUNK_BYTES // per_image)))
-        return [(n0, min(n, n0 + m)) for n0 in range(0, n, m)]
+        return _spans(n, _fitting(n, per_image, self.CHUNK_BYTES))
 
     def _wino_chunks(self, m, dx=False):
         """The chunks of a group of m images: (u0, u1) ranges of its tile rows (of the output,
         or with dx of the input), about CHUNK_BYTES of transforms each."""
         geo = self._wgeom
         units, tw = (m * geo.thd, geo.twd) if dx else (m * geo.th, geo.tw)
-        rows = geo.chunk_rows(units, tw, self.channels + self.filters, self.CHUNK_BYTES)
-        return [(u0, min(units, u0 + rows)) for u0 in range(0, units, rows)]
+        # a tile row's transforms: 16 floats a tile and channel, on both sides
+        return _spans(units, _fitting(units, 64 * (self.channels + self.filters) * tw, self.CHUNK_BYTES))
 
     def _wino_tiles(self, n):
         """Tiles of the largest chunk, forward or dx."""
@@ -632,8 +641,8 @@ class ConvLayer(Layer):
         # the direct backward reads every image's phase images; a GEMM one (direct_forward)
         # none, so there they go in chunks
         step = n if self._on_direct else self._phase_chunk(n)
-        for n0 in range(0, n, step):
-            m = min(n, n0 + step) - n0
+        for n0, n1 in _spans(n, step):
+            m = n1 - n0
             xpad[m * span:m * span + SLACK] = 0.0         # the slack the tiles' last runs read
             cpu.pad_images(x[n0:n0 + m], self.padding, self.stride, geo["phases"], geo["hq"], geo["wx"],
                            xpad[:m * span].reshape(m, span))
@@ -646,7 +655,7 @@ class ConvLayer(Layer):
 
     def _phase_chunk(self, n):
         """Images a forward of the mixed path pads at once: about CHUNK_BYTES of phase images."""
-        return int(max(1, min(n, self.CHUNK_BYTES // (4 * self._phase_span()))))
+        return _fitting(n, 4 * self._phase_span(), self.CHUNK_BYTES)
 
     def _direct_backward(self, dy, params, need_dx):
         n, f = self._x.shape[0], self.filters
@@ -684,7 +693,7 @@ class ConvLayer(Layer):
     def _chunk(self, n):
         oh, ow = self.out_hw
         per_image = 4 * self.channels * self.size * self.size * oh * ow
-        return int(max(1, min(n, self.CHUNK_BYTES // per_image)))
+        return _fitting(n, per_image, self.CHUNK_BYTES)
 
     def _blocks(self):
         """Row slices of (filters, cols rows) for each group."""
@@ -715,8 +724,7 @@ class ConvLayer(Layer):
         return cols
 
     def _chunks(self, n):
-        c = self._chunk(n)
-        return [(n0, min(n, n0 + c)) for n0 in range(0, n, c)]
+        return _spans(n, self._chunk(n))
 
     def forward(self, x, params, train=False, rng=None):
         x = np.ascontiguousarray(x, np.float32)

@@ -90,11 +90,6 @@ class Geometry:
         """Floats past a buffer's last plane that the transforms' last vectors read."""
         return 4 * (2 * max(self.half, self.half_d)) + 4 * LANES
 
-    def chunk_rows(self, units, tw, channels, budget):
-        """Tile rows a chunk takes (of `units`, tw tiles each): its transforms, 16 floats a
-        tile and channel over `channels` channels (both sides), in about `budget` bytes."""
-        return int(max(1, min(units, budget // (64 * channels * tw))))
-
 
 @numba.njit(inline="always")
 def _split_row(src, w, p, half, row):
