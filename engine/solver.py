@@ -38,32 +38,34 @@ import numba
 import numpy as np
 
 from layers import threads
-
-CHUNK = 16384      # elements per parallel chunk, and per partial sum of the clip norm
+from layers.threads import CHUNK, chunk_slice, chunks  # CHUNK: also the clip norm's partial sums
 
 
 @threads.kernel
 def sgd_update(w, v, g, lr, momentum, decay):
     """One fused pass over flat float32 arrays: v = m v - decay lr w - lr g; w += v."""
     n = w.size
-    chunk = 16384
-    for c in numba.prange((n + chunk - 1) // chunk):
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            vi = momentum * v[i] - decay * lr * w[i] - lr * g[i]
-            v[i] = vi
-            w[i] += vi
+    for c in numba.prange(chunks(n)):
+        span = chunk_slice(c, n)
+        ws, vs, gs = w[span], v[span], g[span]
+        for i in range(ws.size):
+            vi = momentum * vs[i] - decay * lr * ws[i] - lr * gs[i]
+            vs[i] = vi
+            ws[i] += vi
 
 
 @threads.kernel
 def nesterov_update(w, v, g, lr, momentum, decay):
     """step = lr (g + decay w); v = m v - step; w += m v - step."""
     n = w.size
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            step = lr * (g[i] + decay * w[i])
-            vi = momentum * v[i] - step
-            v[i] = vi
-            w[i] += momentum * vi - step
+    for c in numba.prange(chunks(n)):
+        span = chunk_slice(c, n)
+        ws, vs, gs = w[span], v[span], g[span]
+        for i in range(ws.size):
+            step = lr * (gs[i] + decay * ws[i])
+            vi = momentum * vs[i] - step
+            vs[i] = vi
+            ws[i] += momentum * vi - step
 
 
 @threads.kernel
@@ -73,15 +75,17 @@ def adam_update(w, m, s, g, step_size, beta1, beta2, one_minus_beta1, one_minus_
     w *= shrink; g' = g + l2 w; m, s moving averages of g', g'^2;
     w -= step_size m / (sqrt(s) / bc2_sqrt + eps)."""
     n = w.size
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            wi = w[i] * shrink
-            gi = g[i] + l2 * wi
-            mi = beta1 * m[i] + one_minus_beta1 * gi
-            si = beta2 * s[i] + one_minus_beta2 * gi * gi
-            m[i] = mi
-            s[i] = si
-            w[i] = wi - step_size * mi / (np.sqrt(si) / bc2_sqrt + eps)
+    for c in numba.prange(chunks(n)):
+        span = chunk_slice(c, n)
+        ws, ms, ss, gs = w[span], m[span], s[span], g[span]
+        for i in range(ws.size):
+            wi = ws[i] * shrink
+            gi = gs[i] + l2 * wi
+            mi = beta1 * ms[i] + one_minus_beta1 * gi
+            si = beta2 * ss[i] + one_minus_beta2 * gi * gi
+            ms[i] = mi
+            ss[i] = si
+            ws[i] = wi - step_size * mi / (np.sqrt(si) / bc2_sqrt + eps)
 
 
 @threads.kernel
@@ -91,17 +95,19 @@ def sum_squares(g, partials):
     chunk = (n + p - 1) // p
     for j in numba.prange(p):
         acc = 0.0
-        for i in range(j * chunk, min(n, (j + 1) * chunk)):
-            acc += np.float64(g[i]) * g[i]
+        gs = g[j * chunk:min(n, (j + 1) * chunk)]      # a slice, looped from 0: see chunk_slice
+        for i in range(gs.size):
+            acc += np.float64(gs[i]) * gs[i]
         partials[j] = acc
 
 
 @threads.kernel
 def scale_grad(g, factor):
     n = g.size
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            g[i] *= factor
+    for c in numba.prange(chunks(n)):
+        gs = g[chunk_slice(c, n)]
+        for i in range(gs.size):
+            gs[i] *= factor
 
 
 class _Pass:

@@ -5,8 +5,8 @@ import numba
 import numpy as np
 
 from layers import draw_key, threads
+from layers.threads import CHUNK, chunk_slice, chunks
 
-CHUNK = 16384
 _bits = numba.njit(inline="always")(draw_key.bits)
 
 
@@ -15,27 +15,32 @@ def dropout_forward(x, k0, k1, first, threshold, scale, mask, y):
     """mask[i] = scale where the bits of counter first + i (layers.draw_key) >= threshold,
     else 0; y = x * mask."""
     n = x.size
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        start = c * CHUNK
-        base = first + numba.uint64(start)    # a chunk's loop counts from 0: it vectorises
-        for j in range(min(n, start + CHUNK) - start):
-            m = scale if _bits(base + numba.uint64(j), k0, k1) >= threshold else np.float32(0.0)
-            mask[start + j] = m
-            y[start + j] = x[start + j] * m
+    for c in numba.prange(chunks(n)):
+        s = chunk_slice(c, n)
+        xs, ms, ys = x[s], mask[s], y[s]
+        base = first + numba.uint64(c * CHUNK)
+        for i in range(xs.size):
+            m = scale if _bits(base + numba.uint64(i), k0, k1) >= threshold else np.float32(0.0)
+            ms[i] = m
+            ys[i] = xs[i] * m
 
 
 @threads.kernel
 def dropout_backward(dy, mask, dx):
     n = dy.size
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            dx[i] = dy[i] * mask[i]
+    for c in numba.prange(chunks(n)):
+        s = chunk_slice(c, n)
+        dys, ms, dxs = dy[s], mask[s], dx[s]
+        for i in range(dys.size):
+            dxs[i] = dys[i] * ms[i]
 
 
 @threads.kernel
 def scale(a, x, out):
     """out = a * x."""
     n = x.size
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            out[i] = a * x[i]
+    for c in numba.prange(chunks(n)):
+        s = chunk_slice(c, n)
+        xs, outs = x[s], out[s]
+        for i in range(xs.size):
+            outs[i] = a * xs[i]

@@ -120,20 +120,23 @@ def _bias_act_plane(code, args):
     tmp, bias, pa, pb, keep, y, pre, i = args
     f_out, p_out = y.shape[1], y.shape[2]
     n, f = i // f_out, i % f_out
-    src = n * p_out
+    # rows as slices looped from 0: they vectorise (threads.chunk_slice); _bias_act_tile's
+    # loops are these, written out there: as one inline helper its forward ran 18% slower
+    src, ys, pres = tmp[f, n * p_out:(n + 1) * p_out], y[n, f], pre[n, f]
     if bias.shape[1] == 1:          # shared: one bias per filter, kept in a register
         b = bias[f, 0]
         for j in range(p_out):
-            a = tmp[f, src + j] + b
+            a = src[j] + b
             if keep:
-                pre[n, f, j] = a
-            y[n, f, j] = activate(code, pa, pb, a)
+                pres[j] = a
+            ys[j] = activate(code, pa, pb, a)
     else:
+        bs = bias[f]
         for j in range(p_out):
-            a = tmp[f, src + j] + bias[f, j]
+            a = src[j] + bs[j]
             if keep:
-                pre[n, f, j] = a
-            y[n, f, j] = activate(code, pa, pb, a)
+                pres[j] = a
+            ys[j] = activate(code, pa, pb, a)
 
 
 @activation_kernel(split="forward")
@@ -151,10 +154,10 @@ def _grad_filter(code, args):
     n_img, p_out = dy.shape[0], dy.shape[2]
     acc = 0.0
     for n in range(n_img):
-        dst = n * p_out
+        dst, dys, ys, pres = dtmp[f, n * p_out:(n + 1) * p_out], dy[n, f], y[n, f], pre[n, f]
         for j in range(p_out):
-            g = activate_grad(code, pa, pb, dy[n, f, j], y[n, f, j], pre[n, f, j])
-            dtmp[f, dst + j] = g
+            g = activate_grad(code, pa, pb, dys[j], ys[j], pres[j])
+            dst[j] = g
             acc += g
     return acc
 
@@ -265,16 +268,24 @@ def _block_task(task, groups, blocks, rows, tf):
 def _bias_act_tile(code, args):
     acc, rows, bias, pa, pb, keep, y, pre, n, f0, f1, ow, ow8 = args
     oh = y.shape[2] // ow
-    step = 0 if bias.shape[1] == 1 else 1           # bias [F, 1] shared, [F, P] per position
     for f in range(f0, f1):
         for oy in range(oh):
             src = acc[(f - f0) * rows + oy * ow8:(f - f0) * rows + oy * ow8 + ow]
-            j0 = oy * ow
-            for ox in range(ow):
-                a = src[ox] + bias[f, (j0 + ox) * step]
-                if keep:
-                    pre[n, f, j0 + ox] = a
-                y[n, f, j0 + ox] = activate(code, pa, pb, a)
+            ys, pres = y[n, f, oy * ow:(oy + 1) * ow], pre[n, f, oy * ow:(oy + 1) * ow]
+            if bias.shape[1] == 1:
+                b = bias[f, 0]
+                for ox in range(ow):
+                    a = src[ox] + b
+                    if keep:
+                        pres[ox] = a
+                    ys[ox] = activate(code, pa, pb, a)
+            else:
+                bs = bias[f, oy * ow:(oy + 1) * ow]
+                for ox in range(ow):
+                    a = src[ox] + bs[ox]
+                    if keep:
+                        pres[ox] = a
+                    ys[ox] = activate(code, pa, pb, a)
 
 
 @activation_kernel(split="forward")
@@ -362,16 +373,20 @@ def _grad_pad_filter(code, args):
         for j in range(a * wc + a):
             dst[j] = zero
         for oy in range(oh):
+            # rows as slices looped from 0: they vectorise (threads.chunk_slice)
             row = dst[(oy + a) * wc + a:(oy + a + 1) * wc + a]
+            j0, j1 = oy * ow, (oy + 1) * ow
+            dys, ys, pres = dy[n, f, j0:j1], y[n, f, j0:j1], pre[n, f, j0:j1]
             for ox in range(ow):
-                g = activate_grad(code, pa, pb, dy[n, f, oy * ow + ox], y[n, f, oy * ow + ox],
-                                  pre[n, f, oy * ow + ox])
+                g = activate_grad(code, pa, pb, dys[ox], ys[ox], pres[ox])
                 row[ox] = g
                 acc += g
-            for ox in range(ow, wc):
-                row[ox] = zero
-        for j in range((oh + a) * wc + a, dst.shape[0]):
-            dst[j] = zero
+            tail = row[ow:]
+            for ox in range(tail.size):
+                tail[ox] = zero
+        tail = dst[(oh + a) * wc + a:]
+        for j in range(tail.size):
+            tail[j] = zero
     return acc
 
 

@@ -3,8 +3,7 @@ import numba
 import numpy as np
 
 from layers import threads
-
-CHUNK = 16384
+from layers.threads import chunk_slice, chunks
 
 
 @threads.kernel
@@ -13,11 +12,13 @@ def max_into(x, index, y, arg):
     inputs win only where strictly greater, so a tie stays with the earlier input."""
     n = x.size
     k = np.float32(index)
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            if index == 0 or x[i] > y[i]:
-                y[i] = x[i]
-                arg[i] = k
+    for c in numba.prange(chunks(n)):
+        s = chunk_slice(c, n)
+        xs, ys, args = x[s], y[s], arg[s]
+        for i in range(xs.size):
+            if index == 0 or xs[i] > ys[i]:
+                ys[i] = xs[i]
+                args[i] = k
 
 
 @threads.kernel
@@ -26,6 +27,8 @@ def route(dy, arg, index, dx):
     n = dy.size
     k = np.float32(index)
     zero = np.float32(0.0)
-    for c in numba.prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            dx[i] = dy[i] if arg[i] == k else zero
+    for c in numba.prange(chunks(n)):
+        s = chunk_slice(c, n)
+        dys, args, dxs = dy[s], arg[s], dx[s]
+        for i in range(dys.size):
+            dxs[i] = dys[i] if args[i] == k else zero

@@ -7,7 +7,6 @@ product, and the activation gradient + bias gradient before the backward product
 import numba
 import numpy as np
 
-from layers import threads
 from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised, uses_input
 
 BLOCK = 512   # columns per parallel task
@@ -21,14 +20,16 @@ def _bias_act_block(code, args):
     r = t // nb
     c0 = (t % nb) * BLOCK
     c1 = min(m, c0 + BLOCK)
+    ys, bs = y[r, c0:c1], bias[c0:c1]       # slices looped from 0 vectorise (threads.chunk_slice)
     if uses_input(code):
-        for c in range(c0, c1):
-            a = y[r, c] + bias[c]
-            pre[r, c] = a
-            y[r, c] = activate(code, pa, pb, a)
+        pres = pre[r, c0:c1]
+        for c in range(ys.size):
+            a = ys[c] + bs[c]
+            pres[c] = a
+            ys[c] = activate(code, pa, pb, a)
     else:
-        for c in range(c0, c1):
-            y[r, c] = activate(code, pa, pb, y[r, c] + bias[c])
+        for c in range(ys.size):
+            ys[c] = activate(code, pa, pb, ys[c] + bs[c])
 
 
 @activation_kernel(split="forward")
@@ -48,19 +49,22 @@ def _grad_block(code, args):
     n, m = dy.shape
     c0 = b * BLOCK
     c1 = min(m, c0 + BLOCK)
-    for c in range(c0, c1):
-        dbias[c] = np.float32(0.0)
+    dbs = dbias[c0:c1]                      # slices looped from 0 vectorise (threads.chunk_slice)
+    for c in range(dbs.size):
+        dbs[c] = np.float32(0.0)
     for r in range(n):
+        dys, ys, dzs = dy[r, c0:c1], y[r, c0:c1], dz[r, c0:c1]
         if uses_input(code):
-            for c in range(c0, c1):
-                g = activate_grad(code, pa, pb, dy[r, c], y[r, c], pre[r, c])
-                dz[r, c] = g
-                dbias[c] += g
+            pres = pre[r, c0:c1]
+            for c in range(dys.size):
+                g = activate_grad(code, pa, pb, dys[c], ys[c], pres[c])
+                dzs[c] = g
+                dbs[c] += g
         else:
-            for c in range(c0, c1):
-                g = activate_grad(code, pa, pb, dy[r, c], y[r, c], np.float32(0.0))
-                dz[r, c] = g
-                dbias[c] += g
+            for c in range(dys.size):
+                g = activate_grad(code, pa, pb, dys[c], ys[c], np.float32(0.0))
+                dzs[c] = g
+                dbs[c] += g
 
 
 @activation_kernel(split="backward", grad="dy")

@@ -22,6 +22,7 @@ from numba.core import types
 from numba.extending import overload
 
 from layers import threads
+from layers.threads import chunk_slice, chunks
 from layers.neuron.spec import (ABS, BRELU, ELU, IDENT, LEAKY, LINEAR, LOGISTIC, NEEDS_INPUT, RELU, SELU,
                                 SELU_ALPHA, SELU_SCALE, SOFTRELU, SQRT, SQUARE, TANH)
 
@@ -231,20 +232,21 @@ def _scratch(shape):
     return a
 
 
-CHUNK = 16384      # elements per parallel task
 
 
 @numba.njit(inline="always")
 def _forward_chunk(code, args):
     pa, pb, x, out, c = args
-    for i in range(c * CHUNK, min(x.size, (c + 1) * CHUNK)):
-        out[i] = activate(code, pa, pb, x[i])
+    s = chunk_slice(c, x.size)
+    xs, outs = x[s], out[s]
+    for i in range(xs.size):
+        outs[i] = activate(code, pa, pb, xs[i])
 
 
 @activation_kernel
 def forward(code, pa, pb, x, out):
     """out = f(x), both flat float32 (may alias)."""
-    for c in numba.prange((x.size + CHUNK - 1) // CHUNK):
+    for c in numba.prange(chunks(x.size)):
         specialised(code, _forward_chunk, (pa, pb, x, out, c))
 
 
@@ -252,12 +254,14 @@ def forward(code, pa, pb, x, out):
 def _backward_chunk(code, args):
     pa, pb, g, y, x, out, c = args
     keep = uses_input(code)
-    for i in range(c * CHUNK, min(g.size, (c + 1) * CHUNK)):
-        out[i] = activate_grad(code, pa, pb, g[i], y[i], x[i] if keep else ZERO)
+    s = chunk_slice(c, g.size)
+    gs, ys, xs, outs = g[s], y[s], x[s], out[s]
+    for i in range(gs.size):
+        outs[i] = activate_grad(code, pa, pb, gs[i], ys[i], xs[i] if keep else ZERO)
 
 
 @activation_kernel
 def backward(code, pa, pb, g, y, x, out):
     """out = dL/dx, flat float32; `x` is only read where uses_input(code)."""
-    for c in numba.prange((g.size + CHUNK - 1) // CHUNK):
+    for c in numba.prange(chunks(g.size)):
         specialised(code, _backward_chunk, (pa, pb, g, y, x, out, c))

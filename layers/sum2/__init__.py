@@ -16,6 +16,7 @@ import numpy as np
 from layers.base import Key, Layer
 from layers.registry import register
 from layers.sum2 import cpu
+from layers.threads import CHUNK
 
 
 @register
@@ -49,7 +50,7 @@ class Sum2Layer(Layer):
         x = self._x
         n = x.shape[0]
         dx = self.buffers(n, "cost")["dx"]
-        chunks = max(1, -(-x.size // cpu.CHUNK))
+        chunks = max(1, -(-x.size // CHUNK))
         if self._partial.size != chunks:
             self._partial = np.empty(chunks, np.float64)
         cpu.squares_and_grad(x.reshape(-1), np.float32(2.0 * self.coeff / n), dx.reshape(-1),

@@ -3,8 +3,7 @@ import numba
 import numpy as np
 
 from layers import threads
-
-CHUNK = 16384      # elements per parallel task; the partial sums are then added in order
+from layers.threads import chunk_slice
 
 
 @threads.kernel
@@ -15,8 +14,10 @@ def squares_and_grad(x, scale, dx, partial):
     n = x.size
     for c in numba.prange(partial.size):
         acc = 0.0
-        for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            v = x[i]
-            dx[i] = scale * v
+        s = chunk_slice(c, n)
+        xs, dxs = x[s], dx[s]
+        for i in range(xs.size):
+            v = xs[i]
+            dxs[i] = scale * v
             acc += np.float64(v) * np.float64(v)
         partial[c] = acc
