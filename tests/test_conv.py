@@ -490,8 +490,11 @@ def test_selection_rule():
     assert make(3, 32, 32, filters=8, size=3, padding=3).direct          # padding >= size: borders
     # strides: up to 256 taps and from 6 channels a group
     assert make(16, 28, 28, filters=32, size=3, stride=2, padding=1).direct       # digits ResNet layer2.0
-    assert make(16, 28, 28, filters=32, size=1, stride=2).direct                  # its shortcut
-    assert make(64, 56, 56, filters=128, size=1, stride=2).direct                 # ResNet-18's shortcut
+    # 1x1: GEMM, strided or not
+    assert not make(16, 28, 28, filters=32, size=1, stride=2).direct              # its shortcut
+    assert not make(64, 56, 56, filters=128, size=1, stride=2).direct             # ResNet-18's shortcut
+    assert not make(64, 14, 14, filters=256, size=1).direct                       # a bottleneck's
+    assert not make(3, 32, 32, filters=8, size=1, stride=2).direct_forward
     assert not make(3, 224, 224, filters=64, size=7, stride=2, padding=3).direct  # its stem: 3 channels
     assert not make(32, 14, 14, filters=64, size=3, stride=2, padding=1).direct   # layer3.0: 288 taps
     assert not make(64, 56, 56, filters=128, size=3, stride=2, padding=1).direct  # ResNet-18 layer2.0

@@ -225,7 +225,13 @@ class ConvLayer(Layer):
     # work in registers. dx's tile rows are input channels: with fewer than 6 a group (RGB
     # stems) they run partly empty, over every phase: ResNet-18's 7x7 stem, batch 8, 24 / 93
     # vs 34 / 70 (its forward and dW alone win, 24 + 32 vs 36 + 35: a first layer needs no
-    # dx, but the rule is the shape's), AlexNet's 11x11 conv1 12 / 41 vs 16 / 31.
+    # dx, but the rule is the shape's), AlexNet's 11x11 conv1 12 / 41 vs 16 / 31. 1x1
+    # convolutions go to GEMM, their im2col a copy (a subsampling with a stride) and their
+    # few taps a short loop for the tiles (forward / backward, GEMM against direct): the
+    # digits ResNet's shortcuts at batch 64 0.9 / 1.1 vs 2.2 / 1.5 (16->32, stride 2), 0.7 /
+    # 0.8 vs 0.7 / 1.3 (32->64), ResNet-18's 64->128 at batch 8 2.5 / 3.4 vs 3.3 / 4.9;
+    # stride 1 at batch 32, 64->256 on 14x14 3.7 / 6.6 vs 3.7 / 11.9, 256->64 4.6 / 7.1 vs
+    # 5.0 / 8.6, 16->32 on 28x28 a tie (1.2 / 1.8 vs 0.9 / 2.0).
     DIRECT_MAX_TAPS = 1024      # channels per group x size x size
     DIRECT_MAX_STRIDED_TAPS = 256
     DIRECT_MAX_PLANES = 4 << 20     # bytes of one image's padded planes, per group
@@ -237,10 +243,12 @@ class ConvLayer(Layer):
 
     @classmethod
     def use_direct(cls, c, h, w, f, k, stride, padding, groups):
-        """The rule: at most DIRECT_MAX_TAPS taps per group and DIRECT_MAX_PLANES bytes of
-        padded planes per group; with a stride at most DIRECT_MAX_STRIDED_TAPS taps and at
-        least TILE_FILTERS channels per group."""
+        """The rule: kernels larger than 1x1, at most DIRECT_MAX_TAPS taps per group and
+        DIRECT_MAX_PLANES bytes of padded planes per group; with a stride at most
+        DIRECT_MAX_STRIDED_TAPS taps and at least TILE_FILTERS channels per group."""
         cg = c // groups
+        if k == 1:
+            return False
         if stride > 1 and (cg * k * k > cls.DIRECT_MAX_STRIDED_TAPS or cg < TILE_FILTERS):
             return False
         return cg * k * k <= cls.DIRECT_MAX_TAPS and cls.planes_fit(c, h, w, padding, groups)
@@ -248,13 +256,13 @@ class ConvLayer(Layer):
     @classmethod
     def use_direct_forward(cls, c, h, w, k, stride, padding, groups):
         """Where the rule says GEMM, the forward alone on the direct path and the backward on
-        GEMM: strided convolutions of fewer than TILE_FILTERS channels a group (RGB stems)
-        whose padded planes fit. Their forward needs no im2col there, but their dx's tiles
+        GEMM: strided convolutions larger than 1x1 of fewer than TILE_FILTERS channels a group
+        (RGB stems) whose padded planes fit. Their forward needs no im2col there, but their dx's tiles
         (rows of input channels) run mostly empty and their dW's strided sums lose to GEMM.
         One core, batch 32, forward / backward without dx, GEMM against direct: AlexNet's
         11x11 stride-4 conv1 64 / 67 against 47 / 125 ms, ResNet-18's 7x7 stride-2 stem 151 /
         154 against 97 / 196 (bench/bench_conv.py --no-dx)."""
-        return stride > 1 and c // groups < TILE_FILTERS and cls.planes_fit(c, h, w, padding, groups)
+        return k > 1 and stride > 1 and c // groups < TILE_FILTERS and cls.planes_fit(c, h, w, padding, groups)
 
     # Winograd F(2x2, 3x3) (bench/bench_conv.py, one core, forward / backward ms, against the
     # rule's path before): 2.25x fewer multiply-adds in BLAS's GEMMs, for transforms that cost
