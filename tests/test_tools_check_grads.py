@@ -74,7 +74,12 @@ def test_check_grads_passes_on_googlenets_hardest_tensor():
     failed = [f"{r['layer']}.{r['param']} {r['error']:.2g}" for r in results if not r["passed"]]
     assert len(results) == 3 and not failed, failed
     bias = next(r for r in results if (r["layer"], r["param"]) == ("inception4a.branch4.1.bn", "bias"))
-    assert bias["entries"] == 1 and abs(bias["numeric"][0] / bias["analytic"][0] - 1) < 0.05
+    # resolved: within a quarter of the derivative (the coarser steps' slopes are half of it or
+    # less) and within the measurement's own uncertainty, the float32 forward's rounding, which
+    # differs between CPUs (a Zen 4 with AVX-512: 0.300 against 0.272, uncertainty 0.127)
+    numeric, analytic = bias["numeric"][0], bias["analytic"][0]
+    assert bias["entries"] == 1 and abs(numeric / analytic - 1) < 0.25
+    assert abs(numeric - analytic) <= bias["uncertainty"]
     print(f"googlenet inception4a.branch4: {len(results)} tensors, {time.time() - t0:.1f}s")
 
 
