@@ -352,6 +352,6 @@ def chunk_slice(c, n):
     """Task c's elements of n. Kernels loop over slices of their arrays by it, from 0: a loop
     over range(c * CHUNK, ...) indexing the whole arrays did not vectorise (Numba wraps a
     negative index, and LLVM could not prove the start >= 0; relu over 4 MB 0.63 against
-    0.09 ms), and one indexing them at start + j vectorised serial but not parallel (0.75
+    0.07-0.09 ms), and one indexing them at start + j vectorised serial but not parallel (0.75
     against 0.11-0.23 ms)."""
     return slice(c * CHUNK, min(n, (c + 1) * CHUNK))

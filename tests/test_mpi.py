@@ -6,6 +6,7 @@ tests need `pip install -e '.[mpi]'`."""
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -203,15 +204,21 @@ def rank_pids(proc):
 
 
 def wait_for(proc, text, timeout=240):
+    """The first line of proc's output holding text."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         line = proc.stdout.readline()
         if text in line:
-            return
+            return line
         if not line and proc.poll() is not None:
             break
     proc.kill()
     raise AssertionError(f"never printed {text!r}: {proc.stderr.read()[-2000:]}")
+
+
+def epoch_seconds(line):
+    """The seconds an epoch took, from its log line ("... lr 0.01  0.4s  (5034 img/s)")."""
+    return float(re.search(r"([0-9.]+)s  \(", line).group(1))
 
 
 SHARE = """
@@ -350,8 +357,9 @@ def test_signals_kills_and_resuming_with_another_rank_count(tmp_path):
 
     # SIGTERM to the ranks (what a batch system's cancel sends): one checkpoint, exit 143
     job = mpirun(2, net, "--out", str(tmp_path / "term"), wait=False)
-    wait_for(job, "epoch   1 ")
-    time.sleep(1.0)                   # into epoch 2
+    # into epoch 2 however fast the machine: a fixed second ran past the end of the run
+    # (0.3 s epochs on a Zen 4)
+    time.sleep(0.4 * epoch_seconds(wait_for(job, "epoch   1 ")))
     for pid in rank_pids(job).values():
         os.kill(pid, signal.SIGTERM)
     out, err = job.communicate(timeout=120)
@@ -367,8 +375,7 @@ def test_signals_kills_and_resuming_with_another_rank_count(tmp_path):
 
     # SIGKILL of rank 1 mid-epoch: mpirun notices and ends the job, naming the rank
     job = mpirun(2, net, "--out", str(tmp_path / "kill"), wait=False)
-    wait_for(job, "epoch   1 ")
-    time.sleep(0.5)
+    time.sleep(0.3 * epoch_seconds(wait_for(job, "epoch   1 ")))
     killed = time.time()
     os.kill(rank_pids(job)[1], signal.SIGKILL)
     out, err = job.communicate(timeout=60)

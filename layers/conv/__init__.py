@@ -257,8 +257,9 @@ class ConvLayer(Layer):
     def use_direct_forward(cls, c, h, w, k, stride, padding, groups):
         """Where the rule says GEMM, the forward alone on the direct path and the backward on
         GEMM: strided convolutions larger than 1x1 of fewer than TILE_FILTERS channels a group
-        (RGB stems) whose padded planes fit. Their forward needs no im2col there, but their dx's tiles
-        (rows of input channels) run mostly empty and their dW's strided sums lose to GEMM.
+        (RGB stems) whose padded planes fit. Their forward needs no im2col there, but their
+        dx's tiles (rows of input channels) run mostly empty and their dW's strided sums lose
+        to GEMM.
         One core, batch 32, forward / backward without dx, GEMM against direct: AlexNet's
         11x11 stride-4 conv1 64 / 67 against 47 / 125 ms, ResNet-18's 7x7 stride-2 stem 151 /
         154 against 97 / 196 (bench/bench_conv.py --no-dx)."""
