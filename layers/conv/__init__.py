@@ -216,22 +216,22 @@ class ConvLayer(Layer):
     # the caches, each block of filters streaming them again (VGG-16's conv1_2, 13 MB an
     # image: 320 vs 157 ms forward at batch 2; 64 channels of 112x112, 3.5 MB: a tie).
     # Strided convolutions (one core, batch 128 unless said, backward with dx): the phase
-    # images make them stride-1 ones, the same tiles at up to ~60-80 GFLOP/s; their dx is
-    # one full convolution per phase, with a quarter of the taps each (3x3 stride 2), so
-    # backward gains less. Direct won on the digits ResNet's 16->32 3x3 stride 2 (8.0 / 12.0
-    # vs 10.3 / 14.5 ms forward / backward) and its 1x1 shortcuts (1.9 / 3.3 vs 4.4 / 3.0);
-    # GEMM on its 32->64 3x3 to 7x7 maps (288 taps: 7.6 / 11.4 vs 7.2 / 8.6) and ResNet-18's
-    # 64->128 (576 taps: 17 / 38 vs 15 / 26), where BLAS's larger tiles keep more of the
-    # work in registers. dx's tile rows are input channels: with fewer than 6 a group (RGB
-    # stems) they run partly empty, over every phase: ResNet-18's 7x7 stem, batch 8, 24 / 93
-    # vs 34 / 70 (its forward and dW alone win, 24 + 32 vs 36 + 35: a first layer needs no
-    # dx, but the rule is the shape's), AlexNet's 11x11 conv1 12 / 41 vs 16 / 31. 1x1
-    # convolutions go to GEMM, their im2col a copy (a subsampling with a stride) and their
-    # few taps a short loop for the tiles (forward / backward, GEMM against direct): the
-    # digits ResNet's shortcuts at batch 64 0.9 / 1.1 vs 2.2 / 1.5 (16->32, stride 2), 0.7 /
-    # 0.8 vs 0.7 / 1.3 (32->64), ResNet-18's 64->128 at batch 8 2.5 / 3.4 vs 3.3 / 4.9;
-    # stride 1 at batch 32, 64->256 on 14x14 3.7 / 6.6 vs 3.7 / 11.9, 256->64 4.6 / 7.1 vs
-    # 5.0 / 8.6, 16->32 on 28x28 a tie (1.2 / 1.8 vs 0.9 / 2.0).
+    # images make them stride-1 ones, the same tiles at up to ~60-80 GFLOP/s; their dx is one
+    # full convolution per phase, with a quarter of the taps each (3x3 stride 2), so backward
+    # gains less. Direct won on the digits ResNet's 16->32 3x3 stride 2 (8.0 / 12.0 vs 10.3 /
+    # 14.5 ms forward / backward; its 1x1 shortcuts, 1.9 / 3.3 vs 4.4 / 3.0 on the Zen 3 then,
+    # lose on the Zen 4 at this code: below); GEMM on its 32->64 3x3 to 7x7 maps (288 taps:
+    # 7.6 / 11.4 vs 7.2 / 8.6) and ResNet-18's 64->128 (576 taps: 17 / 38 vs 15 / 26), where
+    # BLAS's larger tiles keep more of the work in registers. dx's tile rows are input
+    # channels: with fewer than 6 a group (RGB stems) they run partly empty, over every phase:
+    # ResNet-18's 7x7 stem, batch 8, 24 / 93 vs 34 / 70 (its forward and dW alone win, 24 + 32
+    # vs 36 + 35: a first layer needs no dx, but the rule is the shape's), AlexNet's 11x11
+    # conv1 12 / 41 vs 16 / 31. 1x1 convolutions go to GEMM, their im2col a copy (a
+    # subsampling with a stride) and their few taps a short loop for the tiles (forward /
+    # backward, GEMM against direct): the digits ResNet's shortcuts at batch 64 0.9 / 1.1 vs
+    # 2.2 / 1.5 (16->32, stride 2), 0.7 / 0.8 vs 0.7 / 1.3 (32->64), ResNet-18's 64->128 at
+    # batch 8 2.5 / 3.4 vs 3.3 / 4.9; stride 1 at batch 32, 64->256 on 14x14 3.7 / 6.6 vs 3.7
+    # / 11.9, 256->64 4.6 / 7.1 vs 5.0 / 8.6, 16->32 on 28x28 a tie (1.2 / 1.8 vs 0.9 / 2.0).
     DIRECT_MAX_TAPS = 1024      # channels per group x size x size
     DIRECT_MAX_STRIDED_TAPS = 256
     DIRECT_MAX_PLANES = 4 << 20     # bytes of one image's padded planes, per group
