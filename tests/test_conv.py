@@ -465,6 +465,44 @@ def test_direct_repeated_backward_and_without_dx():
         np.testing.assert_array_equal(g1["bias"], g["bias"])
 
 
+@pytest.mark.parametrize("case", [(2, 3, 16, 16, 5, 5, 1, 2, 1, None),      # CIFAR-10's conv1, smaller
+                                  (3, 4, 6, 8, 6, 3, 1, 1, 2, None),        # groups, a row of one run
+                                  (2, 2, 9, 24, 7, 3, 1, 1, 1, None),       # 7 filters: a block of 3
+                                  (2, 3, 16, 16, 5, 5, 1, 2, 1, "relu"),    # an activation: dz made
+                                  (2, 3, 9, 10, 5, 3, 1, 1, 1, None)])      # runs cross the rows' end
+def test_direct_weight_gradient_without_dx_reads_dy_where_it_can(case):
+    """A first layer (no dx) without an activation and whole runs of 8 outputs a row: dW
+    reads dy unpadded (bias_sums for the bias). Its dW is the padded gradient's, bit for bit,
+    its bias gradient as close, both the reference's; the other cases keep the padded one."""
+    from layers.conv import cpu
+    layer, params, x, rng = setup_case(case)
+    layer.use_path("direct")
+    y = layer.forward(x, params)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    _, padded = layer.backward(dy, params)
+    padded = {k: v.copy() for k, v in padded.items()}
+    calls = []
+    original = cpu.bias_sums
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    cpu.bias_sums = counted
+    try:
+        none, plain = layer.backward(dy, params, need_dx=False)
+    finally:
+        cpu.bias_sums = original
+    assert none is None
+    assert len(calls) == (1 if case[-1] is None and layer.out_hw[1] % 8 == 0 else 0)
+    np.testing.assert_array_equal(plain["weight"], padded["weight"])
+    close(plain["bias"], padded["bias"])
+    x64 = x.astype(np.float64)
+    _, rdw, rdb = reference.backward(dy.astype(np.float64), x64, *ref_args(layer, params))
+    close(plain["weight"], rdw)
+    close(plain["bias"], rdb)
+
+
 @pytest.mark.parametrize("case", [(2, 4, 6, 5, 6, 3, 1, 1, 2, "tanh"), (2, 3, 5, 6, 5, 3, 1, 0, 1, "tanh")])
 def test_direct_gradient_finite_differences(case):
     layer, params, x, _ = setup_case(case, seed=1)

@@ -226,37 +226,103 @@ def test_max_serial_twin_matches_parallel_and_reference_with_ties(size, stride, 
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("size", [2, 3])
-@pytest.mark.parametrize("rows", [1, 2, 3])
-def test_max_run_is_eight_windows_first_maximum(size, rows):
-    """max_run2 / max_run3 against NumPy: 8 windows `size` wide at stride 2, `rows` high,
-    ties (small integers) going to the row-major first cell; every cell outside the windows
-    is +inf, so a read of one would win a window."""
+# (count, cells): 8 whole windows (the unmasked run), fewer whole ones, and the last cut by
+# the row's end (its cells from `cells` on lie past it)
+RUNS = [(8, None), (8, 17), (5, 11), (3, 6), (1, 2), (8, 16)]
+
+
+def _run_kernel(kind, size, masked):
+    """layers.pool.cpu's max_run3, sum_part2, ... (`kind`, windows `size` wide, masked or
+    not) in a function Python can call (an intrinsic runs inside compiled code only)."""
     import numba
-    from layers.pool.cpu import max_run2, max_run3
-    run = max_run3 if size == 3 else max_run2
+    from layers.pool import cpu
+    run = getattr(cpu, f"{kind}_{'part' if masked else 'run'}{size}")
+    return numba.njit(lambda *args: run(*args))
 
-    @numba.njit
-    def call(x, start, rows, width, base, y, yo, arg, ao):
-        run(x, start, rows, width, base, y, yo, arg, ao)
 
-    rng = np.random.default_rng(size * 10 + rows)
+def _run_case(size, rows, count, cells, seed):
+    """A row-major x of 8 rows of 40, +inf outside the windows' cells (or past `cells`), and
+    the windows' cells (rows, count, size) as NumPy sees them (nan where cut)."""
+    rng = np.random.default_rng(seed)
     width, start = 40, 3 * 40 + 5
     x = np.full(8 * width, np.inf, np.float32)
-    span = 2 * 7 + size                     # the 8 windows' columns
+    span = 2 * (count - 1) + size if cells is None else min(cells, 2 * (count - 1) + size)
     for r in range(rows):
         x[start + r * width:start + r * width + span] = rng.integers(-2, 3, span)
+    planes = x.reshape(8, width)
+    wins = np.full((rows, count, size), np.nan, np.float32)
+    for lane in range(count):
+        for q in range(size):
+            if 2 * lane + q < span:
+                wins[:, lane, q] = planes[3:3 + rows, 5 + 2 * lane + q]
+    return x, width, start, wins
+
+
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("count,cells", RUNS)
+def test_max_run_is_the_windows_first_maximum(size, rows, count, cells):
+    """max_run / max_part against NumPy: `count` windows `size` wide at stride 2, `rows`
+    high, ties (small integers) going to the row-major first cell; every cell outside the
+    windows is +inf, so a read of one would win a window; nothing past the count written."""
+    masked = cells is not None
+    call = _run_kernel("max", size, masked)
+
+    x, width, start, wins = _run_case(size, rows, count, cells, size * 10 + rows + count)
     y = np.full(12, -7.0, np.float32)
     arg = np.full(12, -7, np.int32)
-    call(x, start, rows, width, 1000, y, 2, arg, 3)
-    planes = x.reshape(8, width)
-    for lane in range(8):
-        win = planes[3:3 + rows, 5 + 2 * lane:5 + 2 * lane + size]
+    call(x, start, rows, width, count, cells or 0, 1000, y, 2, arg, 3)
+    for lane in range(count):
+        win = np.where(np.isnan(wins[:, lane]), -np.inf, wins[:, lane])
         first = int(np.argmax(win))                       # row-major first maximum
         r, q = divmod(first, size)
         assert y[2 + lane] == win.max()
         assert arg[3 + lane] == 1000 + r * width + 2 * lane + q
-    assert (y[:2] == -7).all() and (y[10:] == -7).all() and (arg[:3] == -7).all() and (arg[11:] == -7).all()
+    assert (y[:2] == -7).all() and (y[2 + count:] == -7).all()
+    assert (arg[:3] == -7).all() and (arg[3 + count:] == -7).all()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("count,cells", RUNS)
+def test_sum_run_is_the_windows_scaled_sums(size, rows, count, cells):
+    """sum_run / sum_part against NumPy: each window's cells (those before `cells`) summed,
+    times `div` for the first `whole`, `edge` after; nothing past the count written (the
+    +inf around the windows would show in a sum that read them)."""
+    masked = cells is not None
+    call = _run_kernel("sum", size, masked)
+
+    x, width, start, wins = _run_case(size, rows, count, cells, size * 10 + rows + count)
+    whole = count - 1 if masked else count
+    y = np.full(12, -7.0, np.float32)
+    call(x, start, rows, width, count, cells or 0, whole, np.float32(0.25), np.float32(0.5), y, 2)
+    sums = np.nansum(wins, axis=(0, 2))
+    expected = sums * np.where(np.arange(count) < whole, 0.25, 0.5)
+    np.testing.assert_array_equal(y[2:2 + count], expected.astype(np.float32))
+    assert (y[:2] == -7).all() and (y[2 + count:] == -7).all()
+
+
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("count,cells", RUNS)
+def test_spread_run_adds_each_share_to_its_window(size, rows, count, cells):
+    """spread_run / spread_part against NumPy: g[l] added to each cell of window l (cells
+    two windows share get both), only to the cells before `cells`; no other cell changes."""
+    masked = cells is not None
+    call = _run_kernel("spread", size, masked)
+
+    rng = np.random.default_rng(size + rows + count)
+    g = rng.integers(1, 9, 12).astype(np.float32)
+    width, start = 40, 3 * 40 + 5
+    dx = rng.integers(-5, 5, 8 * width).astype(np.float32)
+    expected = dx.copy().reshape(8, width)
+    span = 2 * (count - 1) + size if cells is None else min(cells, 2 * (count - 1) + size)
+    for lane in range(count):
+        for q in range(size):
+            if 2 * lane + q < span:
+                expected[3:3 + rows, 5 + 2 * lane + q] += g[2 + lane]
+    call(g, 2, dx, start, rows, width, count, cells or 0)
+    np.testing.assert_array_equal(dx.reshape(8, width), expected)
 
 
 # (size, C x H x W, padding): rows of whole windows 8 or more wide, runs of 8 overlapping
