@@ -59,9 +59,9 @@ def pad_images(x, padding, stride, phases, hp, wc, xpad):
 
 @numba.njit(inline="always")
 def _pad_plane(x, padding, hp, wc, xpad, i):
-    """pad_images at stride 1 (one phase), plane i = n*C + c: every row is [zeros, x's row,
-    zeros] with the same bounds, worked out once, not per row (2-2.5x faster: the batch of
-    the digits ResNet's 16-channel 28x28 maps 1.31 -> 0.64 ms, one core)."""
+    """pad_images at stride 1 (one phase), plane i = n*C + c: the plane zeroed in one loop,
+    then x's rows copied in, their bounds worked out once (a row's zeros, pixels and zeros
+    in three loops cost 1.4x this on CIFAR-10's 16-wide rows; per row's bounds, 2-2.5x)."""
     c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
     span = hp * wc
     left = min(padding, wc)
@@ -69,22 +69,13 @@ def _pad_plane(x, padding, hp, wc, xpad, i):
     zero = np.float32(0.0)
     n, c = i // c_in, i % c_in
     dst = xpad[n, c * span:(c + 1) * span]
-    for r in range(hp):
-        row = dst[r * wc:(r + 1) * wc]
-        iy = r - padding
-        if 0 <= iy < h:
-            for j in range(left):
-                row[j] = zero
-            src = x[n, c, iy, :cw]
-            out = row[left:left + cw]
-            for j in range(cw):
-                out[j] = src[j]
-            rest = row[left + cw:]
-            for j in range(rest.shape[0]):
-                rest[j] = zero
-        else:
-            for j in range(wc):
-                row[j] = zero
+    for j in range(span):
+        dst[j] = zero
+    for iy in range(max(0, -padding), min(h, hp - padding)):
+        out = dst[(iy + padding) * wc + left:(iy + padding) * wc + left + cw]
+        src = x[n, c, iy, :cw]
+        for j in range(cw):
+            out[j] = src[j]
 
 
 @threads.kernel
@@ -372,23 +363,17 @@ def _grad_pad_filter(code, args):
     acc = 0.0
     for n in range(n_img):
         dst = dzp[n, f]
-        for j in range(a * wc + a):
-            dst[j] = zero
+        for j in range(dst.size):       # zeros, then the rows (as pad_images: one loop, not
+            dst[j] = zero               # each row's zeros apart)
         for oy in range(oh):
             # rows as slices looped from 0: they vectorise (threads.chunk_slice)
-            row = dst[(oy + a) * wc + a:(oy + a + 1) * wc + a]
+            row = dst[(oy + a) * wc + a:(oy + a) * wc + a + ow]
             j0, j1 = oy * ow, (oy + 1) * ow
             dys, ys, pres = dy[n, f, j0:j1], y[n, f, j0:j1], pre[n, f, j0:j1]
             for ox in range(ow):
                 g = activate_grad(code, pa, pb, dys[ox], ys[ox], pres[ox])
                 row[ox] = g
                 acc += g
-            tail = row[ow:]
-            for ox in range(tail.size):
-                tail[ox] = zero
-        tail = dst[(oh + a) * wc + a:]
-        for j in range(tail.size):
-            tail[j] = zero
     return acc
 
 
@@ -429,6 +414,10 @@ DW_IMAGES = 2               # images per dot_tiles call: 4 filters' gradients of
 DW_RUNS = 64                # runs of 8 outputs per dot_tiles call: 4 filters' gradients of 2 images
                             # over them (16 KB) stay in L1 across the task's taps (ResNet-18's
                             # 112x112 stem: their whole planes, 430 KB, did not)
+DW_MAX_IMAGES = 4           # images per call where an image has few runs (DW_RUNS // runs): on 8x8
+                            # maps a dot tile's loop over 2 images was 16 runs, its setup and sums
+                            # a large share (one core, b64: CIFAR-10's conv3 5.11 -> 4.90 ms, the
+                            # digits ResNet's layer3 3.50 -> 3.23; 8 images: slower, out of L1)
 DW_SUMS = DW_TAPS * DOT_FILTERS * LANES      # a task's partial sums, lane by lane
 
 
@@ -449,6 +438,7 @@ def direct_dweight(xpad, x_img, dzp, dz_img, start, off, groups, n_img, pos, scr
     tile = DOT_FILTERS * DOT_TAPS * LANES
     workers = scratch.shape[0]
     zero = np.float32(0.0)
+    per_call = max(DW_IMAGES, min(DW_MAX_IMAGES, DW_RUNS // max(pos.shape[0], 1)))
     for wk in numba.prange(workers):
         w0, w1 = worker_tasks(wk, workers, groups * fblocks * tblocks)
         acc = scratch[wk]
@@ -463,8 +453,8 @@ def direct_dweight(xpad, x_img, dzp, dz_img, start, off, groups, n_img, pos, scr
                   min(f0 + 2, fl) * plane + start, min(f0 + 3, fl) * plane + start)
             for j in range(acc.shape[0]):
                 acc[j] = zero
-            for n0 in range(0, n_img, DW_IMAGES):
-                images = min(DW_IMAGES, n_img - n0)
+            for n0 in range(0, n_img, per_call):
+                images = min(per_call, n_img - n0)
                 dz_n, x_n = dzp[n0 * dz_img:], xpad[n0 * x_img:]
                 for r0 in range(0, pos.shape[0], DW_RUNS):
                     dot_tiles(dz_n, zb, x_n, g * x_grp, off, t0, t1, images, dz_img, x_img,
