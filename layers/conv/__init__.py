@@ -284,6 +284,14 @@ class ConvLayer(Layer):
     WINOGRAD_WIDE = 128             # channels from which dropped tile outputs do not matter
     WINOGRAD_MAX_WASTE = 1.2        # tile outputs computed / outputs kept
     WINOGRAD_MIN_TILES = 256        # tiles in a batch (layer4 at batch 8: 128; layer3: 392)
+    # A chunk's transforms (input, products, output) stay in L2 between the three passes when
+    # they are small: about 256 tiles' worth, at least 2 MB, at most CHUNK_BYTES. Chunks of
+    # 8 MB ran the digits ResNet's layers (16-64 channels, b64, one core, fwd / bwd ms) at
+    # 3.64 / 9.36, 3.13 / 6.38, 4.14 / 8.33 against 3.31 / 6.67, 2.80 / 5.14, 3.60 / 7.73; 2 MB
+    # of 512 channels is 32 tiles, too few for the products (ResNet-18's layer4 at batch 8:
+    # 29 / 54 against 25 / 45).
+    WINOGRAD_CHUNK_TILES = 256
+    WINOGRAD_MIN_CHUNK = 2 << 20
 
     @classmethod
     def use_winograd(cls, c, f, oh, ow):
@@ -439,7 +447,9 @@ class ConvLayer(Layer):
         geo = self._wgeom
         units, tw = (m * geo.thd, geo.twd) if dx else (m * geo.th, geo.tw)
         # a tile row's transforms: 16 floats a tile and channel, on both sides
-        return _spans(units, _fitting(units, 64 * (self.channels + self.filters) * tw, self.CHUNK_BYTES))
+        per_tile = 64 * (self.channels + self.filters)
+        budget = min(self.CHUNK_BYTES, max(self.WINOGRAD_MIN_CHUNK, per_tile * self.WINOGRAD_CHUNK_TILES))
+        return _spans(units, _fitting(units, per_tile * tw, budget))
 
     def _wino_tiles(self, n):
         """Tiles of the largest chunk, forward or dx."""
