@@ -439,8 +439,8 @@ def direct_dweight(xpad, x_img, dzp, dz_img, start, off, groups, n_img, pos, scr
     """dw[f, t] = sum over images n and output positions of image n's gradient of filter f
     (dzp flat, planes of dz_img/F, zero outside the outputs, which begin at `start`) times
     its input at tap t (xpad flat as direct_forward's). `pos` [runs, 2]: where the runs of 8
-    output positions start in the gradient's padded rows and in the input's (a run's lanes
-    past the row's end read the gradient's zeros). A task is one (group, block of 4
+    output positions start in the gradient's rows (padded ones, whose zeros a run's lanes
+    past the row's end read; or dy's own where no run crosses a row's end) and in the input's. A task is one (group, block of 4
     filters, DW_TAPS taps), its sums in scratch [workers, DW_SUMS]."""
     f_out, taps = dw.shape
     fg = f_out // groups
