@@ -5,7 +5,7 @@ AlexNet's, ResNet-18's and VGG-16's convolutions as a column thread runs them
 (engine.columns.single_core(): serial kernels, one BLAS thread), the paths interleaved in
 one process, repetition by repetition, so that the machine's noise hits them alike: GEMM,
 direct, where the rule runs the forward alone direct (ConvLayer.use_direct_forward: strided
-RGB stems) that mixed path, and Winograd wherever it can run (3x3, stride 1, one group); the
+RGB stems) that mixed path, and Winograd wherever it can run (3x3 or 5x5, stride 1, one group); the
 ResNets' convolutions without biases, as in the nets. With --torch PyTorch's conv2d (and the
 layer's activation) on one thread as well, interleaved the same way: the rival a column's
 kernels meet core for core. Prints min and median ms of forward and backward (with dx, or
@@ -49,9 +49,11 @@ SHAPES = {
     "alex-conv3": (256, 13, 13, 384, 3, 1, "relu"),
     "alex-conv4": (384, 13, 13, 384, 3, 1, "relu", 2),
     "alex-conv1": (3, 224, 224, 48, 11, 2, "relu", 1, 4),
-    "alex-c3col": (256, 13, 13, 192, 3, 1, "relu"),     # nets/alexnet.yaml's columns: conv3a
+    "alex-c2col": (48, 27, 27, 128, 5, 2, "relu"),      # nets/alexnet.yaml's columns: conv2a
+    "alex-c3col": (256, 13, 13, 192, 3, 1, "relu"),     # conv3a
     "alex-c4col": (192, 13, 13, 192, 3, 1, "relu"),     # conv4a
     "alex-c5col": (192, 13, 13, 128, 3, 1, "relu"),     # conv5a
+    "tv-alex-conv2": (64, 27, 27, 192, 5, 2, "relu"),   # nets/alexnet-torchvision.yaml
     "r18-stem": (3, 224, 224, 64, 7, 3, None, 1, 2),
     "r18-layer1": (64, 56, 56, 64, 3, 1, None),
     "r18-down2": (64, 56, 56, 128, 3, 1, None, 1, 2),

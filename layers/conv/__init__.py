@@ -12,8 +12,9 @@ single images (layers.threads.latency()) the direct one wherever its planes fit 
   convolution of the padded gradient with the flipped filters (one per phase), backward
   weights are dot products per tap.
 - the direct forward with the GEMM backward (use_direct_forward): strided RGB stems.
-- Winograd F(2x2, 3x3) (use_winograd; layers/conv/winograd.py): 3x3 stride-1 convolutions,
-  forward, dx and dW each as 16 GEMMs between input and output transforms.
+- Winograd F(2x2, 3x3) and F(2x2, 5x5) (use_winograd; layers/conv/winograd.py): 3x3 and 5x5
+  stride-1 convolutions, forward, dx and dW each as 16 or 36 GEMMs between input and output
+  transforms.
 Biases: one per filter, or with `shared_biases: false` (cuda-convnet's sharedBiases=0) one
 per filter and output position, bias [filters, OH, OW]; the kernels see it as
 [filters, 1] or [filters, OH*OW] (`_bias2d`). With `bias: false` there is no bias parameter
@@ -181,8 +182,8 @@ class ConvLayer(Layer):
         self.direct = self.use_direct(c, h, w, f, k, s, p, g)
         self._direct_one = self.planes_fit(c, h, w, p, g)
         self.direct_forward = self.use_direct_forward(c, h, w, k, s, p, g)
-        self._wgeom = winograd.Geometry(h, w, *self.out_hw, p) if winograd.fits(k, s, p, g, e) else None
-        self.winograd = self._wgeom is not None and self.use_winograd(c, f, *self.out_hw)
+        self._wgeom = winograd.Geometry(h, w, *self.out_hw, p, k) if winograd.fits(k, s, p, g, e) else None
+        self.winograd = self._wgeom is not None and self.use_winograd(c, f, *self.out_hw, k)
         self._wino_min = self.WINOGRAD_MIN_TILES          # use_path("winograd"): any batch
         self._taps = None          # the direct kernels' tap offsets, made on first use
         self._plain_runs = None    # dW's runs over an unpadded gradient (_plain_dw_runs)
@@ -280,7 +281,13 @@ class ConvLayer(Layer):
     # 2.4 / 4.4 against 2.0 / 4.4; ResNet-18's 512-channel layer4 76 / 151 against 90 / 186);
     # and where a batch has few tiles, the weights' transforms then weighing (layer4 at batch
     # 8: 28 / 52 against 22 / 45).
-    WINOGRAD_MIN_CHANNELS = 32
+    # F(2x2, 5x5), 2.78x fewer multiply-adds, wins from 16 channels (batch 128, one core):
+    # CIFAR-10's conv2 (32, 16x16) 12.1 / 25.9 against direct's 17.2 / 39.0, conv3 (32 -> 64,
+    # 8x8) 6.4 / 16.5 against 8.5 / 20.6, alexnet-digits' conv2 (16 -> 32, 14x14) 6.2 / 13.3
+    # against 8.4 / 17.7; AlexNet's column conv2 (48 -> 128, 27x27, batch 32) 40 / 94 against
+    # GEMM's 78 / 166. Not with fewer: LeNet-5's conv2 (6 -> 16) 1.45 / 3.9 against 1.28 /
+    # 3.15, CIFAR-10's conv1 (3) 10.4 / 28 against 7.2 / 20.
+    WINOGRAD_MIN_CHANNELS = {3: 32, 5: 16}
     WINOGRAD_WIDE = 128             # channels from which dropped tile outputs do not matter
     WINOGRAD_MAX_WASTE = 1.2        # tile outputs computed / outputs kept
     WINOGRAD_MIN_TILES = 256        # tiles in a batch (layer4 at batch 8: 128; layer3: 392)
@@ -294,11 +301,11 @@ class ConvLayer(Layer):
     WINOGRAD_MIN_CHUNK = 2 << 20
 
     @classmethod
-    def use_winograd(cls, c, f, oh, ow):
-        """The rule for a 3x3 stride-1 convolution of one group (winograd.fits), any batch."""
+    def use_winograd(cls, c, f, oh, ow, size=3):
+        """The rule for a 3x3 or 5x5 stride-1 convolution of one group (winograd.fits), any batch."""
         narrow = min(c, f)
         waste = (2 * -(-oh // 2)) * (2 * -(-ow // 2)) / (oh * ow)
-        return narrow >= cls.WINOGRAD_MIN_CHANNELS and (waste <= cls.WINOGRAD_MAX_WASTE
+        return narrow >= cls.WINOGRAD_MIN_CHANNELS[size] and (waste <= cls.WINOGRAD_MAX_WASTE
                                                         or narrow >= cls.WINOGRAD_WIDE)
 
     PATHS = ("gemm", "direct", "mixed", "winograd")
@@ -310,7 +317,8 @@ class ConvLayer(Layer):
         if path not in self.PATHS:
             raise ValueError(f"path must be one of {', '.join(self.PATHS)}, got {path!r}")
         if path == "winograd" and self._wgeom is None:
-            raise ValueError("the winograd path takes 3x3 stride-1 convolutions of one group, padding <= 2")
+            raise ValueError("the winograd path takes 3x3 and 5x5 stride-1 convolutions of one group, "
+                             "padding below the size")
         self.direct, self.direct_forward, self.winograd = path == "direct", path == "mixed", path == "winograd"
         self._wino_min = 0
         return self
@@ -446,8 +454,8 @@ class ConvLayer(Layer):
         or with dx of the input), about CHUNK_BYTES of transforms each."""
         geo = self._wgeom
         units, tw = (m * geo.thd, geo.twd) if dx else (m * geo.th, geo.tw)
-        # a tile row's transforms: 16 floats a tile and channel, on both sides
-        per_tile = 64 * (self.channels + self.filters)
+        # a tile row's transforms: n^2 floats a tile and channel, on both sides
+        per_tile = 4 * geo.n ** 2 * (self.channels + self.filters)
         budget = min(self.CHUNK_BYTES, max(self.WINOGRAD_MIN_CHUNK, per_tile * self.WINOGRAD_CHUNK_TILES))
         return _spans(units, _fitting(units, per_tile * tw, budget))
 
@@ -461,28 +469,29 @@ class ConvLayer(Layer):
     def _wino_buffer_shapes(self, n, backward, need_dx):
         oh, ow = self.out_hw
         f, c, geo = self.filters, self.channels, self._wgeom
-        tiles, m = self._wino_tiles(n), self._wino_groups(n)[0][1]
+        tiles, m, nn = self._wino_tiles(n), self._wino_groups(n)[0][1], geo.n ** 2
         out = {"xpad": ("workspace", (m * c * geo.plane() + geo.slack(),)),
-               "wv": ("workspace", (16 * max(c, f) * tiles,)),    # input transforms
-               "wm": ("workspace", (16 * max(c, f) * tiles,)),    # products; dW: gradient transforms
-               "u": ("workspace", (16, f, c)),
+               "wv": ("workspace", (winograd.views_size(nn, max(c, f), tiles),)),    # input transforms
+               "wm": ("workspace", (winograd.views_size(nn, max(c, f), tiles),)),    # products; dW: gradient ones
+               "u": ("workspace", (nn, f, c)),
                "y": ("activation", (n, f, oh, ow))}
         if self.act.needs_input:
             out["pre"] = ("workspace", (n, f, oh * ow))
         if backward:
             out["dzs"] = ("gradient", (m * f * geo.plane_d() + geo.slack(),))
-            out["wsum"] = ("workspace", (2, 16, f, c))              # dW's products: the sum, a chunk's
-            out["dweight"] = ("param_grad", (f, c * 9))
+            out["wsum"] = ("workspace", (2, nn, f, c))              # dW's products: the sum, a chunk's
+            out["dweight"] = ("param_grad", (f, c * self.size ** 2))
             out["dbias"] = self._dbias_buffer()
             if need_dx:
                 out["dx"] = ("gradient", (n,) + self.input_shape)
-                out["ut"] = ("workspace", (16, c, f))
+                out["ut"] = ("workspace", (nn, c, f))
         return out
 
     def _wino_views(self, t, rows_v, rows_m):
-        """[16, rows, t] views of the transforms' buffers."""
-        return (self._buffers["wv"][:16 * rows_v * t].reshape(16, rows_v, t),
-                self._buffers["wm"][:16 * rows_m * t].reshape(16, rows_m, t))
+        """[n^2, rows, t] views of the transforms' buffers (winograd.wino_views)."""
+        nn = self._wgeom.n ** 2
+        return (winograd.wino_views(self._buffers["wv"], nn, rows_v, t),
+                winograd.wino_views(self._buffers["wm"], nn, rows_m, t))
 
     def _wino_split(self, x):
         """The padded, de-interleaved planes of the images x (a group) in xpad."""
@@ -500,7 +509,8 @@ class ConvLayer(Layer):
         y3 = b["y"].reshape(n, f, oh * ow)
         keep = self.act.needs_input
         pre = b["pre"] if keep else y3                   # declared only then
-        u = winograd.transform_weights(np.ascontiguousarray(params["weight"], np.float32), b["u"])
+        u = b["u"]          # (not the kernel's return: a rehearsal's kernels return nothing)
+        winograd.transform_weights(np.ascontiguousarray(params["weight"], np.float32), geo.g, u)
         bias, plain = self._bias2d(params), not self.bias and self.act.identity
         code, pa, pb = self.act.kernel_args()
         for n0, n1 in self._wino_groups(n):
@@ -508,14 +518,14 @@ class ConvLayer(Layer):
             chunks = self._wino_chunks(n1 - n0)
             for i, (u0, u1) in enumerate(chunks):
                 v, m = self._wino_views((u1 - u0) * geo.tw, c, f)
-                winograd.input_transform(xs, geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v)
+                winograd.input_transform(xs, geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v, geo.cols)
                 np.matmul(u, v, out=m)
                 # a function the kernels do not fuse (neither relu nor the identity) is applied to
                 # all of the y it is given after the call (activation_kernel's split): the group's,
                 # with its last chunk
                 fused = code in (RELU, IDENT) or i == len(chunks) - 1
                 winograd.output_transform(m, geo.th, geo.tw, u0, u1, oh, ow, bias, code if fused else IDENT, pa,
-                                          pb, keep, plain, y3[n0:n1], pre[n0:n1])
+                                          pb, keep, plain, y3[n0:n1], pre[n0:n1], geo.taps)
         self._x, self._y3, self._pre = x, y3, pre
         return b["y"]
 
@@ -531,8 +541,9 @@ class ConvLayer(Layer):
         total, part = b["wsum"]
         dx = b[self._dx_tag()] if need_dx else None
         if need_dx:
-            ut = winograd.transform_weights(np.ascontiguousarray(np.asarray(params["weight"], np.float32)
-                                                                 .transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), b["ut"])
+            ut = b["ut"]
+            winograd.transform_weights(np.ascontiguousarray(np.asarray(params["weight"], np.float32)
+                                                            .transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), geo.g, ut)
             zero = np.zeros((c, 1), np.float32)
         first = True
         for n0, n1 in self._wino_groups(n):
@@ -543,8 +554,8 @@ class ConvLayer(Layer):
             db64 += db_group
             for u0, u1 in self._wino_chunks(n1 - n0):
                 v, z = self._wino_views((u1 - u0) * geo.tw, c, f)
-                winograd.input_transform(xs, geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v)
-                winograd.grad_transform(dzs, geo.plane_d(), geo.half_d, geo.a, geo.th, geo.tw, u0, u1, z)
+                winograd.input_transform(xs, geo.plane(), geo.half, geo.th, geo.tw, u0, u1, v, geo.cols)
+                winograd.grad_transform(dzs, geo.plane_d(), geo.half_d, geo.a, geo.th, geo.tw, u0, u1, z, geo.taps)
                 np.matmul(z, v.transpose(0, 2, 1), out=total if first else part)
                 if not first:
                     total += part
@@ -553,12 +564,13 @@ class ConvLayer(Layer):
                 dx3 = dx[n0:n1].reshape(n1 - n0, c, h * w)
                 for u0, u1 in self._wino_chunks(n1 - n0, dx=True):
                     v, m = self._wino_views((u1 - u0) * geo.twd, f, c)
-                    winograd.input_transform(dzs, geo.plane_d(), geo.half_d, geo.thd, geo.twd, u0, u1, v)
+                    winograd.input_transform(dzs, geo.plane_d(), geo.half_d, geo.thd, geo.twd, u0, u1, v,
+                                             geo.cols_d)
                     np.matmul(ut, v, out=m)
                     winograd.output_transform(m, geo.thd, geo.twd, u0, u1, h, w, zero, IDENT, 0.0, 0.0, False, True,
-                                              dx3, dx3)
+                                              dx3, dx3, geo.taps)
         db.reshape(f, -1)[:] = db64
-        winograd.weight_gradient(total, b["dweight"])
+        winograd.weight_gradient(total, geo.g, b["dweight"])
         return dx, self._grads(b["dweight"], db)
 
     def _mixed_buffer_shapes(self, n, backward, need_dx):

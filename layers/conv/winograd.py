@@ -1,84 +1,104 @@
-"""The Winograd path of conv: 3x3 stride-1 convolutions as F(2x2, 3x3) (wino_tiles).
+"""The Winograd path of conv: stride-1 3x3 and 5x5 convolutions as F(2x2, 3x3) and F(2x2,
+5x5) (wino_tiles: n x n input tiles, n = size + 1).
 
-Per chunk of rows of 2x2-output tiles: the input tiles' transforms V [16, C, T] (Numba), 16
-GEMMs M[p] = U[p] V[p] with U = G g G^T [16, K, C] (numpy's BLAS, batched), the outputs'
-transforms A^T M A with bias and activation into y (Numba). dx is the same convolution of
-the padded gradient with the flipped, transposed filters; dW sums (A e A^T) V^T over the
-chunks' tiles (16 GEMMs again) and ends as G^T M G. The padded images and gradients are
-de-interleaved planes (each row its even columns, then its odd ones), so a tile row's
-columns 2t + j are unit-stride streams for the transforms.
+Per chunk of rows of 2x2-output tiles: the input tiles' transforms V [n^2, C, T] (Numba),
+n^2 GEMMs M[p] = U[p] V[p] with U = G g G^T [n^2, K, C] (numpy's BLAS, batched), the
+outputs' transforms A^T M A with bias and activation into y (Numba). dx is the same
+convolution of the padded gradient with the flipped, transposed filters; dW sums (A e A^T)
+V^T over the chunks' tiles (n^2 GEMMs again) and ends as G^T M G. The padded images and
+gradients are de-interleaved planes (each row its even columns, then its odd ones), so a
+tile row's columns 2t + j are unit-stride streams for the transforms.
 """
 import numba
 import numpy as np
 
 from layers import threads
-from layers.conv.wino_tiles import split_pairs, wino_grad, wino_input, wino_output
+from layers.conv.wino_tiles import SCHEMES, split_pairs, wino_grad, wino_input, wino_output
 from layers.fma_tiles import LANES
 from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised
 
-G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+SIZES = (3, 5)
 
 
 def fits(size, stride, padding, groups, padding_end):
-    """Whether a convolution can take this path: 3x3, stride 1, one group, padding <= 2."""
-    return size == 3 and stride == 1 and groups == 1 and padding <= 2 and padding_end == 0
+    """Whether a convolution can take this path: 3x3 or 5x5, stride 1, one group, padding
+    below the size."""
+    return size in SIZES and stride == 1 and groups == 1 and padding < size and padding_end == 0
+
+
+def g_matrix(size):
+    """G [n, size] of the size's scheme, float64 (the weights' transforms sum in float64)."""
+    return np.array(SCHEMES[size + 1]["G"], np.float64)
 
 
 @threads.kernel
-def transform_weights(w, out):
-    """out [16, K, C] = U = G g G^T of weights w [K, C, 3, 3] (element p = 4a + b)."""
-    k_out, c_in = w.shape[0], w.shape[1]
-    half = np.float32(0.5)
+def transform_weights(w, g, out):
+    """out [n^2, K, C] = U = G w G^T of weights w [K, C, r, r] (g: G [n, r]; element p =
+    n*a + b), summed in float64."""
+    k_out, c_in, r, n = w.shape[0], w.shape[1], w.shape[2], g.shape[0]
     for k in numba.prange(k_out):
-        t = np.empty((4, 3), np.float32)
+        t = np.empty((n, r), np.float64)
         for c in range(c_in):
-            g = w[k, c]                             # G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2
-            for j in range(3):
-                t[0, j] = g[0, j]
-                t[1, j] = (g[0, j] + g[1, j] + g[2, j]) * half
-                t[2, j] = (g[0, j] - g[1, j] + g[2, j]) * half
-                t[3, j] = g[2, j]
-            for a in range(4):                      # (G g) G^T
-                out[4 * a, k, c] = t[a, 0]
-                out[4 * a + 1, k, c] = (t[a, 0] + t[a, 1] + t[a, 2]) * half
-                out[4 * a + 2, k, c] = (t[a, 0] - t[a, 1] + t[a, 2]) * half
-                out[4 * a + 3, k, c] = t[a, 2]
+            wk = w[k, c]
+            for a in range(n):                      # G w
+                for j in range(r):
+                    acc = 0.0
+                    for i in range(r):
+                        acc += g[a, i] * wk[i, j]
+                    t[a, j] = acc
+            for a in range(n):                      # (G w) G^T
+                for b in range(n):
+                    acc = 0.0
+                    for j in range(r):
+                        acc += t[a, j] * g[b, j]
+                    out[n * a + b, k, c] = acc
     return out
 
 
 @threads.kernel
-def weight_gradient(m, dw):
-    """dw [K, C*9] = G^T M G of the summed products m [16, K, C] (element p = 4a + b)."""
-    k_out, c_in = m.shape[1], m.shape[2]
-    half = np.float32(0.5)
+def weight_gradient(m, g, dw):
+    """dw [K, C*r*r] = G^T M G of the summed products m [n^2, K, C] (g: G [n, r]; element p =
+    n*a + b), summed in float64."""
+    n, k_out, c_in, r = g.shape[0], m.shape[1], m.shape[2], g.shape[1]
     for k in numba.prange(k_out):
-        t = np.empty((4, 3), np.float32)
-        for c in range(c_in):                       # M G: columns m0 + (m1+m2)/2, (m1-m2)/2, m3 + (m1+m2)/2
-            for a in range(4):
-                m0, m1, m2, m3 = m[4 * a, k, c], m[4 * a + 1, k, c], m[4 * a + 2, k, c], m[4 * a + 3, k, c]
-                t[a, 0] = m0 + (m1 + m2) * half
-                t[a, 1] = (m1 - m2) * half
-                t[a, 2] = m3 + (m1 + m2) * half
-            for j in range(3):                      # G^T (M G)
-                dw[k, c * 9 + j] = t[0, j] + (t[1, j] + t[2, j]) * half
-                dw[k, c * 9 + 3 + j] = (t[1, j] - t[2, j]) * half
-                dw[k, c * 9 + 6 + j] = t[3, j] + (t[1, j] + t[2, j]) * half
+        t = np.empty((n, r), np.float64)
+        for c in range(c_in):
+            for a in range(n):                      # M G
+                for j in range(r):
+                    acc = 0.0
+                    for b in range(n):
+                        acc += m[n * a + b, k, c] * g[b, j]
+                    t[a, j] = acc
+            for i in range(r):                      # G^T (M G)
+                for j in range(r):
+                    acc = 0.0
+                    for a in range(n):
+                        acc += g[a, i] * t[a, j]
+                    dw[k, (c * r + i) * r + j] = acc
 
 
 class Geometry:
-    """Where a stride-1 3x3 convolution with padding p <= 2 keeps things on this path.
-    Output oh x ow in th x tw tiles; x padded into planes of hp rows of 2*half columns
-    (even columns, then odd); the gradient of the outputs into planes of hd rows of
-    2*half_d, its padding a = 2 - p (dx is the full convolution), at rows and columns a..
-    (dW reads it there). dx's tiles cover h x w in thd x twd."""
+    """Where a stride-1 size x size convolution (size 3 or 5) with padding p < size keeps
+    things on this path. Output oh x ow in th x tw tiles of 2x2, each reading n x n inputs
+    (n = size + 1); x padded into planes of hp rows of 2*half columns (even columns, then
+    odd); the gradient of the outputs into planes of hd rows of 2*half_d, its padding a =
+    size - 1 - p (dx is the full convolution), at rows and columns a.. (dW reads it there).
+    dx's tiles cover h x w in thd x twd. cols / cols_d: where a tile's n columns start in
+    a padded row (2t + j, de-interleaved); taps: range(n), the kernels' tile side; g: G."""
 
-    def __init__(self, h, w, oh, ow, p):
-        self.h, self.w, self.oh, self.ow, self.p, self.a = h, w, oh, ow, p, 2 - p
+    def __init__(self, h, w, oh, ow, p, size=3):
+        halo = size - 1
+        self.h, self.w, self.oh, self.ow, self.p, self.a = h, w, oh, ow, p, halo - p
+        self.n = size + 1
         self.th, self.tw = -(-oh // 2), -(-ow // 2)
         self.thd, self.twd = -(-h // 2), -(-w // 2)
-        self.hp, self.half = 2 * self.th + 2, self.tw + 1
-        self.hd = max(2 * self.thd + 2, self.a + 2 * self.th, oh + self.a + 1)
-        self.half_d = max(self.twd + 1, -(-(self.a + 2 * self.tw) // 2), -(-(ow + self.a) // 2) + 1)
+        self.hp, self.half = 2 * self.th + halo, self.tw + halo // 2
+        self.hd = max(2 * self.thd + halo, self.a + 2 * self.th, oh + self.a + 1)
+        self.half_d = max(self.twd + halo // 2, -(-(self.a + 2 * self.tw) // 2), -(-(ow + self.a) // 2) + 1)
+        self.cols = tuple((j % 2) * self.half + j // 2 for j in range(self.n))
+        self.cols_d = tuple((j % 2) * self.half_d + j // 2 for j in range(self.n))
+        self.taps = tuple(range(self.n))
+        self.g = g_matrix(size)
 
     def plane(self):
         return self.hp * 2 * self.half
@@ -88,7 +108,7 @@ class Geometry:
 
     def slack(self):
         """Floats past a buffer's last plane that the transforms' last vectors read."""
-        return 4 * (2 * max(self.half, self.half_d)) + 4 * LANES
+        return self.n * (2 * max(self.half, self.half_d)) + self.n * LANES
 
 
 @numba.njit(inline="always")
@@ -184,29 +204,29 @@ def grad_split(dy, y, pre, code, pa, pb, a, oh, ow, hd, half, dzs, db):
 
 
 @threads.kernel
-def input_transform(xs, plane, half, th, tw, u0, u1, v):
-    """v [16, C, T] = B^T d B of the tiles of tile rows u0 .. u1-1 (u = n*th + ty, tw tiles
+def input_transform(xs, plane, half, th, tw, u0, u1, v, cols):
+    """v [n^2, C, T] (its n^2 blocks apart: wino_views) = B^T d B of the tiles of tile rows u0 .. u1-1 (u = n*th + ty, tw tiles
     each, T = (u1 - u0)*tw) of xs's planes (C an image, `plane` floats each, already padded,
-    split_images' layout). A channel's tile rows go in order on one thread (a row's last
-    vector runs into the next row's lanes, which that row then writes)."""
+    split_images' layout; cols: Geometry.cols, n of them). A channel's tile rows go in order
+    on one thread (a row's last vector runs into the next row's lanes, which that row then
+    writes)."""
     c_in, t_all = v.shape[1], v.shape[2]
-    flat = v.reshape(-1)
+    pstride = v.strides[0] // v.itemsize            # padded: wino_views
     wp = 2 * half
     for c in numba.prange(c_in):
         for u in range(u0, u1):
             n, ty = u // th, u % th
             r = (n * c_in + c) * plane + 2 * ty * wp
             at = (u - u0) * tw
-            wino_input(xs, (r, r + wp, r + 2 * wp, r + 3 * wp), (0, half, 1, half + 1), flat, c * t_all + at,
-                       c_in * t_all, tw, t_all - at)
+            wino_input(xs, r, wp, cols, v, c * t_all + at, pstride, tw, t_all - at, cols)
 
 
 @threads.kernel
-def grad_transform(dzs, plane_d, half_d, a, th, tw, u0, u1, z):
-    """z [16, K, T] = A e A^T of the 2x2 output gradients e of tile rows u0 .. u1-1 (dzs:
-    grad_split's planes, K an image, the gradient at rows and columns a..)."""
+def grad_transform(dzs, plane_d, half_d, a, th, tw, u0, u1, z, taps):
+    """z [n^2, K, T] = A e A^T of the 2x2 output gradients e of tile rows u0 .. u1-1 (dzs:
+    grad_split's planes, K an image, the gradient at rows and columns a..; taps: range(n))."""
     f_out, t_all = z.shape[1], z.shape[2]
-    flat = z.reshape(-1)
+    pstride = z.strides[0] // z.itemsize
     wd = 2 * half_d
     ca, cb = (a % 2) * half_d + a // 2, ((a + 1) % 2) * half_d + (a + 1) // 2   # columns a + 2t, a + 2t + 1
     for f in numba.prange(f_out):
@@ -214,19 +234,19 @@ def grad_transform(dzs, plane_d, half_d, a, th, tw, u0, u1, z):
             n, ty = u // th, u % th
             r0 = (n * f_out + f) * plane_d + (a + 2 * ty) * wd
             at = (u - u0) * tw
-            wino_grad(dzs, (r0, r0 + wd), (ca, cb), flat, f * t_all + at, f_out * t_all, tw, t_all - at)
+            wino_grad(dzs, r0, wd, (ca, cb), z, f * t_all + at, pstride, tw, t_all - at, taps)
 
 
 @numba.njit(inline="always")
 def _output_rows(code, args):
-    m, th, tw, u0, u1, oh, ow, bias, pa, pb, keep, plain, y, pre, f = args
-    f_out, t_all = m.shape[1], m.shape[2]
-    flat, yflat = m.reshape(-1), y.reshape(-1)
+    m, th, tw, u0, u1, oh, ow, bias, pa, pb, keep, plain, y, pre, taps, f = args
+    f_out, t_all, pstride = m.shape[1], m.shape[2], m.strides[0] // m.itemsize
+    yflat = y.reshape(-1)
     for u in range(u0, u1):
         n, ty = u // th, u % th
         rows = min(2, oh - 2 * ty)
-        wino_output(flat, f * t_all + (u - u0) * tw, f_out * t_all, yflat, (n * f_out + f) * oh * ow + 2 * ty * ow,
-                    ow, tw, ow, rows)
+        wino_output(m, f * t_all + (u - u0) * tw, pstride, yflat, (n * f_out + f) * oh * ow + 2 * ty * ow,
+                    ow, tw, ow, rows, taps)
         if not plain:                   # bias and activation over the rows just written
             j0, j1 = 2 * ty * ow, (2 * ty + rows) * ow
             out = y[n, f, j0:j1]
@@ -246,8 +266,26 @@ def _output_rows(code, args):
 
 
 @activation_kernel(split="forward")
-def output_transform(m, th, tw, u0, u1, oh, ow, bias, code, pa, pb, keep, plain, y, pre):
-    """y [N, K, oh*ow] = f(bias + A^T M A) for the tiles of tile rows u0 .. u1-1 of m [16, K,
-    T]; pre the pre-activation where keep; plain: no bias and the identity (y is A^T M A)."""
+def output_transform(m, th, tw, u0, u1, oh, ow, bias, code, pa, pb, keep, plain, y, pre, taps):
+    """y [N, K, oh*ow] = f(bias + A^T M A) for the tiles of tile rows u0 .. u1-1 of m [n^2, K,
+    T]; pre the pre-activation where keep; plain: no bias and the identity (y is A^T M A);
+    taps: range(n)."""
     for f in numba.prange(m.shape[1]):
-        specialised(code, _output_rows, (m, th, tw, u0, u1, oh, ow, bias, pa, pb, keep, plain, y, pre, f))
+        specialised(code, _output_rows, (m, th, tw, u0, u1, oh, ow, bias, pa, pb, keep, plain, y, pre, taps, f))
+
+
+def wino_views(buffer, nn, rows, t):
+    """A [nn, rows, t] view of buffer (rows * t + 32 floats per block at most) whose nn blocks
+    lie an odd number of 64-byte lines apart, at least one past their end: the transforms
+    read or write one 8-tile vector in each block in turn, and blocks a multiple of 4 KB
+    apart (a chunk of 256 tiles of 32 channels) all fell in one set of the L1 cache (CIFAR-
+    10's 5x5 conv2: the input transform 2.9 ms, 1.5 ms with 248-tile chunks). Never
+    C-contiguous, so the kernels compile for one layout."""
+    lines = -(-rows * t // 16) + 1
+    stride = 16 * (lines + 1 - lines % 2)
+    return buffer[:nn * stride].reshape(nn, stride)[:, :rows * t].reshape(nn, rows, t)
+
+
+def views_size(nn, rows, t):
+    """Floats that wino_views' blocks of rows x t take."""
+    return nn * 16 * (-(-rows * t // 16) + 2)
