@@ -472,9 +472,9 @@ def test_direct_repeated_backward_and_without_dx():
                                   (2, 3, 9, 10, 5, 3, 1, 1, 1, None)])      # runs cross the rows' end
 def test_direct_weight_gradient_without_dx_reads_dy_where_it_can(case):
     """A first layer (no dx) without an activation and whole runs of 8 outputs a row: dW
-    reads dy unpadded (bias_sums for the bias). Its dW is the padded gradient's, bit for bit,
+    reads dy unpadded (channel_sums for the bias). Its dW is the padded gradient's, bit for bit,
     its bias gradient as close, both the reference's; the other cases keep the padded one."""
-    from layers.conv import cpu
+    import layers.conv as conv
     layer, params, x, rng = setup_case(case)
     layer.use_path("direct")
     y = layer.forward(x, params)
@@ -482,17 +482,17 @@ def test_direct_weight_gradient_without_dx_reads_dy_where_it_can(case):
     _, padded = layer.backward(dy, params)
     padded = {k: v.copy() for k, v in padded.items()}
     calls = []
-    original = cpu.bias_sums
+    original = conv.channel_sums
 
     def counted(*args):
         calls.append(1)
         return original(*args)
 
-    cpu.bias_sums = counted
+    conv.channel_sums = counted
     try:
         none, plain = layer.backward(dy, params, need_dx=False)
     finally:
-        cpu.bias_sums = original
+        conv.channel_sums = original
     assert none is None
     assert len(calls) == (1 if case[-1] is None and layer.out_hw[1] % 8 == 0 else 0)
     np.testing.assert_array_equal(plain["weight"], padded["weight"])

@@ -20,6 +20,7 @@ import numpy as np
 
 from layers.base import LR_B_KEY, LR_W_KEY, WD_KEY, Key, Layer, LayerError
 from layers.batchnorm import cpu
+from layers.channel_sums import channel_sums
 from layers.neuron.spec import NEURON_KEY, parse as parse_neuron
 from layers.registry import register
 
@@ -144,7 +145,7 @@ class BatchNormLayer(Layer):
         count of values per channel."""
         c = self.channels
         total = self.host_sums()[:c + 1]
-        cpu.sums(x3, total)
+        channel_sums(x3, total)
         total[c] = x3.shape[0] * self.pixels
         self.batch_sum(total)
         count = int(total[c])

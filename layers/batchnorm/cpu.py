@@ -10,21 +10,10 @@ import numba
 import numpy as np
 
 from layers import threads
+from layers.channel_sums import channel_sum
 from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised, uses_input
 
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
-
-
-@numba.njit(inline="always")
-def _channel_sum(x, ch, total):
-    """total + the sum of x[:, ch, :], a partial sum per image (total: the accumulator's zero,
-    float32 for one process, float64 for a part of a batch cut over processes)."""
-    for i in range(x.shape[0]):
-        part = ZERO
-        for j in range(x.shape[2]):
-            part += x[i, ch, j]
-        total += part
-    return total
 
 
 @numba.njit(inline="always")
@@ -45,17 +34,9 @@ def statistics(x, mean, var):
     n, c, s = x.shape
     count = np.float32(n * s)
     for ch in numba.prange(c):
-        mu = _channel_sum(x, ch, ZERO) / count
+        mu = channel_sum(x, ch, ZERO) / count
         mean[ch] = mu
         var[ch] = _channel_squared_deviations(x, ch, mu, ZERO) / count
-
-
-@threads.kernel
-def sums(x, out):
-    """out[c] (float64) = the sum of x[:, c, :]: this part's share of a batch's mean when the
-    batch is cut over processes."""
-    for ch in numba.prange(x.shape[1]):
-        out[ch] = _channel_sum(x, ch, 0.0)
 
 
 @threads.kernel

@@ -32,6 +32,7 @@ import numpy as np
 from layers import threads
 from layers.base import (FAN_KEY, INIT_B_KEY, INIT_KEY, INIT_W_KEY, Key, Layer, LayerError, out_size_floor,
                          shown)
+from layers.channel_sums import channel_sums
 from layers.conv import cpu, winograd
 from layers.fma_tiles import LANES, SLACK, TILE4_FILTERS, TILE4_VECTORS, TILE_FILTERS, TILE_VECTORS
 from layers.threads import WORKERS
@@ -711,7 +712,7 @@ class ConvLayer(Layer):
         if not need_dx and self.act.identity and ow % LANES == 0 and db64.shape[1] == 1:
             # dW reads dy as it is: no gradient to pad for dx, none to make, and no run of 8
             # outputs crosses a row's end (CIFAR-10's conv1: a 1.4 ms copy of 8 MB at batch 64)
-            cpu.bias_sums(dy3, db64)
+            channel_sums(dy3, db64.reshape(-1))
             dz, dz_img, start = dy3.reshape(-1), f * oh * ow, 0
             dw_runs = self._plain_dw_runs()
         else:

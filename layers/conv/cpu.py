@@ -409,19 +409,6 @@ def direct_grad_gather(dy, y, pre, code, pa, pb, a, oh, ow, wc, dzp, db):
                     db[f, oy * ow + ox] = acc
 
 
-@threads.kernel
-def bias_sums(dy, db):
-    """db[f, 0] = the sum of dy[:, f] (planes [N, F, P]), accumulated in float64: the bias
-    gradient where dW reads dy itself (a first layer without an activation)."""
-    for f in numba.prange(dy.shape[1]):
-        acc = 0.0
-        for n in range(dy.shape[0]):
-            plane = dy[n, f]
-            for j in range(plane.size):
-                acc += plane[j]
-        db[f, 0] = acc
-
-
 DW_TAPS = 16 * DOT_TAPS     # taps per direct_dweight task: 16 dot tiles
 DW_IMAGES = 2               # images per dot_tiles call: 4 filters' gradients of 2 images stay in L1
 DW_RUNS = 64                # runs of 8 outputs per dot_tiles call: 4 filters' gradients of 2 images
