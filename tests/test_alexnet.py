@@ -121,9 +121,17 @@ def test_load_state_dict_errors():
 
 
 @pytest.mark.slow       # AlexNet forward and backward at full size, twice
-def test_two_columns_equal_one_column_with_groups(alexnet):
+def test_two_columns_equal_one_column_with_groups():
+    alexnet = engine.load(os.path.join(NETS, "alexnet.yaml"), seed=3)
     one = engine.load(one_column_alexnet())
     assert one.num_params == alexnet.num_params
+    # the same arithmetic in both, im2col + GEMM: the paths' rules differ between a column's
+    # conv and a grouped one (conv2a/b run as Winograd F(2x2, 5x5), 1.6e-6 from the grouped
+    # GEMM's conv2, and that moved one of pool2's maxima from a near-tie: 13% of dy's largest
+    # at two cells, 2% of conv2's weight gradient); each path is held to the reference alone
+    for node in alexnet.layers + one.layers:
+        if node.layer.type == "conv":
+            node.layer.use_path("gemm")
     two_state = alexnet.state_dict()
     rng = np.random.default_rng(0)
     # larger weights than the 0.01 init, so that every layer's signal matters to the output
