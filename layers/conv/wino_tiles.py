@@ -119,7 +119,8 @@ def _a6(builder, e):
 
 
 # how each transform is emitted: F(2x2, 3x3)'s matrices term by term (their +-1 entries: adds
-# and subtracts alone); F(2x2, 5x5)'s by hand (the tests hold them to SCHEMES' matrices)
+# and subtracts alone); F(2x2, 5x5)'s by hand (its layer tests hold them to the float64
+# convolution)
 EMIT = {(4, name): (lambda matrix: lambda builder, vecs: _apply(builder, matrix, vecs))(SCHEMES[4][name])
         for name in ("BT", "AT", "A")}
 EMIT.update({(6, "BT"): _bt6, (6, "AT"): _at6, (6, "A"): _a6})
