@@ -275,12 +275,12 @@ def output_transform(m, th, tw, u0, u1, oh, ow, bias, code, pa, pb, keep, plain,
 
 
 def wino_views(buffer, nn, rows, t):
-    """A [nn, rows, t] view of buffer (rows * t + 32 floats per block at most) whose nn blocks
-    lie an odd number of 64-byte lines apart, at least one past their end: the transforms
+    """A [nn, rows, t] view of buffer (views_size floats at least) whose nn blocks lie an odd
+    number of 64-byte lines apart, at least one past their end: the transforms
     read or write one 8-tile vector in each block in turn, and blocks a multiple of 4 KB
     apart (a chunk of 256 tiles of 32 channels) all fell in one set of the L1 cache (CIFAR-
-    10's 5x5 conv2: the input transform 2.9 ms, 1.5 ms with 248-tile chunks). Never
-    C-contiguous, so the kernels compile for one layout."""
+    10's 5x5 conv2, a group's input transforms: 2.9 ms; 1.5 ms in 248-tile chunks; 1.1 ms
+    laid out so). Never C-contiguous, so the kernels compile for one layout."""
     lines = -(-rows * t // 16) + 1
     stride = 16 * (lines + 1 - lines % 2)
     return buffer[:nn * stride].reshape(nn, stride)[:, :rows * t].reshape(nn, rows, t)
