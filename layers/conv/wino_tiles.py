@@ -18,6 +18,8 @@ their tuples' length (a kernel compiles once for each). Raw pointers, no bounds 
 call reads ceil(count / 8) * 8 lanes of each stream (the callers keep slack past their
 buffers) and stores only its `count` (a last vector lane by lane).
 """
+import functools
+
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
@@ -79,7 +81,7 @@ def _combine(builder, row, vecs):
     return acc
 
 
-def _apply(builder, matrix, vecs):
+def _apply(matrix, builder, vecs):
     """matrix (rows of constants) times the column of vectors vecs."""
     return [_combine(builder, row, vecs) for row in matrix]
 
@@ -121,8 +123,7 @@ def _a6(builder, e):
 # how each transform is emitted: F(2x2, 3x3)'s matrices term by term (their +-1 entries: adds
 # and subtracts alone); F(2x2, 5x5)'s by hand (its layer tests hold them to the float64
 # convolution)
-EMIT = {(4, name): (lambda matrix: lambda builder, vecs: _apply(builder, matrix, vecs))(SCHEMES[4][name])
-        for name in ("BT", "AT", "A")}
+EMIT = {(4, name): functools.partial(_apply, SCHEMES[4][name]) for name in ("BT", "AT", "A")}
 EMIT.update({(6, "BT"): _bt6, (6, "AT"): _at6, (6, "A"): _a6})
 
 

@@ -205,11 +205,11 @@ def grad_split(dy, y, pre, code, pa, pb, a, oh, ow, hd, half, dzs, db):
 
 @threads.kernel
 def input_transform(xs, plane, half, th, tw, u0, u1, v, cols):
-    """v [n^2, C, T] (its n^2 blocks apart: wino_views) = B^T d B of the tiles of tile rows u0 .. u1-1 (u = n*th + ty, tw tiles
-    each, T = (u1 - u0)*tw) of xs's planes (C an image, `plane` floats each, already padded,
-    split_images' layout; cols: Geometry.cols, n of them). A channel's tile rows go in order
-    on one thread (a row's last vector runs into the next row's lanes, which that row then
-    writes)."""
+    """v [n^2, C, T] (its n^2 blocks apart: wino_views) = B^T d B of the tiles of tile rows
+    u0 .. u1-1 (u = n*th + ty, tw tiles each, T = (u1 - u0)*tw) of xs's planes (C an image,
+    `plane` floats each, already padded, split_images' layout; cols: Geometry.cols, n of
+    them). A channel's tile rows go in order on one thread (a row's last vector runs into
+    the next row's lanes, which that row then writes)."""
     c_in, t_all = v.shape[1], v.shape[2]
     pstride = v.strides[0] // v.itemsize            # padded: wino_views
     wp = 2 * half
