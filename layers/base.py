@@ -17,7 +17,8 @@ import numpy as np
 REQUIRED = object()
 INT_MAX = 2**31 - 1                       # int keys and shapes index int32 on CUDA
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-_EXPONENT_NO_DOT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
+# numbers YAML 1.1 reads as text: an exponent without a dot before it or a sign in it (1e-4, 3.0e38)
+_YAML_TEXT_NUMBER = re.compile(r"[-+]?([0-9]+[eE][-+]?|[0-9]*\.[0-9]*[eE])[0-9]+")
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
@@ -63,8 +64,8 @@ class Key:
             raise LayerError(key, f"must be an integer, got {shown(value)}")
         if kind is float and (isinstance(value, bool) or not isinstance(value, float)):
             hint = ""
-            if isinstance(value, str) and _EXPONENT_NO_DOT.fullmatch(value):   # YAML 1.1: text
-                hint = " (text: YAML wants a dot in a number with an exponent, like 1.0e-4)"
+            if isinstance(value, str) and _YAML_TEXT_NUMBER.fullmatch(value):
+                hint = " (text: YAML wants a dot and a signed exponent in a number, like 1.0e-4 or 3.0e+38)"
             raise LayerError(key, f"must be a number, got {shown(value)}{hint}")
         if kind is str and not isinstance(value, str):
             raise LayerError(key, f"must be a string, got {shown(value)}")
@@ -98,7 +99,8 @@ class Key:
 
 
 # Keys shared by layer types; a layer lists the ones it accepts (neuron: layers/neuron/spec.py).
-INIT_W_KEY = Key(float, 0.01, low=0.0, doc="std of the zero-mean Gaussian for weights")
+# a std bounded so that the float32 weights stay finite: a Gaussian's draws reach ~6 std
+INIT_W_KEY = Key(float, 0.01, low=0.0, high=3.0e37, doc="std of the zero-mean Gaussian for weights")
 INIT_B_KEY = Key(float, 0.0, doc="constant for biases")
 INIT_KEY = Key(str, "gaussian", choices=("gaussian", "kaiming", "xavier"),
                doc="weight std: gaussian init_w; kaiming gain/sqrt(fan); xavier gain*sqrt(2/(fan_in+fan_out)) "

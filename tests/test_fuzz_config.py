@@ -655,7 +655,7 @@ ONE = {"input": {"shape": [1, 4, 4]}}
     # loaded, then NaN (0/0) or inf weights: now refused
     (dict(ONE, layers=[{"name": "a", "type": "rnorm", "size": 3, "k": 0}]), "must be > 0"),
     (dict(ONE, layers=[{"name": "a", "type": "cmrnorm", "size": 1, "k": -1}]), "must be > 0"),
-    (dict(ONE, layers=[{"name": "a", "type": "fc", "outputs": 2, "init_w": 1e39}]), "float32"),
+    (dict(ONE, layers=[{"name": "a", "type": "fc", "outputs": 2, "init_b": 1e39}]), "float32"),
     # loaded; the name would break every message about the layer over two lines
     (dict(ONE, layers=[{"name": "a\nb", "type": "softmax"}]), "printable"),
     (dict(ONE, layers=[{"name": "x" * 5000, "type": "softmax"}]), "1 to 200 printable"),
@@ -673,10 +673,25 @@ def test_fuzz_regressions(source, fragment):
 
 
 def test_yaml_floats_without_a_dot_say_why():
-    with pytest.raises(ConfigError, match=r"got '1e-4' \(text: YAML wants a dot .* like 1.0e-4\)"):
-        engine.load("input: {shape: [4, 3, 3]}\nlayers:\n  - {name: n, type: cmrnorm, size: 3, alpha: 1e-4}\n")
+    for text in ("1e-4", "1E+4", "3.0e38", ".5e3", "2.e7"):
+        with pytest.raises(ConfigError, match=rf"got '{re.escape(text)}' \(text: YAML wants a dot and a signed "
+                                              r"exponent in a number, like 1.0e-4 or 3.0e\+38\)"):
+            engine.load(f"input: {{shape: [4, 3, 3]}}\nlayers:\n  - {{name: n, type: cmrnorm, size: 3, alpha: {text}}}\n")
+    with pytest.raises(ConfigError, match=r"must be a number, got 'small'") as error:
+        engine.load("input: {shape: [4, 3, 3]}\nlayers:\n  - {name: n, type: cmrnorm, size: 3, alpha: small}\n")
+    assert "YAML wants" not in str(error.value)
     net = engine.load("input: {shape: [4, 3, 3]}\nlayers:\n  - {name: n, type: cmrnorm, size: 3, alpha: 1.0e-4}\n")
     assert net.layers[0].layer.alpha == 1e-4
+
+
+def test_an_init_w_whose_weights_overflow_float32_is_refused_by_name():
+    # a std of 1e38 drew inf weights and training stopped at the first step, the hint blaming lr
+    with pytest.raises(ConfigError, match=r"layer 'c', key 'init_w': must be <= 3e\+37, got 1e\+38"):
+        engine.load("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: c, type: conv, filters: 2, size: 3, "
+                    "init_w: 1.0e+38}\n")
+    net = engine.load("input: {shape: [1, 4, 4]}\nlayers:\n  - {name: c, type: conv, filters: 2, size: 3, "
+                      "init_w: 1.0e+37, init_b: -1.0e+38}\n")
+    assert all(np.isfinite(v).all() for v in net.parameters().values())
 
 
 def test_dumped_net_text_loads_back_the_same():
