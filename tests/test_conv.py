@@ -435,6 +435,26 @@ def test_pad_images_at_stride_one_is_the_zero_padded_image(h, w, p, hp, wc, seri
     np.testing.assert_array_equal(xpad.reshape(2, 3, hp, wc), want[:, :, :hp, :wc])
 
 
+@pytest.mark.parametrize("h, w, p, hp, wc", [(9, 8, 1, 5, 5), (28, 28, 1, 15, 15), (7, 33, 0, 4, 17),
+                                             (12, 12, 3, 9, 9), (6, 9, 2, 5, 4), (5, 6, 1, 3, 3)])
+@pytest.mark.parametrize("serial", [True, False])
+def test_pad_images_at_stride_two_are_the_phase_images(h, w, p, hp, wc, serial):
+    """xpad[n, c*hp*4wc + i*4wc + (py*2 + px)*wc + j] = the zero-padded x at row 2i + py,
+    column 2j + px: rows split 16 floats at a time where x's columns fit the phases' wc
+    (the first four cases), pixel by pixel where they are cut short (the last two)."""
+    from layers import threads
+    from layers.conv import cpu
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    padded = np.zeros((2, 3, max(2 * hp, h + p), max(2 * wc, w + p)), np.float32)
+    padded[:, :, p:p + h, p:p + w] = x
+    want = padded[:, :, :2 * hp, :2 * wc].reshape(2, 3, hp, 2, wc, 2).transpose(0, 1, 2, 3, 5, 4)
+    xpad = np.full((2, 3 * hp * 4 * wc), np.nan, np.float32)
+    with threads.serial(serial):
+        cpu.pad_images(x, p, 2, 2, hp, wc, xpad)
+    np.testing.assert_array_equal(xpad, want.reshape(2, -1))
+
+
 def test_direct_batch_one_large_batch_and_padding_end():
     for case in [(1, 3, 10, 9, 6, 5, 1, 2, 1, "relu"), (37, 3, 6, 5, 6, 3, 1, 1, 3, "tanh")]:
         layer, params, x, y, dy, dx, grads = run_path(case, "direct")

@@ -20,6 +20,15 @@ from layers.neuron.cpu import activate, activate_grad, activation_kernel, specia
 SIZES = (3, 5)
 
 
+def deinterleaved(column, half):
+    """Where a padded row's `column` sits once the row is split into its even columns, then
+    its odd ones, `half` apart (split_images, grad_split)."""
+    return (column % 2) * half + column // 2
+
+
+_deinterleaved = numba.njit(inline="always")(deinterleaved)     # the same, inside the kernels
+
+
 def fits(size, stride, padding, groups, padding_end):
     """Whether a convolution can take this path: 3x3 or 5x5, stride 1, one group, padding
     below the size."""
@@ -95,8 +104,8 @@ class Geometry:
         self.hp, self.half = 2 * self.th + halo, self.tw + halo // 2
         self.hd = max(2 * self.thd + halo, self.a + 2 * self.th, oh + self.a + 1)
         self.half_d = max(self.twd + halo // 2, -(-(self.a + 2 * self.tw) // 2), -(-(ow + self.a) // 2) + 1)
-        self.cols = tuple((j % 2) * self.half + j // 2 for j in range(self.n))
-        self.cols_d = tuple((j % 2) * self.half_d + j // 2 for j in range(self.n))
+        self.cols = tuple(deinterleaved(j, self.half) for j in range(self.n))
+        self.cols_d = tuple(deinterleaved(j, self.half_d) for j in range(self.n))
         self.taps = tuple(range(self.n))
         self.g = g_matrix(size)
 
@@ -112,11 +121,11 @@ class Geometry:
 
 
 @numba.njit(inline="always")
-def _split_row(src, w, p, half, row):
+def split_row(src, w, p, half, row):
     """src (w floats) shifted right by p, into row's even columns then odd (its padding
     columns as they were: zeros)."""
     # x's columns 2i, 2i + 1 are padded columns 2i + p, 2i + p + 1
-    first, second = (p % 2) * half + p // 2, ((p + 1) % 2) * half + (p + 1) // 2
+    first, second = _deinterleaved(p, half), _deinterleaved(p + 1, half)
     vectors = w // (2 * LANES)
     split_pairs(src, 0, row, first, second, vectors)
     # the rest in pairs, at offsets from 0: a column's `% 2` and `// 2` per pixel (Python's
@@ -142,7 +151,7 @@ def _split_rows(x, p, hp, half, xs, i):
     for j in range(plane):                  # zeros, then x's rows (pad_images' order)
         dst[j] = zero
     for iy in range(min(h, hp - p)):
-        _split_row(x[n, c, iy], w, p, half, dst[(iy + p) * 2 * half:(iy + p + 1) * 2 * half])
+        split_row(x[n, c, iy], w, p, half, dst[(iy + p) * 2 * half:(iy + p + 1) * 2 * half])
 
 
 @threads.kernel
@@ -167,8 +176,8 @@ def _grad_split_filter(code, args):
         for oy in range(oh):
             row = dst[(oy + a) * 2 * half:(oy + a + 1) * 2 * half]
             # output column ox is padded column ox + a: even ox at `evens`, odd at `odds`
-            # (_split_row's pairs, from 0: no `% 2`, `// 2` per pixel)
-            evens, odds = row[(a % 2) * half + a // 2:], row[((a + 1) % 2) * half + (a + 1) // 2:]
+            # (split_row's pairs, from 0: no `% 2`, `// 2` per pixel)
+            evens, odds = row[_deinterleaved(a, half):], row[_deinterleaved(a + 1, half):]
             j0 = oy * ow
             dys, ys, pres = dy[n, f, j0:j0 + ow], y[n, f, j0:j0 + ow], pre[n, f, j0:j0 + ow]
             for i in range(ow // 2):
@@ -228,7 +237,7 @@ def grad_transform(dzs, plane_d, half_d, a, th, tw, u0, u1, z, taps):
     f_out, t_all = z.shape[1], z.shape[2]
     pstride = z.strides[0] // z.itemsize
     wd = 2 * half_d
-    ca, cb = (a % 2) * half_d + a // 2, ((a + 1) % 2) * half_d + (a + 1) // 2   # columns a + 2t, a + 2t + 1
+    ca, cb = _deinterleaved(a, half_d), _deinterleaved(a + 1, half_d)   # columns a + 2t, a + 2t + 1
     for f in numba.prange(f_out):
         for u in range(u0, u1):
             n, ty = u // th, u % th
