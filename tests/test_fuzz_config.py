@@ -676,7 +676,8 @@ def test_yaml_floats_without_a_dot_say_why():
     for text in ("1e-4", "1E+4", "3.0e38", ".5e3", "2.e7"):
         with pytest.raises(ConfigError, match=rf"got '{re.escape(text)}' \(text: YAML wants a dot and a signed "
                                               r"exponent in a number, like 1.0e-4 or 3.0e\+38\)"):
-            engine.load(f"input: {{shape: [4, 3, 3]}}\nlayers:\n  - {{name: n, type: cmrnorm, size: 3, alpha: {text}}}\n")
+            engine.load("input: {shape: [4, 3, 3]}\nlayers:\n"
+                        f"  - {{name: n, type: cmrnorm, size: 3, alpha: {text}}}\n")
     with pytest.raises(ConfigError, match=r"must be a number, got 'small'") as error:
         engine.load("input: {shape: [4, 3, 3]}\nlayers:\n  - {name: n, type: cmrnorm, size: 3, alpha: small}\n")
     assert "YAML wants" not in str(error.value)

@@ -27,9 +27,9 @@ def test_every_shipped_net_is_found():
 
 SLOW_NETS = {"alexnet.yaml", "caffenet.yaml", "alexnet-torchvision.yaml"}    # 1-3 minutes each
 SLOW_NETS |= {f"{n}.yaml" for n in ("resnet18", "resnet34", "vgg16", "vgg19", "resnet-digits")}
-# googlenet's whole check takes ~3 minutes (`python -m engine check-grads nets/googlenet.yaml
-# --samples 1 --set input.shape=[3,32,32]`: ALL 187 TESTS PASSED); its test below checks the
-# branch that holds its hardest tensor, with the same settings
+# googlenet's whole check takes ~30 s on two Zen 4 cores (`python -m engine check-grads
+# nets/googlenet.yaml --samples 1 --set input.shape=[3,32,32]`: ALL 187 TESTS PASSED); its test
+# below checks the branch that holds its hardest tensor, with the same settings
 GOOGLENET = os.path.join(ROOT, "nets", "googlenet.yaml")
 # the deep nets at their smallest inputs (at 224x224 each takes ~30 min; googlenet's unpadded
 # pools need 32x32); check-grads takes a batch of 8 where a batchnorm's statistics would see
