@@ -72,7 +72,8 @@ MIN_VALUES = 8          # values behind each batch statistic of a whole-batch la
 REFINE = 12             # most halvings of a failing entry's reach (`resolved`)
 RESOLUTION = 0.05       # a resolved entry's uncertainty, at most, from rounding: of |analytic|
 FIT_POINTS = 17         # the fewest cost evaluations of a `fit`
-MAX_FIT_POINTS = 1025   # the most (googlenet's hardest entry: 697 at its resolved reach)
+MAX_FIT_POINTS = 1025   # the most (googlenet's hardest entry: 701 at its resolved reach)
+AGREE = 2               # standard errors by which two fits in a row may differ and agree
 
 
 class PerturbedForward:
@@ -237,12 +238,12 @@ def fit(evaluator, layer, array, ix, reach, points):
         xs.append(float(array[ix]) - float(old))        # the step float32 really took
         fs.append(evaluator.cost(layer) if k else evaluator.base)
     array[ix] = old
-    xs, fs = np.array(xs), np.array(fs) - evaluator.base
-    basis = np.stack([np.ones_like(xs), xs, xs * xs], axis=1)
+    us, fs = np.array(xs) / reach, np.array(fs) - evaluator.base     # u in [-1, 1]: a well-conditioned basis
+    basis = np.stack([np.ones_like(us), us, us * us], axis=1)
     coef = np.linalg.lstsq(basis, fs, rcond=None)[0]
     residuals = fs - basis @ coef
-    sigma = max(float(np.sqrt(residuals @ residuals / (len(xs) - 3))), 0.25 * noise(evaluator))
-    return float(coef[1]), float(sigma * np.sqrt(np.linalg.inv(basis.T @ basis)[1, 1]))
+    sigma = max(float(np.sqrt(residuals @ residuals / (len(us) - 3))), 0.25 * noise(evaluator))
+    return float(coef[1] / reach), float(sigma * np.sqrt(np.linalg.inv(basis.T @ basis)[1, 1]) / reach)
 
 
 def points_for(evaluator, reach, analytic):
@@ -264,7 +265,7 @@ def resolved(evaluator, layer, array, ix, step, analytic):
     one to 1e-3) and no spread of slopes at those steps bounds the derivative at w. So the
     reach is halved, each time a `fit` of enough points (`points_for`) for a standard error of
     RESOLUTION / TRUST of the gradient, until two fits in a row agree, to THRESHOLD of the
-    gradient and two standard errors (their kinks no longer move the slope): the slope at the
+    gradient and AGREE standard errors (their kinks no longer move the slope): the slope at the
     smaller reach is the derivative, TRUST standard errors its uncertainty. (That entry, slopes
     at reach h/2 .. h/64: 0.18, 0.24, 0.263, 0.290, 0.271, 0.279, the ReLUs' kinks ~5e-5 apart:
     it is resolved at h/64, 0.279 +- 0.009 against 0.2725; before the fits, the central
@@ -278,7 +279,7 @@ def resolved(evaluator, layer, array, ix, step, analytic):
         if points > MAX_FIT_POINTS:
             return None
         fine = fit(evaluator, layer, array, ix, step, points)
-        if abs(coarse[0] - fine[0]) <= THRESHOLD * abs(analytic) + 2 * np.hypot(coarse[1], fine[1]):
+        if abs(coarse[0] - fine[0]) <= THRESHOLD * abs(analytic) + AGREE * np.hypot(coarse[1], fine[1]):
             numeric, uncertainty = fine[0], TRUST * fine[1]
             if not measurable(numeric, analytic, uncertainty):
                 return None
