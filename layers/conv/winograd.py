@@ -22,7 +22,7 @@ SIZES = (3, 5)
 
 def deinterleaved(column, half):
     """Where a padded row's `column` sits once the row is split into its even columns, then
-    its odd ones, `half` apart (split_images, grad_split)."""
+    its odd ones, `half` apart (split_images, grad_split; the direct path's stride-2 phases)."""
     return (column % 2) * half + column // 2
 
 
@@ -123,7 +123,8 @@ class Geometry:
 @numba.njit(inline="always")
 def split_row(src, w, p, half, row):
     """src (w floats) shifted right by p, into row's even columns then odd (its padding
-    columns as they were: zeros)."""
+    columns as they were: zeros): a Winograd row, or a row's two stride-2 phases
+    (cpu.pad_images)."""
     # x's columns 2i, 2i + 1 are padded columns 2i + p, 2i + p + 1
     first, second = _deinterleaved(p, half), _deinterleaved(p + 1, half)
     vectors = w // (2 * LANES)
