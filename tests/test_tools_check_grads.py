@@ -62,9 +62,9 @@ def test_check_grads_passes_on_shipped_net(path, capsys):
 def test_check_grads_passes_on_googlenets_hardest_tensor():
     # as the CLI at the settings above; with samples 1 each tensor's entry is its largest gradient
     # whichever layers are checked. inception4a.branch4.1.bn's scale 25 is drawn at -5.3e-4: the
-    # channel's every ReLU crosses zero within one step of its bias: the slopes over +-h, h/2, h/4
-    # are a sixth, two thirds, seven eighths of its derivative (0.2725, float64 autograd's too),
-    # which check_grads.resolved's fits measure at h/64 (their kinks ~5e-5 apart)
+    # channel's every ReLU crosses zero within one step of its bias: the fits' slopes over +-h/2,
+    # h/4, h/8 are two thirds, seven eighths and 0.97 of its derivative (0.2725, float64
+    # autograd's too), which check_grads.resolved measures at h/64 (the kinks ~5e-5 apart)
     samples = 1 if structure(GOOGLENET).num_params > BIG else 2
     net = engine.load(GOOGLENET, seed=0, overrides={"input.shape": SMALL_INPUT["googlenet.yaml"]})
     check_grads.rescale_weights(net, 0)
@@ -95,7 +95,7 @@ class Ramp:
         return 1.0 + self.amplitude * np.tanh(float(self.array[0]) / self.width)
 
 
-# resolved at h/8 by fits of 17-45 points: a gradient 25% off fails
+# resolved at h/16 by fits of 17-45 points (the 25%-wrong gradient, a larger one, at its h/8): it fails
 @pytest.mark.parametrize("wrong, passes", [(1.0, True), (1.25, False)])
 def test_a_derivative_varying_within_the_step_is_measured_where_resolved(wrong, passes):
     array = np.zeros(1, np.float32)

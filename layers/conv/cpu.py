@@ -9,9 +9,9 @@ import numba
 import numpy as np
 
 from layers import threads
+from layers.conv.winograd import split_row
 from layers.fma_tiles import (DOT_FILTERS, DOT_TAPS, LANES, TILE_FILTERS, dot_tiles, run_row_tiles,
                               run_tiles)
-from layers.conv.winograd import split_row
 from layers.neuron.cpu import activate, activate_grad, activation_kernel, specialised
 from layers.threads import worker_tasks
 

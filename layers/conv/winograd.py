@@ -284,18 +284,27 @@ def output_transform(m, th, tw, u0, u1, oh, ow, bias, code, pa, pb, keep, plain,
         specialised(code, _output_rows, (m, th, tw, u0, u1, oh, ow, bias, pa, pb, keep, plain, y, pre, taps, f))
 
 
+LINE = 16       # floats in a 64-byte cache line
+
+
+def _block(rows, t):
+    """Floats from one of wino_views' blocks of rows x t to the next: past its end by at least
+    one line, an odd number of lines in all."""
+    lines = -(-rows * t // LINE) + 1
+    return LINE * (lines + 1 - lines % 2)
+
+
 def wino_views(buffer, nn, rows, t):
     """A [nn, rows, t] view of buffer (views_size floats at least) whose nn blocks lie an odd
-    number of 64-byte lines apart, at least one past their end: the transforms
-    read or write one 8-tile vector in each block in turn, and blocks a multiple of 4 KB
-    apart (a chunk of 256 tiles of 32 channels) all fell in one set of the L1 cache (CIFAR-
-    10's 5x5 conv2, a group's input transforms: 2.9 ms; 1.5 ms in 248-tile chunks; 1.1 ms
-    laid out so). Never C-contiguous, so the kernels compile for one layout."""
-    lines = -(-rows * t // 16) + 1
-    stride = 16 * (lines + 1 - lines % 2)
+    number of 64-byte lines apart (`_block`): the transforms read or write one 8-tile vector
+    in each block in turn, and blocks a multiple of 4 KB apart (a chunk of 256 tiles of 32
+    channels) all fell in one set of the L1 cache (CIFAR-10's 5x5 conv2, a group's input
+    transforms: 2.9 ms; 1.5 ms in 248-tile chunks; 1.1 ms laid out so). Never C-contiguous,
+    so the kernels compile for one layout."""
+    stride = _block(rows, t)
     return buffer[:nn * stride].reshape(nn, stride)[:, :rows * t].reshape(nn, rows, t)
 
 
 def views_size(nn, rows, t):
-    """Floats that wino_views' blocks of rows x t take."""
-    return nn * 16 * (-(-rows * t // 16) + 2)
+    """Floats that wino_views' blocks of rows x t take (no fewer rows or tiles take more)."""
+    return nn * _block(rows, t)
